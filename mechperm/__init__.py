@@ -1,0 +1,6 @@
+"""mechperm: match SAE features across layers from their weights alone (SAE Match)."""
+from mechperm.sae import SAE, SAEInfo
+
+__version__ = "0.1.0"
+
+__all__ = ["SAE", "SAEInfo", "__version__"]

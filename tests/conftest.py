@@ -1,0 +1,69 @@
+"""Shared test fixtures: fixed seeds, the optional shared data folder, a small SAE factory."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mechperm import SAE, SAEInfo
+
+
+def shared_data_dir() -> Path | None:
+    """`../shared/data` next to the repo (or $MECHPERM_SHARED_DATA); None when absent."""
+    env = os.environ.get("MECHPERM_SHARED_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seeds() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("../shared/data is absent (set MECHPERM_SHARED_DATA to point at it)")
+    return path
+
+
+def random_sae(
+    d: int = 16,
+    F: int = 32,
+    *,
+    activation: str = "jumprelu",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    k: int | None = None,
+    theta_scale: float = 1.0,
+    source: str | None = None,
+) -> SAE:
+    """A small random SAE whose features fire on random inputs about half of the time."""
+    g = torch.Generator().manual_seed(seed)
+    W_dec = torch.randn(F, d, generator=g, dtype=torch.float64)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    W_enc = W_dec.T.clone() * (1 + torch.rand(F, generator=g, dtype=torch.float64))
+    b_enc = 0.1 * torch.randn(F, generator=g, dtype=torch.float64)
+    b_dec = 0.1 * torch.randn(d, generator=g, dtype=torch.float64)
+    threshold = None
+    if activation == "jumprelu":
+        threshold = theta_scale * torch.rand(F, generator=g, dtype=torch.float64).add(0.05)
+    if activation == "topk" and k is None:
+        k = max(1, F // 4)
+    return SAE(
+        W_enc=W_enc.to(dtype),
+        b_enc=b_enc.to(dtype),
+        W_dec=W_dec.to(dtype),
+        b_dec=b_dec.to(dtype),
+        activation=activation,  # type: ignore[arg-type]
+        threshold=None if threshold is None else threshold.to(dtype),
+        k=k,
+        info=SAEInfo(source=source),
+    )
