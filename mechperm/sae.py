@@ -53,6 +53,8 @@ def _nonfinite(block: Tensor, allow_posinf: bool) -> Tensor:
 
 def _check_finite(name: str, t: Tensor, info: SAEInfo, allow_posinf: bool = False) -> None:
     """Raise ValueError naming the tensor if it holds NaN (or ±inf unless +inf is allowed)."""
+    if bool(torch.isfinite(t.sum())):
+        return  # a NaN or ±inf anywhere makes the sum non-finite; overflow falls through to the scan
     blocks = t.reshape(-1).split(_CHECK_BLOCK_ELEMENTS)
     for b, block in enumerate(blocks):
         bad = _nonfinite(block, allow_posinf)
@@ -193,7 +195,8 @@ class SAE:
         pre = x @ self.W_enc + self.b_enc
         if self.activation == "jumprelu":
             assert self.threshold is not None
-            return pre * (pre > self.threshold)
+            # relu as in Gemma Scope and SAELens: it matters only for features with θ < 0.
+            return torch.relu(pre) * (pre > self.threshold)
         if self.activation == "relu":
             return torch.relu(pre)
         assert self.k is not None

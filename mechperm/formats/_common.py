@@ -1,0 +1,94 @@
+"""Helpers every loader shares: dtype/device arguments, one-tensor-at-a-time placement, shape checks.
+
+Memory rule (DESIGN: a 1M-feature SAE must load without a second copy): loaders hand each tensor
+to :func:`place` as soon as it is read and drop their own reference, so a dtype or device change
+holds at most one source tensor and its converted copy at a time.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+DTypeLike = torch.dtype | str | None
+DeviceLike = torch.device | str | None
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "double": torch.float64,
+    "fp64": torch.float64,
+}
+
+
+def as_dtype(dtype: DTypeLike) -> torch.dtype | None:
+    """``torch.float32``, ``"float32"``, ``"torch.bfloat16"``, ``"bf16"`` ... → a floating torch dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
+            raise ValueError(f"dtype={dtype} is not a floating dtype; choose one of {sorted(_DTYPE_NAMES)}")
+        return dtype
+    name = str(dtype).lower().removeprefix("torch.")
+    if name not in _DTYPE_NAMES:
+        raise ValueError(f"dtype={dtype!r} is not understood; choose one of {sorted(_DTYPE_NAMES)}")
+    return _DTYPE_NAMES[name]
+
+
+def as_device(device: DeviceLike) -> torch.device:
+    """None → CPU; anything else through ``torch.device``."""
+    return torch.device("cpu") if device is None else torch.device(device)
+
+
+def place(t: Tensor, device: torch.device, dtype: torch.dtype | None) -> Tensor:
+    """Move one tensor to ``device`` / ``dtype``, C-contiguous; ``t`` itself when nothing changes.
+
+    Arrays saved in Fortran order (``np.savez`` keeps the order of a transposed array) load as
+    strided views; they are made contiguous here, one tensor at a time, because validation and
+    the matching kernels flatten rows (a strided tensor would be copied there, every time).
+    """
+    return t.to(device=device, dtype=dtype if dtype is not None else t.dtype).contiguous()
+
+
+def require(
+    tensors: Mapping[str, object], names: tuple[str, ...], source: Path, kind: str, hint: str = ""
+) -> None:
+    """Raise ValueError naming the file and each missing tensor, and listing what the file holds."""
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise ValueError(
+            f"{source} has no tensor {', '.join(repr(n) for n in missing)}; it holds "
+            f"{sorted(tensors)}, and a {kind} file needs {list(names)}{hint}"
+        )
+
+
+def check_shapes(tensors: Mapping[str, Tensor], source: Path) -> tuple[int, int]:
+    """Check the SAELens layout against the biases; return ``(d, F)``.
+
+    ``F`` comes from ``b_enc`` and ``d`` from ``b_dec``, so a transposed ``W_enc`` or ``W_dec``
+    is named as such (``SAE.validate`` alone reads d and F from ``W_enc`` and would blame the
+    other matrix).
+    """
+    for name in ("b_enc", "b_dec"):
+        if tensors[name].ndim != 1:
+            raise ValueError(f"{name} in {source} has shape {tuple(tensors[name].shape)}; expected 1-D")
+    F, d = int(tensors["b_enc"].shape[0]), int(tensors["b_dec"].shape[0])
+    expected = {"W_enc": ((d, F), "(d, F)"), "W_dec": ((F, d), "(F, d)"), "threshold": ((F,), "(F,)")}
+    for name, (shape, letters) in expected.items():
+        if name not in tensors:
+            continue
+        got = tuple(tensors[name].shape)
+        if got != shape:
+            hint = " — is it transposed?" if len(shape) == 2 and got == shape[::-1] else ""
+            raise ValueError(
+                f"{name} in {source} has shape {got}; expected {letters} = {shape} "
+                f"(F={F} from b_enc, d={d} from b_dec){hint}"
+            )
+    return d, F

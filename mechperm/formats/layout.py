@@ -1,0 +1,148 @@
+"""Folder trees that hold many SAEs: ``layer_{L}/``, ``width_{W}/``, ``average_l0_{N}/``.
+
+These names select among SAEs (which layer, which width, which L0); the format of each SAE is
+still recognised from its files by the registry.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from mechperm.formats.gemma_scope import canonical_l0
+
+__all__ = [
+    "L0ChoiceWarning", "L0Choice", "LAYER", "WIDTH", "L0",
+    "numbered", "width_key", "pick_width", "pick_l0", "describe", "descend",
+]
+
+LAYER = re.compile(r"^layer_(\d+)$")
+WIDTH = re.compile(r"^width_(\w+)$")
+L0 = re.compile(r"^average_l0_(\d+)$")
+
+
+class L0ChoiceWarning(UserWarning):
+    """An L0 folder was chosen for the caller (no ``l0=`` given, or no exact match)."""
+
+
+class L0Choice(NamedTuple):
+    """The ``average_l0_N`` folder picked in one width folder."""
+
+    path: Path
+    """The chosen ``average_l0_N`` folder."""
+    l0: int
+    """Its N."""
+    reason: str | None
+    """Why it was chosen; None for an exact match or a single candidate (nothing to report)."""
+    available: tuple[int, ...]
+    """Every N in the width folder, ascending."""
+
+
+def numbered(folder: Path, pattern: re.Pattern[str], *, as_int: bool = True) -> dict:
+    """Child folders whose names match ``pattern``, keyed by the first group (an int by default).
+
+    Raises
+    ------
+    ValueError
+        Two folders map to the same key (``layer_3`` and ``layer_03``).
+    """
+    found: dict = {}
+    if not folder.is_dir():
+        return found
+    for child in sorted(folder.iterdir()):
+        m = pattern.match(child.name)
+        if m is None or not child.is_dir():
+            continue
+        key = int(m.group(1)) if as_int else m.group(1)
+        if key in found:
+            raise ValueError(f"{folder} holds both {found[key].name}/ and {child.name}/; remove one")
+        found[key] = child
+    return found
+
+
+def width_key(width: str | int) -> str:
+    """``"16k"``, ``"width_16k"``, ``16384`` → ``"16k"``; ``2**20`` → ``"1m"`` (Gemma Scope names)."""
+    if isinstance(width, bool) or not isinstance(width, (str, int)):
+        raise ValueError(f"width={width!r}: pass a folder name like '16k' or a feature count like 16384")
+    if isinstance(width, int):
+        return f"{width // 1_000_000}m" if width >= 1_000_000 else f"{width // 1000}k"
+    width = width.strip().lower().removeprefix("width_")
+    return width_key(int(width)) if width.isdigit() else width
+
+
+def _sort_widths(names: set[str] | list[str]) -> list[str]:
+    def size(name: str) -> tuple[float, str]:
+        m = re.fullmatch(r"(\d+)([km]?)", name)
+        return (int(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2)] if m else float("inf"), name)
+
+    return sorted(names, key=size)
+
+
+def pick_width(folder: Path, width: str | int | None) -> Path:
+    """The ``width_W`` child of ``folder``: the one asked for, or the only one."""
+    widths = numbered(folder, WIDTH, as_int=False)
+    if width is None:
+        if len(widths) == 1:
+            return next(iter(widths.values()))
+        raise ValueError(f"{folder} holds several widths {_sort_widths(widths)}; pass width= one of them")
+    key = width_key(width)
+    if key not in widths:
+        raise ValueError(f"{folder} has no width_{key}/; it holds widths {_sort_widths(widths)}")
+    return widths[key]
+
+
+def pick_l0(folder: Path, l0: float | None) -> L0Choice:
+    """The ``average_l0_N`` child of ``folder``.
+
+    ``l0`` given: the exact N, else the nearest. ``l0=None``: the only one, else the canonical
+    one — the published choice where known (:mod:`._gemma_scope_canonical`), else the N nearest
+    100 (Gemma Scope's rule). Ties go to the larger N.
+    """
+    l0s = numbered(folder, L0)
+    if not l0s:
+        raise ValueError(f"{folder} holds no average_l0_<N>/ folders")
+    available = tuple(sorted(l0s))
+    if l0 is not None and l0 in l0s:
+        return L0Choice(l0s[int(l0)], int(l0), None, available)
+    if l0 is None and len(l0s) == 1:
+        return L0Choice(l0s[available[0]], available[0], None, available)
+    if l0 is None:
+        canon = canonical_l0(folder)
+        if canon in l0s:
+            chosen, reason = canon, "no l0= given: the published canonical L0"
+        else:
+            chosen = min(available, key=lambda n: (abs(n - 100), -n))
+            reason = "no l0= given: the L0 nearest 100 (Gemma Scope's canonical rule)"
+    else:
+        chosen = min(available, key=lambda n: (abs(n - l0), -n))
+        reason = f"no average_l0_{l0:g}: the nearest L0"
+    return L0Choice(l0s[chosen], chosen, reason, available)
+
+
+def describe(choice: L0Choice) -> str:
+    """One line for a warning: which folder, why, and what else there was."""
+    return f"{choice.path} ({choice.reason}; available: {list(choice.available)})"
+
+
+def descend(
+    path: Path, is_sae: Callable[[Path], bool], *, width: str | int | None, l0: float | None
+) -> tuple[Path, list[L0Choice]]:
+    """Walk from ``path`` through ``width_*`` and ``average_l0_*`` folders to one SAE folder.
+
+    Stops at the first folder ``is_sae`` accepts (or that holds neither kind of folder, for the
+    registry to report). ``width`` and ``l0`` are selectors: unused when there is nothing to choose.
+    """
+    choices: list[L0Choice] = []
+    for _ in range(3):
+        if is_sae(path) or not path.is_dir():
+            break
+        if numbered(path, WIDTH, as_int=False):
+            path = pick_width(path, width)
+        elif numbered(path, L0):
+            choice = pick_l0(path, l0)
+            choices.append(choice)
+            path = choice.path
+        else:
+            break
+    return path, choices

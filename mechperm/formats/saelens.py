@@ -1,0 +1,198 @@
+"""SAELens folders: ``cfg.json`` + ``sae_weights.safetensors`` (what ``SAE.save_model`` writes).
+
+Facts read from sae-lens 6.54 (``saes/sae.py``, ``loading/pretrained_sae_loaders.py``):
+
+- ``save_model`` writes ``save_file(state_dict, "sae_weights.safetensors")`` and
+  ``json.dump(cfg.to_dict(), "cfg.json")``; ``to_dict`` gives the dataclass fields (``d_in``,
+  ``d_sae``, ``dtype``, ``device``, ``apply_b_dec_to_input``, ``normalize_activations``,
+  ``reshape_activations``; TopK adds ``k``, ``rescale_acts_by_decoder_norm``), ``architecture``,
+  and ``metadata`` (``model_name``, ``hook_name``, ``neuronpedia_id``, ...).
+- cfgs without a ``sae_lens_version`` ≥ 6 are flat (``handle_pre_6_0_config``): ``hook_point`` →
+  ``hook_name``, ``activation_fn_str`` → ``activation_fn``; ``activation_fn == "topk"`` with
+  ``activation_fn_kwargs.k`` means architecture ``topk``; ``apply_b_dec_to_input`` defaults to
+  True; a boolean ``normalize_activations`` True means ``"expected_average_only_in"``.
+- state dicts: ``W_enc [d, F]``, ``W_dec [F, d]``, ``b_enc [F]``, ``b_dec [d]``; JumpReLU adds
+  ``threshold`` (older checkpoints ``log_threshold``, read as ``exp``); gated ``b_gate``,
+  ``b_mag``, ``r_mag``; a ``scaling_factor [F]`` (pre-6 ``finetuning_scaling_factor``) multiplies
+  feature activations before the decoder.
+- TopK with ``rescale_acts_by_decoder_norm`` multiplies pre-activations by ``||W_dec[i]||`` and
+  divides activations by it before decoding; folding the norms into ``W_enc``, ``b_enc`` and
+  ``W_dec`` (SAELens' ``_fold_norm_topk``) gives the same activations and reconstructions.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import torch
+from safetensors import safe_open
+
+from mechperm.formats._common import check_shapes, place, require
+from mechperm.sae import SAE, SAEInfo
+
+__all__ = ["SAELensLoader", "SAELENS"]
+
+CFG = "cfg.json"
+WEIGHTS = "sae_weights.safetensors"
+SUPPORTED = ("standard", "jumprelu", "topk")
+_KNOWN = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "log_threshold", "scaling_factor"}
+
+
+def _read_cfg(file: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file} is not readable JSON ({type(e).__name__}: {e})") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file} holds a JSON {type(cfg).__name__}; expected an object of config keys")
+    return cfg
+
+
+def _architecture(cfg: dict[str, Any], file: Path) -> str:
+    arch = cfg.get("architecture", "standard")
+    act = cfg.get("activation_fn", cfg.get("activation_fn_str"))
+    if act == "topk" and arch == "standard":
+        arch = "topk"  # pre-6.0 cfgs: architecture "standard" + activation_fn_str "topk"
+    elif act not in (None, "relu", "topk"):
+        raise ValueError(f"{file} says activation_fn {act!r}; supported: 'relu', 'topk'")
+    if arch not in SUPPORTED:
+        hint = {
+            "gated": " (gated SAEs have a separate gate path, b_gate/b_mag/r_mag, that mechperm's "
+            "SAE cannot express)",
+            "batchtopk": " (a BatchTopK training checkpoint: save it with sae_lens' "
+            "save_inference_model, which writes a jumprelu SAE)",
+        }.get(arch, "")
+        raise ValueError(
+            f"{file} says architecture {arch!r}, which is unsupported{hint}; supported: {list(SUPPORTED)}"
+        )
+    return arch
+
+
+def _normalization(cfg: dict[str, Any], file: Path) -> None:
+    norm = cfg.get("normalize_activations")
+    if norm in (None, False, "none"):
+        return
+    if norm is True:
+        norm = "expected_average_only_in"
+    raise ValueError(
+        f"{file} says normalize_activations={norm!r}: the SAE expects rescaled or normalised inputs, "
+        f"and the files do not hold what mechperm's SAE would need to reproduce that (a constant "
+        f"norm factor is kept outside them; layer_norm/constant_norm_rescale depend on each input). "
+        f"For 'expected_average_only_in', fold the factor in with sae_lens "
+        f"(sae.fold_activation_norm_scaling_factor(factor)) and save the SAE again"
+    )
+
+
+def _info(cfg: dict[str, Any], file: Path) -> SAEInfo:
+    meta = {**cfg, **(cfg.get("metadata") or {})}  # ≥ 6.0 keeps these under "metadata"
+    hook = meta.get("hook_name") or meta.get("hook_point")
+    layer = meta.get("hook_layer", meta.get("hook_point_layer"))
+    if layer is None and isinstance(hook, str):
+        m = re.search(r"(?:^|\.)blocks\.(\d+)\.", hook)
+        layer = int(m.group(1)) if m else None
+    return SAEInfo(
+        model_name=meta.get("model_name"),
+        hook_name=hook,
+        layer=int(layer) if isinstance(layer, int) else None,
+        source=str(file),
+        format="saelens",
+        neuronpedia_id=meta.get("neuronpedia_id"),
+    )
+
+
+def _read_tensors(file: Path, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    # safe_open maps the file copy-on-write (torch.UntypedStorage.from_file, shared=False): each
+    # get_tensor is a view of the mapping, paged in as it is touched, so nothing is copied unless
+    # a dtype or device change asks for it; a cast replaces one tensor before the next is read.
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        handle = safe_open(str(file), framework="pt", device=str(device))
+    except (safetensors.SafetensorError, OSError) as e:
+        raise ValueError(
+            f"{file} is not a readable safetensors file ({e}); it is truncated or corrupt"
+        ) from e
+    with handle as f:
+        for name in f.keys():
+            if name not in _KNOWN:
+                warnings.warn(
+                    f"{file}: ignoring tensor {name!r}, unknown to the SAELens formats mechperm reads",
+                    stacklevel=4,
+                )
+                continue
+            try:
+                t = f.get_tensor(name)
+            except (safetensors.SafetensorError, OSError) as e:
+                raise ValueError(f"{name} in {file} cannot be read ({e}); the file is corrupt") from e
+            if not t.is_floating_point():
+                raise ValueError(f"{name} in {file} has dtype {t.dtype}; expected a floating dtype")
+            tensors[name] = place(t, device, dtype)
+    return tensors
+
+
+class SAELensLoader:
+    """Loader for SAELens ``cfg.json`` + ``sae_weights.safetensors`` folders."""
+
+    name = "saelens"
+    expects = f"{CFG} + {WEIGHTS} (sae_lens SAE.save_model), architecture {' / '.join(SUPPORTED)}"
+
+    def sniff(self, path: Path) -> bool:
+        folder = path if path.is_dir() else path.parent
+        if path.is_file() and path.name not in (CFG, WEIGHTS):
+            return False
+        return (folder / CFG).is_file() and (folder / WEIGHTS).is_file()
+
+    def load(self, path: Path, device: torch.device, dtype: torch.dtype | None) -> SAE:
+        folder = Path(os.path.abspath(path if path.is_dir() else path.parent))
+        cfg_file, file = folder / CFG, folder / WEIGHTS
+        cfg = _read_cfg(cfg_file)
+        arch = _architecture(cfg, cfg_file)
+        _normalization(cfg, cfg_file)
+        tensors = _read_tensors(file, device, dtype)
+        if "threshold" not in tensors and "log_threshold" in tensors:
+            tensors["threshold"] = tensors.pop("log_threshold").exp()
+        tensors.pop("log_threshold", None)
+        needed = ("W_enc", "W_dec", "b_enc", "b_dec") + (("threshold",) if arch == "jumprelu" else ())
+        require(tensors, needed, file, f"SAELens {arch}")
+        if arch != "jumprelu":
+            tensors.pop("threshold", None)
+        d, F = check_shapes(tensors, file)
+        for key, got in (("d_in", d), ("d_sae", F)):
+            said = cfg.get(key)
+            if said is not None and said != got:
+                raise ValueError(
+                    f"{cfg_file} says {key}={said}, but the tensors in {file} have {key}={got} "
+                    f"(W_enc {tuple(tensors['W_enc'].shape)}); the cfg and weights do not belong together"
+                )
+        scale = tensors.pop("scaling_factor", None)
+        if scale is not None and not bool((scale == 1).all()):
+            # decode(f) = (f * s) @ W_dec + b_dec = f @ (s[:, None] * W_dec) + b_dec
+            tensors["W_dec"].mul_(scale.reshape(-1, 1))
+        k = None
+        if arch == "topk":
+            k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+            if isinstance(k, float) and k.is_integer():
+                k = int(k)
+            if not isinstance(k, int):
+                raise ValueError(f"{cfg_file} says architecture 'topk' but gives no integer k (k={k!r})")
+            if cfg.get("rescale_acts_by_decoder_norm"):
+                norms = tensors["W_dec"].norm(dim=-1).clamp(min=1e-8)  # as sae_lens get_W_dec_norm
+                # In place, so no second copy; writes to the private mapping never reach the file.
+                tensors["W_dec"].div_(norms.unsqueeze(1))
+                tensors["W_enc"].mul_(norms)
+                tensors["b_enc"].mul_(norms)
+        activation = {"standard": "relu", "jumprelu": "jumprelu", "topk": "topk"}[arch]
+        return SAE(
+            activation=activation,  # type: ignore[arg-type]
+            k=k,
+            apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+            info=_info(cfg, file),
+            **tensors,
+        )
+
+
+SAELENS = SAELensLoader()
