@@ -1,9 +1,10 @@
-"""Read SAEs from the files people have: Gemma Scope ``params.npz``, SAELens folders, HF caches.
+"""Read SAEs from the files people have (Gemma Scope 1/2, SAELens, sparsify, HF caches); write SAELens.
 
 ``load_sae(path)`` and ``load_stack(path)`` recognise the format from the files; the registry
 (:func:`register_format`, :func:`formats`) lets other formats plug in.
 """
 from mechperm.formats.gemma_scope import GEMMA_SCOPE
+from mechperm.formats.gemma_scope_2 import GEMMA_SCOPE_2
 from mechperm.formats.layout import L0ChoiceWarning
 from mechperm.formats.load import load_sae, load_stack
 from mechperm.formats.registry import (
@@ -15,8 +16,10 @@ from mechperm.formats.registry import (
     unregister_format,
 )
 from mechperm.formats.saelens import SAELENS
+from mechperm.formats.saelens_save import save_saelens
+from mechperm.formats.sparsify import SPARSIFY
 
-for _loader in (GEMMA_SCOPE, SAELENS):
+for _loader in (GEMMA_SCOPE, SAELENS, SPARSIFY, GEMMA_SCOPE_2):
     if _loader.name not in formats():  # importlib.reload must not trip the duplicate check
         register_format(_loader)
 del _loader
@@ -30,5 +33,6 @@ __all__ = [
     "load_sae",
     "load_stack",
     "register_format",
+    "save_saelens",
     "unregister_format",
 ]

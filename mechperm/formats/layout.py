@@ -17,7 +17,8 @@ __all__ = [
     "numbered", "width_key", "pick_width", "pick_l0", "describe", "descend",
 ]
 
-LAYER = re.compile(r"^layer_(\d+)$")
+# layer_{L}: Gemma Scope and flat stacks; layers.{L}: EleutherAI sparsify hookpoint folders.
+LAYER = re.compile(r"^(?:layer_|layers\.)(\d+)$")
 WIDTH = re.compile(r"^width_(\w+)$")
 L0 = re.compile(r"^average_l0_(\d+)$")
 

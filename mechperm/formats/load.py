@@ -25,7 +25,8 @@ __all__ = ["load_sae", "load_stack"]
 
 _LAYOUTS = (
     "layer_{L}/params.npz (flat stack), layer_{L}/width_{W}/average_l0_{N}/params.npz (Gemma Scope "
-    "repo), layer_{L}/cfg.json + sae_weights.safetensors, or a Hugging Face cache of such a repo"
+    "repo), layer_{L}/cfg.json + sae_weights.safetensors, layers.{L}/cfg.json + sae.safetensors "
+    "(sparsify run), or a Hugging Face cache of such a repo"
 )
 
 
