@@ -1,0 +1,113 @@
+"""Benchmark of the candidate op: ``candidates()`` next to one bare GEMM of the same shape.
+
+The candidate pass is one GEMM plus an on-the-fly top-k; the target is candidates ≤ ~1.3× the
+bare ``torch.mm`` on the CPU (the selection must not dominate). On CUDA the Triton kernels are
+reported in TFLOP/s (2·F_a·F_b·D flops per pass).
+
+    pytest bench/bench_candidates.py --benchmark-only [--benchmark-json out.json]
+    python bench/bench_candidates.py            # quick table + ratio, JSON on stdout
+
+Sizes: F ∈ {4096, 16384}, d = 2304 (Gemma-2-2B); ``MECHPERM_BENCH_MAX_N`` caps F (e.g. 4096);
+``MECHPERM_BENCH_THREADS`` sets torch's intra-op threads (on a shared machine, 1 thread measures
+the algorithm rather than OpenMP barriers waiting for a descheduled core). Benchmarks never
+assert speed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pytest
+import torch
+
+from mechperm.kernels.candidates import candidates, price
+
+D = 2304
+K = 32
+MAX_N = int(os.environ.get("MECHPERM_BENCH_MAX_N", "16384"))
+SIZES = [n for n in (4096, 16384) if n <= MAX_N] or [MAX_N]
+if os.environ.get("MECHPERM_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["MECHPERM_BENCH_THREADS"]))
+PROVIDERS = ["mm", "candidates", "candidates_cost_only", "price"]
+
+
+def setup(n: int, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Two [n, D] matching-vector sets with heavy-tailed row norms (like folded decoders)."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, D, generator=g) * torch.exp(0.5 * torch.randn(n, 1, generator=g))
+    B = A[torch.randperm(n, generator=g)] + 0.3 * torch.randn(n, D, generator=g) / D**0.5
+    return A.to(device, dtype), B.to(device, dtype)
+
+
+def run(provider: str, A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None):
+    if provider == "mm":
+        return torch.mm(A, B.T, out=out)
+    if provider == "candidates":
+        return candidates(A, B, k=K)
+    if provider == "candidates_cost_only":
+        return candidates(A, B, k=K, k_cos=0)
+    if provider == "price":  # duals from the diagonal-free bound: prices nothing, streams everything
+        u = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
+        v = torch.zeros(B.shape[0], dtype=torch.float64, device=B.device)
+        return price(A, B, u, v)
+    raise ValueError(provider)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_candidates(benchmark, provider: str, n: int, device: str) -> None:
+    A, B = setup(n, device)
+    out = torch.empty(n, n, device=device) if provider == "mm" else None
+
+    def fn():
+        res = run(provider, A, B, out)
+        _sync(device)
+        return res
+
+    rounds = 3 if device == "cpu" and n <= 4096 else 1
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1 if device == "cuda" else 0)
+    flops = 2.0 * n * n * D
+    benchmark.extra_info.update(
+        flops=flops, tflops=flops / benchmark.stats.stats.min / 1e12, threads=torch.get_num_threads()
+    )
+
+
+def main() -> None:
+    """Interleaved min-of-N timings (robust to a shared machine) and the candidates/mm ratio."""
+    rows = []
+    for device in _devices():
+        for n in SIZES:
+            A, B = setup(n, device)
+            out = torch.empty(n, n, device=device)
+            reps = 3 if n <= 4096 else 1
+            best = {p: float("inf") for p in PROVIDERS}
+            for _ in range(reps):
+                for p in PROVIDERS:  # interleaved, so background load hits every provider alike
+                    _sync(device)
+                    t = time.perf_counter()
+                    run(p, A, B, out)
+                    _sync(device)
+                    best[p] = min(best[p], time.perf_counter() - t)
+            flops = 2.0 * n * n * D
+            for p, t in best.items():
+                rows.append(dict(device=device, n=n, d=D, provider=p, seconds=t, tflops=flops / t / 1e12,
+                                 ratio_to_mm=t / best["mm"], threads=torch.get_num_threads()))
+                print(f"{device:4s} F={n:6d} {p:22s} {t:8.3f} s  {flops / t / 1e12:7.3f} TFLOP/s  "
+                      f"{t / best['mm']:5.2f}x mm", file=sys.stderr)
+    json.dump(rows, sys.stdout, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Kernels of the matching pipeline: matching vectors, dense costs, candidate graph, pricing.
+
+Each op has a torch reference and a Triton kernel; ``candidates._backend`` picks one (Triton for
+CUDA tensors, torch otherwise; ``MECHPERM_KERNELS=torch|triton`` overrides). Triton is imported
+only when chosen.
+"""
+from mechperm.kernels.candidates import (
+    COL_COS,
+    COL_COST,
+    ROW_COS,
+    ROW_COST,
+    CandidateGraph,
+    CandidateStats,
+    PricedPairs,
+    candidates,
+    dense_costs,
+    price,
+    row_sq_norms,
+)
+from mechperm.kernels.features import fold_scale, matching_vectors
+
+__all__ = [
+    "CandidateGraph",
+    "CandidateStats",
+    "PricedPairs",
+    "ROW_COST",
+    "COL_COST",
+    "ROW_COS",
+    "COL_COS",
+    "candidates",
+    "dense_costs",
+    "fold_scale",
+    "matching_vectors",
+    "price",
+    "row_sq_norms",
+]

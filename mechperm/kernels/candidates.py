@@ -1,0 +1,654 @@
+"""Candidate graph for the sparse assignment: streamed squared distances, top-k, pricing.
+
+Three ops over matching vectors ``A [F_a, D]``, ``B [F_b, D]`` (float32, bfloat16 or float16):
+:func:`dense_costs` (the whole matrix, small F), :func:`candidates` (sparse graph with the k
+cheapest and the k most cosine-similar partners of every row and every column, plus the bounds
+the certificate needs) and :func:`price` (every pair of negative reduced cost under given duals).
+The torch reference lives here; the Triton kernels in ``triton_candidates.py``; ``_backend`` is
+the one dispatcher (Triton for CUDA tensors, torch otherwise; ``MECHPERM_KERNELS=torch|triton``).
+
+Arithmetic, shared by all three so that the same pair gets the same float32 cost everywhere::
+
+    n_i  = Σ_d a_id²                                   (row_sq_norms: float32, rows upcast)
+    c_ij = max(0, fl(fl(−2·⟨a_i, b_j⟩ + n_i) + m_j))   (m_j: the same for B)
+
+with ⟨a_i, b_j⟩ a float32 GEMM (float32 accumulation) and −2 applied to A first (exact). On the
+CPU the costs agree bit for bit between the three functions: every GEMM operand block is padded
+to at least ``_MIN_GEMM_ROWS`` rows, because BLAS switches to gemv / small-matrix kernels (other
+summation orders) below about 12 rows; above that MKL's value for a pair does not depend on the
+block it sits in (tests/test_kernels.py checks this). On CUDA the Triton kernels use the same
+formula in the same order, but tensor-core reductions differ from MKL's: costs agree to float32
+rounding, so call :func:`price` with ``tol > 0`` there.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+Backend = Literal["torch", "triton"]
+_MIN_GEMM_ROWS = 16
+_NORM_BLOCK_ELEMENTS = 1 << 18
+# Sources of an edge (bits of CandidateGraph.sources); cost sources come first so that a pair
+# found by several keeps a cost-source value (they only differ on CUDA, by rounding).
+ROW_COST, COL_COST, ROW_COS, COL_COS = 1, 2, 4, 8
+_SOURCE_BITS = (ROW_COST, COL_COST, ROW_COS, COL_COS)
+
+
+# ---------------------------------------------------------------------------------- dispatch
+def _backend(*tensors: Tensor, backend: str | None = None) -> Backend:
+    """The one place the implementation is chosen: argument > $MECHPERM_KERNELS > device."""
+    choice = backend or os.environ.get("MECHPERM_KERNELS", "").strip().lower() or "auto"
+    if choice not in ("auto", "torch", "triton"):
+        raise ValueError(f"kernel backend {choice!r} (MECHPERM_KERNELS?) unknown; use 'torch' or 'triton'")
+    on_cuda = all(t.is_cuda for t in tensors)
+    if choice == "auto":
+        if not on_cuda:
+            return "torch"
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "triton"
+    if choice == "triton":
+        if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 to run on the CPU)")
+        try:
+            import triton  # noqa: F401
+        except ImportError as e:
+            raise ValueError("the triton backend was requested but triton is not installed") from e
+    return choice  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------- checks
+def _check_vectors(A: Tensor, B: Tensor | None = None) -> None:
+    for name, X in (("A", A), ("B", B)):
+        if X is None:
+            continue
+        if not isinstance(X, Tensor):
+            raise ValueError(f"{name} is a {type(X).__name__}; expected a torch.Tensor [F, D]")
+        if X.ndim != 2:
+            raise ValueError(f"{name} has shape {tuple(X.shape)}; expected 2-D matching vectors [F, D]")
+        if X.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"{name} has dtype {X.dtype}; expected float32, bfloat16 or float16 (costs are float32)")
+    if B is not None:
+        if A.shape[1] != B.shape[1]:
+            raise ValueError(
+                f"A {tuple(A.shape)} and B {tuple(B.shape)} have different vector widths D "
+                f"({A.shape[1]} vs {B.shape[1]}); build both with the same matching_vectors(on=...)"
+            )
+        if A.device != B.device:
+            raise ValueError(f"A is on {A.device} and B on {B.device}; move both to one device")
+
+
+def _check_k(name: str, k: object, minimum: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {k!r}")
+    return k
+
+
+def _check_norms(name: str, n: Tensor) -> None:
+    bad = ~torch.isfinite(n)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{name} row {i} holds non-finite values or its squared norm overflows float32 "
+            f"({int(bad.sum())} such rows); costs would be NaN/inf"
+        )
+
+
+# ---------------------------------------------------------------------------------- arithmetic
+def row_sq_norms(X: Tensor) -> Tensor:
+    """Squared row norms ``[F]`` float32: ``Σ_d x_d²`` over float32-upcast rows, in row blocks.
+
+    The canonical norms of the cost formula (the module docstring); a row's value does not
+    depend on the block it is summed in.
+    """
+    _check_vectors(X)
+    out = torch.empty(X.shape[0], dtype=torch.float32, device=X.device)
+    step = max(1, _NORM_BLOCK_ELEMENTS // max(1, X.shape[1]))
+    for r0 in range(0, X.shape[0], step):
+        blk = X[r0 : r0 + step].float()
+        torch.sum(blk * blk, dim=1, out=out[r0 : r0 + step])
+    return out
+
+
+def _inv_norms(n: Tensor) -> Tensor:
+    """1/||x|| (0 for zero rows, whose cosine is 0 with everything)."""
+    return torch.where(n > 0, torch.rsqrt(n), torch.zeros_like(n))
+
+
+def _gemm_rows(X: Tensor, scale: float = 1.0) -> Tensor:
+    """float32 copy of a row block (times an exact power of two), padded to _MIN_GEMM_ROWS rows."""
+    n = X.shape[0]
+    if n >= _MIN_GEMM_ROWS:
+        return X.float() if scale == 1.0 else torch.mul(X.float(), scale)
+    out = torch.zeros(_MIN_GEMM_ROWS, X.shape[1], dtype=torch.float32, device=X.device)
+    torch.mul(X, scale, out=out[:n])
+    return out
+
+
+def _add_norms(tile: Tensor, na: Tensor, nb: Tensor) -> Tensor:
+    """In place: tile holds −2⟨a, b⟩; make it (tile + n_a) + n_b (clamp at 0 still to apply)."""
+    return tile.add_(na[:, None]).add_(nb[None, :])
+
+
+def _col_blocks(B: Tensor, block_cols: int):
+    """(c0, c1, float32 block padded to _MIN_GEMM_ROWS rows) over B; views where B is float32."""
+    for c0 in range(0, B.shape[0], block_cols):
+        c1 = min(c0 + block_cols, B.shape[0])
+        blk = B[c0:c1]
+        if blk.dtype != torch.float32 or not blk.is_contiguous() or c1 - c0 < _MIN_GEMM_ROWS:
+            blk = _gemm_rows(blk)
+        yield c0, c1, blk
+
+
+def dense_costs(A: Tensor, B: Tensor, *, block_rows: int = 1024, backend: str | None = None) -> Tensor:
+    """All squared distances ``[F_a, F_b]`` float32 (for small F; clamped at 0).
+
+    Parameters
+    ----------
+    A : Tensor [F_a, D], B : Tensor [F_b, D]
+        float32, bfloat16 or float16 matching vectors.
+    block_rows : int
+        Rows per GEMM (memory only; the values do not depend on it).
+    backend : {"torch", "triton"} or None
+        None: Triton for CUDA tensors, torch otherwise (``$MECHPERM_KERNELS`` overrides).
+    """
+    _check_vectors(A, B)
+    _check_k("block_rows", block_rows, 1)
+    if _backend(A, B, backend=backend) == "triton":
+        from mechperm.kernels import triton_candidates
+
+        return triton_candidates.dense_costs(A, B)
+    na, nb = row_sq_norms(A), row_sq_norms(B)
+    _check_norms("A", na)
+    _check_norms("B", nb)
+    Fa, Fb = A.shape[0], B.shape[0]
+    out = torch.empty(Fa, Fb, dtype=torch.float32, device=A.device)
+    if Fa == 0 or Fb == 0:
+        return out
+    Bf = _gemm_rows(B) if B.dtype != torch.float32 or Fb < _MIN_GEMM_ROWS else B.contiguous()
+    for r0 in range(0, Fa, block_rows):
+        r1 = min(r0 + block_rows, Fa)
+        tile = torch.mm(_gemm_rows(A[r0:r1], -2.0), Bf.T)[: r1 - r0, :Fb]
+        out[r0:r1] = _add_norms(tile, na[r0:r1], nb).clamp_min_(0.0)
+    return out
+
+
+# ---------------------------------------------------------------------------------- running top-k
+class _Scratch:
+    """Reused tile-sized buffers: fresh multi-MB tensors per tile cost page faults on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.bufs = device, {}
+
+    def get(self, name: str, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> Tensor:
+        n = shape[0] * shape[1]
+        buf = self.bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self.bufs[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
+
+
+class _RunningTopK:
+    """The k smallest scores per owner (a row or a column), merged tile by tile.
+
+    ``thr`` is the current k-th smallest; a tile entry is admitted only below it, so after the
+    first tiles few entries reach the (small) merge. For an owner with no k entries yet, the
+    tile itself gives a bound: the k-th smallest of its group minima (k distinct groups, so at
+    least k entries lie at or below it).
+    """
+
+    def __init__(self, n: int, k: int, device: torch.device, criterion: Literal["cost", "cos"]) -> None:
+        # "cost": scores are the (unclamped) costs; "cos": scores are −cos, costs carried along.
+        self.k, self.nonneg, with_cost = k, criterion == "cost", criterion == "cos"
+        self.vals = torch.full((n, k), float("inf"), device=device)
+        self.idx = torch.full((n, k), -1, dtype=torch.int64, device=device)
+        self.cost = torch.full((n, k), float("inf"), device=device) if with_cost else None
+        self.thr = torch.full((n,), float("inf"), device=device)
+
+    def admit(self, scores: Tensor, dim: int, own0: int) -> Tensor:
+        """Admission threshold per owner of tile ``scores`` (owners along ``dim``: 1 rows, 0 columns)."""
+        n_own = scores.shape[0] if dim == 1 else scores.shape[1]
+        thr = self.thr[own0 : own0 + n_own]
+        if bool(torch.isinf(thr).any()):
+            bound = _tile_bound(scores, self.k, dim)
+            if self.nonneg:  # costs: the tile is clamped at 0 only where entries are taken
+                bound.clamp_min_(0.0)
+            bound = torch.nextafter(bound, thr.new_tensor(float("inf")))
+            thr = torch.minimum(thr, bound)
+        return thr
+
+    def push(self, owner: Tensor, other: Tensor, v: Tensor, extra: Tensor | None, thr: Tensor, own0: int) -> None:
+        """Merge the entries below ``thr[owner]`` (``owner`` local to the tile, in any order).
+
+        One int64 sort of (owner, order-preserving bits of the score) over the touched owners'
+        current entries and the new ones; the first k of each owner's run are its new state.
+        """
+        keep = (v < thr[owner]).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            return
+        owner, other, v = owner[keep], other[keep], v[keep]
+        k, dev, n_own = self.k, owner.device, thr.numel()
+        counts = torch.bincount(owner, minlength=n_own)
+        touched = counts.nonzero().squeeze(1)
+        if touched.numel() < n_own:
+            rank = torch.empty_like(counts)
+            rank[touched] = torch.arange(touched.numel(), device=dev)
+            owner, counts = rank[owner], counts[touched]
+        if touched.numel() == n_own:  # the usual case: views instead of gathers
+            g: slice | Tensor = slice(own0, own0 + n_own)
+        else:
+            g = own0 + touched
+        old_idx = self.idx[g]
+        held = old_idx >= 0
+        n_held = int(held.sum())
+        old_vals = self.vals[g]
+        if n_held == old_idx.numel():  # every owner holds k entries already
+            old_owner = torch.arange(counts.numel(), device=dev).repeat_interleave(k)
+            old_vals, old_idx, total = old_vals.reshape(-1), old_idx.reshape(-1), counts + k
+            old_cost = self.cost[g].reshape(-1) if self.cost is not None else None
+        else:  # first merges: only the entries held so far
+            old = held.view(-1).nonzero().squeeze(1)
+            old_owner, old_vals, old_idx = old // k, old_vals.reshape(-1)[old], old_idx.reshape(-1)[old]
+            old_cost = self.cost[g].reshape(-1)[old] if self.cost is not None else None
+            total = counts + held.sum(1)
+        vals = torch.cat([old_vals, v])
+        keys = torch.cat([old_owner, owner]).bitwise_left_shift_(32).bitwise_or_(_order_bits(vals))
+        perm = torch.sort(keys).indices
+        j = torch.arange(k, device=dev)
+        pos = (torch.cumsum(total, 0).sub_(total)[:, None] + j).clamp_max_(perm.numel() - 1)
+        take, valid = perm[pos], j < total[:, None]
+        nv = torch.where(valid, vals[take], float("inf"))
+        self.idx[g] = torch.where(valid, torch.cat([old_idx, other])[take], -1)
+        if self.cost is not None:
+            self.cost[g] = torch.where(valid, torch.cat([old_cost, extra[keep]])[take], float("inf"))
+        self.vals[g] = nv
+        self.thr[g] = nv[:, -1]
+
+
+def _order_bits(x: Tensor) -> Tensor:
+    """float32 → int64 in [0, 2^32) with the same order (IEEE bits, negatives mirrored)."""
+    b = x.view(torch.int32).to(torch.int64)
+    return torch.where(b >= 0, b + (1 << 31), ~b)
+
+
+def _select(tile: Tensor, cos: Tensor | None, r0: int, c0: int, rows_c, cols_c, rows_s, cols_s, scratch) -> None:
+    """Offer one tile to the four running top-k's: one mask (entries below any threshold), one
+    nonzero, then each criterion takes its own entries from that short list."""
+    n, m = tile.shape
+    tr, tc = rows_c.admit(tile, 1, r0), cols_c.admit(tile, 0, c0)
+    mask, tmp = scratch.get("mask", (n, m), torch.bool), scratch.get("tmp", (n, m), torch.bool)
+    torch.lt(tile, tr[:, None], out=mask)
+    mask.logical_or_(torch.lt(tile, tc[None, :], out=tmp))
+    if cos is not None:
+        sr, sc = rows_s.admit(cos, 1, r0), cols_s.admit(cos, 0, c0)
+        mask.logical_or_(torch.lt(cos, sr[:, None], out=tmp))
+        mask.logical_or_(torch.lt(cos, sc[None, :], out=tmp))
+    flat = mask.view(-1).nonzero().squeeze(1)
+    if flat.numel() == 0:
+        return
+    r = flat // m
+    c = flat - r * m
+    v = _take(tile, flat, r, c).clamp_min_(0.0)
+    rows_c.push(r, c + c0, v, None, tr, r0)
+    cols_c.push(c, r + r0, v, None, tc, c0)
+    if cos is not None:
+        s = _take(cos, flat, r, c)
+        rows_s.push(r, c + c0, s, v, sr, r0)
+        cols_s.push(c, r + r0, s, v, sc, c0)
+
+
+def _take(t: Tensor, flat: Tensor, r: Tensor, c: Tensor) -> Tensor:
+    return t.reshape(-1)[flat] if t.is_contiguous() else t[r, c]
+
+
+def _tile_bound(scores: Tensor, k: int, dim: int) -> Tensor:
+    """Per-owner value with at least k tile entries at or below it (+inf if the tile has < k)."""
+    n, m = scores.shape
+    length = m if dim == 1 else n
+    if length < k:
+        return scores.new_full((n if dim == 1 else m,), float("inf"))
+    g = max(1, length // (2 * k))
+    groups = length // g
+    if dim == 1:
+        mins = scores[:, : groups * g].reshape(n, groups, g).amin(2)
+    else:  # kthvalue along the last dimension is twice as fast
+        mins = scores[: groups * g].reshape(groups, g, m).amin(1).T.contiguous()
+    return torch.kthvalue(mins, k, dim=1).values
+
+
+# ---------------------------------------------------------------------------------- graph
+@dataclass
+class CandidateStats:
+    """How the candidate graph was assembled (edge counts before the union, per source)."""
+
+    edges: int
+    """Edges in the graph (distinct pairs)."""
+    row_cost: int
+    """Pairs among the k cheapest of their row."""
+    col_cost: int
+    """Pairs among the k cheapest of their column."""
+    row_cos: int
+    """Pairs among the k_cos most cosine-similar of their row."""
+    col_cos: int
+    """Pairs among the k_cos most cosine-similar of their column."""
+    cos_only: int
+    """Edges that only the cosine criterion found (what makes heavy-tailed graphs matchable)."""
+
+
+@dataclass
+class CandidateGraph:
+    """Sparse candidate pairs (CSR over rows) and the bounds that certify the pairs left out.
+
+    A pair (i, j) not in the graph ranks below the k-th cheapest of row i and of column j,
+    so ``c_ij >= max(row_kth[i], col_kth[j])``.
+    """
+
+    indptr: Tensor
+    """int64 [F_a + 1]: edges of row i are ``indptr[i]:indptr[i + 1]``."""
+    indices: Tensor
+    """int64 [E]: column of each edge; sorted within a row, no duplicate pairs."""
+    costs: Tensor
+    """float32 [E]: squared distance of each edge (the module's arithmetic)."""
+    sources: Tensor
+    """uint8 [E]: bit mask of the criteria that chose the edge (ROW_COST | COL_COST | ROW_COS | COL_COS)."""
+    row_kth: Tensor
+    """float32 [F_a]: k-th cheapest cost of row i (its largest cost when k >= F_b; +inf if F_b = 0)."""
+    col_kth: Tensor
+    """float32 [F_b]: k-th cheapest cost of column j (same conventions)."""
+    shape: tuple[int, int]
+    """(F_a, F_b)."""
+    k: int
+    """Cheapest partners kept per row and per column (before clamping to F_b / F_a)."""
+    k_cos: int
+    """Most cosine-similar partners kept per row and per column (0: none)."""
+    stats: CandidateStats
+    """Edge counts per source."""
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.indices.numel())
+
+    def row_ids(self) -> Tensor:
+        """int64 [E]: the row of each edge (COO rows)."""
+        counts = self.indptr[1:] - self.indptr[:-1]
+        return torch.repeat_interleave(torch.arange(self.shape[0], device=counts.device), counts)
+
+    def to(self, device: torch.device | str) -> CandidateGraph:
+        move = {f: getattr(self, f).to(device) for f in ("indptr", "indices", "costs", "sources", "row_kth", "col_kth")}
+        return CandidateGraph(**move, shape=self.shape, k=self.k, k_cos=self.k_cos, stats=self.stats)
+
+    def to_scipy(self):
+        """scipy.sparse.csr_matrix of the costs (explicit zeros kept)."""
+        import scipy.sparse
+
+        return scipy.sparse.csr_matrix(
+            (self.costs.cpu().numpy(), self.indices.cpu().numpy(), self.indptr.cpu().numpy()), shape=self.shape
+        )
+
+
+def _assemble(
+    shape: tuple[int, int],
+    parts: Sequence[tuple[Tensor, Tensor, Tensor]],
+    row_kth: Tensor,
+    col_kth: Tensor,
+    k: int,
+    k_cos: int,
+) -> CandidateGraph:
+    """Union of the four sources ``(rows [E_s], cols [E_s], costs [E_s])`` into a CSR graph.
+
+    ``parts`` are in the order ROW_COST, COL_COST, ROW_COS, COL_COS (empty where unused).
+    """
+    Fa, Fb = shape
+    device = row_kth.device
+    rows = torch.cat([p[0].reshape(-1) for p in parts])
+    cols = torch.cat([p[1].reshape(-1) for p in parts])
+    costs = torch.cat([p[2].reshape(-1) for p in parts])
+    bits = torch.cat(
+        [torch.full((p[0].numel(),), b, dtype=torch.int32, device=device) for b, p in zip(_SOURCE_BITS, parts)]
+    )
+    # Stable: within a pair the parts' order (cost sources first) survives, so the first copy wins.
+    key, order = torch.sort(rows * Fb + cols, stable=True)
+    first = torch.ones_like(key, dtype=torch.bool)
+    torch.ne(key[1:], key[:-1], out=first[1:])
+    uid = torch.cumsum(first, 0).sub_(1)
+    keep = order[first.nonzero().squeeze(1)]
+    sources = torch.zeros(keep.numel(), dtype=torch.int32, device=device).scatter_add_(0, uid, bits[order])
+    indptr = torch.zeros(Fa + 1, dtype=torch.int64, device=device)
+    indptr[1:] = torch.cumsum(torch.bincount(rows[keep], minlength=Fa), 0)
+    sources = sources.to(torch.uint8)
+    cos_only = int(((sources & (ROW_COST | COL_COST)) == 0).sum())
+    stats = CandidateStats(keep.numel(), *(int(p[0].numel()) for p in parts), cos_only=cos_only)
+    return CandidateGraph(indptr, cols[keep], costs[keep], sources, row_kth, col_kth, shape, k, k_cos, stats)
+
+
+def _no_edges(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    none = torch.empty(0, dtype=torch.int64, device=device)
+    return none, none, torch.empty(0, device=device)
+
+
+def _owner_parts(own: _RunningTopK, by_row: bool, cost: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    n, k = own.idx.shape
+    ids = torch.arange(n, device=own.idx.device)[:, None].expand(n, k)
+    return (ids, own.idx, cost) if by_row else (own.idx, ids, cost)
+
+
+def candidates(
+    A: Tensor,
+    B: Tensor,
+    *,
+    k: int = 32,
+    k_cos: int | None = None,
+    block_rows: int = 1024,
+    block_cols: int = 2048,
+    backend: str | None = None,
+) -> CandidateGraph:
+    """Sparse candidate graph: per row and per column, the k cheapest and the k_cos most similar.
+
+    Streams the squared-distance matrix tile by tile (one ``block_rows × block_cols`` tile in
+    memory) with running top-k per row and per column. The cosine part is scale-free, so the
+    union admits a perfect matching even where heavy-tailed norms pile every row's cheapest
+    partners onto a few columns (DESIGN.md, "Measured pitfall"); the cost part gives the bounds.
+
+    Parameters
+    ----------
+    A : Tensor [F_a, D], B : Tensor [F_b, D]
+        float32 / bfloat16 / float16 matching vectors on one device.
+    k : int >= 1
+        Cheapest partners per row and per column; clamped to F_b for rows and F_a for columns.
+    k_cos : int >= 0 or None
+        Most cosine-similar partners per row and per column (None: k; 0: none); clamped alike.
+    block_rows, block_cols : int
+        Tile shape of the torch path (the values do not depend on it).
+    backend : {"torch", "triton"} or None
+        None: Triton for CUDA tensors, torch otherwise (``$MECHPERM_KERNELS`` overrides).
+
+    Returns
+    -------
+    CandidateGraph
+    """
+    _check_vectors(A, B)
+    _check_k("k", k, 1)
+    k_cos = k if k_cos is None else _check_k("k_cos", k_cos, 0)
+    _check_k("block_rows", block_rows, 1)
+    _check_k("block_cols", block_cols, 1)
+    Fa, Fb = A.shape[0], B.shape[0]
+    if _backend(A, B, backend=backend) == "triton" and Fa and Fb:
+        from mechperm.kernels import triton_candidates
+
+        return triton_candidates.candidates(A, B, k=k, k_cos=k_cos)
+    na, nb = row_sq_norms(A), row_sq_norms(B)
+    _check_norms("A", na)
+    _check_norms("B", nb)
+    kr, kc = min(k, Fb), min(k, Fa)
+    kcr, kcc = min(k_cos, Fb), min(k_cos, Fa)
+    dev = A.device
+    rows_c = _RunningTopK(Fa, kr, dev, "cost")
+    cols_c = _RunningTopK(Fb, kc, dev, "cost")
+    rows_s = _RunningTopK(Fa, kcr, dev, "cos") if kcr else None
+    cols_s = _RunningTopK(Fb, kcc, dev, "cos") if kcc else None
+    half_ia, ib = 0.5 * _inv_norms(na), _inv_norms(nb)
+    scratch = _Scratch(dev)
+    for r0 in range(0, Fa if Fb else 0, block_rows):
+        r1 = min(r0 + block_rows, Fa)
+        A2 = _gemm_rows(A[r0:r1], -2.0)
+        for c0, c1, Bblk in _col_blocks(B, block_cols):
+            full = torch.mm(A2, Bblk.T, out=scratch.get("tile", (A2.shape[0], Bblk.shape[0])))
+            tile = full[: r1 - r0, : c1 - c0]
+            cos = None
+            if rows_s is not None:  # −cos = (−2⟨a,b⟩ · ½/||a||) / ||b||, before the norms are added
+                cos = torch.mul(tile, half_ia[r0:r1, None], out=scratch.get("cos", tile.shape))
+                cos.mul_(ib[None, c0:c1])
+            _add_norms(tile, na[r0:r1], nb[c0:c1])  # clamped at 0 where entries are taken
+            _select(tile, cos, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch)
+    parts = [_owner_parts(rows_c, True, rows_c.vals), _owner_parts(cols_c, False, cols_c.vals)]
+    for own, by_row in ((rows_s, True), (cols_s, False)):
+        parts.append(_owner_parts(own, by_row, own.cost) if own is not None else _no_edges(dev))
+    inf = float("inf")
+    row_kth = rows_c.vals[:, -1].clone() if kr else torch.full((Fa,), inf, device=dev)
+    col_kth = cols_c.vals[:, -1].clone() if kc else torch.full((Fb,), inf, device=dev)
+    return _assemble((Fa, Fb), parts, row_kth, col_kth, k, k_cos)
+
+
+# ---------------------------------------------------------------------------------- pricing
+class PricedPairs(NamedTuple):
+    """Pairs of negative reduced cost, sorted by (row, col)."""
+
+    rows: Tensor
+    """int64 [P]"""
+    cols: Tensor
+    """int64 [P]"""
+    costs: Tensor
+    """float32 [P]: c_ij (not the reduced cost)."""
+
+
+def _check_duals(u: Tensor, v: Tensor, Fa: int, Fb: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    out = []
+    for name, x, n in (("u", u, Fa), ("v", v, Fb)):
+        x = torch.as_tensor(x)
+        if x.shape != (n,):
+            side = "row of A" if name == "u" else "row of B"
+            raise ValueError(f"{name} has shape {tuple(x.shape)}; expected ({n},), one dual per {side}")
+        if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} must hold finite floating-point duals")
+        out.append(x.to(device=device, dtype=torch.float64))
+    return out[0], out[1]
+
+
+def _check_rows(rows: Tensor | Sequence[int] | None, Fa: int, device: torch.device) -> Tensor:
+    if rows is None:
+        return torch.arange(Fa, device=device)
+    r = torch.as_tensor(rows, device=device)
+    if r.ndim != 1 or (r.numel() and r.is_floating_point()):
+        raise ValueError(f"rows must be a 1-D integer index tensor; got shape {tuple(r.shape)}, {r.dtype}")
+    r = torch.unique(r.long())
+    if r.numel() and (int(r[0]) < 0 or int(r[-1]) >= Fa):
+        raise ValueError(f"rows must lie in [0, {Fa}); got {int(r[0])}..{int(r[-1])}")
+    return r
+
+
+def _keep_most_negative(parts: list[tuple[Tensor, Tensor, Tensor, Tensor]], max_pairs: int) -> list:
+    r, c, cost, red = (torch.cat(x) for x in zip(*parts))
+    if red.numel() > max_pairs:
+        keep = torch.topk(red, max_pairs, largest=False).indices
+        r, c, cost, red = r[keep], c[keep], cost[keep], red[keep]
+    return [(r, c, cost, red)]
+
+
+def price(
+    A: Tensor,
+    B: Tensor,
+    u: Tensor,
+    v: Tensor,
+    *,
+    rows: Tensor | Sequence[int] | None = None,
+    tol: float = 0.0,
+    max_pairs: int | None = None,
+    block_rows: int = 1024,
+    block_cols: int = 2048,
+    backend: str | None = None,
+) -> PricedPairs:
+    """Every pair with reduced cost ``(c_ij − u_i) − v_j < −tol`` (float64), the certificate's pass.
+
+    Streams the cost tiles (only ``rows`` of A if given) and keeps what the duals price below
+    zero; a float32 prefilter with a proven rounding margin avoids float64 work on the rest.
+
+    Parameters
+    ----------
+    A : Tensor [F_a, D], B : Tensor [F_b, D]
+    u : Tensor [F_a], v : Tensor [F_b]
+        Duals (any float dtype; used as float64; must be finite).
+    rows : int tensor or sequence, optional
+        Rows of A to price (deduplicated); default all.
+    tol : float >= 0
+    max_pairs : int, optional
+        Keep only the ``max_pairs`` most negative reduced costs.
+
+    Returns
+    -------
+    PricedPairs(rows int64 [P], cols int64 [P], costs float32 [P]), sorted by (row, col).
+    """
+    _check_vectors(A, B)
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0; got {tol!r}")
+    if max_pairs is not None:
+        _check_k("max_pairs", max_pairs, 0)
+    Fa, Fb = A.shape[0], B.shape[0]
+    u, v = _check_duals(u, v, Fa, Fb, A.device)
+    rows_t = _check_rows(rows, Fa, A.device)
+    if _backend(A, B, backend=backend) == "triton":
+        from mechperm.kernels import triton_candidates
+
+        res = triton_candidates.price(A, B, u, v, rows_t, tol, max_pairs)
+    else:
+        res = _price_torch(A, B, u, v, rows_t, float(tol), max_pairs, block_rows, block_cols)
+    r, c, cost = res
+    order = torch.argsort(r * max(Fb, 1) + c)
+    return PricedPairs(r[order], c[order], cost[order])
+
+
+def _price_torch(A, B, u, v, rows_t, tol, max_pairs, block_rows, block_cols):
+    dev = A.device
+    nb = row_sq_norms(B)
+    _check_norms("B", nb)
+    empty = (torch.empty(0, dtype=torch.int64, device=dev),) * 2 + (torch.empty(0, device=dev),) * 2
+    parts: list = [empty]
+    if rows_t.numel() == 0 or B.shape[0] == 0:
+        return empty[:3]
+    v32 = v.float()
+    # Conservative float32 prefilter: (c − v32_j) < w_i must hold whenever (c − u_i) − v_j < −tol.
+    # The float32 rounding of v and of c − v32 is ≤ 2^-23 (|c| + |v_j|) and c ≤ 2 (n_i + max m);
+    # a 2^-20 margin on those magnitudes covers it (and the float64 rounding) with room to spare.
+    base = 2.0 * float(nb.max()) + float(v.abs().max()) + tol
+    # duals beyond float32's range would defeat the prefilter: let every entry through instead
+    huge = max(float(u.abs().max()) if u.numel() else 0.0, float(v.abs().max())) > 1e30
+    for s0 in range(0, rows_t.numel(), block_rows):
+        ids = rows_t[s0 : s0 + block_rows]
+        Ablk = A[ids]
+        na = row_sq_norms(Ablk)
+        _check_norms("A", na)
+        uu = u[ids]
+        w = ((uu - tol) + 2.0**-20 * (2.0 * na.double() + uu.abs() + base)).float()
+        if huge:
+            w.fill_(float("inf"))
+        A2 = _gemm_rows(Ablk, -2.0)
+        for c0, c1, Bblk in _col_blocks(B, block_cols):
+            tile = _add_norms(torch.mm(A2, Bblk.T)[: ids.numel(), : c1 - c0], na, nb[c0:c1]).clamp_min_(0.0)
+            r, c = (torch.sub(tile, v32[None, c0:c1]) < w[:, None]).nonzero(as_tuple=True)
+            if r.numel() == 0:
+                continue
+            cost = tile[r, c]
+            red = (cost.double() - uu[r]) - v[c0 + c]
+            hit = red < -tol
+            parts.append((ids[r[hit]], c0 + c[hit], cost[hit], red[hit]))
+        if max_pairs is not None and sum(p[0].numel() for p in parts) > 2 * max_pairs:
+            parts = _keep_most_negative(parts, max_pairs)
+    if max_pairs is not None:
+        parts = _keep_most_negative(parts, max_pairs)
+    r, c, cost, _ = (torch.cat(x) for x in zip(*parts))
+    return r, c, cost

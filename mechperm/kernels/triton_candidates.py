@@ -1,0 +1,355 @@
+"""Triton kernels of the candidate op (CUDA; on the CPU they run under ``TRITON_INTERPRET=1``).
+
+Imported only by the dispatcher in ``candidates.py`` when the triton backend is chosen, so the
+package works without triton. Same arithmetic as the torch reference (its docstring):
+``c = max(0, (−2·⟨a, b⟩ + n_a) + n_b)`` from a ``tl.dot`` accumulated in float32 over D chunks.
+
+Kernels
+-------
+_topk_kernel     per row of X, the K cheapest and the KS most cosine-similar rows of Y within a
+                 column split: each cost tile is reduced on chip into a running best-K in
+                 registers (int64 keys = order-preserving score bits << 32 | column, so one
+                 integer carries the index and ties break by column; see ``_insert``). Columns
+                 are a second launch with X and Y swapped (``SWAP`` keeps the norms' addition
+                 order of the (A, B) formula): two GEMM passes in all.
+_pair_kernel     costs of listed pairs (the cosine edges' costs; row-wise dot, so they agree
+                 with tile costs to float32 rounding, not bit for bit)
+_dense_kernel    the full cost matrix
+_price_kernel    pairs with (c − u) − v < −tol, float64; compacted through an atomic counter
+
+fp32 inputs use ``tl.dot(input_precision=$MECHPERM_DOT_PRECISION or "tf32x3")`` (3×TF32,
+float32-level accuracy on tensor cores; "ieee" is exact FMA, slower); bf16/fp16 products are
+exact in the float32 accumulator.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+import mechperm.kernels.candidates  # noqa: F401
+
+ref = sys.modules["mechperm.kernels.candidates"]  # the module (the package re-exports its function)
+
+# Tile rows, tile columns, D chunk by input width. Not yet tuned on a GPU (no device was
+# available when they were written): candidates for autotuning are 64 x 64 / 128 x 64.
+BM, BN, BD_FP32, BD_16 = 32, 64, 32, 64
+
+
+def _precision(X: Tensor) -> str | None:
+    if X.device.type != "cuda":
+        return "upcast" if X.dtype != torch.float32 else "ieee"  # interpreter (see _dot_tile)
+    if X.dtype != torch.float32:
+        return None  # 16-bit products are exact in float32; the flag only concerns fp32 operands
+    p = os.environ.get("MECHPERM_DOT_PRECISION", "tf32x3").strip().lower()
+    if p not in ("ieee", "tf32x3", "tf32"):
+        raise ValueError(f"MECHPERM_DOT_PRECISION={p!r}: use 'ieee', 'tf32x3' or 'tf32'")
+    return p
+
+
+@triton.jit
+def _dot_tile(X, Y, xr, yr, xm, ym, D, sx, sy,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] = ⟨X[xr], Y[yr]⟩ in float32, D looped in BLOCK_D chunks (masked tail).
+
+    PRECISION "upcast" converts 16-bit chunks to float32 first: the Triton 3.9 interpreter's
+    bf16 ``tl.dot`` returns garbage, so interpreted runs (CPU tensors) use it.
+    """
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_d = tl.arange(0, BLOCK_D)
+    xp = X + xr.to(tl.int64)[:, None] * sx
+    yp = Y + yr.to(tl.int64)[:, None] * sy
+    for d0 in range(0, D, BLOCK_D):
+        dm = (d0 + offs_d) < D
+        x = tl.load(xp + (d0 + offs_d)[None, :], mask=xm[:, None] & dm[None, :], other=0.0)
+        y = tl.load(yp + (d0 + offs_d)[None, :], mask=ym[:, None] & dm[None, :], other=0.0)
+        if PRECISION == "upcast":
+            acc = tl.dot(x.to(tl.float32), tl.trans(y.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(y), acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _pack(score, col):
+    """(float32 score, column) → int64 key with the order of (score, column)."""
+    b = score.to(tl.int32, bitcast=True)
+    b = b ^ ((b >> 31) & 0x7FFFFFFF)  # negatives mirrored: signed-int order = float order
+    return (b.to(tl.int64) << 32) | col.to(tl.int64)
+
+
+@triton.jit
+def _insert(best, thr, key, pos):
+    """Move the keys of tile ``key [BM, BN]`` below ``thr`` into ``best [BM, KP]``, smallest first.
+
+    ``best`` is unsorted; its used slots hold the row's current best keys (MAXKEY while empty),
+    unused ones MINKEY; ``thr`` is its maximum (the K-th best). Each round moves the tile's
+    minimum of every row that still beats its K-th into the slot of that K-th; after the first
+    tiles a row rarely has more than a few such keys, so most tiles cost one min-reduction.
+    """
+    m = tl.min(key, axis=1)
+    while tl.max((m < thr).to(tl.int32), axis=0) > 0:
+        ins = m < thr
+        slot = tl.min(tl.where(best == thr[:, None], pos[None, :], pos.shape[0]), axis=1)
+        best = tl.where((pos[None, :] == slot[:, None]) & ins[:, None], m[:, None], best)
+        thr = tl.max(best, axis=1)
+        key = tl.where(key == m[:, None], 0x7FFFFFFFFFFFFFFF, key)  # keys are unique (column bits)
+        m = tl.min(key, axis=1)
+    return best, thr
+
+
+@triton.jit
+def _topk_kernel(
+    X, Y,            # [M, D], [N, D] matching vectors (fp32 / bf16 / fp16), unit stride along D
+    NX, NY,          # [M], [N] float32 squared norms
+    IX, IY,          # [M], [N] float32 inverse norms (0 for zero rows); read when KS > 0
+    OUT_C,           # [M, S, KC] int64 keys (cost, column): the KC cheapest per row and split
+    OUT_S,           # [M, S, KS] int64 keys (−cos, column): the KS most similar per row and split
+    M, N, D, cols_per_split, sx, sy,
+    KC: tl.constexpr, KS: tl.constexpr, KP: tl.constexpr, SWAP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_split = tl.num_programs(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    nx = tl.load(NX + rows, mask=rmask, other=0.0)
+    ix = tl.load(IX + rows, mask=rmask, other=0.0)
+    pos = tl.arange(0, KP)
+    # slots >= K hold MINKEY: never the maximum, never replaced
+    best_c = tl.where(pos[None, :] < KC, 0x7FFFFFFFFFFFFFFF, -0x7FFFFFFFFFFFFFFF - 1).to(tl.int64)
+    best_c = tl.broadcast_to(best_c, (BLOCK_M, KP))
+    best_s = tl.broadcast_to(tl.where(pos[None, :] < KS, 0x7FFFFFFFFFFFFFFF, -0x7FFFFFFFFFFFFFFF - 1).to(tl.int64),
+                             (BLOCK_M, KP))
+    thr_c = tl.max(best_c, axis=1)
+    thr_s = tl.max(best_s, axis=1)
+    n_lo = pid_s * cols_per_split
+    n_hi = tl.minimum(n_lo + cols_per_split, N)
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cmask = cols < n_hi
+        acc = _dot_tile(X, Y, rows, cols, rmask, cmask, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+        ny = tl.load(NY + cols, mask=cmask, other=0.0)
+        if SWAP:  # X holds B, Y holds A: c = (−2⟨a,b⟩ + n_a) + n_b as in the (A, B) launch
+            cost = (acc * -2.0 + ny[None, :]) + nx[:, None]
+        else:
+            cost = (acc * -2.0 + nx[:, None]) + ny[None, :]
+        cost = tl.maximum(cost, 0.0)
+        valid = rmask[:, None] & cmask[None, :]
+        key = tl.where(valid, _pack(cost, cols), 0x7FFFFFFFFFFFFFFF)
+        best_c, thr_c = _insert(best_c, thr_c, key, pos)
+        if KS > 0:
+            iy = tl.load(IY + cols, mask=cmask, other=0.0)
+            neg_cos = -((acc * ix[:, None]) * iy[None, :])
+            key = tl.where(valid, _pack(neg_cos, cols), 0x7FFFFFFFFFFFFFFF)
+            best_s, thr_s = _insert(best_s, thr_s, key, pos)
+    base = rows.to(tl.int64)[:, None] * n_split + pid_s
+    tl.store(OUT_C + base * KC + pos[None, :], best_c, mask=rmask[:, None] & (pos[None, :] < KC))
+    if KS > 0:
+        tl.store(OUT_S + base * KS + pos[None, :], best_s, mask=rmask[:, None] & (pos[None, :] < KS))
+
+
+@triton.jit
+def _pair_kernel(
+    X, Y,            # [M, D], [N, D]
+    NX, NY,          # [M], [N] float32 squared norms
+    I, J,            # [P] int64 pair rows in X, rows in Y
+    OUT,             # [P] float32 costs
+    P, D, sx, sy,
+    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    offs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = offs < P
+    i = tl.load(I + offs, mask=pm, other=0)
+    j = tl.load(J + offs, mask=pm, other=0)
+    offs_d = tl.arange(0, BLOCK_D)
+    acc = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        m = pm[:, None] & ((d0 + offs_d) < D)[None, :]
+        x = tl.load(X + i[:, None] * sx + (d0 + offs_d)[None, :], mask=m, other=0.0).to(tl.float32)
+        y = tl.load(Y + j[:, None] * sy + (d0 + offs_d)[None, :], mask=m, other=0.0).to(tl.float32)
+        acc += tl.sum(x * y, axis=1)
+    nx = tl.load(NX + i, mask=pm, other=0.0)
+    ny = tl.load(NY + j, mask=pm, other=0.0)
+    tl.store(OUT + offs, tl.maximum((acc * -2.0 + nx) + ny, 0.0), mask=pm)
+
+
+@triton.jit
+def _dense_kernel(
+    X, Y,            # [M, D], [N, D]
+    NX, NY,          # [M], [N] float32 squared norms
+    OUT,             # [M, N] float32 costs
+    M, N, D, sx, sy,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm, cm = rows < M, cols < N
+    acc = _dot_tile(X, Y, rows, cols, rm, cm, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+    nx = tl.load(NX + rows, mask=rm, other=0.0)
+    ny = tl.load(NY + cols, mask=cm, other=0.0)
+    cost = tl.maximum((acc * -2.0 + nx[:, None]) + ny[None, :], 0.0)
+    tl.store(OUT + rows.to(tl.int64)[:, None] * N + cols[None, :], cost, mask=rm[:, None] & cm[None, :])
+
+
+@triton.jit
+def _price_kernel(
+    X, Y,            # [F_a, D], [N, D]
+    NX, NY,          # [F_a], [N] float32 squared norms
+    U, V,            # [F_a], [N] float64 duals
+    ROWS,            # [M] int64 rows of X to price
+    TOL,             # [1] float64
+    OUT_R, OUT_C,    # [capacity] int64 pair rows / columns
+    OUT_COST,        # [capacity] float32 costs
+    COUNT,           # [1] int32 pairs found (may exceed capacity: the host relaunches)
+    M, N, D, sx, sy, capacity,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    ri = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm, cm = ri < M, cols < N
+    rows = tl.load(ROWS + ri, mask=rm, other=0)
+    acc = _dot_tile(X, Y, rows, cols, rm, cm, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+    nx = tl.load(NX + rows, mask=rm, other=0.0)
+    ny = tl.load(NY + cols, mask=cm, other=0.0)
+    cost = tl.maximum((acc * -2.0 + nx[:, None]) + ny[None, :], 0.0)
+    u = tl.load(U + rows, mask=rm, other=0.0)
+    v = tl.load(V + cols, mask=cm, other=0.0)
+    red = (cost.to(tl.float64) - u[:, None]) - v[None, :]
+    hit = (red < -tl.load(TOL)) & rm[:, None] & cm[None, :]
+    n = tl.sum(hit.to(tl.int32))
+    if n > 0:
+        base = tl.atomic_add(COUNT, n)
+        flat = tl.reshape(hit.to(tl.int32), (BLOCK_M * BLOCK_N,))
+        at = base + tl.cumsum(flat, 0) - 1
+        ok = (flat > 0) & (at < capacity)
+        r2 = tl.reshape(tl.broadcast_to(rows[:, None], (BLOCK_M, BLOCK_N)), (BLOCK_M * BLOCK_N,))
+        c2 = tl.reshape(tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N)), (BLOCK_M * BLOCK_N,))
+        tl.store(OUT_R + at, r2.to(tl.int64), mask=ok)
+        tl.store(OUT_C + at, c2.to(tl.int64), mask=ok)
+        tl.store(OUT_COST + at, tl.reshape(cost, (BLOCK_M * BLOCK_N,)), mask=ok)
+
+
+# ---------------------------------------------------------------------------------- host side
+def _prep(A: Tensor, B: Tensor):
+    A, B = A.contiguous(), B.contiguous()
+    na, nb = ref.row_sq_norms(A), ref.row_sq_norms(B)
+    ref._check_norms("A", na)
+    ref._check_norms("B", nb)
+    return A, B, na, nb, (BD_FP32 if A.dtype == torch.float32 else BD_16)
+
+
+def _unpack(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """int64 keys → (float32 scores, int64 columns); the inverse of ``_pack``."""
+    hi = (keys >> 32).to(torch.int32)
+    return (hi ^ ((hi >> 31) & 0x7FFFFFFF)).view(torch.float32), keys & 0xFFFFFFFF
+
+
+def _n_splits(rows: int, col_tiles: int, device: torch.device) -> int:
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    want = -(-4 * sms // max(1, -(-rows // BM)))
+    return max(1, min(col_tiles, want))
+
+
+def _topk(X, Y, nx, ny, ix, iy, kc: int, ks: int, swap: bool, bd: int, splits: int | None):
+    """Per row of X: (costs [M, kc], cols [M, kc]) cheapest, and cols [M, ks] most similar."""
+    M, N = X.shape[0], Y.shape[0]
+    kp = max(2, triton.next_power_of_2(max(kc, ks)))
+    bn = BN
+    col_tiles = -(-N // bn)
+    s = splits or _n_splits(M, col_tiles, X.device)
+    cols_per_split = -(-col_tiles // s) * bn
+    s = -(-N // cols_per_split)
+    out_c = torch.empty(M, s, kc, dtype=torch.int64, device=X.device)
+    out_s = torch.empty(M, s, max(ks, 1), dtype=torch.int64, device=X.device)
+    _topk_kernel[(-(-M // BM), s)](
+        X, Y, nx, ny, ix, iy, out_c, out_s, M, N, X.shape[1], cols_per_split, X.stride(0), Y.stride(0),
+        KC=kc, KS=ks, KP=kp, SWAP=swap, BLOCK_M=BM, BLOCK_N=bn, BLOCK_D=bd, PRECISION=_precision(X),
+    )
+    keys_c = torch.sort(out_c.view(M, s * kc), dim=1).values[:, :kc]
+    cost, cols_c = _unpack(keys_c)
+    cols_s = torch.sort(out_s.view(M, -1), dim=1).values[:, :ks] & 0xFFFFFFFF if ks else None
+    return cost, cols_c, cols_s
+
+
+def pair_costs(A: Tensor, B: Tensor, na: Tensor, nb: Tensor, i: Tensor, j: Tensor, bd: int) -> Tensor:
+    """float32 costs of the pairs (A[i], B[j])."""
+    out = torch.empty(i.numel(), dtype=torch.float32, device=A.device)
+    if i.numel():
+        grid = (triton.cdiv(i.numel(), 64),)
+        _pair_kernel[grid](A, B, na, nb, i.contiguous(), j.contiguous(), out, i.numel(), A.shape[1],
+                           A.stride(0), B.stride(0), BLOCK_P=64, BLOCK_D=bd)
+    return out
+
+
+def candidates(A: Tensor, B: Tensor, *, k: int, k_cos: int, splits: int | None = None) -> ref.CandidateGraph:
+    """Triton implementation of :func:`mechperm.kernels.candidates.candidates` (validated there)."""
+    A, B, na, nb, bd = _prep(A, B)
+    Fa, Fb = A.shape[0], B.shape[0]
+    kr, kc, kcr, kcc = min(k, Fb), min(k, Fa), min(k_cos, Fb), min(k_cos, Fa)
+    if max(kr, kc, kcr, kcc) > 128:
+        raise ValueError(
+            f"the triton backend keeps at most 128 partners per row (k={k}, k_cos={k_cos}); use backend='torch'"
+        )
+    ia, ib = ref._inv_norms(na), ref._inv_norms(nb)
+    row_cost, row_cols, row_sim = _topk(A, B, na, nb, ia, ib, kr, kcr, False, bd, splits)
+    col_cost, col_rows, col_sim = _topk(B, A, nb, na, ib, ia, kc, kcc, True, bd, splits)
+    ids_a = torch.arange(Fa, device=A.device)[:, None]
+    ids_b = torch.arange(Fb, device=A.device)[:, None]
+    parts = [(ids_a.expand(Fa, kr), row_cols, row_cost), (col_rows, ids_b.expand(Fb, kc), col_cost)]
+    for ids, sim, by_row in ((ids_a, row_sim, True), (ids_b, col_sim, False)):
+        if sim is None:
+            parts.append(ref._no_edges(A.device))
+            continue
+        r, c = (ids.expand_as(sim), sim) if by_row else (sim, ids.expand_as(sim))
+        parts.append((r, c, pair_costs(A, B, na, nb, r.reshape(-1), c.reshape(-1), bd).view(sim.shape)))
+    return ref._assemble((Fa, Fb), parts, row_cost[:, -1].contiguous(), col_cost[:, -1].contiguous(), k, k_cos)
+
+
+def dense_costs(A: Tensor, B: Tensor) -> Tensor:
+    """Triton implementation of :func:`mechperm.kernels.candidates.dense_costs`."""
+    A, B, na, nb, bd = _prep(A, B)
+    M, N = A.shape[0], B.shape[0]
+    out = torch.empty(M, N, dtype=torch.float32, device=A.device)
+    if M and N:
+        _dense_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN))](
+            A, B, na, nb, out, M, N, A.shape[1], A.stride(0), B.stride(0),
+            BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(A))
+    return out
+
+
+def price(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, tol: float, max_pairs: int | None):
+    """Triton implementation of :func:`mechperm.kernels.candidates.price` (unsorted output)."""
+    A, B, na, nb, bd = _prep(A, B)
+    N = B.shape[0]
+    dev = A.device
+    tol_t = torch.tensor([float(tol)], dtype=torch.float64, device=dev)
+    chunk = max(BM, min(1 << 16, (2**31 - 1) // max(N, 1) // BM * BM))  # the int32 counter cannot wrap
+    parts = [(torch.empty(0, dtype=torch.int64, device=dev),) * 2 + (torch.empty(0, device=dev),) * 2]
+    for s0 in range(0, rows.numel() if N else 0, chunk):
+        ids = rows[s0 : s0 + chunk].contiguous()
+        capacity = max(1024, 4 * ids.numel())
+        while True:
+            count = torch.zeros(1, dtype=torch.int32, device=dev)
+            out_r = torch.empty(capacity, dtype=torch.int64, device=dev)
+            out_c = torch.empty(capacity, dtype=torch.int64, device=dev)
+            out_cost = torch.empty(capacity, dtype=torch.float32, device=dev)
+            _price_kernel[(triton.cdiv(ids.numel(), BM), triton.cdiv(N, BN))](
+                A, B, na, nb, u, v, ids, tol_t, out_r, out_c, out_cost, count,
+                ids.numel(), N, A.shape[1], A.stride(0), B.stride(0), capacity,
+                BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(A))
+            found = int(count.item())
+            if found <= capacity:
+                break
+            capacity = found  # rare: relaunch with room for every pair
+        r, c, cost = out_r[:found], out_c[:found], out_cost[:found]
+        parts.append((r, c, cost, (cost.double() - u[r]) - v[c]))
+        if max_pairs is not None:
+            parts = ref._keep_most_negative(parts, max_pairs)
+    r, c, cost, _ = (torch.cat(x) for x in zip(*parts))
+    return r, c, cost

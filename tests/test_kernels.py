@@ -1,0 +1,471 @@
+"""Kernels: matching vectors, dense costs, candidate graph, pricing — torch reference against
+brute force, and the Triton kernels (TRITON_INTERPRET=1 on the CPU) against the torch reference."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_sae
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mechperm.kernels import (
+    COL_COS,
+    COL_COST,
+    ROW_COS,
+    ROW_COST,
+    candidates,
+    dense_costs,
+    matching_vectors,
+    price,
+    row_sq_norms,
+)
+
+CAND = sys.modules["mechperm.kernels.candidates"]
+
+
+# ---------------------------------------------------------------------------------- helpers
+def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def heavy_tailed(F: int, D: int, *, sigma: float = 1.0, drift: float = 1.3, seed: int = 0):
+    """A [F, D], B [F, D]: lognormal row norms, B's rows = A's rotated by ``drift`` radians,
+    rescaled and shuffled (folded decoders of two layers, the DESIGN.md pitfall)."""
+    g = torch.Generator().manual_seed(seed)
+    U = torch.randn(F, D, generator=g)
+    U /= U.norm(dim=1, keepdim=True)
+    m = torch.exp(sigma * torch.randn(F, 1, generator=g))
+    N = torch.randn(F, D, generator=g)
+    N -= (N * U).sum(1, keepdim=True) * U
+    N /= N.norm(dim=1, keepdim=True)
+    V = np.cos(drift) * U + np.sin(drift) * N
+    B = (V * m * torch.exp(0.2 * torch.randn(F, 1, generator=g)))[torch.randperm(F, generator=g)]
+    return U * m, B
+
+
+def brute(A: torch.Tensor, B: torch.Tensor):
+    """float64 costs and cosines by definition."""
+    a, b = A.double(), B.double()
+    cost = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    cos = (a @ b.T) / torch.where(na > 0, na, 1)[:, None] / torch.where(nb > 0, nb, 1)[None, :]
+    return cost, cos
+
+
+def edge_set(g) -> set[tuple[int, int]]:
+    return set(zip(g.row_ids().tolist(), g.indices.tolist()))
+
+
+def topk_pairs(M: torch.Tensor, k: int, dim: int, largest: bool) -> set[tuple[int, int]]:
+    idx = torch.topk(M, min(k, M.shape[dim]), dim=dim, largest=largest).indices
+    if dim == 1:
+        return {(i, int(j)) for i in range(M.shape[0]) for j in idx[i]}
+    return {(int(i), j) for j in range(M.shape[1]) for i in idx[:, j]}
+
+
+def check_csr(g) -> None:
+    Fa, Fb = g.shape
+    assert g.indptr.shape == (Fa + 1,) and g.indptr.dtype == torch.int64 and int(g.indptr[0]) == 0
+    assert bool((g.indptr[1:] >= g.indptr[:-1]).all()) and int(g.indptr[-1]) == g.num_edges
+    assert g.indices.dtype == torch.int64 and g.costs.dtype == torch.float32 and g.sources.dtype == torch.uint8
+    for i in range(Fa):
+        cols = g.indices[g.indptr[i] : g.indptr[i + 1]]
+        assert bool((cols[1:] > cols[:-1]).all()), f"row {i}: columns not strictly increasing (sorted, no duplicates)"
+    assert g.num_edges == 0 or (int(g.indices.min()) >= 0 and int(g.indices.max()) < Fb)
+    assert g.row_kth.shape == (Fa,) and g.col_kth.shape == (Fb,)
+
+
+def check_bounds(g, C: torch.Tensor) -> None:
+    """Every pair left out of the graph costs at least max(row_kth[i], col_kth[j])."""
+    inside = torch.zeros_like(C, dtype=torch.bool)
+    inside[g.row_ids(), g.indices] = True
+    bound = torch.maximum(g.row_kth[:, None], g.col_kth[None, :])
+    bad = (~inside) & (C < bound)
+    assert not bool(bad.any()), f"{int(bad.sum())} left-out pairs cost less than their bound"
+
+
+# ---------------------------------------------------------------------------------- features
+def test_decoder_vectors_equal_folded_sae_rows() -> None:
+    sae = random_sae(d=24, F=40, seed=3)
+    assert torch.equal(matching_vectors(sae), sae.fold().W_dec)
+    assert torch.equal(matching_vectors(sae, fold=False), sae.W_dec)
+
+
+def test_encoder_and_both_vectors_equal_folded_sae() -> None:
+    sae = random_sae(d=24, F=40, seed=4)
+    f = sae.fold()
+    assert torch.equal(matching_vectors(sae, on="encoder"), f.W_enc.T)
+    both = matching_vectors(sae, on="both")
+    assert both.shape == (40, 2 * 24 + 1)
+    assert torch.equal(both, torch.cat([f.W_dec, f.W_enc.T, f.b_enc[:, None]], dim=1))
+    raw = torch.cat([sae.W_dec, sae.W_enc.T, sae.b_enc[:, None]], 1)
+    assert torch.equal(matching_vectors(sae, on="both", fold=False), raw)
+
+
+def test_invalid_features_are_left_unscaled_like_fold() -> None:
+    sae = random_sae(d=16, F=12, seed=5)
+    th, W_dec = sae.threshold.clone(), sae.W_dec.clone()
+    th[0], th[1], th[2] = 0.0, -1.0, float("inf")
+    W_dec[3] = 0.0
+    sae = dataclasses.replace(sae, threshold=th, W_dec=W_dec)
+    v = matching_vectors(sae, on="both")
+    f = sae.fold()
+    assert torch.equal(v, torch.cat([f.W_dec, f.W_enc.T, f.b_enc[:, None]], 1))
+    assert torch.equal(v[:3, :16], sae.W_dec[:3]) and torch.equal(v[:4, 16:32], sae.W_enc[:, :4].T)
+
+
+def test_relu_float64_and_bf16_saes() -> None:
+    relu = random_sae(d=16, F=20, activation="relu", seed=6)
+    assert torch.equal(matching_vectors(relu), relu.fold().W_dec)
+    s64 = random_sae(d=16, F=20, seed=7, dtype=torch.float64)
+    assert torch.equal(matching_vectors(s64), s64.fold().W_dec.float())
+    s16 = random_sae(d=16, F=20, seed=8, dtype=torch.bfloat16)
+    # float32 product, rounded once to float32 (fold() rounds to bf16): equal to bf16 precision
+    torch.testing.assert_close(matching_vectors(s16), s16.fold().W_dec.float(), atol=0, rtol=2**-8)
+    assert matching_vectors(s16, dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_topk_sae_with_unequal_norms_refuses_to_fold() -> None:
+    sae = random_sae(d=16, F=20, activation="topk", seed=9)
+    sae = dataclasses.replace(sae, W_dec=sae.W_dec * torch.linspace(1, 2, 20)[:, None])
+    with pytest.raises(ValueError, match="TopK"):
+        matching_vectors(sae)
+    assert torch.equal(matching_vectors(sae, fold=False), sae.W_dec)
+
+
+def test_normalize_and_norms() -> None:
+    sae = random_sae(d=16, F=12, seed=10)
+    W_dec = sae.W_dec.clone()
+    W_dec[5] = 0.0
+    sae = dataclasses.replace(sae, W_dec=W_dec)
+    v, n = matching_vectors(sae, normalize=True, return_norms=True)
+    live = torch.arange(12) != 5
+    torch.testing.assert_close(v[live].norm(dim=1), torch.ones(11))
+    assert not bool(v[5].any()) and float(n[5]) == 0.0
+    assert torch.equal(n, row_sq_norms(v))
+
+
+def test_matching_vectors_rejects_bad_arguments() -> None:
+    sae = random_sae(d=8, F=6)
+    with pytest.raises(ValueError, match="choose 'decoder', 'encoder' or 'both'"):
+        matching_vectors(sae, on="weights")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="expects an SAE"):
+        matching_vectors(torch.zeros(3, 3))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------- dense costs
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-5)])
+def test_dense_costs_match_definition(dtype: torch.dtype, rtol: float) -> None:
+    A, B = randn(37, 50, seed=1, dtype=dtype), randn(29, 50, seed=2, dtype=dtype)
+    C = dense_costs(A, B)
+    assert C.dtype == torch.float32 and C.shape == (37, 29)
+    ref, _ = brute(A, B)
+    scale = (A.double().norm(dim=1)[:, None] + B.double().norm(dim=1)[None, :]) ** 2
+    assert float(((C.double() - ref).abs() / scale).max()) < rtol
+
+
+def test_dense_costs_clamp_cancellation_to_zero() -> None:
+    A = randn(20, 64, seed=3) * 100
+    C = dense_costs(A, A)
+    assert bool((C >= 0).all())  # cancellation leaves rounding noise, never a negative cost
+    assert float((C.diagonal() / row_sq_norms(A)).max()) <= 1e-6
+    assert dense_costs(A[:0], A).shape == (0, 20) and dense_costs(A, A[:0]).shape == (20, 0)
+
+
+# ---------------------------------------------------------------------------------- candidates
+@pytest.mark.parametrize("kind", ["random", "heavy"])
+@pytest.mark.parametrize("k, k_cos", [(5, None), (3, 7), (4, 0)])
+def test_candidates_match_brute_force(kind: str, k: int, k_cos: int | None) -> None:
+    if kind == "random":
+        A, B = randn(90, 24, seed=11), randn(70, 24, seed=12)
+    else:
+        A, B = heavy_tailed(80, 48, sigma=1.5, seed=13)
+    g = candidates(A, B, k=k, k_cos=k_cos, block_rows=32, block_cols=24)
+    check_csr(g)
+    C = dense_costs(A, B)
+    _, cos = brute(A, B)
+    assert torch.equal(g.costs, C[g.row_ids(), g.indices]), "edge costs must equal dense_costs bit for bit"
+    assert torch.equal(g.row_kth, torch.topk(C, k, dim=1, largest=False).values[:, -1])
+    assert torch.equal(g.col_kth, torch.topk(C, k, dim=0, largest=False).values[-1])
+    kc = k if k_cos is None else k_cos
+    want = topk_pairs(C, k, 1, False) | topk_pairs(C, k, 0, False)
+    if kc:
+        want |= topk_pairs(cos, kc, 1, True) | topk_pairs(cos, kc, 0, True)
+    assert edge_set(g) == want
+    assert g.stats.edges == len(want) and g.stats.row_cost == A.shape[0] * k
+    rows = g.row_ids()
+
+    def flagged(bit: int) -> set[tuple[int, int]]:
+        on = (g.sources & bit) > 0
+        return set(zip(rows[on].tolist(), g.indices[on].tolist()))
+
+    assert flagged(ROW_COST) == topk_pairs(C, k, 1, False) and flagged(COL_COST) == topk_pairs(C, k, 0, False)
+    if kc:
+        assert flagged(ROW_COS) == topk_pairs(cos, kc, 1, True) and flagged(COL_COS) == topk_pairs(cos, kc, 0, True)
+    else:
+        assert not bool((g.sources & (ROW_COS | COL_COS)).any())
+    check_bounds(g, C)
+
+
+def test_cosine_candidates_make_heavy_tailed_graph_matchable() -> None:
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    A, B = heavy_tailed(256, 256, sigma=1.0, drift=1.3, seed=0)
+    cost_only = candidates(A, B, k=4, k_cos=0)
+    both = candidates(A, B, k=4)
+    matched = [int((maximum_bipartite_matching(g.to_scipy(), perm_type="column") >= 0).sum())
+               for g in (cost_only, both)]
+    assert matched[0] < 256, "instance should defeat cost-only candidates (DESIGN.md pitfall)"
+    assert matched[1] == 256
+    assert both.stats.cos_only > 0
+
+
+def test_costs_agree_bit_for_bit_across_functions_and_blockings() -> None:
+    A, B = heavy_tailed(61, 40, sigma=2.0, seed=21)
+    C = dense_costs(A, B)
+    for br, bc in ((1024, 2048), (7, 13), (16, 16), (30, 61)):
+        g = candidates(A, B, k=6, block_rows=br, block_cols=bc)
+        assert torch.equal(g.costs, C[g.row_ids(), g.indices]), (br, bc)
+    u = torch.full((61,), 1e9, dtype=torch.float64)  # every pair priced negative: price returns all
+    p = price(A, B, u, torch.zeros(61, dtype=torch.float64), block_rows=25, block_cols=7)
+    assert p.rows.numel() == 61 * 61 and torch.equal(p.costs, C[p.rows, p.cols])
+    p1 = price(A, B, u, torch.zeros(61, dtype=torch.float64), rows=[3])
+    assert torch.equal(p1.costs, C[3])
+    Ab, Bb = A.bfloat16(), B.bfloat16()
+    gb = candidates(Ab, Bb, k=6)
+    assert torch.equal(gb.costs, dense_costs(Ab, Bb)[gb.row_ids(), gb.indices])
+    assert torch.equal(dense_costs(Ab, Bb), dense_costs(Ab.float(), Bb.float()))
+
+
+def test_k_larger_than_the_other_side_is_clamped() -> None:
+    A, B = randn(12, 8, seed=31), randn(5, 8, seed=32)
+    g = candidates(A, B, k=50)
+    C = dense_costs(A, B)
+    assert g.num_edges == 12 * 5 and g.k == 50
+    assert torch.equal(g.row_kth, C.max(dim=1).values)  # k >= F_b: every pair of the row is an edge
+    assert torch.equal(g.col_kth, torch.topk(C, 12, dim=0, largest=False).values[-1])
+    check_csr(g)
+
+
+def test_empty_inputs() -> None:
+    A = randn(6, 4)
+    g = candidates(A[:0], A, k=3)
+    assert g.shape == (0, 6) and g.num_edges == 0 and g.indptr.tolist() == [0]
+    g = candidates(A, A[:0], k=3)
+    assert g.num_edges == 0 and g.indptr.tolist() == [0] * 7 and bool(torch.isinf(g.row_kth).all())
+    p = price(A, A[:0], torch.zeros(6), torch.zeros(0))
+    assert p.rows.numel() == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    Fa=st.integers(1, 40),
+    Fb=st.integers(1, 40),
+    D=st.integers(1, 20),
+    k=st.integers(1, 8),
+    k_cos=st.integers(0, 8),
+    br=st.integers(1, 50),
+    bc=st.integers(1, 50),
+    seed=st.integers(0, 2**16),
+)
+def test_candidate_graph_invariants(Fa, Fb, D, k, k_cos, br, bc, seed) -> None:
+    A, B = randn(Fa, D, seed=seed), randn(Fb, D, seed=seed + 1) * 3
+    A[: Fa // 3] = 0.0  # zero rows: ties everywhere, cosine 0
+    g = candidates(A, B, k=k, k_cos=k_cos, block_rows=br, block_cols=bc)
+    check_csr(g)
+    C = dense_costs(A, B)
+    assert torch.equal(g.costs, C[g.row_ids(), g.indices])
+    assert torch.equal(g.row_kth, torch.topk(C, min(k, Fb), dim=1, largest=False).values[:, -1])
+    assert torch.equal(g.col_kth, torch.topk(C, min(k, Fa), dim=0, largest=False).values[-1])
+    check_bounds(g, C)
+    deg = g.indptr[1:] - g.indptr[:-1]
+    assert bool((deg >= min(k, Fb)).all())
+
+
+# ---------------------------------------------------------------------------------- price
+def test_price_returns_exactly_the_negative_reduced_cost_pairs() -> None:
+    A, B = heavy_tailed(70, 32, sigma=1.0, seed=41)
+    C = dense_costs(A, B)
+    g = torch.Generator().manual_seed(0)
+    u = C.min(dim=1).values.double() + torch.rand(70, generator=g, dtype=torch.float64) * 2
+    v = -torch.rand(70, generator=g, dtype=torch.float64)
+    red = (C.double() - u[:, None]) - v[None, :]
+    for tol, rows in ((0.0, None), (0.3, None), (0.0, [0, 5, 5, 69, 17])):
+        p = price(A, B, u, v, rows=rows, tol=tol, block_rows=16, block_cols=24)
+        mask = red < -tol
+        if rows is not None:
+            keep = torch.zeros(70, dtype=torch.bool)
+            keep[rows] = True
+            mask &= keep[:, None]
+        want = mask.nonzero()
+        assert torch.equal(p.rows, want[:, 0]) and torch.equal(p.cols, want[:, 1])  # sorted by (row, col)
+        assert torch.equal(p.costs, C[p.rows, p.cols])
+    p = price(A, B, u, v, max_pairs=10)
+    most = torch.topk(red.flatten(), 10, largest=False).indices
+    assert sorted((p.rows * 70 + p.cols).tolist()) == sorted(most.tolist())
+
+
+def test_price_with_duals_beyond_float32_range() -> None:
+    A, B = randn(9, 4, seed=71), randn(8, 4, seed=72)
+    C = dense_costs(A, B)
+    u = torch.full((9,), -1e39, dtype=torch.float64)
+    v = torch.full((8,), 1e39, dtype=torch.float64)
+    v[::2] *= 1.0000001  # half the columns price negative by ~1e32
+    p = price(A, B, u, v)
+    want = (((C.double() - u[:, None]) - v[None, :]) < 0).nonzero()
+    assert want.shape[0] == 9 * 4 and torch.equal(p.rows, want[:, 0]) and torch.equal(p.cols, want[:, 1])
+
+
+def test_price_rejects_bad_duals_and_rows() -> None:
+    A, B = randn(5, 4), randn(6, 4)
+    with pytest.raises(ValueError, match=r"u has shape \(4,\); expected \(5,\)"):
+        price(A, B, torch.zeros(4), torch.zeros(6))
+    with pytest.raises(ValueError, match="finite"):
+        price(A, B, torch.zeros(5), torch.full((6,), float("nan")))
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 5\)"):
+        price(A, B, torch.zeros(5), torch.zeros(6), rows=[7])
+    with pytest.raises(ValueError, match="tol"):
+        price(A, B, torch.zeros(5), torch.zeros(6), tol=-1.0)
+
+
+# ---------------------------------------------------------------------------------- input errors
+def test_input_errors_are_value_errors_with_a_fix() -> None:
+    A, B = randn(5, 4), randn(6, 3)
+    with pytest.raises(ValueError, match="different vector widths D"):
+        candidates(A, B)
+    with pytest.raises(ValueError, match="expected 2-D"):
+        dense_costs(A[0], A)
+    with pytest.raises(ValueError, match="dtype torch.float64"):
+        candidates(A.double(), A.double())
+    with pytest.raises(ValueError, match="dtype torch.int64"):
+        row_sq_norms(torch.zeros(3, 3, dtype=torch.int64))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="k must be an integer >= 1"):
+            candidates(A, A, k=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="k_cos must be an integer >= 0"):
+        candidates(A, A, k_cos=-1)
+    bad = A.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="A row 2 holds non-finite values"):
+        candidates(bad, A)
+    with pytest.raises(ValueError, match="overflows float32"):
+        dense_costs(A, torch.full((2, 4), 1e20))
+
+
+def test_backend_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    A = randn(4, 3)
+    assert CAND._backend(A) == "torch"
+    monkeypatch.setenv("MECHPERM_KERNELS", "cuda-please")
+    with pytest.raises(ValueError, match="use 'torch' or 'triton'"):
+        candidates(A, A)
+    monkeypatch.setenv("MECHPERM_KERNELS", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        candidates(A, A)
+    assert CAND._backend(A, backend="torch") == "torch"  # the argument wins over the environment
+
+
+# ---------------------------------------------------------------------------------- triton
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _interpreted() -> bool:
+    import triton.language.standard as std
+
+    return type(std.max).__name__ == "InterpretedFunction"
+
+
+@pytest.fixture(scope="module")
+def tc():
+    """mechperm.kernels.triton_candidates: compiled on CUDA, else under the interpreter.
+
+    TRITON_INTERPRET is read when ``@triton.jit`` decorates, triton's own library (tl.max,
+    tl.cumsum, ...) included: if another test imported triton without it, the pure-Python
+    ``triton.language`` modules are reloaded (never the C extension, which cannot be).
+    """
+    if TRITON_DEVICE == "cuda":
+        pytest.importorskip("triton")
+        yield importlib.import_module("mechperm.kernels.triton_candidates")
+        return
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        pytest.importorskip("triton")
+        if not _interpreted():
+            for name in ("triton.language.standard", "triton.language.random", "triton.language"):
+                importlib.reload(sys.modules[name])
+            if not _interpreted():
+                pytest.skip("triton was imported without TRITON_INTERPRET=1; run this module alone")
+        sys.modules.pop("mechperm.kernels.triton_candidates", None)
+        yield importlib.import_module("mechperm.kernels.triton_candidates")
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+def assert_same_graph(gt, g, rtol: float = 1e-5) -> None:
+    check_csr(gt)
+    assert torch.equal(gt.indptr, g.indptr) and torch.equal(gt.indices, g.indices)
+    assert torch.equal(gt.sources, g.sources)
+    for name in ("costs", "row_kth", "col_kth"):
+        a, b = getattr(gt, name), getattr(g, name)
+        err = ((a - b).abs() / b.abs().clamp_min(1.0)).max()
+        assert float(err) <= rtol, f"{name}: max relative error {float(err):.3g}"
+
+
+# (F_a, F_b, D, dtype, k, k_cos, splits): tiles are 32 × 64, D chunks 32 (fp32) / 64 (16-bit):
+# ragged tiles everywhere, D < chunk, D loops with a remainder, host merge over column splits.
+TRITON_CASES = [
+    (70, 45, 40, torch.float32, 4, 4, None),
+    (150, 130, 100, torch.bfloat16, 5, 3, None),
+    (100, 200, 100, torch.float32, 8, 0, 2),
+    (40, 70, 20, torch.float16, 64, 2, None),
+]
+
+
+@pytest.mark.parametrize("Fa, Fb, D, dtype, k, k_cos, splits", TRITON_CASES)
+def test_triton_candidates_match_torch(tc, Fa, Fb, D, dtype, k, k_cos, splits) -> None:
+    A, B = randn(Fa, D, seed=Fa, dtype=dtype), randn(Fb, D, seed=Fb + 1, dtype=dtype)
+    gt = tc.candidates(A.to(TRITON_DEVICE), B.to(TRITON_DEVICE), k=k, k_cos=k_cos, splits=splits)
+    assert_same_graph(gt.to("cpu"), candidates(A, B, k=k, k_cos=k_cos))
+
+
+def test_triton_through_the_dispatcher(tc, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("MECHPERM_KERNELS", "triton")
+    A, B = heavy_tailed(50, 36, sigma=1.5, seed=51)
+    A, B = A.to(TRITON_DEVICE), B.to(TRITON_DEVICE)
+    assert CAND._backend(A, B) == "triton"
+    assert_same_graph(candidates(A, B, k=3).to("cpu"), candidates(A.cpu(), B.cpu(), k=3, backend="torch"))
+    C, Ct = dense_costs(A, B, backend="torch"), dense_costs(A, B)
+    assert float(((Ct - C).abs() / C.clamp_min(1.0)).max()) <= 1e-5
+    # duals with every reduced cost at least 1e-3 away from −tol, so rounding cannot flip a pair
+    u = C.min(dim=1).values.double() + 0.5
+    v = torch.zeros(50, dtype=torch.float64, device=A.device)
+    red = (C.double() - u[:, None]) - v[None, :]
+    tol = next(t for t in np.linspace(0.1, 0.3, 41) if float((red + t).abs().min()) > 1e-3)
+    for rows in (None, [1, 7, 49]):
+        p, pr = price(A, B, u, v, rows=rows, tol=tol), price(A, B, u, v, rows=rows, tol=tol, backend="torch")
+        assert p.rows.numel() > 0 and torch.equal(p.rows, pr.rows) and torch.equal(p.cols, pr.cols), rows
+        torch.testing.assert_close(p.costs, pr.costs, rtol=1e-5, atol=1e-5)
+    p = price(A, B, u, v, tol=tol, max_pairs=5)
+    assert p.rows.numel() == 5
+
+
+def test_triton_price_relaunches_when_the_buffer_overflows(tc) -> None:
+    A, B = randn(40, 16, seed=61), randn(70, 16, seed=62)
+    u = torch.full((40,), 1e6, dtype=torch.float64)  # all 2800 pairs negative > first capacity 1024
+    dev = TRITON_DEVICE
+    r, c, cost = tc.price(A.to(dev), B.to(dev), u.to(dev), torch.zeros(70, dtype=torch.float64, device=dev),
+                          torch.arange(40, device=dev), 0.0, None)
+    r, c, cost = r.cpu(), c.cpu(), cost.cpu()
+    assert r.numel() == 40 * 70 and len(set(zip(r.tolist(), c.tolist()))) == 2800
+    torch.testing.assert_close(cost, dense_costs(A, B)[r, c], rtol=1e-5, atol=1e-4)
