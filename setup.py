@@ -9,7 +9,7 @@ from setuptools import setup
 ext_modules = [
     Pybind11Extension(
         "mechperm._auction",
-        sources=["csrc/auction.cpp", "csrc/bindings.cpp"],
+        sources=["csrc/auction.cpp", "csrc/dense_ops.cpp", "csrc/bindings.cpp"],
         include_dirs=["csrc"],
         cxx_std=17,
         # -O3 for the solver's inner loops; no -march=native so that wheels run anywhere.

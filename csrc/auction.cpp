@@ -1,6 +1,18 @@
+// Auction algorithm with epsilon-scaling and an exact shortest-augmenting-path finish.
+// See auction.hpp for the problem statement and the references.
+//
+// Internally everything is in "price" form: a row values column j at c_ij + p_j and bids for the
+// smallest value; prices only rise in forward bids. The duals handed out are v_j = min(p) - p_j
+// and u_i = min_j (c_ij - v_j).
 #include "auction.hpp"
 
+#include <algorithm>
+#include <cmath>
+#include <numeric>
 #include <sstream>
+#include <vector>
+
+#include "auction_detail.hpp"
 
 #ifndef MECHPERM_VERSION
 #define MECHPERM_VERSION "unknown"
@@ -23,7 +35,940 @@ std::string build_info() {
 #else
     out << "; NOT optimised";
 #endif
+#ifdef MECHPERM_X86_DISPATCH
+    out << (detail::cpu_has_avx2() ? "; avx2 dense scans" : "; scalar dense scans");
+#endif
     return out.str();
+}
+
+const char* status_name(Status s) {
+    switch (s) {
+        case Status::OK: return "OK";
+        case Status::INFEASIBLE: return "INFEASIBLE";
+        case Status::INTERRUPTED: return "INTERRUPTED";
+        case Status::BAD_INPUT: return "BAD_INPUT";
+    }
+    return "UNKNOWN";
+}
+
+namespace {
+
+using detail::Best;
+using detail::kInf;
+using detail::Poller;
+
+// ---- Row/column access to the two kinds of graph ------------------------------------------
+// Columns m..m+n-1 are the dummy columns of partial mode (dummy m+i belongs to row i).
+
+template <class T>
+struct DenseGraph {
+    static constexpr bool kDense = true;
+    const T* c;
+    int64_t n, m;
+    const double* lam;
+
+    int64_t cols() const { return lam != nullptr ? m + n : m; }
+    int64_t row_work(int64_t) const { return m + 1; }
+    double cost(int64_t i, int64_t j) const { return j < m ? double(c[i * m + j]) : lam[i]; }
+    // Best and second best of c_ij + p_j; c1 receives the cost of the best arc.
+    Best scan(int64_t i, const double* p, double& c1) const {
+        Best b = detail::scan_row(c + i * m, p, m);
+        if (lam != nullptr) b.add(lam[i] + p[m + i], m + i);
+        c1 = b.j1 >= 0 ? cost(i, b.j1) : 0.0;
+        return b;
+    }
+    template <class F>
+    void for_row(int64_t i, F&& f) const {
+        const T* r = c + i * m;
+        for (int64_t j = 0; j < m; ++j) f(j, double(r[j]));
+        if (lam != nullptr) f(m + i, lam[i]);
+    }
+    template <class F>
+    int64_t for_col(int64_t j, F&& f) const {
+        if (j >= m) {
+            f(j - m, lam[j - m]);
+            return 1;
+        }
+        for (int64_t i = 0; i < n; ++i) f(i, double(c[i * m + j]));
+        return n;
+    }
+    void prepare_columns() {}
+};
+
+template <class T, class I>
+struct SparseGraph {
+    static constexpr bool kDense = false;
+    const int64_t* ptr;
+    const I* idx;
+    const T* cst;
+    int64_t n, m;
+    const double* lam;
+    // Column-major copy, built only when reverse iterations need it (n < m).
+    std::vector<int64_t> cptr, crow;
+    std::vector<double> ccost;
+
+    int64_t cols() const { return lam != nullptr ? m + n : m; }
+    int64_t row_work(int64_t i) const { return ptr[i + 1] - ptr[i] + 1; }
+    Best scan(int64_t i, const double* p, double& c1) const {
+        Best b;
+        int64_t a1 = -1;
+        for (int64_t a = ptr[i], e = ptr[i + 1]; a < e; ++a) {
+            const double val = double(cst[a]) + p[idx[a]];
+            if (val < b.b2) {
+                if (val < b.b1) {
+                    b.b2 = b.b1;
+                    b.b1 = val;
+                    a1 = a;
+                } else {
+                    b.b2 = val;
+                }
+            }
+        }
+        if (a1 >= 0) {
+            b.j1 = int64_t(idx[a1]);
+            c1 = double(cst[a1]);
+        } else {
+            c1 = 0.0;
+        }
+        if (lam != nullptr) {
+            const double val = lam[i] + p[m + i];
+            if (val < b.b2) {
+                if (val < b.b1) {
+                    b.b2 = b.b1;
+                    b.b1 = val;
+                    b.j1 = m + i;
+                    c1 = lam[i];
+                } else {
+                    b.b2 = val;
+                }
+            }
+        }
+        return b;
+    }
+    template <class F>
+    void for_row(int64_t i, F&& f) const {
+        for (int64_t a = ptr[i], e = ptr[i + 1]; a < e; ++a) f(int64_t(idx[a]), double(cst[a]));
+        if (lam != nullptr) f(m + i, lam[i]);
+    }
+    template <class F>
+    int64_t for_col(int64_t j, F&& f) const {
+        if (j >= m) {
+            f(j - m, lam[j - m]);
+            return 1;
+        }
+        for (int64_t a = cptr[j], e = cptr[j + 1]; a < e; ++a) f(crow[a], ccost[a]);
+        return cptr[j + 1] - cptr[j] + 1;
+    }
+    void prepare_columns() {
+        if (!cptr.empty()) return;
+        const int64_t nnz = ptr[n];
+        cptr.assign(m + 1, 0);
+        for (int64_t a = 0; a < nnz; ++a) ++cptr[int64_t(idx[a]) + 1];
+        for (int64_t j = 0; j < m; ++j) cptr[j + 1] += cptr[j];
+        crow.resize(nnz);
+        ccost.resize(nnz);
+        std::vector<int64_t> fill(cptr.begin(), cptr.end() - 1);
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a) {
+                const int64_t q = fill[idx[a]]++;
+                crow[q] = i;
+                ccost[q] = double(cst[a]);
+            }
+    }
+};
+
+// ---- The solver ------------------------------------------------------------------------------
+
+template <class G>
+class Solver {
+public:
+    Solver(G& g, const SolveOptions& opt, SolveOutput& out)
+        : g_(g), opt_(opt), out_(out), poll_(opt), n_(g.n), M_(g.cols()) {}
+
+    Status run() {
+        p_.assign(M_, 0.0);
+        rcost_.assign(n_, 0.0);
+        rc_.assign(n_, -1);
+        cr_.assign(M_, -1);
+        if (M_ > n_) g_.prepare_columns();
+        init_prices();
+        shift_prices();
+        if (opt_.init_row_to_col != nullptr) init_assignment();
+        if (poll_.check()) return Status::INTERRUPTED;
+        if (eps0_ > 0.0) {
+            for (double eps = eps0_;; eps = std::max(eps / factor_, eps_final_)) {
+                ++out_.phases;
+                const bool go_on = phase(eps);
+                shift_prices();
+                if (!go_on) break;
+                if (eps <= eps_final_) break;
+            }
+        }
+        if (poll_.stopped()) return Status::INTERRUPTED;
+        const Status st = finish();
+        if (st != Status::OK) return st;
+        write_output();
+        return Status::OK;
+    }
+
+private:
+    // Initial prices: warm-start duals, or column reduction (p_j = -min_i c_ij) for square
+    // problems, or 0; then the value scale, the epsilon schedule and the cap on the bid
+    // increment of rows whose second best is missing.
+    void init_prices() {
+        double cmin = kInf, cmax = -kInf;
+        bool integral = true;
+        std::vector<double> colmin(M_, kInf);
+        for (int64_t i = 0; i < n_; ++i) {
+            g_.for_row(i, [&](int64_t j, double c) {
+                if (c < colmin[j]) colmin[j] = c;
+                if (c < cmin) cmin = c;
+                if (c > cmax) cmax = c;
+                integral = integral && (c == std::nearbyint(c)) && std::fabs(c) < 4.5e15;
+            });
+            if (poll_.tick(g_.row_work(i))) return;
+        }
+        if (opt_.init_v != nullptr) {
+            for (int64_t j = 0; j < M_; ++j) p_[j] = -opt_.init_v[j];
+        } else if (M_ == n_) {
+            for (int64_t j = 0; j < M_; ++j) p_[j] = colmin[j] < kInf ? -colmin[j] : 0.0;
+        }
+        // n < m: equal initial prices. Column reduction would hand an expensive column that no
+        // row needs a huge negative price, and the asymmetric epsilon-CS (free prices <= assigned
+        // prices) would then drag every price to that magnitude, destroying float64 resolution.
+        if (n_ == 0 || !(cmax >= cmin)) {
+            eps0_ = 0.0;
+            return;
+        }
+        // scale: magnitude of the values in play (row minima and prices), not of the largest
+        // cost; huge costs that no row wants must not limit the precision of epsilon.
+        double spread = 0.0, scale = 0.0;
+        std::vector<double> gaps;
+        gaps.reserve(n_);
+        for (int64_t i = 0; i < n_; ++i) {
+            double c1;
+            const Best b = g_.scan(i, p_.data(), c1);
+            if (b.b2 < kInf) {
+                spread = std::max(spread, b.b2 - b.b1);
+                if (b.b2 > b.b1) gaps.push_back(b.b2 - b.b1);
+            }
+            if (b.j1 >= 0) scale = std::max({scale, std::fabs(b.b1), std::fabs(p_[b.j1])});
+            if (poll_.tick(g_.row_work(i))) return;
+        }
+        // Prices must be able to move by epsilon: stay well above float64 resolution.
+        const double floor = std::max(scale, 1e-300) * 0x1p-44;
+        factor_ = opt_.eps_factor > 1.0 ? opt_.eps_factor : 7.0;
+        cap_ = std::max(cmax - cmin, floor) + spread;
+        if (opt_.eps_final > 0.0) {
+            eps_final_ = opt_.eps_final;
+        } else if (integral) {
+            // Integer costs: epsilon < 1/n makes the auction's assignment optimal by itself
+            // (Bertsekas 1988, Prop. 1); the exact finish then only settles the duals.
+            eps_final_ = 1.0 / double(n_ + 1);
+        } else if (!gaps.empty()) {
+            // Relative to the typical row (median gap between best and second best), not the
+            // widest: with heavy-tailed costs the widest rows are 1e6 times wider, and an
+            // epsilon that is coarse for the typical row leaves the exact finish long paths.
+            auto mid = gaps.begin() + gaps.size() / 2;
+            std::nth_element(gaps.begin(), mid, gaps.end());
+            eps_final_ = *mid * 1e-5;
+        } else {
+            eps_final_ = std::max(spread, floor) * 1e-7;
+        }
+        eps_final_ = std::max(eps_final_, floor);
+        if (opt_.eps_start < 0.0) {
+            eps0_ = 0.0;  // pure shortest augmenting paths
+        } else if (opt_.eps_start > 0.0) {
+            eps0_ = std::max(opt_.eps_start, eps_final_);
+        } else {
+            eps0_ = std::max(spread / factor_, eps_final_);
+        }
+    }
+
+    void init_assignment() {
+        for (int64_t i = 0; i < n_; ++i) {
+            const int64_t j = opt_.init_row_to_col[i];
+            if (j < 0 || j >= M_ || cr_[j] >= 0) continue;
+            bool found = false;
+            double cj = 0.0;
+            g_.for_row(i, [&](int64_t k, double c) {
+                if (k == j && (!found || c < cj)) {
+                    found = true;
+                    cj = c;
+                }
+            });
+            if (found) take(i, j, cj);
+        }
+    }
+
+    // Subtract the smallest price: nothing changes but the magnitude of the values c + p.
+    void shift_prices() {
+        double lo = kInf;
+        for (int64_t j = 0; j < M_; ++j) lo = std::min(lo, p_[j]);
+        if (lo < kInf && lo != 0.0)
+            for (int64_t j = 0; j < M_; ++j) p_[j] -= lo;
+    }
+
+    void release(int64_t i) {
+        cr_[rc_[i]] = -1;
+        rc_[i] = -1;
+    }
+    void take(int64_t i, int64_t j, double c) {
+        rc_[i] = j;
+        cr_[j] = i;
+        rcost_[i] = c;
+    }
+    double value(int64_t i) const { return rcost_[i] + p_[rc_[i]]; }
+
+    // One epsilon phase: release rows violating epsilon-CS, forward auction until every row is
+    // assigned, then (n < m) reverse iterations. Returns false to stop scaling.
+    bool phase(double eps) {
+        queue_.assign(n_ + 1, 0);
+        qhead_ = qtail_ = qsize_ = 0;
+        for (int64_t i = 0; i < n_; ++i) {
+            if (rc_[i] >= 0) {
+                double c1;
+                const Best b = g_.scan(i, p_.data(), c1);
+                if (value(i) <= b.b1 + eps) continue;
+                release(i);
+            }
+            push(i);
+        }
+        if (poll_.tick(n_)) return false;
+        const int64_t budget = std::max<int64_t>(200 * n_, 1000000);
+        // A phase that needs many more bids than rows is a price war: prices have far to go
+        // and epsilon (chosen small to keep float64 prices precise) is too timid. Raising
+        // epsilon in the middle of a phase keeps epsilon-CS valid (it only gets weaker).
+        int64_t bids = 0, next_raise = 32 * n_ + 1000;
+        while (qsize_ > 0) {
+            if (bids > next_raise && eps < cap_) {
+                eps = std::min(eps * factor_, cap_);
+                next_raise = bids + 32 * n_ + 1000;
+            }
+            const int64_t i = pop();
+            double c1;
+            const Best b = g_.scan(i, p_.data(), c1);
+            if (b.j1 < 0) return false;  // row without arcs: the finish reports infeasibility
+            double inc = b.b2 - b.b1;
+            if (!(inc <= cap_)) inc = cap_;  // single arc: second best missing
+            const int64_t j = b.j1;
+            double np = p_[j] + (inc + eps);
+            if (!(np > p_[j])) np = std::nextafter(p_[j], kInf);
+            p_[j] = np;
+            const int64_t old = cr_[j];
+            if (old >= 0) {
+                rc_[old] = -1;
+                push(old);
+            }
+            take(i, j, c1);
+            ++out_.bids;
+            if (poll_.tick(g_.row_work(i))) return false;
+            if (++bids > budget) return false;  // stalled: let the exact finish take over
+        }
+        if (M_ > n_) return reverse(eps);
+        return true;
+    }
+
+    // Bertsekas & Castanon (1992): free columns priced above the lowest assigned price lambda
+    // lower their price (or attract a row) until every free price is <= lambda.
+    bool reverse(double eps) {
+        double lam = kInf;
+        for (int64_t j = 0; j < M_; ++j)
+            if (cr_[j] >= 0) lam = std::min(lam, p_[j]);
+        if (!(lam < kInf)) return true;
+        std::vector<int64_t> todo;
+        for (int64_t j = M_ - 1; j >= 0; --j)
+            if (cr_[j] < 0 && p_[j] > lam) todo.push_back(j);
+        const int64_t budget = std::max<int64_t>(200 * n_, 1000000);
+        int64_t iters = 0;
+        while (!todo.empty()) {
+            const int64_t j = todo.back();
+            todo.pop_back();
+            if (cr_[j] >= 0 || p_[j] <= lam) continue;
+            double B1 = -kInf, B2 = -kInf, c1 = 0.0;
+            int64_t i1 = -1;
+            const int64_t work = g_.for_col(j, [&](int64_t i, double c) {
+                const double beta = value(i) - c;
+                if (beta > B2) {
+                    if (beta > B1) {
+                        B2 = B1;
+                        B1 = beta;
+                        i1 = i;
+                        c1 = c;
+                    } else {
+                        B2 = beta;
+                    }
+                }
+            });
+            ++out_.reverse_bids;
+            if (poll_.tick(work)) return false;
+            if (++iters > budget) return false;
+            if (i1 < 0 || B1 - eps <= lam) {
+                p_[j] = lam;
+                continue;
+            }
+            p_[j] = std::max(lam, B2 - eps);
+            const int64_t k = rc_[i1];
+            cr_[k] = -1;
+            take(i1, j, c1);
+            if (p_[k] > lam) todo.push_back(k);
+        }
+        return true;
+    }
+
+    void push(int64_t i) {
+        queue_[qtail_] = i;
+        qtail_ = qtail_ + 1 == int64_t(queue_.size()) ? 0 : qtail_ + 1;
+        ++qsize_;
+    }
+    int64_t pop() {
+        const int64_t i = queue_[qhead_];
+        qhead_ = qhead_ + 1 == int64_t(queue_.size()) ? 0 : qhead_ + 1;
+        --qsize_;
+        return i;
+    }
+
+    // The last bid of a row leaves it epsilon above its best alternative. Lower the price of
+    // its column by that slack where no other row with an arc to the column would then prefer
+    // it: the row becomes exactly tight and needs no augmenting path. (Most of the rows that
+    // bid in the last phase qualify; the others are released below.)
+    bool tighten() {
+        g_.prepare_columns();
+        std::vector<double> umin(n_, kInf);
+        for (int64_t i = 0; i < n_; ++i) {
+            double c1;
+            umin[i] = g_.scan(i, p_.data(), c1).b1;
+            if (poll_.tick(g_.row_work(i))) return false;
+        }
+        for (int64_t i = 0; i < n_; ++i) {
+            if (rc_[i] < 0) continue;
+            const int64_t j = rc_[i];
+            if (!(value(i) > umin[i])) continue;
+            double np = p_[j] - (value(i) - umin[i]);
+            for (int t = 0; t < 4 && rcost_[i] + np > umin[i]; ++t) np = std::nextafter(np, -kInf);
+            const double drop = p_[j] - np;
+            bool ok = true;
+            const int64_t work = g_.for_col(j, [&](int64_t k, double c) {
+                if (k != i && c + p_[j] - umin[k] < drop) ok = false;
+            });
+            if (ok) p_[j] = np;
+            if (poll_.tick(work)) return false;
+        }
+        return true;
+    }
+
+    // Exact finish: keep only exactly tight assignments, put every free column at one common
+    // price at or below all assigned prices (n < m), then shortest augmenting paths.
+    Status finish() {
+        if (out_.phases > 0 && !tighten()) return Status::INTERRUPTED;
+        for (int64_t i = 0; i < n_; ++i) {
+            if (rc_[i] < 0) continue;
+            double c1;
+            const Best b = g_.scan(i, p_.data(), c1);
+            if (value(i) > b.b1) release(i);
+            if (poll_.tick(g_.row_work(i))) return Status::INTERRUPTED;
+        }
+        if (M_ > n_) {
+            double level = -kInf;
+            for (int64_t j = 0; j < M_; ++j)
+                if (cr_[j] < 0) level = std::max(level, p_[j]);
+            // Prices only matter up to a common shift: move the free level to 0 at the same
+            // time, so that the values c_ij + p_j keep the resolution of the costs.
+            std::vector<int64_t> raised;
+            for (int64_t j = 0; j < M_; ++j) {
+                if (cr_[j] >= 0 && p_[j] < level) raised.push_back(cr_[j]);
+                p_[j] = p_[j] > level ? p_[j] - level : 0.0;
+            }
+            std::sort(raised.begin(), raised.end());
+            for (int64_t i : raised) {
+                double c1;
+                const Best b = g_.scan(i, p_.data(), c1);
+                if (value(i) > b.b1) release(i);
+                if (poll_.tick(g_.row_work(i))) return Status::INTERRUPTED;
+            }
+        }
+        // A released row whose cheapest column is free takes it: a zero-length augmenting path.
+        for (int64_t i = 0; i < n_; ++i) {
+            if (rc_[i] >= 0) continue;
+            double c1;
+            const Best b = g_.scan(i, p_.data(), c1);
+            if (b.j1 >= 0 && cr_[b.j1] < 0) take(i, b.j1, c1);
+            if (poll_.tick(g_.row_work(i))) return Status::INTERRUPTED;
+        }
+        if (!reduce_rows()) return Status::INTERRUPTED;
+        d_.assign(M_, kInf);
+        pred_.assign(M_, -1);
+        if (!G::kDense) predc_.assign(M_, 0.0);
+        done_.assign(M_, 0);
+        for (int64_t i = 0; i < n_; ++i) {
+            if (rc_[i] >= 0) continue;
+            const bool ok = G::kDense ? augment_dense(i) : augment_sparse(i);
+            if (poll_.stopped()) return Status::INTERRUPTED;
+            if (!ok) {
+                out_.message = "no augmenting path for row " + std::to_string(i);
+                return Status::INFEASIBLE;
+            }
+            ++out_.augmentations;
+        }
+        return Status::OK;
+    }
+
+    // Augmenting row reduction (Jonker & Volgenant 1987): a free row takes its cheapest column
+    // and raises that column's price to its second best, so it stays exactly tight and every
+    // reduced cost stays >= 0 (an auction bid with epsilon = 0). The displaced row continues.
+    // Cheap O(arcs) steps that spare most augmenting paths after a warm start; ties (no price
+    // change possible) and a work budget hand the rest to Dijkstra.
+    bool reduce_rows() {
+        queue_.assign(n_ + 1, 0);
+        qhead_ = qtail_ = qsize_ = 0;
+        for (int64_t i = 0; i < n_; ++i)
+            if (rc_[i] < 0) push(i);
+        int64_t budget = 4 * qsize_ + 16;
+        while (qsize_ > 0 && budget-- > 0) {
+            const int64_t i = pop();
+            double c1;
+            const Best b = g_.scan(i, p_.data(), c1);
+            if (poll_.tick(g_.row_work(i))) return false;
+            const int64_t j = b.j1;
+            if (j < 0) continue;
+            if (cr_[j] < 0) {
+                take(i, j, c1);
+                continue;
+            }
+            if (!(b.b2 > b.b1) || !(b.b2 < kInf)) continue;  // tie or single arc: Dijkstra
+            const double np = b.b2 - c1;
+            if (!(np > p_[j])) continue;
+            p_[j] = np;
+            const int64_t old = cr_[j];
+            rc_[old] = -1;
+            take(i, j, c1);
+            push(old);
+        }
+        return true;
+    }
+
+    // Dijkstra over columns from free row s with a binary heap (sparse rows). Ties prefer free
+    // columns so that the search ends as early as possible.
+    bool augment_sparse(int64_t s) {
+        constexpr int64_t kAssigned = int64_t(1) << 62;
+        auto later = [](const HeapItem& a, const HeapItem& b) {
+            return a.d > b.d || (a.d == b.d && a.key > b.key);
+        };
+        heap_.clear();
+        touched_.clear();
+        double c1;
+        const Best bs = g_.scan(s, p_.data(), c1);
+        if (bs.j1 < 0) return false;
+        auto relax = [&](int64_t i, double base, double ui) {
+            g_.for_row(i, [&](int64_t k, double c) {
+                if (done_[k]) return;
+                double r = c + p_[k] - ui;
+                if (r < 0.0) r = 0.0;
+                const double nd = base + r;
+                if (nd < d_[k]) {
+                    if (d_[k] == kInf) touched_.push_back(k);
+                    d_[k] = nd;
+                    pred_[k] = i;
+                    predc_[k] = c;
+                    heap_.push_back({nd, k + (cr_[k] >= 0 ? kAssigned : 0)});
+                    std::push_heap(heap_.begin(), heap_.end(), later);
+                }
+            });
+        };
+        relax(s, 0.0, bs.b1);
+        int64_t t = -1;
+        double dt = 0.0;
+        while (!heap_.empty()) {
+            std::pop_heap(heap_.begin(), heap_.end(), later);
+            const HeapItem it = heap_.back();
+            heap_.pop_back();
+            const int64_t j = it.key & (kAssigned - 1);
+            if (done_[j] || it.d > d_[j]) continue;
+            done_[j] = 1;
+            if (cr_[j] < 0) {
+                t = j;
+                dt = it.d;
+                break;
+            }
+            const int64_t i = cr_[j];
+            relax(i, it.d, value(i));
+            if (poll_.tick(g_.row_work(i))) break;
+        }
+        bool ok = t >= 0;
+        if (ok) {
+            for (int64_t j : touched_)
+                if (done_[j] && d_[j] < dt) p_[j] += dt - d_[j];
+            augment_path(s, t);
+        }
+        for (int64_t j : touched_) {
+            d_[j] = kInf;
+            done_[j] = 0;
+        }
+        return ok;
+    }
+
+    // Dijkstra with an unordered frontier array (dense rows, as in Jonker & Volgenant / scipy):
+    // every step relaxes one full row and picks the closest unfinished column in the same pass.
+    bool augment_dense(int64_t s) {
+        const int64_t m = g_.m;
+        todo_.resize(m);
+        std::iota(todo_.begin(), todo_.end(), int64_t(0));
+        std::fill(d_.begin(), d_.begin() + m, kInf);
+        touched_.clear();  // dummy columns reached
+        int64_t lo = 0;     // todo_[0, lo) are finished
+        double c1;
+        const Best bs = g_.scan(s, p_.data(), c1);
+        if (bs.j1 < 0) return false;
+        int64_t i = s;
+        double ui = bs.b1, base = 0.0, dt = 0.0;
+        int64_t t = -1;
+        while (true) {
+            relax_dense_row(i, base, ui, lo);
+            if (g_.lam != nullptr && !done_[m + i]) {
+                double r = g_.lam[i] + p_[m + i] - ui;
+                const double nd = base + (r < 0.0 ? 0.0 : r);
+                if (nd < d_[m + i]) {
+                    if (d_[m + i] == kInf) touched_.push_back(m + i);
+                    d_[m + i] = nd;
+                    pred_[m + i] = i;
+                }
+            }
+            // Closest unfinished column; ties prefer free columns.
+            double best = kInf;
+            int64_t bq = -1, bj = -1;
+            for (int64_t q = lo; q < m; ++q) {
+                const int64_t j = todo_[q];
+                const double dj = d_[j];
+                if (dj < best || (dj == best && bj >= 0 && cr_[j] < 0 && cr_[bj] >= 0)) {
+                    best = dj;
+                    bq = q;
+                    bj = j;
+                }
+            }
+            for (int64_t j : touched_) {
+                if (done_[j]) continue;
+                if (d_[j] < best || (d_[j] == best && cr_[j] < 0 && bj >= 0 && cr_[bj] >= 0)) {
+                    best = d_[j];
+                    bq = -1;
+                    bj = j;
+                }
+            }
+            if (bj < 0 || best == kInf) break;
+            if (bq >= 0) {
+                std::swap(todo_[bq], todo_[lo]);
+                ++lo;
+            }
+            done_[bj] = 1;
+            if (cr_[bj] < 0) {
+                t = bj;
+                dt = best;
+                break;
+            }
+            i = cr_[bj];
+            ui = value(i);
+            base = best;
+            if (poll_.tick(m)) break;
+        }
+        const bool ok = t >= 0;
+        if (ok) {
+            for (int64_t q = 0; q < lo; ++q) {
+                const int64_t j = todo_[q];
+                if (d_[j] < dt) p_[j] += dt - d_[j];
+            }
+            for (int64_t j : touched_)
+                if (done_[j] && d_[j] < dt) p_[j] += dt - d_[j];
+            augment_path(s, t);
+        }
+        for (int64_t q = 0; q < lo; ++q) done_[todo_[q]] = 0;
+        for (int64_t j : touched_) {
+            done_[j] = 0;
+            d_[j] = kInf;
+        }
+        return ok;
+    }
+
+    void relax_dense_row(int64_t i, double base, double ui, int64_t lo) {
+        if constexpr (G::kDense) {
+            const auto* row = g_.c + i * g_.m;
+            const double shift = base - ui;
+            for (int64_t q = lo, m = g_.m; q < m; ++q) {
+                const int64_t j = todo_[q];
+                double nd = double(row[j]) + p_[j] + shift;
+                if (nd < base) nd = base;
+                if (nd < d_[j]) {
+                    d_[j] = nd;
+                    pred_[j] = i;
+                }
+            }
+        }
+    }
+
+    // Flip the alternating path that ends at free column t (pred_ holds the rows).
+    void augment_path(int64_t s, int64_t t) {
+        int64_t j = t;
+        while (true) {
+            const int64_t i = pred_[j];
+            const int64_t k = rc_[i];
+            if constexpr (G::kDense) {
+                take(i, j, g_.cost(i, j));
+            } else {
+                take(i, j, predc_[j]);
+            }
+            if (i == s) break;
+            j = k;
+        }
+    }
+
+    void write_output() {
+        double pmin = kInf;
+        for (int64_t j = 0; j < M_; ++j) {
+            pmin = std::min(pmin, p_[j]);
+            out_.price_scale = std::max(out_.price_scale, std::fabs(p_[j]));
+        }
+        for (int64_t i = 0; i < n_; ++i)
+            out_.cost_scale = std::max(out_.cost_scale, std::fabs(rcost_[i]));
+        if (!(pmin < kInf)) pmin = 0.0;
+        // Shifted prices: v_j = -(p_j - pmin) <= 0, exactly 0 on the free columns (n < m).
+        std::vector<double> q(M_);
+        for (int64_t j = 0; j < M_; ++j) q[j] = p_[j] - pmin;
+        const int64_t m = g_.m;
+        double obj = 0.0, dual = 0.0;
+        for (int64_t i = 0; i < n_; ++i) {
+            double c1;
+            const Best b = g_.scan(i, q.data(), c1);
+            out_.u[i] = b.b1;
+            dual += b.b1;
+            obj += rcost_[i];
+            out_.row_to_col[i] = rc_[i] < m ? rc_[i] : -1;
+        }
+        for (int64_t j = 0; j < m; ++j) {
+            out_.v[j] = -q[j];
+            out_.col_to_row[j] = cr_[j];
+            dual -= q[j];
+        }
+        for (int64_t j = m; j < M_; ++j) {
+            if (out_.v_dummy != nullptr) out_.v_dummy[j - m] = -q[j];
+            dual -= q[j];
+        }
+        out_.objective = obj;
+        out_.dual_objective = dual;
+    }
+
+    G& g_;
+    const SolveOptions& opt_;
+    SolveOutput& out_;
+    Poller poll_;
+    const int64_t n_, M_;
+    double eps0_ = 0.0, eps_final_ = 0.0, factor_ = 7.0, cap_ = 1.0;
+    std::vector<double> p_, rcost_, d_, predc_;
+    std::vector<int64_t> rc_, cr_, pred_, todo_, touched_;
+    std::vector<char> done_;
+    std::vector<int64_t> queue_;
+    int64_t qhead_ = 0, qtail_ = 0, qsize_ = 0;
+    struct HeapItem {
+        double d;
+        int64_t key;
+    };
+    std::vector<HeapItem> heap_;
+};
+
+template <class T>
+bool all_finite(const T* x, int64_t count, int64_t* where) {
+    for (int64_t k = 0; k < count; ++k)
+        if (!std::isfinite(double(x[k]))) {
+            *where = k;
+            return false;
+        }
+    return true;
+}
+
+Status check_common(int64_t n, int64_t m, const SolveOptions& opt, SolveOutput& out) {
+    if (n < 0 || m < 0) {
+        out.message = "negative shape";
+        return Status::BAD_INPUT;
+    }
+    const int64_t cols = opt.unmatched_cost != nullptr ? m + n : m;
+    if (n > cols) {
+        out.message = "more rows (" + std::to_string(n) + ") than columns (" +
+                      std::to_string(m) + "); transpose the problem";
+        return Status::BAD_INPUT;
+    }
+    int64_t where = 0;
+    if (opt.unmatched_cost != nullptr && !all_finite(opt.unmatched_cost, n, &where)) {
+        out.message = "unmatched_cost must be finite (entry " + std::to_string(where) + ")";
+        return Status::BAD_INPUT;
+    }
+    if (opt.init_v != nullptr && !all_finite(opt.init_v, cols, &where)) {
+        out.message = "warm-start duals must be finite (entry " + std::to_string(where) + ")";
+        return Status::BAD_INPUT;
+    }
+    return Status::OK;
+}
+
+template <class T>
+Status dense_impl(const T* cost, int64_t n, int64_t m, const SolveOptions& opt, SolveOutput& out) {
+    Status st = check_common(n, m, opt, out);
+    if (st != Status::OK) return st;
+    int64_t where = 0;
+    if (!all_finite(cost, n * m, &where)) {
+        out.message = "cost contains NaN or infinity at (" + std::to_string(where / m) + ", " +
+                      std::to_string(where % m) + ")";
+        return Status::BAD_INPUT;
+    }
+    DenseGraph<T> g{cost, n, m, opt.unmatched_cost};
+    Solver<DenseGraph<T>> solver(g, opt, out);
+    return solver.run();
+}
+
+template <class I>
+int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_t* mr) {
+    constexpr int64_t kFar = std::numeric_limits<int64_t>::max();
+    std::vector<int64_t> mc(m, -1), dist(n), queue(n), it(n), stack;
+    int64_t size = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        mr[i] = -1;
+        for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a)
+            if (mc[idx[a]] < 0) {
+                mr[i] = idx[a];
+                mc[idx[a]] = i;
+                ++size;
+                break;
+            }
+    }
+    while (true) {
+        int64_t qh = 0, qt = 0;
+        bool found = false;
+        for (int64_t i = 0; i < n; ++i) {
+            if (mr[i] < 0) {
+                dist[i] = 0;
+                queue[qt++] = i;
+            } else {
+                dist[i] = kFar;
+            }
+        }
+        while (qh < qt) {
+            const int64_t i = queue[qh++];
+            for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a) {
+                const int64_t i2 = mc[idx[a]];
+                if (i2 < 0) {
+                    found = true;
+                } else if (dist[i2] == kFar) {
+                    dist[i2] = dist[i] + 1;
+                    queue[qt++] = i2;
+                }
+            }
+        }
+        if (!found) break;
+        for (int64_t i = 0; i < n; ++i) it[i] = ptr[i];
+        for (int64_t r = 0; r < n; ++r) {
+            if (mr[r] >= 0) continue;
+            stack.assign(1, r);
+            while (!stack.empty()) {
+                const int64_t i = stack.back();
+                if (it[i] == ptr[i + 1]) {
+                    dist[i] = kFar;
+                    stack.pop_back();
+                    if (!stack.empty()) ++it[stack.back()];
+                    continue;
+                }
+                const int64_t j = idx[it[i]];
+                const int64_t i2 = mc[j];
+                if (i2 < 0) {
+                    for (int64_t k : stack) {
+                        const int64_t jj = idx[it[k]];
+                        mr[k] = jj;
+                        mc[jj] = k;
+                    }
+                    ++size;
+                    break;
+                }
+                if (dist[i2] == dist[i] + 1 && dist[i2] != kFar) {
+                    stack.push_back(i2);
+                } else {
+                    ++it[i];
+                }
+            }
+        }
+    }
+    return size;
+}
+
+template <class T, class I>
+Status sparse_impl(const int64_t* ptr, const I* idx, const T* cst, int64_t n, int64_t m,
+                   const SolveOptions& opt, SolveOutput& out) {
+    Status st = check_common(n, m, opt, out);
+    if (st != Status::OK) return st;
+    if (ptr[0] != 0) {
+        out.message = "indptr[0] must be 0, got " + std::to_string(ptr[0]);
+        return Status::BAD_INPUT;
+    }
+    for (int64_t i = 0; i < n; ++i)
+        if (ptr[i + 1] < ptr[i]) {
+            out.message = "indptr must be non-decreasing (indptr[" + std::to_string(i + 1) +
+                          "] < indptr[" + std::to_string(i) + "])";
+            return Status::BAD_INPUT;
+        }
+    const int64_t nnz = ptr[n];
+    for (int64_t a = 0; a < nnz; ++a)
+        if (idx[a] < 0 || int64_t(idx[a]) >= m) {
+            out.message = "column index " + std::to_string(int64_t(idx[a])) + " at position " +
+                          std::to_string(a) + " is out of range [0, " + std::to_string(m) + ")";
+            return Status::BAD_INPUT;
+        }
+    int64_t where = 0;
+    if (!all_finite(cst, nnz, &where)) {
+        out.message = "costs contain NaN or infinity at position " + std::to_string(where);
+        return Status::BAD_INPUT;
+    }
+    if (opt.check_feasible && opt.unmatched_cost == nullptr) {
+        std::vector<int64_t> mr(n);
+        const int64_t size = hopcroft_karp(ptr, idx, n, m, mr.data());
+        if (size < n) {
+            out.matched = size;
+            for (int64_t i = 0; i < n; ++i) out.row_to_col[i] = mr[i];
+            out.message = "the graph has no assignment of every row: a maximum matching covers " +
+                          std::to_string(size) + " of " + std::to_string(n) + " rows";
+            return Status::INFEASIBLE;
+        }
+    }
+    SparseGraph<T, I> g{ptr, idx, cst, n, m, opt.unmatched_cost, {}, {}, {}};
+    Solver<SparseGraph<T, I>> solver(g, opt, out);
+    return solver.run();
+}
+
+}  // namespace
+
+Status solve_dense(const float* cost, int64_t n, int64_t m, const SolveOptions& opt,
+                   SolveOutput& out) {
+    return dense_impl(cost, n, m, opt, out);
+}
+Status solve_dense(const double* cost, int64_t n, int64_t m, const SolveOptions& opt,
+                   SolveOutput& out) {
+    return dense_impl(cost, n, m, opt, out);
+}
+Status solve_sparse(const int64_t* indptr, const int32_t* indices, const float* costs, int64_t n,
+                    int64_t m, const SolveOptions& opt, SolveOutput& out) {
+    return sparse_impl(indptr, indices, costs, n, m, opt, out);
+}
+Status solve_sparse(const int64_t* indptr, const int32_t* indices, const double* costs,
+                    int64_t n, int64_t m, const SolveOptions& opt, SolveOutput& out) {
+    return sparse_impl(indptr, indices, costs, n, m, opt, out);
+}
+Status solve_sparse(const int64_t* indptr, const int64_t* indices, const float* costs, int64_t n,
+                    int64_t m, const SolveOptions& opt, SolveOutput& out) {
+    return sparse_impl(indptr, indices, costs, n, m, opt, out);
+}
+Status solve_sparse(const int64_t* indptr, const int64_t* indices, const double* costs,
+                    int64_t n, int64_t m, const SolveOptions& opt, SolveOutput& out) {
+    return sparse_impl(indptr, indices, costs, n, m, opt, out);
+}
+int64_t max_matching(const int64_t* indptr, const int32_t* indices, int64_t n, int64_t m,
+                     int64_t* row_to_col) {
+    return hopcroft_karp(indptr, indices, n, m, row_to_col);
+}
+int64_t max_matching(const int64_t* indptr, const int64_t* indices, int64_t n, int64_t m,
+                     int64_t* row_to_col) {
+    return hopcroft_karp(indptr, indices, n, m, row_to_col);
 }
 
 }  // namespace mechperm

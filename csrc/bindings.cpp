@@ -1,14 +1,417 @@
 // The only file that includes pybind11: maps the C++ core to `mechperm._auction`.
+//
+// Arrays are taken without copies: a wrong dtype or a non-contiguous array is refused with a
+// ValueError (the typed front in mechperm/assign.py converts explicitly where that is safe), so a
+// silent copy can never hide a bug. Outputs are allocated before the GIL is released; the solve
+// runs without the GIL and polls for Ctrl-C (PyErr_CheckSignals) about once a millisecond.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "auction.hpp"
 
 namespace py = pybind11;
+using namespace mechperm;
+
+namespace {
+
+// Raised for Status::INFEASIBLE; registered as mechperm._auction.InfeasibleError(ValueError).
+struct Infeasible : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct PollState {
+    bool raised = false;
+};
+
+// Poll callback: briefly takes the GIL to run pending signal handlers (KeyboardInterrupt).
+bool poll_signals(void* ctx) {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) {
+        static_cast<PollState*>(ctx)->raised = true;
+        return true;
+    }
+    return false;
+}
+
+void raise_status(Status st, const std::string& message, const PollState& poll) {
+    switch (st) {
+        case Status::OK: return;
+        case Status::INTERRUPTED:
+            if (!poll.raised || !PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+            throw py::error_already_set();
+        case Status::INFEASIBLE: throw Infeasible(message);
+        case Status::BAD_INPUT: throw py::value_error(message.empty() ? "bad input" : message);
+    }
+    throw py::value_error(std::string("unexpected solver status ") + status_name(st));
+}
+
+std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+template <class T>
+bool is_c_array(const py::array& a) {
+    return py::isinstance<py::array_t<T, py::array::c_style>>(a);
+}
+
+// A C-contiguous array of exactly dtype T with the given ndim (and length, when >= 0).
+template <class T>
+const T* require(const py::array& a, const char* name, int ndim, int64_t length = -1) {
+    if (a.ndim() != ndim)
+        throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) +
+                              "-D, got " + std::to_string(a.ndim()) + "-D");
+    if (!py::isinstance<py::array_t<T>>(a))
+        throw py::value_error(std::string(name) + " must have dtype " +
+                              py::str(py::dtype::of<T>()).cast<std::string>() + ", got " +
+                              dtype_name(a));
+    if (!is_c_array<T>(a))
+        throw py::value_error(std::string(name) +
+                              " must be C-contiguous (use np.ascontiguousarray)");
+    if (length >= 0 && a.shape(0) != length)
+        throw py::value_error(std::string(name) + " must have length " + std::to_string(length) +
+                              ", got " + std::to_string(a.shape(0)));
+    return static_cast<const T*>(a.data());
+}
+
+const double* optional_f64(const py::object& o, const char* name, int64_t length) {
+    if (o.is_none()) return nullptr;
+    return require<double>(o.cast<py::array>(), name, 1, length);
+}
+
+py::dict solve_result(const SolveOutput& out, py::array_t<int64_t>& r2c, py::array_t<int64_t>& c2r,
+                      py::array_t<double>& u, py::array_t<double>& v, py::object v_dummy) {
+    py::dict d;
+    d["row_to_col"] = r2c;
+    d["col_to_row"] = c2r;
+    d["u"] = u;
+    d["v"] = v;
+    d["v_dummy"] = v_dummy;
+    d["objective"] = out.objective;
+    d["dual_objective"] = out.dual_objective;
+    d["phases"] = out.phases;
+    d["bids"] = out.bids;
+    d["reverse_bids"] = out.reverse_bids;
+    d["augmentations"] = out.augmentations;
+    d["price_scale"] = out.price_scale;
+    d["cost_scale"] = out.cost_scale;
+    return d;
+}
+
+struct Outputs {
+    py::array_t<int64_t> r2c, c2r;
+    py::array_t<double> u, v;
+    py::object v_dummy = py::none();
+    SolveOutput out;
+    Outputs(int64_t n, int64_t m, bool dummies) : r2c(n), c2r(m), u(n), v(m) {
+        out.row_to_col = r2c.mutable_data();
+        out.col_to_row = c2r.mutable_data();
+        out.u = u.mutable_data();
+        out.v = v.mutable_data();
+        if (dummies) {
+            py::array_t<double> vd(n);
+            out.v_dummy = vd.mutable_data();
+            v_dummy = vd;
+        }
+    }
+    py::dict result() { return solve_result(out, r2c, c2r, u, v, v_dummy); }
+};
+
+SolveOptions make_options(const py::object& unmatched, const py::object& init_v,
+                          const py::object& init_r2c, int64_t n, int64_t m, double eps_start,
+                          double eps_final, double eps_factor, PollState& poll) {
+    SolveOptions opt;
+    opt.unmatched_cost = optional_f64(unmatched, "unmatched_cost", n);
+    opt.init_v = optional_f64(init_v, "init_v", opt.unmatched_cost != nullptr ? m + n : m);
+    if (!init_r2c.is_none())
+        opt.init_row_to_col = require<int64_t>(init_r2c.cast<py::array>(), "init_row_to_col", 1, n);
+    opt.eps_start = eps_start;
+    opt.eps_final = eps_final;
+    opt.eps_factor = eps_factor;
+    opt.poll = &poll_signals;
+    opt.poll_ctx = &poll;
+    return opt;
+}
+
+py::dict solve_dense_py(const py::array& cost, const py::object& unmatched,
+                        const py::object& init_v, const py::object& init_r2c, double eps_start,
+                        double eps_final, double eps_factor) {
+    if (cost.ndim() != 2)
+        throw py::value_error("cost must be 2-D, got " + std::to_string(cost.ndim()) + "-D");
+    const int64_t n = cost.shape(0), m = cost.shape(1);
+    PollState poll;
+    SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
+                                    eps_factor, poll);
+    Outputs o(n, m, opt.unmatched_cost != nullptr);
+    Status st;
+    if (is_c_array<float>(cost)) {
+        const float* c = require<float>(cost, "cost", 2);
+        py::gil_scoped_release release;
+        st = solve_dense(c, n, m, opt, o.out);
+    } else if (is_c_array<double>(cost)) {
+        const double* c = require<double>(cost, "cost", 2);
+        py::gil_scoped_release release;
+        st = solve_dense(c, n, m, opt, o.out);
+    } else {
+        throw py::value_error("cost must be a C-contiguous float32 or float64 array, got " +
+                              dtype_name(cost));
+    }
+    raise_status(st, o.out.message, poll);
+    return o.result();
+}
+
+template <class I, class T>
+Status call_sparse(const py::array& indptr, const py::array& indices, const py::array& costs,
+                   int64_t n, int64_t m, const SolveOptions& opt, SolveOutput& out) {
+    const int64_t* p = require<int64_t>(indptr, "indptr", 1, n + 1);
+    const I* idx = static_cast<const I*>(indices.data());
+    const T* c = static_cast<const T*>(costs.data());
+    py::gil_scoped_release release;
+    return solve_sparse(p, idx, c, n, m, opt, out);
+}
+
+void check_csr(const py::array& indptr, const py::array& indices, const py::array& costs,
+               int64_t n) {
+    require<int64_t>(indptr, "indptr", 1, n + 1);
+    const int64_t nnz = static_cast<const int64_t*>(indptr.data())[n];
+    if (indices.ndim() != 1 || costs.ndim() != 1)
+        throw py::value_error("indices and costs must be 1-D");
+    if (indices.shape(0) != nnz || costs.shape(0) != nnz)
+        throw py::value_error("indices and costs must have indptr[-1] = " + std::to_string(nnz) +
+                              " entries, got " + std::to_string(indices.shape(0)) + " and " +
+                              std::to_string(costs.shape(0)));
+    if (!is_c_array<int32_t>(indices) && !is_c_array<int64_t>(indices))
+        throw py::value_error("indices must be a contiguous int32 or int64 array, got " +
+                              dtype_name(indices));
+    if (!is_c_array<float>(costs) && !is_c_array<double>(costs))
+        throw py::value_error("costs must be a contiguous float32 or float64 array, got " +
+                              dtype_name(costs));
+}
+
+py::dict solve_sparse_py(const py::array& indptr, const py::array& indices,
+                         const py::array& costs, int64_t n, int64_t m,
+                         const py::object& unmatched, const py::object& init_v,
+                         const py::object& init_r2c, double eps_start, double eps_final,
+                         double eps_factor, bool check_feasible) {
+    if (n < 0 || m < 0) throw py::value_error("shape must be non-negative");
+    check_csr(indptr, indices, costs, n);
+    PollState poll;
+    SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
+                                    eps_factor, poll);
+    opt.check_feasible = check_feasible;
+    Outputs o(n, m, opt.unmatched_cost != nullptr);
+    Status st;
+    const bool i32 = is_c_array<int32_t>(indices), f32 = is_c_array<float>(costs);
+    if (i32 && f32)
+        st = call_sparse<int32_t, float>(indptr, indices, costs, n, m, opt, o.out);
+    else if (i32)
+        st = call_sparse<int32_t, double>(indptr, indices, costs, n, m, opt, o.out);
+    else if (f32)
+        st = call_sparse<int64_t, float>(indptr, indices, costs, n, m, opt, o.out);
+    else
+        st = call_sparse<int64_t, double>(indptr, indices, costs, n, m, opt, o.out);
+    raise_status(st, o.out.message, poll);
+    return o.result();
+}
+
+py::tuple max_matching_py(const py::array& indptr, const py::array& indices, int64_t n,
+                          int64_t m) {
+    require<int64_t>(indptr, "indptr", 1, n + 1);
+    const int64_t* p = static_cast<const int64_t*>(indptr.data());
+    const int64_t nnz = p[n];
+    if (indices.ndim() != 1 || indices.shape(0) != nnz)
+        throw py::value_error("indices must be 1-D with indptr[-1] entries");
+    for (int64_t i = 0; i < n; ++i)
+        if (p[i + 1] < p[i] || p[0] != 0) throw py::value_error("indptr must be non-decreasing");
+    py::array_t<int64_t> r2c(n);
+    int64_t size = 0;
+    auto check_range = [&](auto* idx) {
+        for (int64_t a = 0; a < nnz; ++a)
+            if (idx[a] < 0 || int64_t(idx[a]) >= m)
+                throw py::value_error("column index out of range");
+    };
+    if (is_c_array<int32_t>(indices)) {
+        const int32_t* idx = static_cast<const int32_t*>(indices.data());
+        check_range(idx);
+        py::gil_scoped_release release;
+        size = max_matching(p, idx, n, m, r2c.mutable_data());
+    } else if (is_c_array<int64_t>(indices)) {
+        const int64_t* idx = static_cast<const int64_t*>(indices.data());
+        check_range(idx);
+        py::gil_scoped_release release;
+        size = max_matching(p, idx, n, m, r2c.mutable_data());
+    } else {
+        throw py::value_error("indices must be a contiguous int32 or int64 array, got " +
+                              dtype_name(indices));
+    }
+    return py::make_tuple(size, r2c);
+}
+
+py::dict candidates_dict(Candidates& out);
+
+template <class V>
+py::array_t<V> to_numpy(std::vector<V>&& vec) {
+    auto* heap = new std::vector<V>(std::move(vec));
+    py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<V>*>(p); });
+    return py::array_t<V>(py::ssize_t(heap->size()), heap->data(), owner);
+}
+
+py::dict dense_candidates_py(const py::array& cost, int64_t k_row, int64_t k_col) {
+    if (cost.ndim() != 2)
+        throw py::value_error("cost must be 2-D, got " + std::to_string(cost.ndim()) + "-D");
+    const int64_t n = cost.shape(0), m = cost.shape(1);
+    if (n > m) throw py::value_error("dense_candidates needs n <= m; transpose the problem");
+    if (k_row < 0 || k_col < 0) throw py::value_error("k must be non-negative");
+    PollState poll;
+    SolveOptions opt;
+    opt.poll = &poll_signals;
+    opt.poll_ctx = &poll;
+    Candidates out;
+    Status st;
+    if (is_c_array<float>(cost)) {
+        const float* c = static_cast<const float*>(cost.data());
+        py::gil_scoped_release release;
+        st = dense_candidates(c, n, m, k_row, k_col, opt, out);
+    } else if (is_c_array<double>(cost)) {
+        const double* c = static_cast<const double*>(cost.data());
+        py::gil_scoped_release release;
+        st = dense_candidates(c, n, m, k_row, k_col, opt, out);
+    } else {
+        throw py::value_error("cost must be a C-contiguous float32 or float64 array, got " +
+                              dtype_name(cost));
+    }
+    raise_status(st, "cost contains NaN or infinity", poll);
+    return candidates_dict(out);
+}
+
+CandidateBuilder* make_builder(int64_t n, int64_t m, int64_t k_row, int64_t k_col,
+                               const py::array& col_offset, const py::array& row_offset) {
+    if (n < 0 || m < 0 || k_row < 0 || k_col < 0)
+        throw py::value_error("CandidateBuilder: sizes and k must be non-negative");
+    const double* a = require<double>(col_offset, "col_offset", 1, m);
+    const double* b = require<double>(row_offset, "row_offset", 1, n);
+    return new CandidateBuilder(n, m, k_row, k_col, std::vector<double>(a, a + m),
+                                std::vector<double>(b, b + n));
+}
+
+void builder_add(CandidateBuilder& self, const py::array& tile, int64_t r0) {
+    if (tile.ndim() != 2 || tile.shape(1) != self.m())
+        throw py::value_error("tile must be 2-D with " + std::to_string(self.m()) + " columns");
+    const int64_t rows = tile.shape(0);
+    if (r0 < 0 || r0 + rows > self.n())
+        throw py::value_error("tile rows out of range [0, " + std::to_string(self.n()) + ")");
+    PollState poll;
+    SolveOptions opt;
+    opt.poll = &poll_signals;
+    opt.poll_ctx = &poll;
+    Status st;
+    if (is_c_array<float>(tile)) {
+        const float* c = static_cast<const float*>(tile.data());
+        py::gil_scoped_release release;
+        st = self.add(c, r0, rows, opt);
+    } else if (is_c_array<double>(tile)) {
+        const double* c = static_cast<const double*>(tile.data());
+        py::gil_scoped_release release;
+        st = self.add(c, r0, rows, opt);
+    } else {
+        throw py::value_error("tile must be a C-contiguous float32 or float64 array, got " +
+                              dtype_name(tile));
+    }
+    raise_status(st, "cost contains NaN or infinity", poll);
+}
+
+py::dict candidates_dict(Candidates& out) {
+    py::dict d;
+    d["indptr"] = to_numpy(std::move(out.indptr));
+    d["indices"] = to_numpy(std::move(out.indices));
+    d["costs"] = to_numpy(std::move(out.costs));
+    d["row_bound"] = to_numpy(std::move(out.row_bound));
+    d["col_bound"] = to_numpy(std::move(out.col_bound));
+    d["row_offset"] = to_numpy(std::move(out.row_offset));
+    d["col_offset"] = to_numpy(std::move(out.col_offset));
+    return d;
+}
+
+py::dict builder_finish(CandidateBuilder& self, bool diagonal) {
+    Candidates out;
+    {
+        py::gil_scoped_release release;
+        self.finish(diagonal, out);
+    }
+    return candidates_dict(out);
+}
+
+py::tuple dense_price_py(const py::array& cost, const py::array& rows, const py::array& u,
+                         const py::array& v, double tol, int64_t max_per_row) {
+    if (cost.ndim() != 2)
+        throw py::value_error("cost must be 2-D, got " + std::to_string(cost.ndim()) + "-D");
+    const int64_t n = cost.shape(0), m = cost.shape(1);
+    const int64_t* r = require<int64_t>(rows, "rows", 1);
+    const int64_t nr = rows.shape(0);
+    const double* up = require<double>(u, "u", 1, n);
+    const double* vp = require<double>(v, "v", 1, m);
+    PollState poll;
+    SolveOptions opt;
+    opt.poll = &poll_signals;
+    opt.poll_ctx = &poll;
+    Priced out;
+    py::array_t<double> row_min(nr);
+    double* rm = row_min.mutable_data();
+    Status st;
+    if (is_c_array<float>(cost)) {
+        const float* c = static_cast<const float*>(cost.data());
+        py::gil_scoped_release release;
+        st = dense_price(c, n, m, r, nr, up, vp, tol, max_per_row, opt, out, rm);
+    } else if (is_c_array<double>(cost)) {
+        const double* c = static_cast<const double*>(cost.data());
+        py::gil_scoped_release release;
+        st = dense_price(c, n, m, r, nr, up, vp, tol, max_per_row, opt, out, rm);
+    } else {
+        throw py::value_error("cost must be a C-contiguous float32 or float64 array, got " +
+                              dtype_name(cost));
+    }
+    raise_status(st, "rows out of range", poll);
+    return py::make_tuple(to_numpy(std::move(out.rows)), to_numpy(std::move(out.cols)),
+                          to_numpy(std::move(out.costs)), row_min);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_auction, m) {
     m.doc() = "mechperm native assignment solver (auction algorithm, C++17).";
+    py::register_exception<Infeasible>(m, "InfeasibleError", PyExc_ValueError);
     m.def("build_info", &mechperm::build_info,
           "How the native core was compiled: version, C++ standard, compiler, optimisation.");
+    m.def("solve_dense", &solve_dense_py, py::arg("cost"), py::arg("unmatched_cost") = py::none(),
+          py::arg("init_v") = py::none(), py::arg("init_row_to_col") = py::none(),
+          py::arg("eps_start") = 0.0,
+          py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0,
+          "Min-cost assignment of every row of a dense [n, m] float32/float64 array (n <= m).");
+    m.def("solve_sparse", &solve_sparse_py, py::arg("indptr"), py::arg("indices"),
+          py::arg("costs"), py::arg("n"), py::arg("m"), py::arg("unmatched_cost") = py::none(),
+          py::arg("init_v") = py::none(), py::arg("init_row_to_col") = py::none(),
+          py::arg("eps_start") = 0.0,
+          py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0,
+          py::arg("check_feasible") = true,
+          "Min-cost assignment of every row of a CSR graph (int64 indptr, int32/int64 indices, "
+          "float32/float64 costs).");
+    m.def("max_matching", &max_matching_py, py::arg("indptr"), py::arg("indices"), py::arg("n"),
+          py::arg("m"), "Maximum bipartite matching (Hopcroft-Karp): (size, row_to_col).");
+    m.def("dense_candidates", &dense_candidates_py, py::arg("cost"), py::arg("k_row"),
+          py::arg("k_col"),
+          "Candidate CSR graph of a dense array with the bounds on every pair left out.");
+    m.def("dense_price", &dense_price_py, py::arg("cost"), py::arg("rows"), py::arg("u"),
+          py::arg("v"), py::arg("tol"), py::arg("max_per_row") = 0,
+          "Pairs of the given rows with reduced cost < -tol: (rows, cols, costs, row_min).");
+    py::class_<CandidateBuilder>(m, "CandidateBuilder",
+                                 "Candidate graph from streamed row tiles of a cost matrix.")
+        .def(py::init(&make_builder), py::arg("n"), py::arg("m"), py::arg("k_row"),
+             py::arg("k_col"), py::arg("col_offset"), py::arg("row_offset"))
+        .def("add", &builder_add, py::arg("tile"), py::arg("r0"),
+             "Offer rows r0 .. r0+len(tile)-1 (C-contiguous float32/float64 [rows, m]).")
+        .def("finish", &builder_finish, py::arg("diagonal") = true,
+             "The CSR graph and bounds as a dict (indptr, indices, costs, row_bound, ...).");
 #ifdef MECHPERM_VERSION
     m.attr("__version__") = MECHPERM_VERSION;
 #endif

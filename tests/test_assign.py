@@ -1,0 +1,694 @@
+"""Contracts of mechperm.assign: optimal objective cross-checked against scipy, valid
+assignments, dual certificates, the exact-from-candidates loop, bad input, determinism, GIL."""
+from __future__ import annotations
+
+import _thread
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+from mechperm import _auction
+from mechperm.assign import (
+    Assignment,
+    CandidateGraph,
+    InfeasibleError,
+    assign,
+    assign_exact,
+    assign_sparse,
+    sqdist_candidates,
+    sqdist_pricer,
+)
+
+torch = pytest.importorskip("torch")
+
+REL = 1e-9
+RUN_SLOW = os.environ.get("MECHPERM_RUN_SLOW") == "1"
+
+
+def slow(test):
+    """Large cases: marked `slow` and skipped unless MECHPERM_RUN_SLOW=1 (CI stays < 1 min)."""
+    return pytest.mark.slow(pytest.mark.skipif(not RUN_SLOW, reason="set MECHPERM_RUN_SLOW=1")(test))
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def scipy_objective(C: np.ndarray, maximize: bool = False) -> float:
+    C = np.asarray(C, dtype=np.float64)
+    r, c = linear_sum_assignment(C, maximize=maximize)
+    return float(C[r, c].sum())
+
+
+def padded(C: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """[C | diag(lam)] with +inf off the diagonal: the partial problem as a full one."""
+    n = C.shape[0]
+    D = np.full((n, n), np.inf)
+    np.fill_diagonal(D, lam)
+    return np.hstack([np.asarray(C, np.float64), D])
+
+
+def close(a: float, b: float, rel: float = REL) -> bool:
+    return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+
+
+def check_valid(res: Assignment, C: np.ndarray, lam=None, maximize: bool = False) -> None:
+    """Permutation structure, objective recomputed, dual feasibility and slackness."""
+    C = np.asarray(C, dtype=np.float64)
+    n, m = C.shape
+    r2c, c2r = res.row_to_col, res.col_to_row
+    assert r2c.shape == (n,) and c2r.shape == (m,)
+    assert r2c.dtype == np.int64 and c2r.dtype == np.int64
+    matched = np.flatnonzero(r2c >= 0)
+    assert len(np.unique(r2c[matched])) == len(matched)
+    assert np.all(c2r[r2c[matched]] == matched)
+    assert np.count_nonzero(c2r >= 0) == len(matched)
+    if lam is None:
+        assert len(matched) == min(n, m)
+    obj = C[matched, r2c[matched]].sum()
+    if lam is not None:
+        obj += np.broadcast_to(np.asarray(lam, np.float64), (n,))[r2c < 0].sum()
+    assert close(res.objective, obj, 1e-12)
+    # duals of the minimisation actually solved
+    W = -C if maximize else C
+    scale = max(1.0, np.abs(W).max(initial=0.0), np.abs(res.u).max(initial=0.0),
+                np.abs(res.v).max(initial=0.0))
+    red = W - res.u[:, None] - res.v[None, :]
+    assert red.min(initial=0.0) >= -1e-9 * scale
+    assert np.all(np.abs(red[matched, r2c[matched]]) <= 1e-9 * scale)
+    assert res.gap <= 1e-8 * max(1.0, abs(res.objective)) + 1e-9 * scale * (n + m)
+
+
+def run(C, method="auto", **kw) -> Assignment:
+    return assign(C, method=method, **kw)
+
+
+def sae_like(n: int, d: int = 32, seed: int = 0, sigma: float = 1.5, shared: float = 0.8):
+    """Squared distances of vectors with lognormal row norms (the DESIGN.md pitfall)."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, d))
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    B = shared * A[rng.permutation(n)] + np.sqrt(1 - shared**2) * rng.standard_normal((n, d)) / np.sqrt(d)
+    A *= rng.lognormal(0, sigma, n)[:, None]
+    B *= rng.lognormal(0, sigma, n)[:, None]
+    C = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2 * A @ B.T
+    return np.maximum(C, 0).astype(np.float32), A, B
+
+
+DISTRIBUTIONS = {
+    "uniform": lambda rng, n, m: rng.random((n, m)),
+    "ties012": lambda rng, n, m: rng.integers(0, 3, (n, m)).astype(np.float64),
+    "all_equal": lambda rng, n, m: np.full((n, m), 3.5),
+    "log_uniform": lambda rng, n, m: np.exp(rng.uniform(np.log(1e-8), np.log(1e8), (n, m))),
+    "negative": lambda rng, n, m: rng.normal(size=(n, m)) * 100 - 50,
+    "i_times_j": lambda rng, n, m: np.outer(np.arange(n), np.arange(m)).astype(np.float64),
+    "i_minus_j_sq": lambda rng, n, m: (np.subtract.outer(np.arange(n), np.arange(m)) ** 2).astype(np.float64),
+    "i_plus_j": lambda rng, n, m: np.add.outer(np.arange(n), np.arange(m)).astype(np.float64),
+    "int_large": lambda rng, n, m: rng.integers(-10**6, 10**6, (n, m)).astype(np.float64),
+}
+
+
+# ---- dense: optimality against scipy -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 65, 200])
+@pytest.mark.parametrize("method", ["dense", "candidates"])
+def test_dense_square_matches_scipy(dist, n, method):
+    rng = np.random.default_rng(n)
+    C = DISTRIBUTIONS[dist](rng, n, n)
+    res = run(C, method)
+    check_valid(res, C)
+    assert close(res.objective, scipy_objective(C))
+    assert res.certified
+
+
+@pytest.mark.parametrize("dist", ["uniform", "ties012", "log_uniform", "negative", "i_times_j"])
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1), (3, 8), (8, 3), (40, 97), (97, 40), (300, 301)])
+@pytest.mark.parametrize("method", ["dense", "candidates"])
+def test_dense_rectangular_matches_scipy(dist, shape, method):
+    rng = np.random.default_rng(sum(shape))
+    C = DISTRIBUTIONS[dist](rng, *shape)
+    res = run(C, method)
+    check_valid(res, C)
+    assert close(res.objective, scipy_objective(C))
+
+
+@pytest.mark.parametrize("n", [1000, 2048])
+@pytest.mark.parametrize("dist", ["uniform", "ties012", "log_uniform", "negative"])
+def test_dense_medium_matches_scipy(n, dist):
+    rng = np.random.default_rng(7)
+    C = DISTRIBUTIONS[dist](rng, n, n)
+    res = run(C)
+    check_valid(res, C)
+    assert close(res.objective, scipy_objective(C))
+
+
+@pytest.mark.parametrize("method", ["dense", "candidates"])
+@pytest.mark.parametrize("n", [50, 500, 1500])
+def test_sae_like_heavy_tailed(method, n):
+    C, _, _ = sae_like(n, seed=n)
+    res = run(C, method)
+    check_valid(res, C)
+    assert close(res.objective, scipy_objective(C))
+    assert res.certified and res.gap <= 1e-9 * abs(res.objective)
+
+
+def test_sae_like_4096_certificate():
+    # scipy needs ~a minute here; the dual certificate, checked on all 16M pairs, proves
+    # optimality on its own, and both solver paths must agree.
+    C, _, _ = sae_like(4096, seed=1)
+    res = run(C, "candidates", k=16)
+    check_valid(res, C)
+    assert res.certified
+    assert close(res.objective, run(C, "dense").objective)
+
+
+def test_uniform_4096():
+    C = np.random.default_rng(3).random((4096, 4096)).astype(np.float32)
+    res = run(C)
+    assert close(res.objective, scipy_objective(C))
+    assert res.certified
+
+
+def test_synthetic_pitfall_costs():
+    synthetic = pytest.importorskip("mechperm.synthetic")
+    if not hasattr(synthetic, "sae_like_costs"):
+        pytest.skip("mechperm.synthetic.sae_like_costs not available yet")
+    C = synthetic.sae_like_costs(512, heavy_tail=2.5).astype(np.float32)
+    for method in ("dense", "candidates"):
+        res = run(C, method)
+        check_valid(res, C)
+        assert close(res.objective, scipy_objective(C))
+
+
+def test_synthetic_stack_decoders():
+    synthetic = pytest.importorskip("mechperm.synthetic")
+    if not hasattr(synthetic, "make_stack"):
+        pytest.skip("mechperm.synthetic.make_stack not available yet")
+    stack = synthetic.make_stack(2, 32, 400, seed=3, dead_rate=0.0)
+    a, b = (s.W_dec.double() for s in stack.saes[:2])
+    C = torch.cdist(a, b).pow(2).numpy()
+    res = run(C, "candidates", k=2)
+    check_valid(res, C)
+    assert close(res.objective, scipy_objective(C))
+
+
+def test_maximize_matches_scipy():
+    rng = np.random.default_rng(0)
+    for shape in [(30, 30), (20, 35), (35, 20)]:
+        C = rng.normal(size=shape)
+        for method in ("dense", "candidates"):
+            res = run(C, method, maximize=True)
+            check_valid(res, C, maximize=True)
+            assert close(res.objective, scipy_objective(C, maximize=True))
+            assert res.dual_bound >= res.objective - 1e-9
+
+
+def test_torch_tensor_and_float32_inputs():
+    rng = np.random.default_rng(1)
+    C = rng.random((50, 60)).astype(np.float32)
+    a = assign(torch.from_numpy(C))
+    b = assign(C)
+    assert np.array_equal(a.row_to_col, b.row_to_col)
+    assert close(a.objective, scipy_objective(C))
+    assert close(assign(C.T.copy()).objective, scipy_objective(C.T))
+    assert close(assign(C.T).objective, scipy_objective(C.T))  # non-contiguous view: copied
+    assert close(assign(C.astype(np.float16)).objective, scipy_objective(C.astype(np.float16)))
+    assert close(assign(np.arange(12).reshape(3, 4)).objective, scipy_objective(np.arange(12).reshape(3, 4)))
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (2, 0), (0, 3)])
+def test_trivial_shapes(shape):
+    res = assign(np.zeros(shape))
+    assert res.row_to_col.shape == (shape[0],) and res.col_to_row.shape == (shape[1],)
+    assert np.all(res.row_to_col == -1) and res.objective == 0.0 and res.certified
+
+
+# ---- partial assignment -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 5), (20, 13), (13, 20), (60, 60), (200, 150)])
+@pytest.mark.parametrize("lam_kind", ["scalar", "per_row", "negative"])
+def test_partial_matches_padded_scipy(shape, lam_kind):
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    C = rng.random(shape) * 10
+    n = shape[0]
+    lam = {"scalar": 2.0, "per_row": rng.random(n) * 6, "negative": -rng.random(n)}[lam_kind]
+    lam_arr = np.broadcast_to(np.asarray(lam, np.float64), (n,)).copy()
+    res = assign(C, unmatched_cost=lam)
+    check_valid(res, C, lam=lam_arr)
+    assert close(res.objective, scipy_objective(padded(C, lam_arr)))
+    assert res.v_unmatched is not None and res.v_unmatched.shape == (n,)
+
+
+def test_partial_empty_columns():
+    res = assign(np.zeros((3, 0)), unmatched_cost=1.5)
+    assert np.all(res.row_to_col == -1) and res.objective == 4.5
+
+
+def test_partial_sparse_matches_padded_scipy():
+    rng = np.random.default_rng(5)
+    n, m = 40, 30
+    mask = rng.random((n, m)) < 0.1
+    C = rng.random((n, m)) * 5
+    lam = rng.random(n) * 3
+    indptr, indices, costs = csr_of(C, mask)
+    res = assign_sparse(indptr, indices, costs, (n, m), unmatched_cost=lam)
+    full = np.where(mask, C, np.inf)
+    assert close(res.objective, scipy_objective(padded(full, lam)))
+
+
+# ---- sparse graphs ------------------------------------------------------------------------------
+
+
+def csr_of(C: np.ndarray, mask: np.ndarray):
+    n = C.shape[0]
+    rows, cols = np.nonzero(mask)
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return indptr, cols.astype(np.int32), C[rows, cols]
+
+
+@pytest.mark.parametrize("shape", [(50, 50), (40, 60), (60, 40), (300, 300)])
+@pytest.mark.parametrize("density", [0.05, 0.3])
+@pytest.mark.parametrize("idx_dtype,cost_dtype", [(np.int32, np.float64), (np.int64, np.float32)])
+def test_sparse_matches_scipy_with_inf(shape, density, idx_dtype, cost_dtype):
+    rng = np.random.default_rng(int(density * 100) + shape[0])
+    n, m = shape
+    mask = rng.random(shape) < density
+    if n <= m:  # plant one full assignment so that most instances are feasible
+        mask[np.arange(n), rng.permutation(m)[:n]] = True
+    else:
+        mask[rng.permutation(n)[:m], np.arange(m)] = True
+    C = rng.random(shape).astype(cost_dtype)
+    indptr, indices, costs = csr_of(C, mask)
+    full = np.where(mask, C.astype(np.float64), np.inf)
+    try:
+        expected = scipy_objective(full)
+    except ValueError:
+        with pytest.raises(InfeasibleError):
+            assign_sparse(indptr, indices.astype(idx_dtype), costs, shape)
+        return
+    res = assign_sparse(indptr, indices.astype(idx_dtype), costs, shape)
+    assert close(res.objective, expected)
+    matched = res.row_to_col >= 0
+    assert np.all(mask[np.flatnonzero(matched), res.row_to_col[matched]])
+
+
+def test_sparse_duplicate_arcs_use_the_cheaper():
+    indptr = np.array([0, 3, 5], np.int64)
+    indices = np.array([0, 0, 1, 1, 1], np.int64)
+    costs = np.array([5.0, 1.0, 4.0, 2.0, 0.5])
+    res = assign_sparse(indptr, indices, costs, (2, 2))
+    assert res.row_to_col.tolist() == [0, 1] and close(res.objective, 1.5)
+
+
+def test_sparse_infeasible_reports_clearly():
+    # rows 0..2 can only use columns 0..1: no assignment of every row exists
+    indptr = np.array([0, 2, 4, 6, 8], np.int64)
+    indices = np.array([0, 1, 0, 1, 0, 1, 2, 3], np.int32)
+    costs = np.ones(8)
+    with pytest.raises(InfeasibleError, match="maximum matching covers 3 of 4 rows"):
+        assign_sparse(indptr, indices, costs, (4, 4))
+    with pytest.raises(ValueError, match="no assignment of every row"):
+        assign_sparse(indptr, indices, costs, (4, 4))
+    res = assign_sparse(indptr, indices, costs, (4, 4), unmatched_cost=10.0)
+    assert res.n_matched == 3 and close(res.objective, 13.0)
+
+
+def test_sparse_row_without_arcs_is_infeasible():
+    with pytest.raises(InfeasibleError):
+        assign_sparse(np.array([0, 1, 1]), np.array([0]), np.array([1.0]), (2, 2))
+
+
+# ---- the exact-from-candidates loop -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("dist", ["uniform", "ties012", "log_uniform", "negative"])
+def test_dense_candidates_tiny_k_certified(k, dist):
+    rng = np.random.default_rng(k)
+    C = DISTRIBUTIONS[dist](rng, 300, 300)
+    res = assign(C, method="candidates", k=k)
+    check_valid(res, C)
+    assert close(res.objective, scipy_objective(C))
+    assert res.certified and res.gap <= 1e-9 * max(1.0, abs(res.objective))
+    assert res.n_edges < C.size
+
+
+@pytest.mark.parametrize("k", [1, 2, 8])
+@pytest.mark.parametrize("shape", [(300, 300), (250, 320)])
+def test_assign_exact_sqdist_callback(k, shape):
+    rng = np.random.default_rng(k)
+    n, m = shape
+    X = rng.standard_normal((n, 16)) * np.exp(2.0 * rng.standard_normal((n, 1)))
+    Y = rng.standard_normal((m, 16)) * np.exp(2.0 * rng.standard_normal((m, 1)))
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    g = sqdist_candidates(Xt, Yt, k, block_rows=64)
+    res = assign_exact(n, m, g, sqdist_pricer(Xt, Yt, block_rows=100))
+    C = torch.cdist(Xt, Yt).pow(2).numpy()
+    assert close(res.objective, scipy_objective(C), 1e-8)
+    assert res.certified and res.gap <= 1e-8 * res.objective
+
+
+def test_assign_exact_with_rebuild():
+    rng = np.random.default_rng(3)
+    n = 600
+    X = rng.standard_normal((n, 8)) * np.exp(2.0 * rng.standard_normal((n, 1)))
+    Y = X[rng.permutation(n)] + 0.5 * rng.standard_normal((n, 8))
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    g = sqdist_candidates(Xt, Yt, 2, block_rows=128)
+    res = assign_exact(n, n, g, sqdist_pricer(Xt, Yt), max_new_per_row=4,
+                       rebuild=lambda u, v: sqdist_candidates(Xt, Yt, 4, offsets=(v, u)))
+    C = torch.cdist(Xt, Yt).pow(2).numpy()
+    assert close(res.objective, scipy_objective(C), 1e-8) and res.certified
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_candidate_bounds_hold_for_every_pair_left_out(dtype):
+    rng = np.random.default_rng(0)
+    n, m, k = 60, 90, 3
+    C = (rng.random((n, m)) * np.exp(3 * rng.standard_normal((n, 1)))).astype(dtype)
+    d = _auction.dense_candidates(C, k, k)
+    inside = np.zeros((n, m), bool)
+    inside[np.repeat(np.arange(n), np.diff(d["indptr"])), d["indices"]] = True
+    assert np.all(inside[np.arange(n), np.arange(n)])  # the feasibility arcs (i, i)
+    W = C.astype(np.float64)
+    bound = np.maximum(d["row_bound"][:, None] + d["col_offset"][None, :],
+                       d["col_bound"][None, :] + d["row_offset"][:, None])
+    assert np.all(W[~inside] >= bound[~inside])
+    assert np.all(np.diff(d["indices"])[np.diff(np.repeat(np.arange(n), np.diff(d["indptr"]))) == 0] > 0)
+    # streamed in tiles with arbitrary offsets: same guarantee
+    a, b = rng.normal(size=m), rng.normal(size=n)
+    builder = _auction.CandidateBuilder(n, m, k, k, a, b)
+    for r0 in range(0, n, 7):
+        builder.add(np.ascontiguousarray(C[r0:r0 + 7]), r0)
+    e = builder.finish(False)
+    inside = np.zeros((n, m), bool)
+    inside[np.repeat(np.arange(n), np.diff(e["indptr"])), e["indices"]] = True
+    bound = np.maximum(e["row_bound"][:, None] + a[None, :], e["col_bound"][None, :] + b[:, None])
+    assert np.all(W[~inside] >= bound[~inside])
+
+
+def test_scalar_and_simd_kernels_agree():
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, numpy as np\n"
+        "from mechperm.assign import assign\n"
+        "rng = np.random.default_rng(0)\n"
+        "out = []\n"
+        "for n, m, meth in [(37, 37, 'dense'), (200, 230, 'dense'), (700, 700, 'candidates')]:\n"
+        "    C = rng.random((n, m)).astype(np.float32)\n"
+        "    a = assign(C, method=meth)\n"
+        "    out.append([a.row_to_col.tolist(), a.objective])\n"
+        "print(json.dumps(out))\n"
+    )
+    runs = []
+    for env in ({}, {"MECHPERM_NO_SIMD": "1"}):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, **env}, check=True)
+        runs.append(json.loads(proc.stdout))
+    assert runs[0] == runs[1]
+
+
+def test_assign_exact_infeasible_candidates_are_repaired():
+    # the k = 1 row picks of a heavy-tailed instance pile onto a few columns
+    C, A, B = sae_like(200, sigma=3.0, seed=4)
+    C = C.astype(np.float64)
+    order = np.argsort(C, axis=1)[:, :1]
+    rows = np.repeat(np.arange(200), 1)
+    indptr = np.arange(201, dtype=np.int64)
+    g = CandidateGraph(indptr, order.ravel().astype(np.int32), C[rows, order.ravel()])
+    size, _ = _auction.max_matching(g.indptr, g.indices, 200, 200)
+    assert size < 200
+
+    def price(rows, u, v):
+        red = C[rows] - u[rows, None] - v[None, :]
+        r, c = np.nonzero(red < 0)
+        return rows[r], c, C[rows[r], c]
+
+    res = assign_exact(200, 200, g, price)
+    assert res.stats["slack"] > 0
+    check_valid(res, C)
+    assert close(res.objective, scipy_objective(C)) and res.certified
+
+
+def test_assign_exact_partial_and_plain_tuple():
+    rng = np.random.default_rng(9)
+    C = rng.random((30, 40))
+    lam = np.full(30, 0.2)
+    indptr = np.arange(0, 31, dtype=np.int64)
+    g = (indptr, np.zeros(30, np.int64), C[:, 0].copy())
+
+    def price(rows, u, v):
+        red = C[rows] - u[rows, None] - v[None, :]
+        r, c = np.nonzero(red < 0)
+        return rows[r], c, C[rows[r], c]
+
+    res = assign_exact(30, 40, g, price, unmatched_cost=lam)
+    assert close(res.objective, scipy_objective(padded(C, lam)))
+    assert res.certified
+
+
+def test_assign_exact_rejects_more_rows_than_columns():
+    with pytest.raises(ValueError, match="n_rows <= n_cols"):
+        assign_exact(3, 2, (np.zeros(4, np.int64), np.zeros(0, np.int32), np.zeros(0)),
+                     lambda r, u, v: (r, r, u))
+
+
+# ---- determinism, threads, interruption ---------------------------------------------------------
+
+
+def test_deterministic():
+    C, _, _ = sae_like(700, seed=2)
+    for method in ("dense", "candidates"):
+        a, b = run(C, method), run(C, method)
+        assert np.array_equal(a.row_to_col, b.row_to_col)
+        assert np.array_equal(a.u, b.u) and np.array_equal(a.v, b.v)
+        assert a.stats == b.stats
+
+
+def test_gil_released():
+    C = np.random.default_rng(0).random((3000, 3000))
+    ticks = 0
+    started, done = threading.Event(), threading.Event()
+    seconds = [0.0]
+
+    def solve():
+        started.set()
+        t0 = time.perf_counter()
+        _auction.solve_dense(C)
+        seconds[0] = time.perf_counter() - t0
+        done.set()
+
+    t = threading.Thread(target=solve)
+    t.start()
+    started.wait()
+    while not done.is_set():
+        ticks += 1
+    t.join()
+    # Without the GIL released the main thread could not count at all during the solve.
+    assert seconds[0] > 0.02 and ticks > 100_000 * min(seconds[0], 1.0)
+
+
+def test_keyboard_interrupt_is_honoured():
+    n = 3000
+    C = np.add.outer(np.arange(n), np.arange(n)).astype(np.float64)  # all ties: slow exact finish
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(50):  # should be interrupted during the first solve
+                _auction.solve_dense(C, eps_start=-1.0)
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 1.5
+
+
+# ---- bad input: one test per contract -----------------------------------------------------------
+
+
+def test_input_nan():
+    C = np.ones((3, 3))
+    C[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        assign(C)
+
+
+def test_input_inf():
+    C = np.ones((3, 3))
+    C[0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        assign(C)
+
+
+def test_input_neg_inf_candidates():
+    C = np.ones((3000, 3000), np.float32)
+    C[5, 7] = -np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        assign(C, method="candidates")
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 2, 2), ()])
+def test_input_wrong_ndim(shape):
+    with pytest.raises(ValueError, match="must be 2-D"):
+        assign(np.zeros(shape))
+
+
+@pytest.mark.parametrize("dtype", [bool, complex, object, "U3"])
+def test_input_wrong_dtype(dtype):
+    with pytest.raises(ValueError, match="dtype"):
+        assign(np.zeros((2, 2), dtype=dtype))
+
+
+def test_input_bad_method():
+    with pytest.raises(ValueError, match="method must be"):
+        assign(np.zeros((2, 2)), method="magic")  # type: ignore[arg-type]
+
+
+def test_input_bad_unmatched_cost():
+    with pytest.raises(ValueError, match="unmatched_cost must be finite"):
+        assign(np.zeros((2, 2)), unmatched_cost=np.nan)
+    with pytest.raises(ValueError, match="unmatched_cost must be a scalar or have shape"):
+        assign(np.zeros((2, 2)), unmatched_cost=np.zeros(3))
+
+
+def test_sparse_indptr_not_monotone():
+    with pytest.raises(ValueError, match="non-decreasing"):
+        assign_sparse(np.array([0, 2, 1, 3]), np.array([0, 1, 2]), np.ones(3), (3, 3))
+
+
+def test_sparse_indptr_not_starting_at_zero():
+    with pytest.raises(ValueError, match="start at 0"):
+        assign_sparse(np.array([1, 2, 3]), np.array([0, 1, 1]), np.ones(3), (2, 2))
+
+
+def test_sparse_index_out_of_range():
+    with pytest.raises(ValueError, match="out of range"):
+        assign_sparse(np.array([0, 1, 2]), np.array([0, 5]), np.ones(2), (2, 2))
+    with pytest.raises(ValueError, match="out of range"):
+        assign_sparse(np.array([0, 1, 2]), np.array([0, -1]), np.ones(2), (2, 2))
+
+
+def test_sparse_wrong_lengths():
+    with pytest.raises(ValueError, match="indptr must be 1-D with n_rows"):
+        assign_sparse(np.array([0, 1]), np.array([0]), np.ones(1), (2, 2))
+    with pytest.raises(ValueError, match="indices and costs must be 1-D"):
+        assign_sparse(np.array([0, 1, 2]), np.array([0, 1]), np.ones(3), (2, 2))
+
+
+def test_sparse_costs_nan():
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        assign_sparse(np.array([0, 1, 2]), np.array([0, 1]), np.array([1.0, np.nan]), (2, 2))
+
+
+def test_sparse_wrong_index_dtype():
+    with pytest.raises(ValueError, match="integer arrays"):
+        assign_sparse(np.array([0, 1, 2]), np.array([0.0, 1.0]), np.ones(2), (2, 2))
+
+
+def test_sparse_bad_shape():
+    with pytest.raises(ValueError, match="shape must be"):
+        assign_sparse(np.array([0]), np.array([], np.int64), np.ones(0), (-1, 2))
+
+
+def test_native_rejects_silent_copies():
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _auction.solve_dense(np.ones((4, 6))[:, ::2])
+    with pytest.raises(ValueError, match="float32 or float64"):
+        _auction.solve_dense(np.ones((3, 3), np.int64))
+    with pytest.raises(ValueError, match="more rows"):
+        _auction.solve_dense(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="indptr must have dtype int64"):
+        _auction.solve_sparse(np.array([0, 1], np.int32), np.array([0], np.int32), np.ones(1), 1, 1)
+
+
+# ---- hypothesis: many small problems against scipy ----------------------------------------------
+
+
+@st.composite
+def small_problem(draw, max_n: int = 12):
+    n = draw(st.integers(1, max_n))
+    m = draw(st.integers(1, max_n))
+    kind = draw(st.sampled_from(["uniform", "ties", "binary", "log", "negative", "huge_range", "int"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    C = {
+        "uniform": lambda: rng.random((n, m)),
+        "ties": lambda: rng.integers(0, 3, (n, m)).astype(float),
+        "binary": lambda: rng.integers(0, 2, (n, m)).astype(float) * 1e-3,
+        "log": lambda: np.exp(rng.uniform(np.log(1e-8), np.log(1e8), (n, m))),
+        "negative": lambda: rng.normal(size=(n, m)) * 1e3,
+        "huge_range": lambda: rng.choice([1e-8, 1.0, 1e8], size=(n, m)) * rng.random((n, m)),
+        "int": lambda: rng.integers(-20, 20, (n, m)).astype(float),
+    }[kind]()
+    if draw(st.booleans()):
+        C = C.astype(np.float32)
+    partial = draw(st.sampled_from([None, None, "scalar", "rows"]))
+    lam = None
+    if partial == "scalar":
+        lam = float(np.median(C)) if draw(st.booleans()) else float(rng.normal())
+    elif partial == "rows":
+        lam = rng.random(n) * float(np.abs(C).max() + 1)
+    method = draw(st.sampled_from(["dense", "candidates"]))
+    maximize = draw(st.booleans())
+    return C, lam, method, maximize
+
+
+def check_against_scipy(C, lam, method, maximize):
+    res = assign(C, unmatched_cost=lam, method=method, k=1 + C.shape[0] % 3, maximize=maximize)
+    W = np.asarray(C, np.float64)
+    if lam is not None:
+        lam_arr = np.broadcast_to(np.asarray(lam, np.float64), (C.shape[0],)).copy()
+        if maximize:
+            expected = -scipy_objective(padded(-W, -lam_arr))
+        else:
+            expected = scipy_objective(padded(W, lam_arr))
+        check_valid(res, W, lam=lam_arr, maximize=maximize)
+    else:
+        expected = scipy_objective(W, maximize=maximize)
+        check_valid(res, W, maximize=maximize)
+    assert close(res.objective, expected), (res.objective, expected)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problem())
+def test_hypothesis_small_problems(problem):
+    check_against_scipy(*problem)
+
+
+@slow
+@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problem(max_n=40))
+def test_hypothesis_larger_problems(problem):
+    check_against_scipy(*problem)
+
+
+# ---- slow: large instances ----------------------------------------------------------------------
+
+
+@slow
+@pytest.mark.parametrize("dist", ["uniform", "log_uniform", "ties012"])
+def test_large_8192(dist):
+    rng = np.random.default_rng(11)
+    C = DISTRIBUTIONS[dist](rng, 8192, 8192).astype(np.float32)
+    res = assign(C)
+    assert close(res.objective, scipy_objective(C))
+    assert res.certified
+
+
+@slow
+def test_large_sae_like_8192():
+    C, _, _ = sae_like(8192, seed=5)
+    res = assign(C)
+    assert close(res.objective, scipy_objective(C))
