@@ -36,7 +36,11 @@ class MatchResult:
     stats: dict[str, Any] = field(default_factory=dict)
     """Candidate-graph and solver statistics (edges, rounds, phases, ...)."""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds spent per stage (features, candidates, solve, certify, total)."""
+    """Seconds spent per stage (features, candidates, solve, pricing, total)."""
+    neighbors: Tensor | None = None
+    """int64 [F_a, k] for ``mode="topk"``: each feature's k nearest features of B, nearest first."""
+    neighbor_costs: Tensor | None = None
+    """float32 [F_a, k] for ``mode="topk"``: their costs."""
 
     @property
     def n_matched(self) -> int:

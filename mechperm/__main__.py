@@ -1,0 +1,5 @@
+import sys
+
+from mechperm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,236 @@
+"""match(): turn two SAEs into an assignment problem on their (folded) parameters and solve it.
+
+Small problems go through the dense cost matrix; large ones through the exact-from-sparse loop
+(candidate graph → auction → certificate by pricing, DESIGN.md), which never holds more than a
+tile of the F_a × F_b cost matrix. Both return the dense optimum with its certified gap.
+"""
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mechperm import assign as solver
+from mechperm import kernels
+from mechperm.kernels.features import On
+from mechperm.result import MatchResult
+from mechperm.sae import SAE
+
+Metric = Literal["mse", "cosine"]
+Mode = Literal["bijective", "partial", "topk", "identity"]
+
+DENSE_LIMIT = 4096 * 4096
+"""F_a · F_b up to which the dense cost matrix is built (64 MiB of float32)."""
+
+
+def _check_options(sae_a: SAE, sae_b: SAE, on: str, metric: str, mode: str, k: int | None, threshold) -> None:
+    if sae_a.d_in != sae_b.d_in:
+        raise ValueError(
+            f"cannot match SAEs of different widths: d={sae_a.d_in} ({sae_a.info.source or 'A'}) "
+            f"vs d={sae_b.d_in} ({sae_b.info.source or 'B'})"
+        )
+    for name, value, choices in (
+        ("on", on, ("decoder", "encoder", "both")),
+        ("metric", metric, ("mse", "cosine")),
+        ("mode", mode, ("bijective", "partial", "topk", "identity")),
+    ):
+        if value not in choices:
+            raise ValueError(f"{name}={value!r}: choose one of {choices}")
+    if mode == "partial" and (threshold is None or not np.isfinite(threshold)):
+        raise ValueError("mode='partial' needs a finite threshold: the cost of leaving a feature without counterpart")
+    if mode == "topk" and (k is None or int(k) < 1):
+        raise ValueError(f"mode='topk' needs k >= 1 (neighbours per feature); got k={k!r}")
+
+
+def match(
+    sae_a: SAE,
+    sae_b: SAE,
+    *,
+    on: On = "decoder",
+    fold: bool = True,
+    metric: Metric = "mse",
+    mode: Mode = "bijective",
+    k: int | None = None,
+    threshold: float | None = None,
+    device: torch.device | str | None = None,
+    candidates_k: int = 32,
+    dense_limit: int = DENSE_LIMIT,
+) -> MatchResult:
+    """Match the features of ``sae_a`` to those of ``sae_b`` from their weights alone.
+
+    Parameters
+    ----------
+    sae_a, sae_b : SAE
+        Two SAEs on the same residual width d (F may differ).
+    on : {"decoder", "encoder", "both"}
+        Parameters compared: folded decoder rows, folded encoder columns, or both with b_enc
+        (the paper's "all weights").
+    fold : bool
+        Fold θ (JumpReLU) / decoder norms into the weights first (the method); False gives the
+        unfolded baseline.
+    metric : {"mse", "cosine"}
+        Squared Euclidean distance of the vectors, or of the unit-normalised vectors
+        (= 2 − 2·cosine: the scale-free baseline).
+    mode : {"bijective", "partial", "topk", "identity"}
+        ``"bijective"``: the optimal one-to-one assignment (every feature of the smaller SAE
+        matched). ``"partial"``: bijective, but a feature may stay without counterpart at cost
+        ``threshold``. ``"topk"``: each feature's ``k`` nearest features of B (many-to-one,
+        ``perm`` is the nearest; ``neighbors`` holds all k). ``"identity"``: ``perm = arange``
+        (the "vanilla" baseline), costs reported.
+    k : int, optional
+        Neighbours per feature for ``mode="topk"``.
+    threshold : float, optional
+        Cost of "no counterpart" for ``mode="partial"`` (in the metric's units).
+    device : optional
+        Where the cost kernels run (default: ``sae_a``'s device); the solver runs on the CPU.
+    candidates_k : int
+        Cheapest (and most cosine-similar) partners per row and per column in the sparse path.
+    dense_limit : int
+        F_a · F_b up to which the dense cost matrix is used.
+
+    Returns
+    -------
+    MatchResult
+        ``perm`` (int64 [F_a], -1 = no counterpart), per-pair ``cost`` / ``cosine`` /
+        ``margin``, ``objective``, certified ``gap``, statistics and timings.
+    """
+    _check_options(sae_a, sae_b, on, metric, mode, k, threshold)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    device = torch.device(device) if device is not None else sae_a.device
+    A = kernels.matching_vectors(sae_a, on=on, fold=fold, normalize=metric == "cosine", device=device)
+    B = kernels.matching_vectors(sae_b, on=on, fold=fold, normalize=metric == "cosine", device=device)
+    timings["features"] = time.perf_counter() - t_start
+    Fa, Fb = A.shape[0], B.shape[0]
+    options = dict(on=on, fold=fold, metric=metric, mode=mode, k=k, threshold=threshold,
+                   candidates_k=candidates_k, device=str(device))
+    stats: dict = {"F_a": Fa, "F_b": Fb, "D": int(A.shape[1])}
+    if fold:
+        stats["invalid_a"] = int(sae_a.invalid_features().sum())
+        stats["invalid_b"] = int(sae_b.invalid_features().sum())
+
+    neighbors = neighbor_costs = None
+    margin = torch.full((Fa,), float("nan"))
+    if mode == "identity":
+        perm = torch.arange(Fa)
+        perm[perm >= Fb] = -1
+        objective, gap, certified = float("nan"), float("nan"), False
+    elif mode == "topk":
+        neighbor_costs, neighbors = _nearest(A, B, int(k))
+        perm = neighbors[:, 0].clone()
+        objective, gap, certified = float(neighbor_costs[:, 0].double().sum()), 0.0, True
+        if neighbors.shape[1] > 1:
+            margin = (neighbor_costs[:, 1] - neighbor_costs[:, 0]).float()
+    else:
+        lam = float(threshold) if mode == "partial" else None
+        t0 = time.perf_counter()
+        if Fa * Fb <= dense_limit:
+            res, margin = _solve_dense(A, B, lam)
+        else:
+            res, margin, graph_stats = _solve_sparse(A, B, lam, candidates_k)
+            stats.update(graph_stats)
+        timings["solve"] = time.perf_counter() - t0
+        for key in ("candidates", "pricing"):
+            if key in res.timings:
+                timings[key] = res.timings[key]
+        perm = torch.from_numpy(res.row_to_col.astype(np.int64))
+        objective, gap, certified = float(res.objective), float(res.gap), bool(res.certified)
+        stats.update(rounds=res.rounds, edges=res.n_edges, solver=dict(res.stats))
+
+    cost, cosine = _pair_values(A, B, perm)
+    timings["total"] = time.perf_counter() - t_start
+    return MatchResult(
+        perm=perm, cost=cost, cosine=cosine, margin=margin, objective=objective, gap=gap,
+        certified=certified, options=options, stats=stats, timings=timings,
+        neighbors=neighbors, neighbor_costs=neighbor_costs,
+    )
+
+
+def identity_match(sae_a: SAE, sae_b: SAE, **options) -> MatchResult:
+    """The "vanilla" baseline: feature i ↔ feature i, with its costs (see :func:`match`)."""
+    return match(sae_a, sae_b, mode="identity", **options)
+
+
+# ---------------------------------------------------------------------- solvers
+def _margins(row_to_col: np.ndarray, rows, cols, costs, u: np.ndarray, v: np.ndarray, n: int) -> Tensor:
+    """Per row, the smallest reduced cost c_ij − u_i − v_j over its other arcs (inf if none)."""
+    red = costs.astype(np.float64) - u[rows] - v[cols]
+    red[row_to_col[rows] == cols] = np.inf
+    out = np.full(n, np.inf)
+    np.minimum.at(out, rows, red)
+    out[row_to_col < 0] = np.nan
+    return torch.from_numpy(np.maximum(out, 0.0)).float()
+
+
+def _solve_dense(A: Tensor, B: Tensor, lam: float | None):
+    c = kernels.dense_costs(A, B).cpu().numpy()
+    res = solver.assign(c, unmatched_cost=lam, method="dense")
+    n, m = c.shape
+    red = c.astype(np.float64) - res.u[:, None] - res.v[None, :]
+    matched = res.row_to_col >= 0
+    red[np.arange(n)[matched], res.row_to_col[matched]] = np.inf
+    margin = red.min(axis=1) if m > 1 else np.full(n, np.inf)
+    margin[~matched] = np.nan
+    return res, torch.from_numpy(np.maximum(margin, 0.0)).float()
+
+
+def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int):
+    transposed = A.shape[0] > B.shape[0] and lam is None
+    if transposed:  # the solver assigns every row of the smaller side (costs then come from
+        # c(b, a), equal to c(a, b) up to float32 rounding of the GEMM)
+        A, B = B, A
+    n, m = A.shape[0], B.shape[0]
+    t0 = time.perf_counter()
+    g = kernels.candidates(A, B, k=k)
+    t_cand = time.perf_counter() - t0
+    graph = solver.CandidateGraph(
+        indptr=g.indptr.cpu().numpy(), indices=g.indices.cpu().numpy(), costs=g.costs.cpu().numpy(),
+        row_bound=g.row_kth.cpu().double().numpy(), col_bound=g.col_kth.cpu().double().numpy(),
+    )
+
+    def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
+        p = kernels.price(A, B, torch.from_numpy(u), torch.from_numpy(v), rows=torch.from_numpy(rows))
+        return p.rows.cpu().numpy(), p.cols.cpu().numpy(), p.costs.cpu().numpy()
+
+    res = solver.assign_exact(n, m, graph, price_rows, unmatched_cost=lam)
+    res.timings["candidates"] = t_cand
+    rows = g.row_ids().cpu().numpy()
+    margin = _margins(res.row_to_col, rows, graph.indices, graph.costs, res.u, res.v, n)
+    graph_stats = {"candidate_edges": g.num_edges, "cos_only_edges": g.stats.cos_only, "candidates_k": g.k}
+    if transposed:
+        res.row_to_col, res.col_to_row = res.col_to_row, res.row_to_col
+        res.u, res.v = res.v, res.u
+        margin = torch.full((m,), float("nan"))  # margins were computed for B's features
+    return res, margin, graph_stats
+
+
+def _nearest(A: Tensor, B: Tensor, k: int, block_rows: int = 1024) -> tuple[Tensor, Tensor]:
+    """Costs and indices [F_a, k] of each row's k cheapest columns, streamed by row blocks."""
+    k = min(k, B.shape[0])
+    costs, idx = [], []
+    for r0 in range(0, A.shape[0], block_rows):
+        tile = kernels.dense_costs(A[r0 : r0 + block_rows], B)
+        c, i = torch.topk(tile, k, dim=1, largest=False, sorted=True)
+        costs.append(c.cpu())
+        idx.append(i.cpu())
+    return torch.cat(costs).float(), torch.cat(idx).long()
+
+
+def _pair_values(A: Tensor, B: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+    """Cost (same arithmetic as the kernels) and cosine of each matched pair; NaN where -1."""
+    Fa = perm.numel()
+    cost = torch.full((Fa,), float("nan"))
+    cosine = torch.full((Fa,), float("nan"))
+    ok = (perm >= 0).to(A.device)
+    if not bool(ok.any()):
+        return cost, cosine
+    a = A[ok].float()
+    b = B[perm.to(A.device)[ok]].float()
+    na, nb = kernels.row_sq_norms(a), kernels.row_sq_norms(b)
+    dot = (a * b).sum(dim=1)
+    cost[ok.cpu()] = (na + nb - 2 * dot).clamp_min(0).cpu()
+    cosine[ok.cpu()] = (dot / (na.sqrt() * nb.sqrt()).clamp_min(1e-30)).cpu()
+    return cost, cosine

@@ -1,0 +1,229 @@
+"""Run folders: a matched stack on disk, written atomically, resumable pair by pair.
+
+Layout::
+
+    RUN/summary.json              inputs (sources, content hashes), options, versions, per-pair rows
+    RUN/pairs/{a}-{b}.safetensors perm, cost, cosine, margin (+ neighbours) of stack positions a→b,
+                                  with objective, gap, options, stats and timings in the metadata
+    RUN/plots/*.png               cost / cosine histograms, matched fraction, persistence
+
+Every file is written to a temporary name in the same folder and renamed into place, so a run
+killed at any moment leaves only whole files; running the same job again skips the pairs whose
+file exists with the same inputs and options.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from mechperm import __version__
+from mechperm.result import MatchResult
+from mechperm.sae import SAE
+from mechperm.stack import Pairs, StackMatch, match_stack
+
+SUMMARY = "summary.json"
+PAIRS = "pairs"
+_ARRAYS = ("perm", "cost", "cosine", "margin", "neighbors", "neighbor_costs")
+
+
+def sae_fingerprint(sae: SAE) -> str:
+    """Content hash (blake2b, 16 bytes) of an SAE's tensors, activation and k."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{sae.activation}|{sae.k}|{sae.apply_b_dec_to_input}".encode())
+    for t in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold):
+        if t is not None:
+            h.update(str((tuple(t.shape), t.dtype)).encode())
+            # bytes of the tensor as stored, read in row blocks to avoid a second full copy
+            flat = t.detach().reshape(-1)
+            for block in flat.split(1 << 22):
+                h.update(block.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None if np.isnan(x) else str(x)
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def save_pair(run_dir: str | Path, pair: tuple[int, int], result: MatchResult, key: str) -> Path:
+    """Write one pair's result atomically to ``RUN/pairs/{a}-{b}.safetensors``."""
+    path = Path(run_dir) / PAIRS / f"{pair[0]}-{pair[1]}.safetensors"
+    tensors = {n: getattr(result, n).contiguous().cpu() for n in _ARRAYS if getattr(result, n) is not None}
+    meta = {
+        "key": key,
+        "objective": repr(result.objective),
+        "gap": repr(result.gap),
+        "certified": json.dumps(result.certified),
+        "options": json.dumps(_jsonable(result.options)),
+        "stats": json.dumps(_jsonable(result.stats)),
+        "timings": json.dumps(_jsonable(result.timings)),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_pair(path: str | Path) -> tuple[MatchResult, str]:
+    """Read a pair file back: the result and the key (inputs + options) it was computed for."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+        result = MatchResult(
+            **{n: tensors.get(n) for n in _ARRAYS},
+            objective=float(meta["objective"]),
+            gap=float(meta["gap"]),
+            certified=json.loads(meta["certified"]),
+            options=json.loads(meta["options"]),
+            stats=json.loads(meta["stats"]),
+            timings=json.loads(meta["timings"]),
+        )
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"{path} is not a readable mechperm pair file ({exc}); delete it to recompute") from exc
+    return result, meta["key"]
+
+
+def _key(fingerprints: Sequence[str], pair: tuple[int, int], options: dict) -> str:
+    a, b = pair
+    blob = json.dumps([fingerprints[a], fingerprints[b], _jsonable(options)], sort_keys=True)
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    return {"mechperm": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def write_summary(run_dir: str | Path, stack: StackMatch, saes: Sequence[SAE], fingerprints: Sequence[str]) -> Path:
+    """(Re)write ``summary.json`` atomically from the pairs done so far."""
+    summary = {
+        "mechperm_run": 1,
+        "inputs": [
+            {"position": p, "layer": stack.layers[p], "source": sae.info.source, "format": sae.info.format,
+             "features": sae.d_sae, "d": sae.d_in, "hash": fingerprints[p]}
+            for p, sae in enumerate(saes)
+        ],
+        "options": _jsonable(stack.options),
+        "versions": _versions(),
+        "pairs": _jsonable(stack.summary()),
+    }
+    path = Path(run_dir) / SUMMARY
+    _atomic_write_bytes(path, (json.dumps(summary, indent=2) + "\n").encode())
+    return path
+
+
+def run_stack(
+    saes: Sequence[SAE],
+    run_dir: str | Path,
+    pairs: Pairs = "adjacent",
+    *,
+    progress: bool = True,
+    plots: bool = True,
+    **match_options: Any,
+) -> StackMatch:
+    """Match a stack into a run folder; pairs already there (same inputs and options) are kept.
+
+    Each finished pair is saved atomically before the next starts, and ``summary.json`` is
+    rewritten after it, so an interrupted run resumes where it stopped.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fingerprints = [sae_fingerprint(s) for s in saes]
+    done: dict[tuple[int, int], MatchResult] = {}
+    for path in sorted((run_dir / PAIRS).glob("*.safetensors")):
+        try:
+            pair = tuple(int(x) for x in path.stem.split("-"))
+            result, key = load_pair(path)
+        except ValueError:
+            continue  # not ours or unreadable: recompute
+        if len(pair) == 2 and max(pair) < len(saes) and key == _key(fingerprints, pair, match_options):
+            done[pair] = result
+    partial = StackMatch(layers=[s.info.layer if s.info.layer is not None else p for p, s in enumerate(saes)],
+                         results=dict(done), sizes=[s.d_sae for s in saes], options=dict(match_options))
+
+    def on_result(pair: tuple[int, int], result: MatchResult) -> None:
+        save_pair(run_dir, pair, result, _key(fingerprints, pair, match_options))
+        partial.results[pair] = result
+        write_summary(run_dir, partial, saes, fingerprints)
+
+    stack = match_stack(saes, pairs, done=done, on_result=on_result, progress=progress, **match_options)
+    write_summary(run_dir, stack, saes, fingerprints)
+    if plots:
+        from mechperm.plots import plot_run
+
+        plot_run(stack, run_dir / "plots")
+    return stack
+
+
+def load_run(run_dir: str | Path) -> StackMatch:
+    """Read a run folder back into a :class:`StackMatch`."""
+    run_dir = Path(run_dir)
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a mechperm run folder (no {SUMMARY})")
+    try:
+        summary = json.loads(path.read_text())
+        inputs = summary["inputs"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ValueError(f"{path} is not a valid mechperm summary ({exc})") from exc
+    fingerprints = [i["hash"] for i in inputs]
+    options = summary.get("options", {})
+    results = {}
+    for pair_path in sorted((run_dir / PAIRS).glob("*.safetensors")):
+        a, b = (int(x) for x in pair_path.stem.split("-"))
+        result, key = load_pair(pair_path)
+        if key == _key(fingerprints, (a, b), options):  # skip files left by a run with other inputs
+            results[(a, b)] = result
+    return StackMatch(layers=[i["layer"] for i in inputs], results=results,
+                      sizes=[i["features"] for i in inputs], options=options)

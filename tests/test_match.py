@@ -1,0 +1,145 @@
+"""match(): objectives against scipy, planted-truth recovery, every mode, bad input."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_sae
+from scipy.optimize import linear_sum_assignment
+
+from mechperm import kernels
+from mechperm.match import match
+from mechperm.synthetic import make_stack
+
+
+def _valid_partial_perm(perm: torch.Tensor, Fb: int) -> None:
+    assert perm.dtype == torch.int64
+    used = perm[perm >= 0]
+    assert int(perm.min()) >= -1 and (used.numel() == 0 or int(used.max()) < Fb)
+    assert used.unique().numel() == used.numel(), "a feature of B is used twice"
+
+
+def _scipy_objective(sae_a, sae_b, *, fold=True, metric="mse", on="decoder", pad=None) -> float:
+    A = kernels.matching_vectors(sae_a, on=on, fold=fold, normalize=metric == "cosine")
+    B = kernels.matching_vectors(sae_b, on=on, fold=fold, normalize=metric == "cosine")
+    c = kernels.dense_costs(A, B).double().numpy()
+    if pad is not None:  # partial: dummy column i usable by row i only, at cost `pad`
+        n = c.shape[0]
+        dummy = np.full((n, n), 1e18)
+        np.fill_diagonal(dummy, pad)
+        c = np.hstack([c, dummy])
+    r, col = linear_sum_assignment(c)
+    return float(c[r, col].sum())
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return make_stack(3, d=32, F=384, seed=3)
+
+
+@pytest.mark.parametrize("on", ["decoder", "encoder", "both"])
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("metric", ["mse", "cosine"])
+def test_objective_equals_scipy(stack, on: str, fold: bool, metric: str) -> None:
+    a, b = stack.saes[0], stack.saes[1]
+    r = match(a, b, on=on, fold=fold, metric=metric)
+    _valid_partial_perm(r.perm, b.d_sae)
+    assert r.n_matched == a.d_sae
+    expected = _scipy_objective(a, b, on=on, fold=fold, metric=metric)
+    assert r.objective == pytest.approx(expected, rel=1e-9)
+    assert r.certified and 0 <= r.gap <= 1e-9 * abs(expected) + 1e-9
+    # Per-pair costs are the matched entries of the same cost matrix.
+    assert float(r.cost.double().sum()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sparse_path_reaches_the_dense_optimum(stack) -> None:
+    a, b = stack.saes[1], stack.saes[2]
+    dense = match(a, b)
+    sparse = match(a, b, dense_limit=0, candidates_k=2)  # tiny k: pricing must do the work
+    assert sparse.certified and sparse.gap <= 1e-9 * dense.objective
+    assert sparse.objective == pytest.approx(dense.objective, rel=1e-9)
+    assert sparse.stats["candidate_edges"] < a.d_sae * b.d_sae
+    _valid_partial_perm(sparse.perm, b.d_sae)
+
+
+@pytest.mark.parametrize("Fa,Fb", [(40, 64), (64, 40)])
+@pytest.mark.parametrize("dense_limit", [None, 0])
+def test_rectangular(Fa: int, Fb: int, dense_limit) -> None:
+    a, b = random_sae(16, Fa, seed=1), random_sae(16, Fb, seed=2)
+    opts = {} if dense_limit is None else {"dense_limit": dense_limit, "candidates_k": 3}
+    r = match(a, b, **opts)
+    _valid_partial_perm(r.perm, Fb)
+    assert r.n_matched == min(Fa, Fb)
+    # The sparse path solves F_a > F_b transposed, on float32 costs computed as c(b, a): equal
+    # to c(a, b) up to the last bit, so the objective agrees to float32 rounding there.
+    rel = 1e-6 if (dense_limit == 0 and Fa > Fb) else 1e-9
+    assert r.objective == pytest.approx(_scipy_objective(a, b), rel=rel)
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.3, 1.0, 10.0])
+def test_partial_equals_scipy_on_padded_matrix(stack, threshold: float) -> None:
+    a, b = stack.saes[0], stack.saes[1]
+    r = match(a, b, mode="partial", threshold=threshold, metric="cosine")
+    _valid_partial_perm(r.perm, b.d_sae)
+    expected = _scipy_objective(a, b, metric="cosine", pad=threshold)
+    assert r.objective == pytest.approx(expected, rel=1e-9)
+    matched = r.perm >= 0
+    assert bool((r.cost[matched] <= threshold + 1e-5).all()), "a pair costlier than no counterpart"
+    assert torch.isnan(r.cost[~matched]).all()
+
+
+def test_topk_neighbours_are_the_nearest(stack) -> None:
+    a, b = stack.saes[0], stack.saes[1]
+    r = match(a, b, mode="topk", k=4)
+    c = kernels.dense_costs(kernels.matching_vectors(a), kernels.matching_vectors(b))
+    expected = torch.topk(c, 4, dim=1, largest=False).values
+    torch.testing.assert_close(r.neighbor_costs, expected)
+    assert torch.equal(r.perm, r.neighbors[:, 0])
+    assert bool((r.margin >= 0).all())
+
+
+def test_identity_baseline(stack) -> None:
+    a, b = stack.saes[0], stack.saes[1]
+    r = match(a, b, mode="identity")
+    assert torch.equal(r.perm, torch.arange(a.d_sae))
+    A, B = kernels.matching_vectors(a), kernels.matching_vectors(b)
+    torch.testing.assert_close(r.cost, ((A - B) ** 2).sum(1), rtol=1e-4, atol=1e-4)
+
+
+def test_margins_dense_and_sparse(stack) -> None:
+    a, b = stack.saes[0], stack.saes[1]
+    dense, sparse = match(a, b), match(a, b, dense_limit=0)
+    for r in (dense, sparse):
+        assert bool((r.margin >= 0).all()) and float(r.margin.median()) > 0
+    assert torch.equal(dense.perm, sparse.perm)  # no ties in this instance: the same optimum
+
+
+def test_planted_truth_recovered_and_folding_helps() -> None:
+    st = make_stack(3, d=64, F=1024, seed=0)
+    for t in range(2):
+        folded = st.recovery(t, match(st.saes[t], st.saes[t + 1]).perm)["recovered"]
+        unfolded = st.recovery(t, match(st.saes[t], st.saes[t + 1], fold=False).perm)["recovered"]
+        assert folded >= 0.9
+        assert folded >= unfolded + 0.05, (folded, unfolded)
+
+
+def test_bad_input() -> None:
+    a, b = random_sae(16, 8), random_sae(12, 8, source="b.npz")
+    with pytest.raises(ValueError, match=r"different widths: d=16 .* d=12 \(b.npz\)"):
+        match(a, b)
+    with pytest.raises(ValueError, match="needs a finite threshold"):
+        match(a, a, mode="partial")
+    with pytest.raises(ValueError, match="needs k >= 1"):
+        match(a, a, mode="topk")
+    with pytest.raises(ValueError, match="on='weights'"):
+        match(a, a, on="weights")
+
+
+def test_invalid_features_counted(stack) -> None:
+    a = stack.saes[0]
+    theta = a.threshold.clone()
+    theta[:3] = 0.0
+    r = match(dataclasses.replace(a, threshold=theta), stack.saes[1])
+    assert r.stats["invalid_a"] >= 3
