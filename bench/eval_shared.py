@@ -1,9 +1,9 @@
 """Evaluate matchings on the shared stacks: stories260K (EV + ΔCE) and MiniLM (EV only).
 
-Permutations: "folded" and "unfolded" come from ``scipy.optimize.linear_sum_assignment`` on the
-squared distances between decoder rows (θ-folded or raw) of adjacent layers — a stand-in for the
-project's own ``mechperm.match`` until it lands (swap it in at ``compute_perms``); "identity" is
-``arange(F)``. Prints Markdown tables; ``--out DIR`` also writes JSON (and pair exports).
+Permutations: "folded" and "unfolded" come from the project's matcher, ``mechperm.match`` (optimal
+bijective assignment on squared distances between decoder rows, θ-folded or raw, of adjacent
+layers; certified exact); "identity" is ``arange(F)``. Prints Markdown tables; ``--out DIR`` also
+writes JSON (and pair exports). For a run folder, ``mechperm eval RUN ...`` does the same per run.
 
     python bench/eval_shared.py                       # both stacks, all eval data
     python bench/eval_shared.py --n-seqs 32 --skip-minilm --out /tmp/eval
@@ -22,49 +22,27 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mechperm import SAE, SAEInfo  # noqa: E402
+from mechperm import SAE, match  # noqa: E402
 from mechperm.evaluate import (  # noqa: E402
     evaluate_skip_layers,
     evaluate_skip_layers_encoder,
     export_pairs_jsonl,
     pair_metrics,
 )
+from mechperm.formats import load_stack as project_load_stack  # noqa: E402
 
 
 def load_stack(folder: Path) -> list[SAE]:
     """Every ``layer_L/params.npz`` (Gemma Scope layout) under ``folder``, by layer."""
-    try:  # the project's loader, once it exists
-        from mechperm.formats import load_stack as project_load_stack  # type: ignore[attr-defined]
-
-        return list(project_load_stack(folder))
-    except ImportError:
-        pass
-    saes = []
-    for L in range(len(list(folder.glob("layer_*")))):
-        f = folder / f"layer_{L}" / "params.npz"
-        z = np.load(f)
-        t = {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
-        saes.append(SAE(**t, info=SAEInfo(layer=L, source=str(f), format="gemma_scope")))
-    return saes
-
-
-def _lsa(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from scipy.optimize import linear_sum_assignment
-
-    A, B = a.double(), b.double()
-    cost = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2 * A @ B.T  # ||a_i − b_j||²
-    rows, cols = linear_sum_assignment(cost.numpy())
-    perm = torch.full((a.shape[0],), -1, dtype=torch.int64)
-    perm[torch.from_numpy(rows)] = torch.from_numpy(cols)
-    return perm
+    return list(project_load_stack(folder))
 
 
 def compute_perms(saes: list[SAE]) -> dict[str, list[torch.Tensor]]:
     """``{"folded", "unfolded", "identity"}`` → one perm per adjacent pair (indexed by layer t)."""
     pairs = range(len(saes) - 1)
     return {
-        "folded": [_lsa(saes[t].fold().W_dec, saes[t + 1].fold().W_dec) for t in pairs],
-        "unfolded": [_lsa(saes[t].W_dec, saes[t + 1].W_dec) for t in pairs],
+        "folded": [match(saes[t], saes[t + 1], fold=True).perm for t in pairs],
+        "unfolded": [match(saes[t], saes[t + 1], fold=False).perm for t in pairs],
         "identity": [torch.arange(saes[t].d_sae) for t in pairs],
     }
 

@@ -106,6 +106,36 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only; never wait on the network
+    from mechperm.eval_run import evaluate_run, format_table
+
+    result = evaluate_run(
+        args.run, args.model, tokens=args.tokens, text=args.text, max_sequences=args.max_sequences,
+        seq_len=args.seq_len, batch_size=args.batch_size, device=args.device, encoder=args.encoder,
+        hook=args.hook, progress=not args.quiet,
+    )
+    data = result["data"]
+    print(f"{result['model_kind']} {args.model}: {data['n_sequences']} sequences × {data['seq_len']} "
+          f"({result['n_tokens']} evaluated tokens) from {data['path']}"
+          + ("" if result["clean_ce"] is None else f"; clean CE {result['clean_ce']:.4f} nats/token"))
+    print(format_table(result))
+    print("SAE EV per layer (own reconstruction): "
+          + ", ".join(f"{L}: {v:.3f}" for L, v in result["sae_ev"].items() if v is not None))
+    check = result["hook_check"]
+    if check is not None:
+        print(f"hook check (layer patched with its own clean state): max |ΔCE| {check['max_abs_delta_ce']:.2g}")
+    low = [int(L) for L, v in result["sae_ev"].items() if v is not None and v < 0.5]
+    if low:
+        print(f"mechperm: note: the SAEs of layers {low} explain < 50% of their own layer here; "
+              "is the hook point right (--hook, --encoder)?", file=sys.stderr)
+    print(f"wrote {args.run}/eval/: metrics.json, " + ", ".join(result["files"])
+          + f" ({result['seconds']:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mechperm",
@@ -149,6 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default=None, help="where the cost kernels run, e.g. cuda (default cpu)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(func=_match)
+
+    ev = sub.add_parser(
+        "eval",
+        help="skip-layer evaluation (EV, ΔCE) of a run's matches on a model; writes RUN/eval/",
+        description="Re-load the run's SAEs (content hashes checked), build the folded, unfolded and identity "
+        "matches of every adjacent pair, replace layer u's state by decode_u(P·encode_t(x_t)) (and the "
+        "baselines) and measure explained variance and the loss increase. Writes RUN/eval/metrics.json, "
+        "ev_by_layer.png, delta_ce_by_layer.png and pairs_{a}-{b}.jsonl.",
+    )
+    ev.add_argument("run", help="run folder written by `mechperm match`")
+    ev.add_argument("--model", required=True, help="local Hugging Face model folder")
+    src = ev.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tokens", help="int token ids [N, T] in a .npy file")
+    src.add_argument("--text", help="text file, one sequence per line (needs the model folder's tokenizer)")
+    ev.add_argument("--max-sequences", type=int, default=None, help="use the first N sequences (default all)")
+    ev.add_argument("--seq-len", type=int, default=None,
+                    help="tokens per sequence (default: all columns of --tokens; 128 for --text)")
+    ev.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default 16)")
+    ev.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default cuda when available")
+    ev.add_argument("--encoder", action="store_true",
+                    help="an encoder (AutoModel; SAE of layer L reads hidden_states[L]): EV only")
+    ev.add_argument("--hook", default=None,
+                    help="module of layer L, e.g. 'model.layers.{layer}' (default: auto-detected block list)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=_eval)
 
     show = sub.add_parser("show", help="print the summary table of a run folder")
     show.add_argument("run", help="run folder written by `mechperm match` or `mechperm demo`")
