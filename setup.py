@@ -11,6 +11,7 @@ ext_modules = [
         "mechperm._auction",
         sources=["csrc/auction.cpp", "csrc/dense_ops.cpp", "csrc/bindings.cpp"],
         include_dirs=["csrc"],
+        depends=["csrc/auction.hpp", "csrc/auction_detail.hpp"],  # header edits must rebuild
         cxx_std=17,
         # -O3 for the solver's inner loops; no -march=native so that wheels run anywhere.
         extra_compile_args=["-O3"],

@@ -58,3 +58,13 @@ def pytest_terminal_summary(terminalreporter) -> None:  # pragma: no cover - rep
 @pytest.fixture
 def peer_max_n() -> int:
     return PEER_MAX_N
+
+
+def pytest_collect_file(file_path, parent):
+    """Collect bench_*.py when the folder is given (`pytest bench/`): the project's
+    python_files pattern only matches test_*.py. Files named on the command line are collected
+    by pytest itself."""
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+        if not parent.session.isinitpath(file_path):
+            return pytest.Module.from_parent(parent, path=file_path)
+    return None

@@ -140,7 +140,7 @@ inline bool cpu_has_avx2() {
 }
 #endif
 
-// Pricing over a chunk: min of red_j = c_j - ui - v_j, and whether any red_j < lim (or is
+// Pricing over a chunk: min of red_j = c_j - ui - v_j, and whether any red_j <= lim (or is
 // not finite).
 template <class T>
 inline bool chunk_reduced_scalar(const T* c, const double* v, double ui, double lim,
@@ -149,7 +149,7 @@ inline bool chunk_reduced_scalar(const T* c, const double* v, double ui, double 
     for (int64_t j = 0; j < len; ++j) {
         const double red = double(c[j]) - ui - v[j];
         lo = red < lo ? red : lo;
-        hit |= int(!(red >= lim));
+        hit |= int(!(red > lim));
     }
     return hit != 0;
 }
@@ -164,7 +164,7 @@ __attribute__((target("avx2"))) bool chunk_reduced_avx2(const T* c, const double
     for (; j + 4 <= len; j += 4) {
         const __m256d red = _mm256_sub_pd(_mm256_sub_pd(load4(c + j), U), _mm256_loadu_pd(v + j));
         mn = _mm256_min_pd(mn, red);
-        acc = _mm256_or_pd(acc, _mm256_cmp_pd(red, L, _CMP_NGE_UQ));
+        acc = _mm256_or_pd(acc, _mm256_cmp_pd(red, L, _CMP_NGT_UQ));
     }
     alignas(32) double M[4];
     _mm256_store_pd(M, mn);
@@ -174,14 +174,14 @@ __attribute__((target("avx2"))) bool chunk_reduced_avx2(const T* c, const double
 }
 #endif
 
-// Calls on_hit(j) for every j that may be a candidate (c_j - a_j < rlim or c_j - bi < climit_j
+// Calls on_hit(j) for every j that may be a candidate (c_j - a_j <= rlim or c_j - bi <= climit_j
 // or c_j not finite); on_hit may lower rlim (passed by reference) and climit.
 template <class T, class F>
 inline void filter_row_scalar(const T* c, const double* a, const double& rlim, double bi,
                               const double* climit, int64_t m, F&& on_hit) {
     for (int64_t j = 0; j < m; ++j) {
         const double x = double(c[j]);
-        if (x - a[j] < rlim || x - bi < climit[j] || !(x - x == 0.0)) on_hit(j);
+        if (x - a[j] <= rlim || x - bi <= climit[j] || !(x - x == 0.0)) on_hit(j);
     }
 }
 
@@ -212,8 +212,8 @@ __attribute__((target("avx2"))) void filter_row_avx2(const T* c, const double* a
         const __m256d y = _mm256_sub_pd(x, _mm256_loadu_pd(a + j));
         const __m256d z = _mm256_sub_pd(x, B);
         const __m256d d = _mm256_sub_pd(x, x);
-        __m256d hit = _mm256_cmp_pd(y, R, _CMP_LT_OQ);
-        hit = _mm256_or_pd(hit, _mm256_cmp_pd(z, _mm256_loadu_pd(climit + j), _CMP_LT_OQ));
+        __m256d hit = _mm256_cmp_pd(y, R, _CMP_LE_OQ);
+        hit = _mm256_or_pd(hit, _mm256_cmp_pd(z, _mm256_loadu_pd(climit + j), _CMP_LE_OQ));
         hit = _mm256_or_pd(hit, _mm256_cmp_pd(d, d, _CMP_UNORD_Q));
         int mask = _mm256_movemask_pd(hit);
         if (mask == 0) continue;

@@ -17,11 +17,15 @@ using detail::Poller;
 
 // The k smallest (value, index, payload) triples seen so far, as a max-heap over caller-owned
 // storage; `limit()` is the k-th smallest value (+inf until k were seen, -inf when k = 0), so
-// every value rejected or evicted is >= the final limit.
+// every value rejected or evicted is >= the final limit. Ties are broken by a hash of
+// (salt, index), not by the index: with massive ties (costs in {0, 1, 2}) index order would
+// send every row to the same lowest-numbered columns and the candidate graph would have no
+// perfect matching of cheap arcs; hashed ties spread them like a random graph.
 class TopK {
 public:
-    TopK(double* val, int64_t* idx, double* pay, int64_t k, int64_t* size)
-        : val_(val), idx_(idx), pay_(pay), k_(k), size_(*size) {}
+    TopK(double* val, int64_t* idx, double* pay, int64_t k, int64_t* size, int64_t salt)
+        : val_(val), idx_(idx), pay_(pay), k_(k), size_(*size),
+          salt_(uint64_t(salt) * 0x9E3779B97F4A7C15ull) {}
     double limit() const { return k_ == 0 ? -kInf : (size_ < k_ ? kInf : val_[0]); }
     void offer(double x, int64_t j, double payload) {
         if (k_ == 0) return;
@@ -34,7 +38,7 @@ public:
                 swap(q, parent);
                 q = parent;
             }
-        } else if (x < val_[0]) {
+        } else if (x < val_[0] || (x == val_[0] && key(j) < key(idx_[0]))) {
             set(0, x, j, payload);
             int64_t q = 0;
             while (true) {
@@ -51,13 +55,19 @@ public:
     int64_t size() const { return size_; }
 
 private:
+    uint64_t key(int64_t j) const {  // splitmix64 finaliser
+        uint64_t z = salt_ ^ uint64_t(j);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
     void set(int64_t q, double x, int64_t j, double payload) {
         val_[q] = x;
         idx_[q] = j;
         pay_[q] = payload;
     }
-    bool above(int64_t a, int64_t b) const {  // heap order: larger value, then larger index
-        return val_[a] > val_[b] || (val_[a] == val_[b] && idx_[a] > idx_[b]);
+    bool above(int64_t a, int64_t b) const {  // heap order: larger value, then larger key
+        return val_[a] > val_[b] || (val_[a] == val_[b] && key(idx_[a]) > key(idx_[b]));
     }
     void swap(int64_t a, int64_t b) {
         std::swap(val_[a], val_[b]);
@@ -69,6 +79,7 @@ private:
     double* pay_;
     int64_t k_;
     int64_t& size_;
+    uint64_t salt_;
 };
 
 }  // namespace
@@ -105,21 +116,21 @@ Status CandidateBuilder::add_impl(const T* tile, int64_t r0, int64_t rows,
         const double bi = b_[i];
         int64_t rsize = 0;
         TopK top(row_val_.data() + i * k_row_, row_idx_.data() + i * k_row_,
-                 row_cost_.data() + i * k_row_, k_row_, &rsize);
+                 row_cost_.data() + i * k_row_, k_row_, &rsize, i);
         double rlim = top.limit();
         bool finite = true;
         detail::filter_row(r, a, rlim, bi, climit, m_, [&](int64_t j) {
             const double x = double(r[j]);
             if (!(x - x == 0.0)) finite = false;
             const double y = x - a[j];
-            if (y < rlim) {
+            if (y <= rlim) {  // <=: ties at the limit compete by hash
                 top.offer(y, j, x);
                 rlim = top.limit();
             }
             const double z = x - bi;
-            if (z < climit[j]) {
+            if (z <= climit[j]) {
                 TopK col(col_val_.data() + j * k_col_, col_idx_.data() + j * k_col_,
-                         col_cost_.data() + j * k_col_, k_col_, &col_size_[j]);
+                         col_cost_.data() + j * k_col_, k_col_, &col_size_[j], -1 - j);
                 col.offer(z, i, x);
                 climit[j] = col.limit();
             }
@@ -228,7 +239,7 @@ Status price_impl(const T* c, int64_t n, int64_t m, const int64_t* rows, int64_t
         const double ui = u[i];
         double lo = kInf;
         int64_t tsize = 0;
-        TopK top(hv.data(), hi.data(), hp.data(), keep, &tsize);
+        TopK top(hv.data(), hi.data(), hp.data(), keep, &tsize, i);
         double lim = -tol;
         constexpr int64_t kChunk = 64;
         bool finite = true;
@@ -238,7 +249,7 @@ Status price_impl(const T* c, int64_t n, int64_t m, const int64_t* rows, int64_t
             for (int64_t j = j0; j < j1; ++j) {
                 const double red = double(r[j]) - ui - v[j];
                 if (!(red - red == 0.0)) finite = false;
-                if (red < lim) {
+                if (red <= lim) {
                     top.offer(red, j, 0.0);
                     if (max_per_row > 0) lim = std::min(-tol, top.limit());
                 }
