@@ -192,7 +192,11 @@ def match_stack(
         detail = ", ".join(f"{sae.info.source or i}: d={sae.d_in}" for i, sae in enumerate(saes))
         raise ValueError(f"SAEs of one stack must share d; got {detail}")
     if matcher is None:
-        from mechperm.match import match as matcher
+        from functools import partial
+
+        from mechperm.match import match
+
+        matcher = partial(match, progress=progress)  # a bar over certificate rounds, too
     todo = resolve_pairs(len(saes), pairs)
     results = dict(done or {})
     iterator: Iterable[tuple[int, int]] = [p for p in todo if p not in results]

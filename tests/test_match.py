@@ -143,3 +143,57 @@ def test_invalid_features_counted(stack) -> None:
     theta[:3] = 0.0
     r = match(dataclasses.replace(a, threshold=theta), stack.saes[1])
     assert r.stats["invalid_a"] >= 3
+
+
+def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack) -> None:
+    """The sparse path's pricing callback: per requested row, exactly the q pairs of smallest
+    reduced cost (c - u) - v, whatever their sign, with the candidate graph's float32 costs."""
+    from mechperm.match import _row_pricer
+
+    A, B = kernels.matching_vectors(stack.saes[0]), kernels.matching_vectors(stack.saes[1])
+    C = kernels.dense_costs(A, B)
+    rng = np.random.default_rng(0)
+    u = C.min(dim=1).values.double().numpy() + rng.normal(scale=0.05, size=A.shape[0])
+    v = rng.normal(scale=0.05, size=B.shape[0])
+    rows = np.sort(rng.choice(A.shape[0], size=40, replace=False))
+    q = 7
+    # max_tile of 16 rows: three blocks, the last one of 8 rows (padded for the GEMM)
+    r, c, w = _row_pricer(A, B, q, max_tile=16 * B.shape[0])(rows, u, v)
+    red = (C.double().numpy() - u[:, None]) - v[None, :]
+    assert np.array_equal(np.unique(r), rows) and np.bincount(r, minlength=A.shape[0])[rows].tolist() == [q] * 40
+    for i in rows:
+        assert set(c[r == i].tolist()) == set(np.argsort(red[i], kind="stable")[:q].tolist()), f"row {i}"
+    assert np.array_equal(w, C.numpy()[r, c]), "pricing costs differ from the dense costs"
+    assert (red[r, c] < 0).any() and (red[r, c] >= 0).any()  # both signs are returned
+    g = kernels.candidates(A, B, k=4)
+    graph = {(int(i), int(j)): float(x) for i, j, x in zip(g.row_ids(), g.indices, g.costs)}
+    shared = [(i, j, x) for i, j, x in zip(r.tolist(), c.tolist(), w.tolist()) if (i, j) in graph]
+    assert shared and all(graph[(i, j)] == x for i, j, x in shared), "pricing costs differ from the graph's"
+
+
+def test_row_pricer_edge_cases() -> None:
+    from mechperm.match import _row_pricer
+
+    A, B = torch.randn(5, 8), torch.randn(3, 8)
+    price = _row_pricer(A, B, q=64)  # q > F_b: every column of the row
+    r, c, w = price(np.array([1, 4]), np.zeros(5), np.zeros(3))
+    assert sorted(zip(r.tolist(), c.tolist())) == [(i, j) for i in (1, 4) for j in range(3)]
+    r, c, w = price(np.array([], dtype=np.int64), np.zeros(5), np.zeros(3))
+    assert r.dtype == np.int64 and c.dtype == np.int64 and w.dtype == np.float32 and r.size == c.size == w.size == 0
+
+
+def test_sparse_path_heavy_tails_and_partial() -> None:
+    """Heavy-tailed scales (DESIGN.md's pitfall) and a tiny k: bounds fail for many rows, the
+    pricing rounds carry exactness; partial mode through the sparse path too."""
+    st = make_stack(2, d=32, F=384, seed=5, heavy_tail=2.5)
+    a, b = st.saes
+    r = match(a, b, dense_limit=0, candidates_k=3)
+    expected = _scipy_objective(a, b)
+    assert r.certified and r.objective == pytest.approx(expected, rel=1e-9)
+    assert r.stats["rounds"] > 1 and r.stats["solver"]["priced_rows"] > 0
+    _valid_partial_perm(r.perm, b.d_sae)
+    for threshold in (0.5, 5.0):
+        p = match(a, b, mode="partial", threshold=threshold, dense_limit=0, candidates_k=3)
+        assert p.certified
+        assert p.objective == pytest.approx(_scipy_objective(a, b, pad=threshold), rel=1e-9)
+        _valid_partial_perm(p.perm, b.d_sae)
