@@ -1,0 +1,309 @@
+"""End-to-end benchmark of ``match()``: two synthetic SAEs' weights → certified optimal matching.
+
+Providers side by side on the same instance (``make_stack(2, d=2304, F=F, seed=0)``, folded
+decoder rows, CPU):
+
+- ``mm``: one bare GEMM of the same shape, ``torch.mm(A, B.T)`` (F×2304 · 2304×F), the floor;
+  beyond 16384 in row blocks of 2^28 outputs (the full 65536² output would be 16 GiB).
+- ``match``: ``match(sae_a, sae_b)`` as a user calls it (dense path up to ``DENSE_LIMIT``).
+- ``match_sparse``: ``match(..., dense_limit=0)``, where ``match`` would take the dense path.
+- ``naive``: numpy GEMM for the squared distances, then scipy's ``linear_sum_assignment``.
+
+Goals (CPU): match ≤ 1.3× mm; ≥ 2× faster than naive at F = 16384 with the same objective (both
+permutations are scored on the naive float32 matrix and must agree to 1e-9 relative); F = 65536
+within 4 GB peak RSS beyond the SAEs' own bytes (``test_memory``: a fresh process, VmHWM).
+
+    python -m pytest bench/bench_match.py -q                          # quick: F = 4096
+    MECHPERM_BENCH_MAX_N=16384 MECHPERM_BENCH_THREADS=1 \\
+        python -m pytest bench/bench_match.py -q --benchmark-json=runs/bench_match.json
+    MECHPERM_BENCH_MAX_N=65536 MECHPERM_BENCH_PEER_MAX_N=16384 python -m pytest bench/bench_match.py
+    python bench/bench_match.py      # interleaved min-of-N table on stderr, JSON on stdout
+
+``MECHPERM_BENCH_MAX_N`` caps F (default 4096), ``MECHPERM_BENCH_PEER_MAX_N`` caps the naive
+pipeline (scipy slows down by orders of magnitude on heavy-tailed instances, DESIGN.md),
+``MECHPERM_BENCH_THREADS`` sets torch's and numpy's BLAS threads (on a shared machine, 1 thread
+measures the algorithm rather than OpenMP barriers waiting for a descheduled core).
+Benchmarks never assert speed.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+from contextlib import nullcontext
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PEER_MAX_N, record, sizes
+
+from mechperm import kernels
+from mechperm.match import DENSE_LIMIT, match
+from mechperm.synthetic import make_stack
+
+D = 2304
+SIZES = sizes(4096, 16384, 65536) or [int(os.environ.get("MECHPERM_BENCH_MAX_N", "4096"))]
+PROVIDERS = ["mm", "match", "match_sparse", "naive"]
+MEMORY_LIMIT = 4e9
+"""Bytes match() may hold at its peak beyond the SAEs' own (the F = 65536 goal)."""
+THREADS = int(os.environ["MECHPERM_BENCH_THREADS"]) if os.environ.get("MECHPERM_BENCH_THREADS") else None
+if THREADS:
+    torch.set_num_threads(THREADS)
+_MM_BLOCK = 1 << 28  # outputs per GEMM call: 1 GiB of float32
+
+RESULTS: dict[tuple[int, str], dict] = {}
+"""(F, provider) -> seconds, objective, perm, ...; ratios and cross-checks read it."""
+
+
+# ---------------------------------------------------------------------------------- setup
+def _blas_threads():
+    """Limit numpy's BLAS (scipy's too) to MECHPERM_BENCH_THREADS, like torch's."""
+    if not THREADS:
+        return nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's test deps
+        return nullcontext()
+    return threadpool_limits(THREADS)
+
+
+@lru_cache(maxsize=1)
+def instance(F: int):
+    """(sae_a, sae_b, A, B): two consecutive layers and their folded decoder rows [F, D]."""
+    stack = make_stack(2, d=D, F=F, seed=0)
+    a, b = stack.saes
+    return a, b, kernels.matching_vectors(a), kernels.matching_vectors(b)
+
+
+def sae_bytes(*saes) -> int:
+    return sum(t.numel() * t.element_size() for s in saes
+               for t in (s.W_enc, s.b_enc, s.W_dec, s.b_dec, s.threshold) if t is not None)
+
+
+def _status(key: str) -> int:
+    """Bytes of a /proc/self/status field (VmHWM: peak RSS, VmRSS: current)."""
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------- providers
+def run_mm(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
+    rows = max(1, _MM_BLOCK // B.shape[0])
+    for r0 in range(0, A.shape[0], rows):
+        blk = A[r0 : r0 + rows]
+        torch.mm(blk, B.T, out=out[: blk.shape[0]])
+
+
+def mm_buffer(F: int) -> torch.Tensor:
+    return torch.empty(min(F, max(1, _MM_BLOCK // F)), F)
+
+
+def run_match(sae_a, sae_b, sparse: bool):
+    return match(sae_a, sae_b, **({"dense_limit": 0} if sparse else {}))
+
+
+def naive_costs(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """What one writes with numpy: |a|² + |b|² − 2 a·b (float32, in place, clamped at 0)."""
+    C = A @ B.T
+    C *= -2.0
+    C += np.einsum("ij,ij->i", A, A)[:, None]
+    C += np.einsum("ij,ij->i", B, B)[None, :]
+    return np.maximum(C, 0.0, out=C)
+
+
+def run_naive(A: np.ndarray, B: np.ndarray) -> dict:
+    from scipy.optimize import linear_sum_assignment
+
+    with _blas_threads():
+        t0 = time.perf_counter()
+        C = naive_costs(A, B)
+        t1 = time.perf_counter()
+        rows, cols = linear_sum_assignment(C)
+        t2 = time.perf_counter()
+    perm = np.full(A.shape[0], -1, np.int64)
+    perm[rows] = cols
+    return {"C": C, "perm": perm, "gemm_s": t1 - t0, "lsa_s": t2 - t1}
+
+
+def scored(C: np.ndarray, perm: np.ndarray) -> float:
+    """float64 sum of C over the matched pairs of perm."""
+    ok = perm >= 0
+    return float(C[np.flatnonzero(ok), perm[ok]].astype(np.float64).sum())
+
+
+def match_info(res) -> dict:
+    return {
+        "objective": res.objective, "gap": res.gap, "certified": res.certified,
+        "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges"),
+        "candidate_edges": res.stats.get("candidate_edges"),
+        "timings": {k: round(v, 3) for k, v in res.timings.items()},
+    }
+
+
+# ---------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("F", SIZES)
+def test_match(benchmark, F: int, provider: str) -> None:
+    if provider == "match_sparse" and F * F > DENSE_LIMIT:
+        pytest.skip("match() takes the sparse path here already")
+    if provider == "naive" and F > PEER_MAX_N:
+        pytest.skip(f"naive beyond MECHPERM_BENCH_PEER_MAX_N={PEER_MAX_N}")
+    sae_a, sae_b, A, B = instance(F)
+    info: dict = {"F": F, "d": D, "threads": torch.get_num_threads()}
+    times: list[float] = []
+
+    def timed(fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        times.append(time.perf_counter() - t0)
+        return out
+
+    if provider == "mm":
+        out = mm_buffer(F)
+        benchmark.pedantic(timed, args=(run_mm, A, B, out), rounds=3 if F <= 4096 else 1, iterations=1)
+        del out
+    elif provider in ("match", "match_sparse"):
+        reset = _reset_peak()
+        rss0 = _status("VmRSS")
+        res = benchmark.pedantic(timed, args=(run_match, sae_a, sae_b, provider == "match_sparse"),
+                                 rounds=1, iterations=1)
+        info.update(match_info(res), path="dense" if F * F <= DENSE_LIMIT and provider == "match" else "sparse")
+        if reset:  # in-process: what match() added on top of what the benchmark holds
+            info["peak_added_gb"] = (_status("VmHWM") - rss0) / 1e9
+        info["perm"] = res.perm.numpy()
+        record(("match", F), provider, res.objective)
+        assert res.certified
+    else:
+        out = benchmark.pedantic(timed, args=(run_naive, A.numpy(), B.numpy()), rounds=1, iterations=1)
+        info.update(gemm_s=out["gemm_s"], lsa_s=out["lsa_s"], objective=scored(out["C"], out["perm"]))
+        ref = RESULTS.get((F, "match")) or RESULTS.get((F, "match_sparse"))
+        perm = ref["perm"] if ref else match(sae_a, sae_b).perm.numpy()
+        # Both permutations on one matrix: mechperm's float32 costs come from another BLAS.
+        info["match_objective_on_naive_costs"] = ours = scored(out["C"], perm)
+        info["objective_rel_diff"] = rel = abs(ours - info["objective"]) / abs(info["objective"])
+        if ref:
+            info["match_speedup"] = min(times) / ref["seconds"]
+        record(("match", F), "naive", info["objective"])
+        assert rel <= 1e-9, (ours, info["objective"])
+    info["seconds"] = min(times)
+    RESULTS[(F, provider)] = info
+    mm = RESULTS.get((F, "mm"))
+    if mm is not None and provider != "mm":
+        info["ratio_to_mm"] = info["seconds"] / mm["seconds"]
+    naive = RESULTS.get((F, "naive"))
+    for p in ("match", "match_sparse"):
+        if naive is not None and (F, p) in RESULTS:
+            RESULTS[(F, p)]["speedup_vs_naive"] = naive["seconds"] / RESULTS[(F, p)]["seconds"]
+    benchmark.extra_info.update({k: v for k, v in info.items() if k != "perm"})
+
+
+def _memory_child(F: int, threads: int | None, queue) -> None:
+    """In a fresh process: build the SAEs, reset the peak, match, report VmHWM."""
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = make_stack(2, d=D, F=F, seed=0).saes
+    reset = _reset_peak()
+    rss0 = _status("VmRSS")
+    t0 = time.perf_counter()
+    res = match(a, b)
+    seconds = time.perf_counter() - t0
+    queue.put({"seconds": seconds, "peak_rss": _status("VmHWM"), "rss_before": rss0, "peak_reset": reset,
+               "sae_bytes": sae_bytes(a, b), **match_info(res)})
+
+
+def measure_memory(F: int) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_memory_child, args=(F, THREADS, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+@pytest.mark.parametrize("F", SIZES)
+def test_memory(benchmark, F: int) -> None:
+    """Peak RSS of a process that builds two SAEs and matches them (VmHWM, reset after the
+    SAEs are built where the kernel allows it, so make_stack's temporaries do not count).
+    The benchmark's time includes the process start and make_stack; the match alone is
+    ``seconds`` in extra_info."""
+    out = benchmark.pedantic(measure_memory, args=(F,), rounds=1, iterations=1)
+    out["beyond_saes"] = out["peak_rss"] - out["sae_bytes"]
+    benchmark.extra_info.update(out, threads=THREADS or torch.get_num_threads())
+    assert out["certified"]
+    if F >= 65536:
+        assert out["beyond_saes"] <= MEMORY_LIMIT, out
+
+
+# ---------------------------------------------------------------------------------- table
+def main() -> None:
+    """Interleaved min-of-N timings (robust to a shared machine), ratios, objectives, memory."""
+    rows = []
+    for F in SIZES:
+        sae_a, sae_b, A, B = instance(F)
+        provs = [p for p in PROVIDERS if not (p == "match_sparse" and F * F > DENSE_LIMIT)
+                 and not (p == "naive" and F > PEER_MAX_N)]
+        reps = 3 if F <= 4096 else 1
+        best = {p: float("inf") for p in provs}
+        out = {}
+        buf = mm_buffer(F)
+        for _ in range(reps):
+            for p in provs:  # interleaved, so background load hits every provider alike
+                t = time.perf_counter()
+                if p == "mm":
+                    run_mm(A, B, buf)
+                elif p == "naive":
+                    out[p] = run_naive(A.numpy(), B.numpy())
+                else:
+                    out[p] = run_match(sae_a, sae_b, p == "match_sparse")
+                best[p] = min(best[p], time.perf_counter() - t)
+        del buf
+        mem = measure_memory(F)
+        row = {"F": F, "d": D, "threads": torch.get_num_threads(), "seconds": best,
+               "peak_rss_gb": mem["peak_rss"] / 1e9, "sae_gb": mem["sae_bytes"] / 1e9,
+               "beyond_saes_gb": (mem["peak_rss"] - mem["sae_bytes"]) / 1e9}
+        for p in ("match", "match_sparse"):
+            if p in out:
+                row[p] = match_info(out[p])
+                row[p]["ratio_to_mm"] = best[p] / best["mm"]
+        if "naive" in out:
+            obj = scored(out["naive"]["C"], out["naive"]["perm"])
+            ours = scored(out["naive"]["C"], out["match"].perm.numpy())
+            row["naive"] = {"objective": obj, "gemm_s": out["naive"]["gemm_s"], "lsa_s": out["naive"]["lsa_s"],
+                            "match_objective_on_naive_costs": ours, "rel_diff": abs(ours - obj) / abs(obj),
+                            "speedup_of_match": best["naive"] / best["match"]}
+        rows.append(row)
+        print(f"F={F:6d} threads={row['threads']}  mm {best['mm']:8.2f} s", file=sys.stderr)
+        for p in ("match", "match_sparse"):
+            if p in row:
+                r = row[p]
+                print(f"   {p:13s} {best[p]:8.2f} s  {r['ratio_to_mm']:5.2f}x mm  gap {r['gap']:.1e}  "
+                      f"certified {r['certified']}  rounds {r['rounds']}  edges {r['edges']}", file=sys.stderr)
+        if "naive" in row:
+            n = row["naive"]
+            print(f"   naive         {best['naive']:8.2f} s  (gemm {n['gemm_s']:.2f} + lsa {n['lsa_s']:.2f})  "
+                  f"match {n['speedup_of_match']:.2f}x faster  objective rel diff {n['rel_diff']:.1e}",
+                  file=sys.stderr)
+        print(f"   peak RSS {row['peak_rss_gb']:.2f} GB (SAEs {row['sae_gb']:.2f} GB, beyond "
+              f"{row['beyond_saes_gb']:.2f} GB)", file=sys.stderr)
+        instance.cache_clear()
+    json.dump(rows, sys.stdout, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()
