@@ -30,6 +30,14 @@ _DTYPE_NAMES = {
 }
 
 
+def holds_pair(path: Path, cfg: str, weights: str) -> bool:
+    """Whether ``path`` (a folder, or one of its two files) is a folder holding ``cfg`` and ``weights``."""
+    folder = path if path.is_dir() else path.parent
+    if path.is_file() and path.name not in (cfg, weights):
+        return False
+    return (folder / cfg).is_file() and (folder / weights).is_file()
+
+
 def as_dtype(dtype: DTypeLike) -> torch.dtype | None:
     """``torch.float32``, ``"float32"``, ``"torch.bfloat16"``, ``"bf16"`` ... → a floating torch dtype."""
     if dtype is None or isinstance(dtype, torch.dtype):

@@ -32,7 +32,7 @@ import safetensors
 import torch
 from safetensors import safe_open
 
-from mechperm.formats._common import check_shapes, place, require
+from mechperm.formats._common import check_shapes, holds_pair, place, require
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["SAELensLoader", "SAELENS"]
@@ -141,10 +141,7 @@ class SAELensLoader:
     expects = f"{CFG} + {WEIGHTS} (sae_lens SAE.save_model), architecture {' / '.join(SUPPORTED)}"
 
     def sniff(self, path: Path) -> bool:
-        folder = path if path.is_dir() else path.parent
-        if path.is_file() and path.name not in (CFG, WEIGHTS):
-            return False
-        return (folder / CFG).is_file() and (folder / WEIGHTS).is_file()
+        return holds_pair(path, CFG, WEIGHTS)
 
     def load(self, path: Path, device: torch.device, dtype: torch.dtype | None) -> SAE:
         folder = Path(os.path.abspath(path if path.is_dir() else path.parent))

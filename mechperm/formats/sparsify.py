@@ -47,7 +47,7 @@ import safetensors
 import torch
 from safetensors import safe_open
 
-from mechperm.formats._common import place, require
+from mechperm.formats._common import holds_pair, place, require
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["SparsifyLoader", "SPARSIFY", "HOOKPOINT_LAYER"]
@@ -186,11 +186,9 @@ class SparsifyLoader:
     expects = f"{CFG} + {WEIGHTS} (EleutherAI sparsify SparseCoder.save_to_disk), TopK"
 
     def sniff(self, path: Path) -> bool:
+        if not holds_pair(path, CFG, WEIGHTS):
+            return False
         folder = path if path.is_dir() else path.parent
-        if path.is_file() and path.name not in (CFG, WEIGHTS):
-            return False
-        if not ((folder / CFG).is_file() and (folder / WEIGHTS).is_file()):
-            return False
         # A cfg.json naming none of SparseCoderConfig's keys is someone else's; an unreadable one
         # is claimed, so that load() reports it instead of "no format recognises".
         try:
