@@ -6,6 +6,7 @@ holds at most one source tensor and its converted copy at a time.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +29,17 @@ _DTYPE_NAMES = {
     "double": torch.float64,
     "fp64": torch.float64,
 }
+
+
+def read_json_object(file: Path) -> dict:
+    """A config file's JSON object; ValueError naming the file when it is unreadable or not an object."""
+    try:
+        cfg = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file} is not readable JSON ({type(e).__name__}: {e})") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file} holds a JSON {type(cfg).__name__}; expected an object of config keys")
+    return cfg
 
 
 def holds_pair(path: Path, cfg: str, weights: str) -> bool:

@@ -33,7 +33,6 @@ other than ``resid_post``.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -44,7 +43,7 @@ import safetensors
 import torch
 from safetensors import safe_open
 
-from mechperm.formats._common import check_shapes, place, require
+from mechperm.formats._common import read_json_object, check_shapes, place, require
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["GemmaScope2Loader", "GEMMA_SCOPE_2", "gemma_scope_2_info", "gemma_scope_2_folders", "FOLDER"]
@@ -70,12 +69,7 @@ _HOOKS = {
 def _read_config(file: Path) -> dict[str, Any]:
     if not file.is_file():
         return {}  # sae-lens infers it from the path too
-    try:
-        cfg = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file} is not readable JSON ({type(e).__name__}: {e})") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{file} holds a JSON {type(cfg).__name__}; expected an object of config keys")
+    cfg = read_json_object(file)
     arch = cfg.get("architecture")
     if arch != "jump_relu":
         raise ValueError(f"{file} says architecture {arch!r}; Gemma Scope 2 SAEs are 'jump_relu'")

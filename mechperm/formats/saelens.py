@@ -21,7 +21,6 @@ Facts read from sae-lens 6.54 (``saes/sae.py``, ``loading/pretrained_sae_loaders
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -32,7 +31,7 @@ import safetensors
 import torch
 from safetensors import safe_open
 
-from mechperm.formats._common import check_shapes, holds_pair, place, require
+from mechperm.formats._common import read_json_object, check_shapes, holds_pair, place, require
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["SAELensLoader", "SAELENS"]
@@ -41,16 +40,6 @@ CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 SUPPORTED = ("standard", "jumprelu", "topk")
 _KNOWN = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "log_threshold", "scaling_factor"}
-
-
-def _read_cfg(file: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file} is not readable JSON ({type(e).__name__}: {e})") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{file} holds a JSON {type(cfg).__name__}; expected an object of config keys")
-    return cfg
 
 
 def _architecture(cfg: dict[str, Any], file: Path) -> str:
@@ -146,7 +135,7 @@ class SAELensLoader:
     def load(self, path: Path, device: torch.device, dtype: torch.dtype | None) -> SAE:
         folder = Path(os.path.abspath(path if path.is_dir() else path.parent))
         cfg_file, file = folder / CFG, folder / WEIGHTS
-        cfg = _read_cfg(cfg_file)
+        cfg = read_json_object(cfg_file)
         arch = _architecture(cfg, cfg_file)
         _normalization(cfg, cfg_file)
         tensors = _read_tensors(file, device, dtype)

@@ -47,7 +47,7 @@ import safetensors
 import torch
 from safetensors import safe_open
 
-from mechperm.formats._common import holds_pair, place, require
+from mechperm.formats._common import read_json_object, holds_pair, place, require
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["SparsifyLoader", "SPARSIFY", "HOOKPOINT_LAYER"]
@@ -61,16 +61,6 @@ _CFG_KEYS = frozenset(
     {"k", "expansion_factor", "num_latents", "normalize_decoder", "transcode", "skip_connection"}
 )
 _ANY_LAYER = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)(?:\.|$)")
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file} is not readable JSON ({type(e).__name__}: {e})") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{file} holds a JSON {type(cfg).__name__}; expected an object of config keys")
-    return cfg
 
 
 def _model_name(folder: Path) -> str | None:
@@ -200,7 +190,7 @@ class SparsifyLoader:
     def load(self, path: Path, device: torch.device, dtype: torch.dtype | None) -> SAE:
         folder = Path(os.path.abspath(path if path.is_dir() else path.parent))
         cfg_file, file = folder / CFG, folder / WEIGHTS
-        cfg = _read_json(cfg_file)
+        cfg = read_json_object(cfg_file)
         k, transcode = _check_cfg(cfg, cfg_file)
         tensors = _read_tensors(file, device, dtype)
         require(tensors, TENSORS, file, "sparsify SparseCoder")
