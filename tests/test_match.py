@@ -197,3 +197,19 @@ def test_sparse_path_heavy_tails_and_partial() -> None:
         assert p.certified
         assert p.objective == pytest.approx(_scipy_objective(a, b, pad=threshold), rel=1e-9)
         _valid_partial_perm(p.perm, b.d_sae)
+
+
+def test_sparse_path_completes_an_infeasible_candidate_graph() -> None:
+    """k = 1 on heavy tails: the candidate graph has no assignment of every row; match() adds
+    arcs between the rows and columns a maximum matching leaves free instead of letting the
+    loop fall back to slack columns, and still reaches the dense optimum."""
+    st = make_stack(2, d=32, F=384, seed=5, heavy_tail=2.5)
+    a, b = st.saes
+    r = match(a, b, dense_limit=0, candidates_k=1)
+    assert r.stats["completion_edges"] > 0 and r.stats["solver"]["slack"] == 0
+    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b), rel=1e-9)
+    _valid_partial_perm(r.perm, b.d_sae)
+    wide = make_stack(2, d=32, F=512, seed=6, heavy_tail=2.5).saes[1]  # rectangular: 384 x 512
+    r = match(a, wide, dense_limit=0, candidates_k=1)
+    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, wide), rel=1e-9)
+    assert r.n_matched == a.d_sae
