@@ -174,4 +174,11 @@ Status dense_price(const double* cost, int64_t n, int64_t m, const int64_t* rows
                    const double* u, const double* v, double tol, int64_t max_per_row,
                    const SolveOptions& opt, Priced& out, double* row_min);
 
+// Margins of an assignment: per row i, min over j != row_to_col[i] of c_ij - u_i - v_j (how much
+// dearer the best alternative is at these duals; +inf if none), NaN for unassigned rows (-1).
+Status dense_margins(const float* cost, int64_t n, int64_t m, const int64_t* row_to_col,
+                     const double* u, const double* v, const SolveOptions& opt, double* out);
+Status dense_margins(const double* cost, int64_t n, int64_t m, const int64_t* row_to_col,
+                     const double* u, const double* v, const SolveOptions& opt, double* out);
+
 }  // namespace mechperm

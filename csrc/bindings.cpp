@@ -376,6 +376,37 @@ py::tuple dense_price_py(const py::array& cost, const py::array& rows, const py:
                           to_numpy(std::move(out.costs)), row_min);
 }
 
+py::array_t<double> dense_margins_py(const py::array& cost, const py::array& row_to_col,
+                                     const py::array& u, const py::array& v) {
+    if (cost.ndim() != 2)
+        throw py::value_error("cost must be 2-D, got " + std::to_string(cost.ndim()) + "-D");
+    const int64_t n = cost.shape(0), m = cost.shape(1);
+    const int64_t* r2c = require<int64_t>(row_to_col, "row_to_col", 1, n);
+    const double* up = require<double>(u, "u", 1, n);
+    const double* vp = require<double>(v, "v", 1, m);
+    PollState poll;
+    SolveOptions opt;
+    opt.poll = &poll_signals;
+    opt.poll_ctx = &poll;
+    py::array_t<double> out(n);
+    double* o = out.mutable_data();
+    Status st;
+    if (is_c_array<float>(cost)) {
+        const float* c = static_cast<const float*>(cost.data());
+        py::gil_scoped_release release;
+        st = dense_margins(c, n, m, r2c, up, vp, opt, o);
+    } else if (is_c_array<double>(cost)) {
+        const double* c = static_cast<const double*>(cost.data());
+        py::gil_scoped_release release;
+        st = dense_margins(c, n, m, r2c, up, vp, opt, o);
+    } else {
+        throw py::value_error("cost must be a C-contiguous float32 or float64 array, got " +
+                              dtype_name(cost));
+    }
+    raise_status(st, "row_to_col out of range", poll);
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_auction, m) {
@@ -401,6 +432,9 @@ PYBIND11_MODULE(_auction, m) {
     m.def("dense_candidates", &dense_candidates_py, py::arg("cost"), py::arg("k_row"),
           py::arg("k_col"),
           "Candidate CSR graph of a dense array with the bounds on every pair left out.");
+    m.def("dense_margins", &dense_margins_py, py::arg("cost"), py::arg("row_to_col"), py::arg("u"),
+          py::arg("v"),
+          "Per row, min over the other columns of c_ij - u_i - v_j (NaN where row_to_col = -1).");
     m.def("dense_price", &dense_price_py, py::arg("cost"), py::arg("rows"), py::arg("u"),
           py::arg("v"), py::arg("tol"), py::arg("max_per_row") = 0,
           "Pairs of the given rows with reduced cost < -tol: (rows, cols, costs, row_min).");

@@ -271,6 +271,25 @@ Status price_impl(const T* c, int64_t n, int64_t m, const int64_t* rows, int64_t
     return Status::OK;
 }
 
+template <class T>
+Status margins_impl(const T* c, int64_t n, int64_t m, const int64_t* row_to_col, const double* u,
+                    const double* v, const SolveOptions& opt, double* out) {
+    Poller poll(opt);
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t own = row_to_col[i];
+        if (own >= m) return Status::BAD_INPUT;
+        const T* r = c + i * m;
+        double lo = kInf;
+        for (int64_t j = 0; j < m; ++j) {
+            const double x = double(r[j]) - v[j];
+            if (x < lo && j != own) lo = x;
+        }
+        out[i] = own < 0 ? std::nan("") : lo - u[i];
+        if (poll.tick(m)) return Status::INTERRUPTED;
+    }
+    return Status::OK;
+}
+
 }  // namespace
 
 Status dense_candidates(const float* cost, int64_t n, int64_t m, int64_t k_row, int64_t k_col,
@@ -290,6 +309,15 @@ Status dense_price(const double* cost, int64_t n, int64_t m, const int64_t* rows
                    const double* u, const double* v, double tol, int64_t max_per_row,
                    const SolveOptions& opt, Priced& out, double* row_min) {
     return price_impl(cost, n, m, rows, n_rows, u, v, tol, max_per_row, opt, out, row_min);
+}
+
+Status dense_margins(const float* cost, int64_t n, int64_t m, const int64_t* row_to_col,
+                     const double* u, const double* v, const SolveOptions& opt, double* out) {
+    return margins_impl(cost, n, m, row_to_col, u, v, opt, out);
+}
+Status dense_margins(const double* cost, int64_t n, int64_t m, const int64_t* row_to_col,
+                     const double* u, const double* v, const SolveOptions& opt, double* out) {
+    return margins_impl(cost, n, m, row_to_col, u, v, opt, out);
 }
 
 }  // namespace mechperm

@@ -308,7 +308,7 @@ def assign(
     c = np.ascontiguousarray(c)
     if method == "dense" or (method == "auto" and c.size <= _DENSE_LIMIT) or lam is not None:
         t0 = time.perf_counter()
-        raw = _auction.solve_dense(c, unmatched_cost=lam)
+        raw = _dense_auction(c, lam)
         res = _result(raw, sign=sign, transposed=transposed, certified=True)
         res.timings = {"solve": time.perf_counter() - t0, "total": time.perf_counter() - t0}
         res.n_edges = c.size
@@ -463,6 +463,22 @@ def assign_exact(
     lam = _unmatched(unmatched_cost, n, False)
     return _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new_per_row, timings={},
                        rebuild=rebuild)
+
+
+def _dense_auction(c: np.ndarray, lam: Optional[np.ndarray]) -> dict:
+    """The dense auction; above ``_DENSE_LIMIT`` entries warm-started from the optimum on the
+    matrix's 16-nearest graph (the arcs (i, i) keep it feasible), whose prices are close for
+    most rows. Measured, warm vs cold: folded decoders of ``make_stack(2, d=2304)`` F = 4096
+    0.30 s vs 0.50 s, F = 8192 1.69 s vs 2.26 s, F = 16384 end to end in match() 22.3 s vs
+    25.4 s; the ``sae_like_costs(heavy_tail=2.5)`` stress instance 2.1 s vs 1.2 s at 4096 but
+    4.9 s vs 14.3 s at 8192 (the sparse solve is ~5 % of the warm time)."""
+    n, m = c.shape
+    init_v = init_r2c = None
+    if c.size > _DENSE_LIMIT and min(n, m) > 16:
+        d = _auction.dense_candidates(c, 16, 16)
+        warm = _auction.solve_sparse(d["indptr"], d["indices"], d["costs"], n, m, unmatched_cost=lam)
+        init_v, init_r2c, _ = _warm(warm, lam, m)
+    return _auction.solve_dense(c, unmatched_cost=lam, init_v=init_v, init_row_to_col=init_r2c)
 
 
 def _dense_exact(c: np.ndarray, k: int) -> Assignment:

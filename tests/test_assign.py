@@ -117,6 +117,28 @@ DISTRIBUTIONS = {
 
 
 @pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+@pytest.mark.parametrize("shape", [(600, 600), (560, 700), (700, 560)])
+def test_dense_warm_start_matches_scipy(dist, shape):
+    """Above 512 x 512 the dense auction starts from the optimum on the 16-nearest graph."""
+    rng = np.random.default_rng(shape[0] + shape[1])
+    C = DISTRIBUTIONS[dist](rng, *shape)
+    res = run(C, "dense")
+    check_valid(res, C)
+    assert close(res.objective, scipy_objective(C))
+    lam = np.quantile(C, 0.01, axis=1)  # partial: many rows better off unmatched
+    res = run(C[: min(shape)], "dense", unmatched_cost=lam[: min(shape)])
+    check_valid(res, C[: min(shape)], lam=lam[: min(shape)])
+    assert close(res.objective, scipy_objective(padded(C[: min(shape)], lam[: min(shape)])))
+
+
+def test_dense_warm_start_sae_like():
+    C, _, _ = sae_like(1024, seed=4)
+    res = run(C, "dense")
+    check_valid(res, C)
+    assert close(res.objective, scipy_objective(C))
+
+
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 65, 200])
 @pytest.mark.parametrize("method", ["dense", "candidates"])
 def test_dense_square_matches_scipy(dist, n, method):

@@ -116,6 +116,24 @@ def test_margins_dense_and_sparse(stack) -> None:
     assert torch.equal(dense.perm, sparse.perm)  # no ties in this instance: the same optimum
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_margins_against_numpy(dtype) -> None:
+    """The C++ margin pass = min over the other columns of c - u - v, NaN where unassigned."""
+    from mechperm import _auction
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(7, 9)).astype(dtype)
+    r2c = np.array([3, -1, 0, 8, 1, 2, 5], np.int64)
+    u, v = rng.normal(size=7), rng.normal(size=9)
+    red = c.astype(np.float64) - u[:, None] - v[None, :]
+    expect = np.array([np.delete(red[i], r2c[i]).min() if r2c[i] >= 0 else np.nan for i in range(7)])
+    got = _auction.dense_margins(c, r2c, u, v)
+    np.testing.assert_allclose(got, expect, rtol=0, atol=1e-12)
+    assert np.isinf(_auction.dense_margins(np.zeros((2, 1), dtype), np.array([0, -1]), u[:2], v[:1])[0])
+    with pytest.raises(ValueError, match="row_to_col"):
+        _auction.dense_margins(c, np.full(7, 9, np.int64), u, v)
+
+
 def test_planted_truth_recovered_and_folding_helps() -> None:
     st = make_stack(3, d=64, F=1024, seed=0)
     for t in range(2):
