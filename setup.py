@@ -9,7 +9,7 @@ from setuptools import setup
 ext_modules = [
     Pybind11Extension(
         "mechperm._auction",
-        sources=["csrc/auction.cpp", "csrc/dense_ops.cpp", "csrc/bindings.cpp"],
+        sources=["csrc/auction.cpp", "csrc/dense_ops.cpp", "csrc/envelope.cpp", "csrc/bindings.cpp"],
         include_dirs=["csrc"],
         depends=["csrc/auction.hpp", "csrc/auction_detail.hpp"],  # header edits must rebuild
         cxx_std=17,

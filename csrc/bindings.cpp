@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -407,6 +408,27 @@ py::array_t<double> dense_margins_py(const py::array& cost, const py::array& row
     return out;
 }
 
+py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, const py::array& s) {
+    const double* wp = require<double>(w, "w", 1);
+    const int64_t m = w.shape(0);
+    const double* xp = require<double>(x, "x", 1, m);
+    const double* sp = require<double>(s, "s", 1);
+    const int64_t nq = s.shape(0);
+    for (int64_t j = 0; j < m; ++j)
+        if (!std::isfinite(wp[j]) || !std::isfinite(xp[j]))
+            throw py::value_error("w and x must be finite (entry " + std::to_string(j) + ")");
+    for (int64_t q = 0; q < nq; ++q)
+        if (!std::isfinite(sp[q]))
+            throw py::value_error("s must be finite (entry " + std::to_string(q) + ")");
+    py::array_t<double> out(nq);
+    double* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        envelope_min(wp, xp, m, sp, nq, o);
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_auction, m) {
@@ -432,6 +454,8 @@ PYBIND11_MODULE(_auction, m) {
     m.def("dense_candidates", &dense_candidates_py, py::arg("cost"), py::arg("k_row"),
           py::arg("k_col"),
           "Candidate CSR graph of a dense array with the bounds on every pair left out.");
+    m.def("envelope_min", &envelope_min_py, py::arg("w"), py::arg("x"), py::arg("s"),
+          "out[q] = min_j (w[j] - x[j] * s[q]) (lower envelope of lines; O((m + q) log m)).");
     m.def("dense_margins", &dense_margins_py, py::arg("cost"), py::arg("row_to_col"), py::arg("u"),
           py::arg("v"),
           "Per row, min over the other columns of c_ij - u_i - v_j (NaN where row_to_col = -1).");

@@ -6,6 +6,7 @@ tile of the F_a × F_b cost matrix. Both return the dense optimum with its certi
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Literal
 
@@ -197,6 +198,7 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
     graph = solver.CandidateGraph(
         indptr=g.indptr.cpu().numpy(), indices=g.indices.cpu().numpy(), costs=g.costs.cpu().numpy(),
         row_bound=g.row_kth.cpu().double().numpy(), col_bound=g.col_kth.cpu().double().numpy(),
+        **_cosine_bounds(g, A, B),
     )
     completion = 0
     if lam is None:
@@ -230,6 +232,33 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
         res.u, res.v = res.v, res.u
         margin = torch.full((m,), float("nan"))  # margins were computed for B's features
     return res, margin, graph_stats
+
+
+def _cosine_bounds(g: kernels.CandidateGraph, A: Tensor, B: Tensor) -> dict:
+    """Norms and, per row and per column, the least cosine among the partners the graph holds
+    for being most cosine-similar: every pair left out has a cosine at most that (the
+    Euclidean bound of :class:`assign.CandidateGraph`). Cosines from the edges' own costs,
+    (|a|² + |b|² − c) / (2 |a| |b|); a clamped cost only overstates them (a weaker bound)."""
+    na = kernels.row_sq_norms(A).double().cpu().numpy()
+    nb = kernels.row_sq_norms(B).double().cpu().numpy()
+    y, x = np.sqrt(na), np.sqrt(nb)
+    out = {"row_norm": y, "col_norm": x}
+    rows = g.row_ids().cpu().numpy()
+    cols = g.indices.cpu().numpy()
+    src = g.sources.cpu().numpy()
+    denom = 2.0 * y[rows] * x[cols]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(denom > 0, (na[rows] + nb[cols] - g.costs.cpu().numpy()) / denom, 0.0)
+    for name, bit, owner, size in (("row_cos", kernels.ROW_COS, rows, len(y)), ("col_cos", kernels.COL_COS, cols, len(x))):
+        sel = (src & bit) != 0
+        if not sel.any():
+            continue
+        kappa = np.full(size, np.inf)  # an owner without such edges: no bound from it
+        np.minimum.at(kappa, owner[sel], cos[sel])
+        if np.isinf(kappa).any():
+            continue
+        out[name] = kappa
+    return out
 
 
 def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor) -> tuple[solver.CandidateGraph, int]:
@@ -267,8 +296,7 @@ def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor) -> tuple[solve
     order = np.argsort(rows * m + cols, kind="stable")  # the loop expects columns sorted per row
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    done = solver.CandidateGraph(indptr, cols[order], costs[order], graph.row_bound, graph.col_bound,
-                                 graph.row_offset, graph.col_offset)
+    done = dataclasses.replace(graph, indptr=indptr, indices=cols[order], costs=costs[order])
     return done, len(rows) - len(old_rows)
 
 

@@ -714,3 +714,59 @@ def test_large_sae_like_8192():
     C, _, _ = sae_like(8192, seed=5)
     res = assign(C)
     assert close(res.objective, scipy_objective(C))
+
+
+# ---- Euclidean bounds (norms and cosine caps of the pairs left out) ------------------------------
+
+
+def _euclid_graph(A, B, k_cos):
+    """Graph of each row's and column's k_cos most cosine-similar partners, with the norms and
+    the least cosine held per row/column: the setting of CandidateGraph's Euclidean bound."""
+    C = np.maximum((A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2 * A @ B.T, 0)
+    y, x = np.linalg.norm(A, axis=1), np.linalg.norm(B, axis=1)
+    cos = (A @ B.T) / np.maximum(y[:, None] * x[None, :], 1e-300)
+    n, m = C.shape
+    by_row, by_col = np.zeros((n, m), bool), np.zeros((n, m), bool)
+    by_row[np.arange(n)[:, None], np.argsort(-cos, axis=1)[:, :k_cos]] = True
+    by_col[np.argsort(-cos, axis=0)[:k_cos, :], np.arange(m)[None, :]] = True
+    in_graph = by_row | by_col
+    row_cos = np.where(by_row, cos, np.inf).min(1)  # each row's k_cos-th largest cosine
+    col_cos = np.where(by_col, cos, np.inf).min(0)
+    rows, cols = np.nonzero(in_graph)
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    g = CandidateGraph(indptr, cols.astype(np.int64), C[rows, cols], row_norm=y, col_norm=x,
+                       row_cos=row_cos, col_cos=col_cos)
+    return C, in_graph, g
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_euclidean_bound_is_a_lower_bound(seed):
+    from mechperm.assign import _lower_bounds
+
+    rng = np.random.default_rng(seed)
+    _, A, B = sae_like(120, d=16, seed=seed, sigma=2.0)
+    C, in_graph, g = _euclid_graph(A, B, k_cos=3)
+    for _ in range(5):
+        u, v = rng.normal(size=120) * C.mean(), rng.normal(size=120) * C.mean()
+        red = np.where(in_graph, np.inf, C - u[:, None] - v[None, :]).min(1)
+        lb = _lower_bounds(g, u, v)
+        assert np.all(lb <= red + 1e-9 * np.abs(C).max())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_loop_with_euclidean_bounds_matches_scipy(seed):
+    """The bound only decides which rows get priced: the optimum stays scipy's, and heavy-tailed
+    norms need fewer priced rows with it than with nothing but the graph."""
+    _, A, B = sae_like(300, d=24, seed=seed, sigma=2.0)
+    C, _, g = _euclid_graph(A, B, k_cos=4)
+
+    def price(rows, u, v):
+        return _auction.dense_price(C, np.ascontiguousarray(rows, np.int64), u, v, -np.inf, 8)
+
+    with_bound = assign_exact(300, 300, g, price)
+    plain = CandidateGraph(g.indptr, g.indices, g.costs)
+    without = assign_exact(300, 300, plain, price)
+    for res in (with_bound, without):
+        assert res.certified and close(res.objective, scipy_objective(C))
+    assert with_bound.stats["priced_rows"] < without.stats["priced_rows"]

@@ -1,0 +1,54 @@
+// Lower envelope of lines, for the candidate loop's Euclidean bounds (see auction.hpp).
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "auction.hpp"
+
+namespace mechperm {
+
+void envelope_min(const double* w, const double* x, int64_t m, const double* s, int64_t nq,
+                  double* out) {
+    // Line j: y = w_j - x_j * s. Sorted by slope -x_j decreasing (x increasing); of equal
+    // slopes only the lowest line can be minimal.
+    std::vector<int64_t> order(m);
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return x[a] < x[b] || (x[a] == x[b] && w[a] < w[b]);
+    });
+    std::vector<int64_t> hull;
+    hull.reserve(m);
+    // Where lines a and b (x_a < x_b) cross: w_a - x_a s = w_b - x_b s.
+    auto cross = [&](int64_t a, int64_t b) {
+        return (static_cast<long double>(w[b]) - w[a]) / (static_cast<long double>(x[b]) - x[a]);
+    };
+    for (int64_t t = 0; t < m; ++t) {
+        const int64_t j = order[t];
+        if (!hull.empty() && x[hull.back()] == x[j]) continue;  // same slope, higher or equal
+        // The last line is never minimal if the new one undercuts it before it undercuts the
+        // one below it.
+        while (hull.size() >= 2 &&
+               cross(hull[hull.size() - 2], j) <= cross(hull[hull.size() - 2], hull.back()))
+            hull.pop_back();
+        hull.push_back(j);
+    }
+    const int64_t h = int64_t(hull.size());
+    std::vector<long double> bp(h > 1 ? h - 1 : 0);  // hull[t] is minimal on [bp[t-1], bp[t]]
+    for (int64_t t = 0; t + 1 < h; ++t) bp[t] = cross(hull[t], hull[t + 1]);
+    for (int64_t q = 0; q < nq; ++q) {
+        if (h == 0) {
+            out[q] = INFINITY;
+            continue;
+        }
+        const int64_t t = std::upper_bound(bp.begin(), bp.end(), static_cast<long double>(s[q])) -
+                          bp.begin();
+        // The neighbours too: rounding in the breakpoints must not make the bound too high.
+        double best = INFINITY;
+        for (int64_t u = std::max<int64_t>(0, t - 1); u <= std::min(h - 1, t + 1); ++u)
+            best = std::min(best, w[hull[u]] - x[hull[u]] * s[q]);
+        out[q] = best;
+    }
+}
+
+}  // namespace mechperm
