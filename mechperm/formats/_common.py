@@ -1,4 +1,5 @@
-"""Helpers every loader shares: dtype/device arguments, one-tensor-at-a-time placement, shape checks.
+"""Helpers every loader shares: dtype/device arguments, one-tensor-at-a-time placement, safetensors
+reading, shape checks.
 
 Memory rule (DESIGN: a 1M-feature SAE must load without a second copy): loaders hand each tensor
 to :func:`place` as soon as it is read and drop their own reference, so a dtype or device change
@@ -7,10 +8,12 @@ holds at most one source tensor and its converted copy at a time.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import safetensors
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 DTypeLike = torch.dtype | str | None
@@ -75,6 +78,53 @@ def place(t: Tensor, device: torch.device, dtype: torch.dtype | None) -> Tensor:
     the matching kernels flatten rows (a strided tensor would be copied there, every time).
     """
     return t.to(device=device, dtype=dtype if dtype is not None else t.dtype).contiguous()
+
+
+def read_safetensors(
+    file: Path,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    select: Callable[[Path, list[str]], Mapping[str, str]],
+    check: Callable[[Path, str, Tensor], Tensor | None] | None = None,
+    *,
+    open_on: str = "cpu",
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read the tensors ``select`` picks from ``file``, one at a time, each placed before the next.
+
+    ``select(file, names)`` gets the file's tensor names and returns ``{name to return: name in
+    the file}`` in reading order; it warns about or refuses the rest. ``check(file, name, t)`` sees
+    each tensor as read (before ``place``) and returns it, a view of it, or None to drop it.
+    ``open_on`` is the device ``safe_open`` reads onto. Returns the tensors and ``select``'s map.
+    Called from a loader's ``load``, a warning in ``select`` or ``check`` with ``stacklevel=5``
+    points at the caller of ``load_sae``.
+    Errors name the file, and the tensor as the file names it: one helper, so that every
+    safetensors format reports an unreadable or non-floating tensor alike.
+
+    Memory: ``safe_open`` on the CPU maps the file copy-on-write (``torch.UntypedStorage.from_file``,
+    ``shared=False``): each ``get_tensor`` is a view of the mapping, paged in as it is touched, so
+    nothing is copied unless a dtype or device change asks for it, and a cast replaces one tensor
+    before the next is read.
+    """
+    try:
+        handle = safe_open(str(file), framework="pt", device=open_on)
+    except (safetensors.SafetensorError, OSError) as e:
+        raise ValueError(
+            f"{file} is not a readable safetensors file ({e}); it is truncated or corrupt"
+        ) from e
+    tensors: dict[str, Tensor] = {}
+    with handle as f:
+        keys = dict(select(file, list(f.keys())))
+        for name, stored in keys.items():
+            try:
+                t = f.get_tensor(stored)
+            except (safetensors.SafetensorError, OSError) as e:
+                raise ValueError(f"{stored} in {file} cannot be read ({e}); the file is corrupt") from e
+            if not t.is_floating_point():
+                raise ValueError(f"{stored} in {file} has dtype {t.dtype}; expected a floating dtype")
+            kept = t if check is None else check(file, name, t)
+            if kept is not None:
+                tensors[name] = place(kept, device, dtype)
+    return tensors, keys
 
 
 def require(

@@ -39,11 +39,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import safetensors
 import torch
-from safetensors import safe_open
 
-from mechperm.formats._common import read_json_object, check_shapes, place, require
+from mechperm.formats._common import read_json_object, check_shapes, read_safetensors, require
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["GemmaScope2Loader", "GEMMA_SCOPE_2", "gemma_scope_2_info", "gemma_scope_2_folders", "FOLDER"]
@@ -115,43 +113,29 @@ def gemma_scope_2_info(folder: Path, file: Path, cfg: dict[str, Any]) -> SAEInfo
     )
 
 
-def _read_tensors(
-    file: Path, device: torch.device, dtype: torch.dtype | None
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The five tensors under SAELens names, and ``{SAELens name: name in the file}``."""
-    try:
-        handle = safe_open(str(file), framework="pt", device="cpu")
-    except (safetensors.SafetensorError, OSError) as e:
+def _select(file: Path, names: list[str]) -> dict[str, str]:
+    """``{SAELens name: name in the file}`` for the five tensors; refuses skip transcoders up front."""
+    if _SKIP in names:
         raise ValueError(
-            f"{file} is not a readable safetensors file ({e}); it is truncated or corrupt"
-        ) from e
-    tensors: dict[str, torch.Tensor] = {}
-    with handle as f:
-        names = list(f.keys())
-        if _SKIP in names:
-            raise ValueError(
-                f"{file} holds {_SKIP}: a skip transcoder, unsupported (its output adds "
-                f"x @ {_SKIP}, which mechperm's SAE cannot express)"
-            )
-        keys = {_RENAME.get(n, n): n for n in names}
-        require(keys, TENSORS, file, "Gemma Scope 2 params.safetensors", " (lower-case w_enc, w_dec)")
-        extra = sorted(set(keys) - set(TENSORS))
-        if extra:
-            warnings.warn(f"{file}: ignoring tensors {extra}, not part of Gemma Scope 2 SAEs", stacklevel=4)
-        for name in TENSORS:
-            try:
-                t = f.get_tensor(keys[name])
-            except (safetensors.SafetensorError, OSError) as e:
-                raise ValueError(f"{keys[name]} in {file} cannot be read ({e}); the file is corrupt") from e
-            if not t.is_floating_point():
-                raise ValueError(f"{keys[name]} in {file} has dtype {t.dtype}; expected a floating dtype")
-            if name == "W_dec" and t.ndim == 3:
-                raise ValueError(
-                    f"w_dec in {file} has shape {tuple(t.shape)}: a cross-layer transcoder (one decoder "
-                    f"per later layer), unsupported"
-                )
-            tensors[name] = place(t, device, dtype)
-    return tensors, keys
+            f"{file} holds {_SKIP}: a skip transcoder, unsupported (its output adds "
+            f"x @ {_SKIP}, which mechperm's SAE cannot express)"
+        )
+    keys = {_RENAME.get(n, n): n for n in names}
+    require(keys, TENSORS, file, "Gemma Scope 2 params.safetensors", " (lower-case w_enc, w_dec)")
+    extra = sorted(set(keys) - set(TENSORS))
+    if extra:
+        warnings.warn(f"{file}: ignoring tensors {extra}, not part of Gemma Scope 2 SAEs", stacklevel=5)
+    return {name: keys[name] for name in TENSORS}
+
+
+def _check(file: Path, name: str, t: torch.Tensor) -> torch.Tensor:
+    """Refuse a cross-layer transcoder (a 3-D ``w_dec``)."""
+    if name == "W_dec" and t.ndim == 3:
+        raise ValueError(
+            f"w_dec in {file} has shape {tuple(t.shape)}: a cross-layer transcoder (one decoder "
+            f"per later layer), unsupported"
+        )
+    return t
 
 
 class GemmaScope2Loader:
@@ -169,7 +153,7 @@ class GemmaScope2Loader:
         folder = Path(os.path.abspath(path if path.is_dir() else path.parent))
         file = folder / FILENAME
         cfg = _read_config(folder / CONFIG)
-        tensors, keys = _read_tensors(file, device, dtype)
+        tensors, keys = read_safetensors(file, device, dtype, _select, _check)
         try:
             check_shapes(tensors, file)
         except ValueError as e:  # name the tensors as the file does (w_enc, w_dec)

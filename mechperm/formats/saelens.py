@@ -27,11 +27,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import safetensors
 import torch
-from safetensors import safe_open
 
-from mechperm.formats._common import read_json_object, check_shapes, holds_pair, place, require
+from mechperm.formats._common import read_json_object, check_shapes, holds_pair, read_safetensors, require
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["SAELensLoader", "SAELENS"]
@@ -94,33 +92,15 @@ def _info(cfg: dict[str, Any], file: Path) -> SAEInfo:
     )
 
 
-def _read_tensors(file: Path, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    # safe_open maps the file copy-on-write (torch.UntypedStorage.from_file, shared=False): each
-    # get_tensor is a view of the mapping, paged in as it is touched, so nothing is copied unless
-    # a dtype or device change asks for it; a cast replaces one tensor before the next is read.
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        handle = safe_open(str(file), framework="pt", device=str(device))
-    except (safetensors.SafetensorError, OSError) as e:
-        raise ValueError(
-            f"{file} is not a readable safetensors file ({e}); it is truncated or corrupt"
-        ) from e
-    with handle as f:
-        for name in f.keys():
-            if name not in _KNOWN:
-                warnings.warn(
-                    f"{file}: ignoring tensor {name!r}, unknown to the SAELens formats mechperm reads",
-                    stacklevel=4,
-                )
-                continue
-            try:
-                t = f.get_tensor(name)
-            except (safetensors.SafetensorError, OSError) as e:
-                raise ValueError(f"{name} in {file} cannot be read ({e}); the file is corrupt") from e
-            if not t.is_floating_point():
-                raise ValueError(f"{name} in {file} has dtype {t.dtype}; expected a floating dtype")
-            tensors[name] = place(t, device, dtype)
-    return tensors
+def _select(file: Path, names: list[str]) -> dict[str, str]:
+    """The tensors SAELens formats define, under their own names; a warning for each other one."""
+    for name in names:
+        if name not in _KNOWN:
+            warnings.warn(
+                f"{file}: ignoring tensor {name!r}, unknown to the SAELens formats mechperm reads",
+                stacklevel=5,
+            )
+    return {name: name for name in names if name in _KNOWN}
 
 
 class SAELensLoader:
@@ -138,7 +118,7 @@ class SAELensLoader:
         cfg = read_json_object(cfg_file)
         arch = _architecture(cfg, cfg_file)
         _normalization(cfg, cfg_file)
-        tensors = _read_tensors(file, device, dtype)
+        tensors, _ = read_safetensors(file, device, dtype, _select, open_on=str(device))
         if "threshold" not in tensors and "log_threshold" in tensors:
             tensors["threshold"] = tensors.pop("log_threshold").exp()
         tensors.pop("log_threshold", None)

@@ -43,11 +43,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import safetensors
 import torch
-from safetensors import safe_open
 
-from mechperm.formats._common import read_json_object, holds_pair, place, require
+from mechperm.formats._common import read_json_object, holds_pair, read_safetensors, require
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["SparsifyLoader", "SPARSIFY", "HOOKPOINT_LAYER"]
@@ -55,6 +53,7 @@ __all__ = ["SparsifyLoader", "SPARSIFY", "HOOKPOINT_LAYER"]
 CFG = "cfg.json"
 WEIGHTS = "sae.safetensors"
 TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
+_READ = (*TENSORS, "W_skip")  # W_skip is read to check that it is zero
 HOOKPOINT_LAYER = re.compile(r"^layers\.(\d+)$")
 """Folder name of a residual-stream hookpoint: ``layers.{L}``."""
 _CFG_KEYS = frozenset(
@@ -110,43 +109,29 @@ def _check_cfg(cfg: dict[str, Any], file: Path) -> tuple[int, bool]:
     return k, bool(cfg.get("transcode", False))
 
 
-def _read_tensors(file: Path, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        handle = safe_open(str(file), framework="pt", device="cpu")
-    except (safetensors.SafetensorError, OSError) as e:
-        raise ValueError(
-            f"{file} is not a readable safetensors file ({e}); it is truncated or corrupt"
-        ) from e
-    with handle as f:
-        for name in f.keys():
-            if name not in (*TENSORS, "W_skip"):
-                warnings.warn(
-                    f"{file}: ignoring tensor {name!r}, unknown to sparsify's SparseCoder", stacklevel=4
-                )
-                continue
-            try:
-                t = f.get_tensor(name)
-            except (safetensors.SafetensorError, OSError) as e:
-                raise ValueError(f"{name} in {file} cannot be read ({e}); the file is corrupt") from e
-            if not t.is_floating_point():
-                raise ValueError(f"{name} in {file} has dtype {t.dtype}; expected a floating dtype")
-            if name == "W_skip":
-                if bool((t != 0).any()):
-                    raise ValueError(
-                        f"{file} holds a non-zero W_skip {tuple(t.shape)}: unsupported: skip connection "
-                        f"(the SAE adds x @ W_skip.T to its reconstruction, which mechperm's SAE cannot "
-                        f"express)"
-                    )
-                continue  # an all-zero skip connection adds nothing
-            if name == "encoder.weight":
-                if t.ndim != 2:
-                    raise ValueError(
-                        f"encoder.weight in {file} has shape {tuple(t.shape)}; expected 2-D (F, d)"
-                    )
-                t = t.T  # [F, d] → W_enc [d, F]; place() makes it contiguous
-            tensors[name] = place(t, device, dtype)
-    return tensors
+def _select(file: Path, names: list[str]) -> dict[str, str]:
+    """SparseCoder's tensors and ``W_skip``, under their own names; a warning for each other one."""
+    for name in names:
+        if name not in _READ:
+            warnings.warn(f"{file}: ignoring tensor {name!r}, unknown to sparsify's SparseCoder", stacklevel=5)
+    return {name: name for name in names if name in _READ}
+
+
+def _check(file: Path, name: str, t: torch.Tensor) -> torch.Tensor | None:
+    """Drop an all-zero ``W_skip`` and refuse any other; ``encoder.weight`` [F, d] → ``W_enc`` [d, F]."""
+    if name == "W_skip":
+        if bool((t != 0).any()):
+            raise ValueError(
+                f"{file} holds a non-zero W_skip {tuple(t.shape)}: unsupported: skip connection "
+                f"(the SAE adds x @ W_skip.T to its reconstruction, which mechperm's SAE cannot "
+                f"express)"
+            )
+        return None  # an all-zero skip connection adds nothing
+    if name == "encoder.weight":
+        if t.ndim != 2:
+            raise ValueError(f"encoder.weight in {file} has shape {tuple(t.shape)}; expected 2-D (F, d)")
+        return t.T  # [F, d] → W_enc [d, F]; place() makes it contiguous
+    return t
 
 
 def _check_shapes(tensors: dict[str, torch.Tensor], file: Path) -> tuple[int, int]:
@@ -192,7 +177,7 @@ class SparsifyLoader:
         cfg_file, file = folder / CFG, folder / WEIGHTS
         cfg = read_json_object(cfg_file)
         k, transcode = _check_cfg(cfg, cfg_file)
-        tensors = _read_tensors(file, device, dtype)
+        tensors, _ = read_safetensors(file, device, dtype, _select, _check)
         require(tensors, TENSORS, file, "sparsify SparseCoder")
         d, F = _check_shapes(tensors, file)
         said_d, factor = cfg.get("d_in"), cfg.get("expansion_factor")
