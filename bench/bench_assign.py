@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import PEER_MAX_N, dense_problem, record, sizes
-from mechperm.assign import assign, assign_exact, sqdist_candidates, sqdist_pricer
+from mechperm.assign import assign, assign_exact
 
 PROVIDERS = ["mechperm", "scipy", "lapjv", "ortools"]
 
@@ -106,12 +106,14 @@ def _sparse_child(F: int, d: int, k: int, queue) -> None:
 
     from mechperm.synthetic import make_stack
 
+    from mechperm import kernels
+
     stack = make_stack(2, d, F, seed=0, heavy_tail=2.5, dead_rate=0.0)
-    a, b = (s.fold().W_dec.double().contiguous() for s in stack.saes)
+    a, b = (s.fold().W_dec.float().contiguous() for s in stack.saes)
     del stack
     t0 = time.perf_counter()
-    g = sqdist_candidates(a, b, k)
-    res = assign_exact(F, F, g, sqdist_pricer(a, b))
+    g = kernels.solver_graph(kernels.candidates(a, b, k=k), a, b)
+    res = assign_exact(F, F, g, kernels.row_pricer(a, b, 16))
     seconds = time.perf_counter() - t0
     rss = _peak_rss_gib()
     queue.put({"seconds": seconds, "objective": res.objective, "gap": res.gap,
@@ -121,9 +123,9 @@ def _sparse_child(F: int, d: int, k: int, queue) -> None:
 
 
 @pytest.mark.parametrize("F", sizes(16384, 65536))
-def test_sparse_exact_sqdist(benchmark, F):
+def test_sparse_exact_streamed(benchmark, F):
     """F x F exact assignment from a GEMM-streamed candidate graph (no dense matrix), d = 64,
-    float64 costs, k = 16, the pitfall's heavy tails: candidates, auction, bounds, pricing,
+    float32 costs from mechperm.kernels, k = 16, the pitfall's heavy tails: candidates, auction, bounds, pricing,
     warm restarts, certificate. Peak RSS of the child process is in extra_info."""
     pytest.importorskip("mechperm.synthetic")
     ctx = mp.get_context("spawn")

@@ -9,8 +9,10 @@ Three entry points, all returning an :class:`Assignment` with primal, duals and 
   cheap bounds on every pair left out, exact pricing of the rows that fail them, warm restarts
   until no pair of negative reduced cost is left. The result is the optimum of the *dense*
   problem with a dual certificate, in memory proportional to the graph.
-- :func:`sqdist_candidates`, :func:`sqdist_pricer` — candidates and pricing for squared
-  distances ``||a_i - b_j||^2`` by blocked torch GEMM (a stand-in until ``mechperm.kernels``).
+
+Candidate graphs and pricing callbacks for squared distances of vectors come from
+``mechperm.kernels`` (``candidates`` + ``solver_graph``, ``row_pricer``), which never hold the
+dense matrix.
 
 Conventions: minimisation unless ``maximize=True``; ``row_to_col[i] = j`` (``-1``: unmatched);
 for ``n > m`` every column is matched and rows may be left over. Duals ``(u, v)`` always refer to
@@ -769,112 +771,3 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
     timings["total"] = time.perf_counter() - t_start
     return _result(raw, sign=1.0, transposed=False, certified=certified and not slack_used,
                    rounds=rounds, n_edges=len(g.indices), stats=stats, timings=timings, dual=dual)
-
-
-# ---- squared-distance candidates without the dense matrix (torch, blocked) ---------------------
-
-
-def _sqdist_tiler(A: Any, B: Any, block_rows: int) -> Callable:
-    """tile(rows) -> [len(rows), m] tensor of ||a_i - b_j||^2 in a reused buffer (no page
-    faults from fresh allocations); rows a slice or an index tensor."""
-    import torch
-
-    an, bn = (A * A).sum(1), (B * B).sum(1)
-    buf = torch.empty((block_rows, B.shape[0]), dtype=A.dtype)
-    bt = B.T
-
-    def tile(rows: Any) -> Any:
-        a = A[rows]
-        out = buf[: a.shape[0]]
-        torch.addmm(bn[None, :].expand(a.shape[0], -1), a, bt, beta=1.0, alpha=-2.0, out=out)
-        return out.add_(an[rows][:, None])
-
-    return tile
-
-
-def _as_factor(X: Any, name: str) -> Any:
-    import torch
-
-    X = torch.as_tensor(X).detach().cpu()
-    if X.ndim != 2 or X.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{name} must be a 2-D float32/float64 tensor, got {tuple(X.shape)} {X.dtype}")
-    return X.contiguous()
-
-
-def sqdist_candidates(A: Any, B: Any, k: int = 16, *, block_rows: int = 1024,
-                      offsets: Optional[tuple] = None) -> CandidateGraph:
-    """Candidate graph of ``c_ij = ||a_i - b_j||^2`` from row tiles, never the full matrix.
-
-    Two blocked GEMM passes over ``A @ B.T``: row and column minima, then (in the native
-    ``CandidateBuilder``) the ``k`` cheapest columns of every row by ``c_ij - min_i c_ij``, the
-    ``k`` cheapest rows of every column by ``c_ij - min_j c_ij``, and the arcs ``(i, i)`` so that
-    a perfect matching exists (``n <= m``). Memory: O((n + m) k) plus one ``[block_rows, m]``
-    tile. Costs are computed in the dtype of ``A`` (use float64 for exactness).
-
-    Parameters
-    ----------
-    A, B : torch.Tensor or np.ndarray, [n, d] and [m, d], n <= m
-    k : int
-        Candidates per row and per column.
-    block_rows : int
-        Rows per GEMM tile.
-    offsets : (col_offset [m], row_offset [n]), optional
-        Select by ``c_ij - col_offset_j`` per row and ``c_ij - row_offset_i`` per column
-        instead (e.g. the duals ``(v, u)`` of a solve: selection by reduced cost); one GEMM
-        pass, no arcs ``(i, i)``. This is the ``rebuild`` of :func:`assign_exact`.
-    """
-    import torch
-
-    A, B = _as_factor(A, "A"), _as_factor(B, "B").to(_as_factor(A, "A").dtype)
-    n, m = A.shape[0], B.shape[0]
-    if offsets is not None:
-        tile = _sqdist_tiler(A, B, block_rows)
-        col_off, row_off = (np.ascontiguousarray(x, np.float64) for x in offsets)
-        builder = _auction.CandidateBuilder(n, m, k, k, col_off, row_off)
-        for r0 in range(0, n, block_rows):
-            builder.add(tile(slice(r0, min(n, r0 + block_rows))).numpy(), r0)
-        return _graph(builder.finish(False))
-    if A.shape[1] != B.shape[1] or n > m:
-        raise ValueError(f"need A [n, d], B [m, d] with n <= m; got {tuple(A.shape)}, {tuple(B.shape)}")
-    tile = _sqdist_tiler(A, B, block_rows)
-    rmin = torch.empty(n, dtype=torch.float64)
-    cmin = torch.full((m,), float("inf"), dtype=torch.float64)
-    for r0 in range(0, n, block_rows):
-        c = tile(slice(r0, min(n, r0 + block_rows)))
-        rmin[r0:r0 + len(c)] = c.min(1).values
-        torch.minimum(cmin, c.min(0).values.double(), out=cmin)
-    builder = _auction.CandidateBuilder(n, m, k, k, cmin.numpy(), rmin.numpy())
-    for r0 in range(0, n, block_rows):
-        builder.add(tile(slice(r0, min(n, r0 + block_rows))).numpy(), r0)
-    return _graph(builder.finish(True))
-
-
-def sqdist_pricer(A: Any, B: Any, *, block_rows: int = 512, max_per_row: int = 16) -> PriceRows:
-    """``price_rows`` callback for :func:`assign_exact` on ``c_ij = ||a_i - b_j||^2``.
-
-    Recomputes the requested rows by blocked GEMM (same arithmetic as
-    :func:`sqdist_candidates`) and returns, per row, the ``max_per_row`` pairs of smallest
-    reduced cost (whatever their sign; reduced costs in float64) plus the row's minimum.
-    """
-    import torch
-
-    A, B = _as_factor(A, "A"), _as_factor(B, "B").to(_as_factor(A, "A").dtype)
-    tile = _sqdist_tiler(A, B, block_rows)
-
-    def price(rows: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple:
-        rows = np.ascontiguousarray(rows, np.int64)
-        v = np.ascontiguousarray(v, np.float64)
-        parts, row_min = [], np.empty(len(rows))
-        for q0 in range(0, len(rows), block_rows):
-            r = rows[q0:q0 + block_rows]
-            c = tile(torch.from_numpy(r)).numpy()
-            pr, pc, pw, lo = _auction.dense_price(c, np.arange(len(r), dtype=np.int64),
-                                                  np.ascontiguousarray(u[r], np.float64), v,
-                                                  -np.inf, max_per_row)
-            parts.append((r[pr], pc, pw))
-            row_min[q0:q0 + len(r)] = lo
-        if not parts:
-            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), row_min
-        return (*(np.concatenate(x) for x in zip(*parts)), row_min)
-
-    return price

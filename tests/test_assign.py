@@ -21,8 +21,6 @@ from mechperm.assign import (
     assign,
     assign_exact,
     assign_sparse,
-    sqdist_candidates,
-    sqdist_pricer,
 )
 
 torch = pytest.importorskip("torch")
@@ -366,17 +364,32 @@ def test_dense_candidates_tiny_k_certified(k, dist):
 
 @pytest.mark.parametrize("k", [1, 2, 8])
 @pytest.mark.parametrize("shape", [(300, 300), (250, 320)])
-def test_assign_exact_sqdist_callback(k, shape):
+def test_assign_exact_from_streamed_kernels(k, shape):
+    """The loop fed by mechperm.kernels (candidate graph with its bounds, row pricing by GEMM)
+    on heavy-tailed vectors: the optimum of the same float32 dense matrix, certified."""
+    from mechperm import kernels
+
     rng = np.random.default_rng(k)
     n, m = shape
     X = rng.standard_normal((n, 16)) * np.exp(2.0 * rng.standard_normal((n, 1)))
     Y = rng.standard_normal((m, 16)) * np.exp(2.0 * rng.standard_normal((m, 1)))
-    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
-    g = sqdist_candidates(Xt, Yt, k, block_rows=64)
-    res = assign_exact(n, m, g, sqdist_pricer(Xt, Yt, block_rows=100))
-    C = torch.cdist(Xt, Yt).pow(2).numpy()
-    assert close(res.objective, scipy_objective(C), 1e-8)
+    A, B = torch.from_numpy(X).float(), torch.from_numpy(Y).float()
+    g = kernels.solver_graph(kernels.candidates(A, B, k=k, block_rows=64), A, B)
+    res = assign_exact(n, m, g, kernels.row_pricer(A, B, 16))
+    C = kernels.dense_costs(A, B).double().numpy()
+    assert close(res.objective, scipy_objective(C), 1e-9)
     assert res.certified and res.gap <= 1e-8 * res.objective
+
+
+def _reduced_cost_graph(C: np.ndarray, k: int, v: np.ndarray, u: np.ndarray) -> CandidateGraph:
+    """Per row the k cheapest by c_ij - v_j, per column by c_ij - u_i (the native builder)."""
+    n, m = C.shape
+    b = _auction.CandidateBuilder(n, m, k, k, np.ascontiguousarray(v, np.float64), np.ascontiguousarray(u, np.float64))
+    for r0 in range(0, n, 128):
+        b.add(np.ascontiguousarray(C[r0:r0 + 128]), r0)
+    d = b.finish(False)
+    return CandidateGraph(d["indptr"], d["indices"], d["costs"], d["row_bound"], d["col_bound"],
+                          d["row_offset"], d["col_offset"])
 
 
 def test_assign_exact_with_rebuild():
@@ -384,12 +397,18 @@ def test_assign_exact_with_rebuild():
     n = 600
     X = rng.standard_normal((n, 8)) * np.exp(2.0 * rng.standard_normal((n, 1)))
     Y = X[rng.permutation(n)] + 0.5 * rng.standard_normal((n, 8))
-    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
-    g = sqdist_candidates(Xt, Yt, 2, block_rows=128)
-    res = assign_exact(n, n, g, sqdist_pricer(Xt, Yt), max_new_per_row=4,
-                       rebuild=lambda u, v: sqdist_candidates(Xt, Yt, 4, offsets=(v, u)))
-    C = torch.cdist(Xt, Yt).pow(2).numpy()
-    assert close(res.objective, scipy_objective(C), 1e-8) and res.certified
+    C = ((X * X).sum(1)[:, None] + (Y * Y).sum(1)[None, :] - 2 * X @ Y.T).clip(0)
+    d = _auction.dense_candidates(C, 2, 2)
+    g = CandidateGraph(d["indptr"], d["indices"], d["costs"], d["row_bound"], d["col_bound"],
+                       d["row_offset"], d["col_offset"])
+
+    def price(rows, u, v):
+        return _auction.dense_price(C, np.ascontiguousarray(rows, np.int64), u, v, -np.inf, 4)
+
+    res = assign_exact(n, n, g, price, max_new_per_row=4,
+                       rebuild=lambda u, v: _reduced_cost_graph(C, 4, v, u))
+    assert close(res.objective, scipy_objective(C), 1e-9) and res.certified
+    assert res.stats["rebuilds"] >= 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

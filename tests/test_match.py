@@ -163,11 +163,29 @@ def test_invalid_features_counted(stack) -> None:
     assert r.stats["invalid_a"] >= 3
 
 
+def test_solver_graph_bounds_hold_for_every_pair_left_out(stack) -> None:
+    """kernels.solver_graph: row_cos / col_cos are each row's / column's k-th largest cosine, so
+    every pair left out has a cosine at most that, and the k-th costs bound its cost."""
+    A, B = kernels.matching_vectors(stack.saes[0]), kernels.matching_vectors(stack.saes[1])
+    g = kernels.candidates(A, B, k=5)
+    sg = kernels.solver_graph(g, A, B)
+    C = kernels.dense_costs(A, B).double().numpy()
+    na, nb = kernels.row_sq_norms(A).double().numpy(), kernels.row_sq_norms(B).double().numpy()
+    y, x = np.sqrt(na), np.sqrt(nb)
+    cos = (A.double() @ B.double().T).numpy() / np.maximum(y[:, None] * x[None, :], 1e-300)
+    out = np.ones_like(C, bool)
+    out[np.repeat(np.arange(len(y)), np.diff(sg.indptr)), sg.indices] = False
+    slack = 1e-5 * (na[:, None] + nb[None, :])
+    assert np.all(cos[out] <= np.broadcast_to(sg.row_cos[:, None], C.shape)[out] + 1e-5)
+    assert np.all(cos[out] <= np.broadcast_to(sg.col_cos[None, :], C.shape)[out] + 1e-5)
+    bound = np.maximum(sg.row_bound[:, None], sg.col_bound[None, :])
+    assert np.all(C[out] >= bound[out] - slack[out])
+    np.testing.assert_allclose(np.sort(sg.row_cos), np.sort(np.sort(cos, axis=1)[:, -5]), atol=1e-5)
+
+
 def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack) -> None:
     """The sparse path's pricing callback: per requested row, exactly the q pairs of smallest
     reduced cost (c - u) - v, whatever their sign, with the candidate graph's float32 costs."""
-    from mechperm.match import _row_pricer
-
     A, B = kernels.matching_vectors(stack.saes[0]), kernels.matching_vectors(stack.saes[1])
     C = kernels.dense_costs(A, B)
     rng = np.random.default_rng(0)
@@ -176,7 +194,7 @@ def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack) -> None:
     rows = np.sort(rng.choice(A.shape[0], size=40, replace=False))
     q = 7
     # max_tile of 16 rows: three blocks, the last one of 8 rows (padded for the GEMM)
-    r, c, w = _row_pricer(A, B, q, max_tile=16 * B.shape[0])(rows, u, v)
+    r, c, w = kernels.row_pricer(A, B, q, max_tile=16 * B.shape[0])(rows, u, v)
     red = (C.double().numpy() - u[:, None]) - v[None, :]
     assert np.array_equal(np.unique(r), rows) and np.bincount(r, minlength=A.shape[0])[rows].tolist() == [q] * 40
     for i in rows:
@@ -190,10 +208,8 @@ def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack) -> None:
 
 
 def test_row_pricer_edge_cases() -> None:
-    from mechperm.match import _row_pricer
-
     A, B = torch.randn(5, 8), torch.randn(3, 8)
-    price = _row_pricer(A, B, q=64)  # q > F_b: every column of the row
+    price = kernels.row_pricer(A, B, q=64)  # q > F_b: every column of the row
     r, c, w = price(np.array([1, 4]), np.zeros(5), np.zeros(3))
     assert sorted(zip(r.tolist(), c.tolist())) == [(i, j) for i in (1, 4) for j in range(3)]
     r, c, w = price(np.array([], dtype=np.int64), np.zeros(5), np.zeros(3))

@@ -15,7 +15,9 @@ from mechperm.kernels.candidates import (
     candidates,
     dense_costs,
     price,
+    row_pricer,
     row_sq_norms,
+    solver_graph,
 )
 from mechperm.kernels.features import fold_scale, matching_vectors
 
@@ -32,5 +34,7 @@ __all__ = [
     "fold_scale",
     "matching_vectors",
     "price",
+    "row_pricer",
     "row_sq_norms",
+    "solver_graph",
 ]
