@@ -135,29 +135,48 @@ SolveOptions make_options(const py::object& unmatched, const py::object& init_v,
     return opt;
 }
 
+// f(const float*) or f(const double*) on a C-contiguous float32/float64 array, with the GIL
+// released; any other dtype or layout is a ValueError naming the array.
+template <class F>
+Status with_floats(const py::array& a, const char* name, F&& f) {
+    if (is_c_array<float>(a)) {
+        const float* p = static_cast<const float*>(a.data());
+        py::gil_scoped_release release;
+        return f(p);
+    }
+    if (is_c_array<double>(a)) {
+        const double* p = static_cast<const double*>(a.data());
+        py::gil_scoped_release release;
+        return f(p);
+    }
+    throw py::value_error(std::string(name) + " must be a C-contiguous float32 or float64 array, got " +
+                          dtype_name(a));
+}
+
+// Options whose only job is to let Ctrl-C through.
+SolveOptions polled(PollState& poll) {
+    SolveOptions opt;
+    opt.poll = &poll_signals;
+    opt.poll_ctx = &poll;
+    return opt;
+}
+
+void require_2d(const py::array& a, const char* name) {
+    if (a.ndim() != 2)
+        throw py::value_error(std::string(name) + " must be 2-D, got " + std::to_string(a.ndim()) + "-D");
+}
+
 py::dict solve_dense_py(const py::array& cost, const py::object& unmatched,
                         const py::object& init_v, const py::object& init_r2c, double eps_start,
                         double eps_final, double eps_factor) {
-    if (cost.ndim() != 2)
-        throw py::value_error("cost must be 2-D, got " + std::to_string(cost.ndim()) + "-D");
+    require_2d(cost, "cost");
     const int64_t n = cost.shape(0), m = cost.shape(1);
     PollState poll;
     SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
                                     eps_factor, poll);
     Outputs o(n, m, opt.unmatched_cost != nullptr);
-    Status st;
-    if (is_c_array<float>(cost)) {
-        const float* c = require<float>(cost, "cost", 2);
-        py::gil_scoped_release release;
-        st = solve_dense(c, n, m, opt, o.out);
-    } else if (is_c_array<double>(cost)) {
-        const double* c = require<double>(cost, "cost", 2);
-        py::gil_scoped_release release;
-        st = solve_dense(c, n, m, opt, o.out);
-    } else {
-        throw py::value_error("cost must be a C-contiguous float32 or float64 array, got " +
-                              dtype_name(cost));
-    }
+    const Status st =
+        with_floats(cost, "cost", [&](const auto* c) { return solve_dense(c, n, m, opt, o.out); });
     raise_status(st, o.out.message, poll);
     return o.result();
 }
@@ -259,29 +278,16 @@ py::array_t<V> to_numpy(std::vector<V>&& vec) {
 }
 
 py::dict dense_candidates_py(const py::array& cost, int64_t k_row, int64_t k_col) {
-    if (cost.ndim() != 2)
-        throw py::value_error("cost must be 2-D, got " + std::to_string(cost.ndim()) + "-D");
+    require_2d(cost, "cost");
     const int64_t n = cost.shape(0), m = cost.shape(1);
     if (n > m) throw py::value_error("dense_candidates needs n <= m; transpose the problem");
     if (k_row < 0 || k_col < 0) throw py::value_error("k must be non-negative");
     PollState poll;
-    SolveOptions opt;
-    opt.poll = &poll_signals;
-    opt.poll_ctx = &poll;
+    const SolveOptions opt = polled(poll);
     Candidates out;
-    Status st;
-    if (is_c_array<float>(cost)) {
-        const float* c = static_cast<const float*>(cost.data());
-        py::gil_scoped_release release;
-        st = dense_candidates(c, n, m, k_row, k_col, opt, out);
-    } else if (is_c_array<double>(cost)) {
-        const double* c = static_cast<const double*>(cost.data());
-        py::gil_scoped_release release;
-        st = dense_candidates(c, n, m, k_row, k_col, opt, out);
-    } else {
-        throw py::value_error("cost must be a C-contiguous float32 or float64 array, got " +
-                              dtype_name(cost));
-    }
+    const Status st = with_floats(cost, "cost", [&](const auto* c) {
+        return dense_candidates(c, n, m, k_row, k_col, opt, out);
+    });
     raise_status(st, "cost contains NaN or infinity", poll);
     return candidates_dict(out);
 }
@@ -303,22 +309,9 @@ void builder_add(CandidateBuilder& self, const py::array& tile, int64_t r0) {
     if (r0 < 0 || r0 + rows > self.n())
         throw py::value_error("tile rows out of range [0, " + std::to_string(self.n()) + ")");
     PollState poll;
-    SolveOptions opt;
-    opt.poll = &poll_signals;
-    opt.poll_ctx = &poll;
-    Status st;
-    if (is_c_array<float>(tile)) {
-        const float* c = static_cast<const float*>(tile.data());
-        py::gil_scoped_release release;
-        st = self.add(c, r0, rows, opt);
-    } else if (is_c_array<double>(tile)) {
-        const double* c = static_cast<const double*>(tile.data());
-        py::gil_scoped_release release;
-        st = self.add(c, r0, rows, opt);
-    } else {
-        throw py::value_error("tile must be a C-contiguous float32 or float64 array, got " +
-                              dtype_name(tile));
-    }
+    const SolveOptions opt = polled(poll);
+    const Status st =
+        with_floats(tile, "tile", [&](const auto* c) { return self.add(c, r0, rows, opt); });
     raise_status(st, "cost contains NaN or infinity", poll);
 }
 
@@ -345,33 +338,20 @@ py::dict builder_finish(CandidateBuilder& self, bool diagonal) {
 
 py::tuple dense_price_py(const py::array& cost, const py::array& rows, const py::array& u,
                          const py::array& v, double tol, int64_t max_per_row) {
-    if (cost.ndim() != 2)
-        throw py::value_error("cost must be 2-D, got " + std::to_string(cost.ndim()) + "-D");
+    require_2d(cost, "cost");
     const int64_t n = cost.shape(0), m = cost.shape(1);
     const int64_t* r = require<int64_t>(rows, "rows", 1);
     const int64_t nr = rows.shape(0);
     const double* up = require<double>(u, "u", 1, n);
     const double* vp = require<double>(v, "v", 1, m);
     PollState poll;
-    SolveOptions opt;
-    opt.poll = &poll_signals;
-    opt.poll_ctx = &poll;
+    const SolveOptions opt = polled(poll);
     Priced out;
     py::array_t<double> row_min(nr);
     double* rm = row_min.mutable_data();
-    Status st;
-    if (is_c_array<float>(cost)) {
-        const float* c = static_cast<const float*>(cost.data());
-        py::gil_scoped_release release;
-        st = dense_price(c, n, m, r, nr, up, vp, tol, max_per_row, opt, out, rm);
-    } else if (is_c_array<double>(cost)) {
-        const double* c = static_cast<const double*>(cost.data());
-        py::gil_scoped_release release;
-        st = dense_price(c, n, m, r, nr, up, vp, tol, max_per_row, opt, out, rm);
-    } else {
-        throw py::value_error("cost must be a C-contiguous float32 or float64 array, got " +
-                              dtype_name(cost));
-    }
+    const Status st = with_floats(cost, "cost", [&](const auto* c) {
+        return dense_price(c, n, m, r, nr, up, vp, tol, max_per_row, opt, out, rm);
+    });
     raise_status(st, "rows out of range", poll);
     return py::make_tuple(to_numpy(std::move(out.rows)), to_numpy(std::move(out.cols)),
                           to_numpy(std::move(out.costs)), row_min);
@@ -379,31 +359,18 @@ py::tuple dense_price_py(const py::array& cost, const py::array& rows, const py:
 
 py::array_t<double> dense_margins_py(const py::array& cost, const py::array& row_to_col,
                                      const py::array& u, const py::array& v) {
-    if (cost.ndim() != 2)
-        throw py::value_error("cost must be 2-D, got " + std::to_string(cost.ndim()) + "-D");
+    require_2d(cost, "cost");
     const int64_t n = cost.shape(0), m = cost.shape(1);
     const int64_t* r2c = require<int64_t>(row_to_col, "row_to_col", 1, n);
     const double* up = require<double>(u, "u", 1, n);
     const double* vp = require<double>(v, "v", 1, m);
     PollState poll;
-    SolveOptions opt;
-    opt.poll = &poll_signals;
-    opt.poll_ctx = &poll;
+    const SolveOptions opt = polled(poll);
     py::array_t<double> out(n);
     double* o = out.mutable_data();
-    Status st;
-    if (is_c_array<float>(cost)) {
-        const float* c = static_cast<const float*>(cost.data());
-        py::gil_scoped_release release;
-        st = dense_margins(c, n, m, r2c, up, vp, opt, o);
-    } else if (is_c_array<double>(cost)) {
-        const double* c = static_cast<const double*>(cost.data());
-        py::gil_scoped_release release;
-        st = dense_margins(c, n, m, r2c, up, vp, opt, o);
-    } else {
-        throw py::value_error("cost must be a C-contiguous float32 or float64 array, got " +
-                              dtype_name(cost));
-    }
+    const Status st = with_floats(cost, "cost", [&](const auto* c) {
+        return dense_margins(c, n, m, r2c, up, vp, opt, o);
+    });
     raise_status(st, "row_to_col out of range", poll);
     return out;
 }
