@@ -196,6 +196,7 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
     g = kernels.candidates(A, B, k=k)
     t_cand = time.perf_counter() - t0
     graph = kernels.solver_graph(g, A, B)
+    graph, zero_arcs = _zero_vector_arcs(graph, A, B, k)
     completion = 0
     if lam is None:
         graph, completion = _complete(graph, A, B)
@@ -222,7 +223,7 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
     rows = np.repeat(np.arange(n), np.diff(graph.indptr))
     margin = _margins(res.row_to_col, rows, graph.indices, graph.costs, res.u, res.v, n)
     graph_stats = {"candidate_edges": g.num_edges, "cos_only_edges": g.stats.cos_only, "candidates_k": g.k,
-                   "completion_edges": completion}
+                   "zero_vector_edges": zero_arcs, "completion_edges": completion}
     if transposed:
         res.row_to_col, res.col_to_row = res.col_to_row, res.row_to_col
         res.u, res.v = res.v, res.u
@@ -236,8 +237,9 @@ def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor) -> tuple[solve
 
     Why: on such a graph the exact loop falls back to slack columns at a huge cost, whose duals
     defeat the bounds and slow the auction down (F = 8192, d = 2304, candidates_k = 2: 33 rows
-    short, 496 s with slack, 137 s completed; F = 65536 at the default k: 30 rows short, 99 % of
-    the rows priced in round 1 with slack). The arcs are pairs like any other: the loop prices
+    short, 496 s with slack, 137 s completed). The forced arcs still distort the first duals
+    (many rows then fail their bounds), so the common cause, tied zero vectors, gets its own
+    arcs first (:func:`_zero_vector_arcs`). The arcs are pairs like any other: the loop prices
     the pairs left out as before, so the optimum does not change.
     """
     n, m = A.shape[0], B.shape[0]
@@ -258,15 +260,57 @@ def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor) -> tuple[solve
         new_r.append(np.repeat(r, len(c)))
         new_c.append(np.tile(c, len(r)))
         new_w.append(cost.cpu().numpy().reshape(-1).astype(graph.costs.dtype))
+    return _add_arcs(graph, np.concatenate(new_r), np.concatenate(new_c), np.concatenate(new_w), m)
+
+
+def _add_arcs(graph: solver.CandidateGraph, rows, cols, costs, m: int) -> tuple[solver.CandidateGraph, int]:
+    """The graph plus the arcs (rows, cols) not in it yet, CSR sorted by (row, column)."""
+    n = len(graph.indptr) - 1
     old_rows = np.repeat(np.arange(n), np.diff(graph.indptr))
-    rows = np.concatenate([old_rows, *new_r])
-    cols = np.concatenate([graph.indices.astype(np.int64), *new_c])
-    costs = np.concatenate([graph.costs, *new_w])
-    order = np.argsort(rows * m + cols, kind="stable")  # the loop expects columns sorted per row
+    r = np.concatenate([old_rows, rows])
+    c = np.concatenate([graph.indices.astype(np.int64), cols])
+    w = np.concatenate([graph.costs, np.asarray(costs, graph.costs.dtype)])
+    _, first = np.unique(r * m + c, return_index=True)  # sorted keys; the graph's copy first
     indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    done = dataclasses.replace(graph, indptr=indptr, indices=cols[order], costs=costs[order])
-    return done, len(rows) - len(old_rows)
+    np.cumsum(np.bincount(r[first], minlength=n), out=indptr[1:])
+    done = dataclasses.replace(graph, indptr=indptr, indices=c[first], costs=w[first])
+    return done, len(first) - len(old_rows)
+
+
+def _zero_vector_arcs(graph: solver.CandidateGraph, A: Tensor, B: Tensor, k: int) -> tuple[solver.CandidateGraph, int]:
+    """Arcs for zero matching vectors (dead features with an all-zero decoder row).
+
+    A zero row costs |b_j|² against every column: all its pairs tie with those of every other
+    zero row, the kernels keep the same k columns for each, and hundreds of them then share a
+    few columns. The graph has no assignment of every row, and the completion's forced arcs
+    wreck the duals (F = 65536, d = 2304, 655 dead features: 30 rows short, 55k of 65k rows
+    priced in round 1). Zero row t (in index order) gets instead the columns t .. t + k − 1
+    in order of |b_j|² (cheapest first): a staircase, so the zero rows can be matched apart;
+    zero columns likewise.
+    """
+    na, nb = kernels.row_sq_norms(A), kernels.row_sq_norms(B)
+    n, m = A.shape[0], B.shape[0]
+    add_r, add_c = [], []
+    for zero, other, by_row in ((na == 0, nb, True), (nb == 0, na, False)):
+        z = zero.nonzero().squeeze(1).cpu().numpy()
+        if len(z) == 0:
+            continue
+        order = torch.argsort(other, stable=True).cpu().numpy()
+        width = min(k, len(order))
+        start = np.minimum(np.arange(len(z)), len(order) - width)
+        partner = order[start[:, None] + np.arange(width)[None, :]]
+        own = np.repeat(z, width)
+        r, c = (own, partner.reshape(-1)) if by_row else (partner.reshape(-1), own)
+        add_r.append(r)
+        add_c.append(c)
+    if not add_r:
+        return graph, 0
+    rows, cols = np.concatenate(add_r), np.concatenate(add_c)
+    dev = A.device
+    ri, ci = torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)
+    # Same arithmetic as the kernels: |a|² + |b|² − 2⟨a, b⟩ with ⟨a, b⟩ = 0, clamped at 0.
+    costs = (na[ri] + nb[ci]).clamp_min(0).cpu().numpy()
+    return _add_arcs(graph, rows, cols, costs, m)
 
 
 def _nearest(A: Tensor, B: Tensor, k: int, block_rows: int = 1024) -> tuple[Tensor, Tensor]:

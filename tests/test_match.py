@@ -247,3 +247,16 @@ def test_sparse_path_completes_an_infeasible_candidate_graph() -> None:
     r = match(a, wide, dense_limit=0, candidates_k=1)
     assert r.certified and r.objective == pytest.approx(_scipy_objective(a, wide), rel=1e-9)
     assert r.n_matched == a.d_sae
+
+
+def test_sparse_path_gives_tied_zero_vectors_their_own_arcs() -> None:
+    """Many dead features with all-zero decoder rows: their pairs all tie, and without a
+    staircase of their own they would crowd onto the same few columns (an infeasible graph
+    that the completion patches with forced arcs). With it: no completion, same optimum."""
+    st = make_stack(2, d=32, F=1024, seed=7, dead_rate=0.5, dead_modes=("zero_row",))  # without: 254k completion arcs
+    a, b = st.saes
+    assert int((kernels.row_sq_norms(kernels.matching_vectors(a)) == 0).sum()) > 200
+    r = match(a, b, dense_limit=0, candidates_k=4)
+    assert r.stats["zero_vector_edges"] > 0 and r.stats["completion_edges"] == 0
+    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b), rel=1e-9)
+    _valid_partial_perm(r.perm, b.d_sae)
