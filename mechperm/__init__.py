@@ -9,7 +9,7 @@ __version__ = "0.1.0"  # before the imports: run.py and cli.py read it
 from mechperm.evaluate import evaluate_skip_layers, pair_metrics
 from mechperm.export import export_aligned
 from mechperm.formats import load_sae, load_stack, save_saelens
-from mechperm.match import identity_match, match
+from mechperm.match import identity_match, match, match_vectors
 from mechperm.result import MatchResult, compose
 from mechperm.run import load_run, run_stack
 from mechperm.sae import SAE, SAEInfo
@@ -32,6 +32,7 @@ __all__ = [
     "make_stack",
     "match",
     "match_stack",
+    "match_vectors",
     "pair_metrics",
     "run_stack",
     "save_saelens",

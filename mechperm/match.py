@@ -17,6 +17,7 @@ from torch import Tensor
 from mechperm import _auction
 from mechperm import assign as solver
 from mechperm import kernels
+from mechperm.kernels.candidates import _check_vectors
 from mechperm.kernels.features import On
 from mechperm.result import MatchResult
 from mechperm.sae import SAE
@@ -29,6 +30,10 @@ DENSE_LIMIT = 16384 * 16384
 pair). Measured on ``make_stack(2, d=2304)``, CPU, 1 thread, dense vs sparse end to end:
 F = 8192 5.5 s vs 7.7 s; F = 16384 22.3 s (1.6× one GEMM) vs 38.4 s. Beyond it the sparse
 path holds O(F·k) plus a tile, whatever F."""
+DENSE_LIMIT_CUDA = 4096 * 4096
+"""The same on CUDA, where the GEMM is cheap and the CPU auction on the dense matrix (plus its
+copy to the host) is what costs: the sparse path from 4096² on. Not yet measured on a GPU (no
+device lent so far): CPU measurements put the two paths level at this size."""
 PRICE_PER_ROW = 64
 """Pairs of smallest reduced cost the sparse path's pricing returns per priced row (measured:
 16 → 10 rounds, 64 → 6 at F = 4096; 128 and 256 no fewer)."""
@@ -40,13 +45,15 @@ def _check_options(sae_a: SAE, sae_b: SAE, on: str, metric: str, mode: str, k: i
             f"cannot match SAEs of different widths: d={sae_a.d_in} ({sae_a.info.source or 'A'}) "
             f"vs d={sae_b.d_in} ({sae_b.info.source or 'B'})"
         )
-    for name, value, choices in (
-        ("on", on, ("decoder", "encoder", "both")),
-        ("metric", metric, ("mse", "cosine")),
-        ("mode", mode, ("bijective", "partial", "topk", "identity")),
-    ):
+    for name, value, choices in (("on", on, ("decoder", "encoder", "both")), ("metric", metric, ("mse", "cosine"))):
         if value not in choices:
             raise ValueError(f"{name}={value!r}: choose one of {choices}")
+    _check_mode(mode, k, threshold)
+
+
+def _check_mode(mode: str, k: int | None, threshold) -> None:
+    if mode not in ("bijective", "partial", "topk", "identity"):
+        raise ValueError(f"mode={mode!r}: choose one of ('bijective', 'partial', 'topk', 'identity')")
     if mode == "partial" and (threshold is None or not np.isfinite(threshold)):
         raise ValueError("mode='partial' needs a finite threshold: the cost of leaving a feature without counterpart")
     if mode == "topk" and (k is None or int(k) < 1):
@@ -65,7 +72,7 @@ def match(
     threshold: float | None = None,
     device: torch.device | str | None = None,
     candidates_k: int = 64,
-    dense_limit: int = DENSE_LIMIT,
+    dense_limit: int | None = None,
     progress: bool = False,
 ) -> MatchResult:
     """Match the features of ``sae_a`` to those of ``sae_b`` from their weights alone.
@@ -99,8 +106,9 @@ def match(
         Cheapest (and most cosine-similar) partners per row and per column in the sparse path
         (64: fewer rows fail the certificate's bounds than with 32, 12 % faster end to end at
         F = 8192 and 16384, d = 2304; the result does not depend on it).
-    dense_limit : int
-        F_a · F_b up to which the dense cost matrix is used.
+    dense_limit : int, optional
+        F_a · F_b up to which the dense cost matrix is used (default: ``DENSE_LIMIT`` on the
+        CPU, ``DENSE_LIMIT_CUDA`` on CUDA).
     progress : bool
         Show a tqdm bar over the certificate's pricing rounds (sparse path).
 
@@ -112,18 +120,55 @@ def match(
     """
     _check_options(sae_a, sae_b, on, metric, mode, k, threshold)
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     device = torch.device(device) if device is not None else sae_a.device
     A = kernels.matching_vectors(sae_a, on=on, fold=fold, normalize=metric == "cosine", device=device)
     B = kernels.matching_vectors(sae_b, on=on, fold=fold, normalize=metric == "cosine", device=device)
-    timings["features"] = time.perf_counter() - t_start
-    Fa, Fb = A.shape[0], B.shape[0]
-    options = dict(on=on, fold=fold, metric=metric, mode=mode, k=k, threshold=threshold,
-                   candidates_k=candidates_k, device=str(device))
-    stats: dict = {"F_a": Fa, "F_b": Fb, "D": int(A.shape[1])}
+    t_features = time.perf_counter() - t_start
+    res = match_vectors(A, B, mode=mode, k=k, threshold=threshold, candidates_k=candidates_k,
+                        dense_limit=dense_limit, progress=progress)
+    res.options = dict(on=on, fold=fold, metric=metric, mode=mode, k=k, threshold=threshold,
+                       candidates_k=candidates_k, device=str(device))
     if fold:
-        stats["invalid_a"] = int(sae_a.invalid_features().sum())
-        stats["invalid_b"] = int(sae_b.invalid_features().sum())
+        res.stats["invalid_a"] = int(sae_a.invalid_features().sum())
+        res.stats["invalid_b"] = int(sae_b.invalid_features().sum())
+    res.timings = {"features": t_features, **res.timings, "total": time.perf_counter() - t_start}
+    return res
+
+
+def match_vectors(
+    A: Tensor,
+    B: Tensor,
+    *,
+    mode: Mode = "bijective",
+    k: int | None = None,
+    threshold: float | None = None,
+    candidates_k: int = 64,
+    dense_limit: int | None = None,
+    progress: bool = False,
+) -> MatchResult:
+    """Match the rows of ``A`` to the rows of ``B`` by squared Euclidean distance: the engine
+    behind :func:`match`, for callers that build their own vectors (another folding, another
+    model's features; see :func:`kernels.matching_vectors`).
+
+    Parameters
+    ----------
+    A, B : Tensor [F_a, D], [F_b, D]
+        float32 / bfloat16 / float16 on one device (the cost kernels run there; Triton on CUDA).
+    mode, k, threshold, candidates_k, dense_limit, progress
+        As in :func:`match` (``mode="identity"`` pairs row i with row i).
+
+    Returns
+    -------
+    MatchResult
+        As :func:`match`; ``options`` holds the options given here.
+    """
+    _check_vectors(A, B)
+    _check_mode(mode, k, threshold)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    Fa, Fb = A.shape[0], B.shape[0]
+    options = dict(mode=mode, k=k, threshold=threshold, candidates_k=candidates_k, device=str(A.device))
+    stats: dict = {"F_a": Fa, "F_b": Fb, "D": int(A.shape[1])}
 
     neighbors = neighbor_costs = None
     margin = torch.full((Fa,), float("nan"))
@@ -140,6 +185,8 @@ def match(
     else:
         lam = float(threshold) if mode == "partial" else None
         t0 = time.perf_counter()
+        if dense_limit is None:
+            dense_limit = DENSE_LIMIT_CUDA if A.device.type == "cuda" else DENSE_LIMIT
         if Fa * Fb <= dense_limit:
             res, margin = _solve_dense(A, B, lam)
         else:

@@ -260,3 +260,19 @@ def test_sparse_path_gives_tied_zero_vectors_their_own_arcs() -> None:
     assert r.stats["zero_vector_edges"] > 0 and r.stats["completion_edges"] == 0
     assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b), rel=1e-9)
     _valid_partial_perm(r.perm, b.d_sae)
+
+
+def test_match_vectors_is_matchs_engine(stack) -> None:
+    """match_vectors on the matching vectors = match on the SAEs; bad vectors are refused."""
+    from mechperm import match_vectors
+
+    a, b = stack.saes[0], stack.saes[1]
+    A, B = kernels.matching_vectors(a), kernels.matching_vectors(b)
+    for kw in ({}, {"dense_limit": 0}, {"mode": "topk", "k": 3}, {"mode": "partial", "threshold": 0.5}):
+        r, v = match(a, b, **kw), match_vectors(A, B, **kw)
+        assert torch.equal(r.perm, v.perm) and r.objective == v.objective
+        assert v.options["mode"] == kw.get("mode", "bijective")
+    with pytest.raises(ValueError, match="expected 2-D"):
+        match_vectors(A[0], B)
+    with pytest.raises(ValueError, match="mode="):
+        match_vectors(A, B, mode="greedy")
