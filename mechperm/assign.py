@@ -569,7 +569,7 @@ _EUCLID_SLACK = 1e-5  # relative to |a|² + |b|²: float32 rounding of the GEMM 
 
 def _euclidean_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Per row, a lower bound on c_ij − u_i − v_j over the pairs left out, from
-    c_ij >= (1 − slack)(y_i² + x_j²) − 2 y_i x_j cos with cos <= row_cos[i] or <= col_cos[j]
+    c_ij >= (1 − slack)(y_i² + x_j²) − 2 y_i x_j cos with cos <= row_cos[i] and <= col_cos[j]
     (y, x the norms): min over j of lines in y_i (or in y_i·row_cos[i]), one lower envelope."""
     y, x = g.row_norm, g.col_norm
     keep = 1.0 - _EUCLID_SLACK
