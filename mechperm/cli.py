@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threshold", type=float, default=None, help="no-counterpart cost for --mode partial")
     m.add_argument("--neighbors", type=int, default=5, help="neighbours per feature for --mode topk (default 5)")
     m.add_argument("--no-fold", action="store_true", help="match unfolded weights (the baseline)")
-    m.add_argument("--k", type=int, default=32, help="candidates per row and column for large F (default 32)")
+    m.add_argument("--k", type=int, default=64, help="candidates per row and column for large F (default 64, as match())")
     m.add_argument("--pairs", choices=("adjacent", "all"), default="adjacent", help="default adjacent")
     m.add_argument("--device", default=None, help="where the cost kernels run, e.g. cuda (default cpu)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
