@@ -253,7 +253,7 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(desc=f"certificate rounds ({n}×{m})", unit="round", leave=False)
+        bar = tqdm(desc=f"certificate pricing ({n}×{m})", unit="pass", leave=False)
         inner = pricer
 
         def pricer(rows: np.ndarray, u: np.ndarray, v: np.ndarray):

@@ -24,7 +24,9 @@ class MatchResult:
     cosine: Tensor
     """float32 [F_a]: cosine similarity of the matched pair's vectors."""
     margin: Tensor
-    """float32 [F_a]: how much more the best alternative would cost, from the duals (≥ 0)."""
+    """float32 [F_a]: how much more the best alternative would cost, in reduced costs at the
+    optimal duals (≥ 0). Sparse path (F_a · F_b above the dense limit): the minimum over the
+    initial candidate graph's pairs, an upper bound where a pair outside it is closer."""
     objective: float
     """Sum of the matched costs (plus the no-counterpart cost per unmatched row in partial mode)."""
     gap: float

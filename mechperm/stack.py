@@ -196,7 +196,7 @@ def match_stack(
 
         from mechperm.match import match
 
-        matcher = partial(match, progress=progress)  # a bar over certificate rounds, too
+        matcher = partial(match, progress=progress)  # a bar over certificate pricing passes, too
     todo = resolve_pairs(len(saes), pairs)
     results = dict(done or {})
     iterator: Iterable[tuple[int, int]] = [p for p in todo if p not in results]
