@@ -151,6 +151,11 @@ class CandidateGraph:
     row_cos: Optional[np.ndarray] = None
     col_cos: Optional[np.ndarray] = None
 
+    def with_arcs(self, rows: np.ndarray, cols: np.ndarray, costs: np.ndarray) -> "CandidateGraph":
+        """The graph plus the arcs not in it yet (CSR sorted by row, then column; bounds kept)."""
+        return _merge(self, np.asarray(rows, np.int64), np.asarray(cols, np.int64), costs,
+                      len(self.indptr) - 1)
+
 
 # ---- validation -------------------------------------------------------------------------------
 

@@ -307,21 +307,8 @@ def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor) -> tuple[solve
         new_r.append(np.repeat(r, len(c)))
         new_c.append(np.tile(c, len(r)))
         new_w.append(cost.cpu().numpy().reshape(-1).astype(graph.costs.dtype))
-    return _add_arcs(graph, np.concatenate(new_r), np.concatenate(new_c), np.concatenate(new_w), m)
-
-
-def _add_arcs(graph: solver.CandidateGraph, rows, cols, costs, m: int) -> tuple[solver.CandidateGraph, int]:
-    """The graph plus the arcs (rows, cols) not in it yet, CSR sorted by (row, column)."""
-    n = len(graph.indptr) - 1
-    old_rows = np.repeat(np.arange(n), np.diff(graph.indptr))
-    r = np.concatenate([old_rows, rows])
-    c = np.concatenate([graph.indices.astype(np.int64), cols])
-    w = np.concatenate([graph.costs, np.asarray(costs, graph.costs.dtype)])
-    _, first = np.unique(r * m + c, return_index=True)  # sorted keys; the graph's copy first
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(r[first], minlength=n), out=indptr[1:])
-    done = dataclasses.replace(graph, indptr=indptr, indices=c[first], costs=w[first])
-    return done, len(first) - len(old_rows)
+    done = graph.with_arcs(np.concatenate(new_r), np.concatenate(new_c), np.concatenate(new_w))
+    return done, len(done.indices) - len(graph.indices)
 
 
 def _zero_vector_arcs(graph: solver.CandidateGraph, A: Tensor, B: Tensor, k: int) -> tuple[solver.CandidateGraph, int]:
@@ -336,7 +323,6 @@ def _zero_vector_arcs(graph: solver.CandidateGraph, A: Tensor, B: Tensor, k: int
     zero columns likewise.
     """
     na, nb = kernels.row_sq_norms(A), kernels.row_sq_norms(B)
-    n, m = A.shape[0], B.shape[0]
     add_r, add_c = [], []
     for zero, other, by_row in ((na == 0, nb, True), (nb == 0, na, False)):
         z = zero.nonzero().squeeze(1).cpu().numpy()
@@ -357,7 +343,8 @@ def _zero_vector_arcs(graph: solver.CandidateGraph, A: Tensor, B: Tensor, k: int
     ri, ci = torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)
     # Same arithmetic as the kernels: |a|² + |b|² − 2⟨a, b⟩ with ⟨a, b⟩ = 0, clamped at 0.
     costs = (na[ri] + nb[ci]).clamp_min(0).cpu().numpy()
-    return _add_arcs(graph, rows, cols, costs, m)
+    done = graph.with_arcs(rows, cols, costs)
+    return done, len(done.indices) - len(graph.indices)
 
 
 def _nearest(A: Tensor, B: Tensor, k: int, block_rows: int = 1024) -> tuple[Tensor, Tensor]:
