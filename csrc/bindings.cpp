@@ -13,6 +13,7 @@
 #include <string>
 
 #include "auction.hpp"
+#include "screen.hpp"
 
 namespace py = pybind11;
 using namespace mechperm;
@@ -396,6 +397,91 @@ py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, cons
     return out;
 }
 
+
+py::array_t<float> screen_costs_py(const py::array& a16, const py::array& b16, const py::array& na,
+                                   const py::array& nb, int threads) {
+    const uint16_t* a = require<uint16_t>(a16, "a16", 2);
+    const uint16_t* b = require<uint16_t>(b16, "b16", 2);
+    const int64_t n = a16.shape(0), m = b16.shape(0), d = a16.shape(1);
+    if (b16.shape(1) != d)
+        throw py::value_error("a16 and b16 must have the same width, got " + std::to_string(d) +
+                              " and " + std::to_string(b16.shape(1)));
+    const float* nap = require<float>(na, "na", 1, n);
+    const float* nbp = require<float>(nb, "nb", 1, m);
+    py::array_t<float> out({n, m});
+    float* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        screen_costs(a, n, b, m, d, nap, nbp, o, std::max(1, threads));
+    }
+    return out;
+}
+
+ScreenSide side_stats(const py::array& stats, const char* name, int64_t len) {
+    const double* s = require<double>(stats, name, 2, 4);
+    if (stats.shape(1) != len)
+        throw py::value_error(std::string(name) + " must be [4, " + std::to_string(len) + "], got [4, " +
+                              std::to_string(stats.shape(1)) + "]");
+    return ScreenSide{s, s + len, s + 2 * len, s + 3 * len};
+}
+
+py::tuple screen_lower_bounds_py(py::array& cost, const py::array& a_stats, const py::array& b_stats,
+                                 double gamma, double abs_slack, const py::array& u,
+                                 const py::array& v, double tau) {
+    require<float>(cost, "cost", 2);
+    if (!cost.writeable()) throw py::value_error("cost must be writeable (it is updated in place)");
+    const int64_t n = cost.shape(0), m = cost.shape(1);
+    const ScreenSide sa = side_stats(a_stats, "a_stats", n), sb = side_stats(b_stats, "b_stats", m);
+    const double* up = require<double>(u, "u", 1, n);
+    const double* vp = require<double>(v, "v", 1, m);
+    float* c = static_cast<float*>(cost.mutable_data());
+    std::vector<int64_t> rows, cols;
+    {
+        py::gil_scoped_release release;
+        screen_lower_bounds(c, n, m, sa, sb, gamma, abs_slack, up, vp, tau, rows, cols);
+    }
+    return py::make_tuple(to_numpy(std::move(rows)), to_numpy(std::move(cols)));
+}
+
+py::tuple screen_side_py(const py::array& x, const py::array& sq_norm, int threads) {
+    const float* xp = require<float>(x, "x", 2);
+    const int64_t F = x.shape(0), D = x.shape(1), dp = D + (D % 2);
+    const float* sq = require<float>(sq_norm, "sq_norm", 1, F);
+    py::array_t<uint16_t> bits({F, dp});
+    py::array_t<double> stats({int64_t(4), F});
+    uint16_t* b = bits.mutable_data();
+    double* st = stats.mutable_data();
+    int64_t bad;
+    {
+        py::gil_scoped_release release;
+        bad = screen_side(xp, F, D, dp, sq, b, st, std::max(1, threads));
+    }
+    return py::make_tuple(bits, stats, bad);
+}
+
+py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const py::array& rows,
+                                 const py::array& cols) {
+    const float* ap = require<float>(a, "a", 2);
+    const float* bp = require<float>(b, "b", 2);
+    const int64_t d = a.shape(1);
+    if (b.shape(1) != d)
+        throw py::value_error("a and b must have the same width, got " + std::to_string(d) + " and " +
+                              std::to_string(b.shape(1)));
+    const int64_t* r = require<int64_t>(rows, "rows", 1);
+    const int64_t count = rows.shape(0);
+    const int64_t* c = require<int64_t>(cols, "cols", 1, count);
+    for (int64_t t = 0; t < count; ++t)
+        if (r[t] < 0 || r[t] >= a.shape(0) || c[t] < 0 || c[t] >= b.shape(0))
+            throw py::value_error("pair " + std::to_string(t) + " (" + std::to_string(r[t]) + ", " +
+                                  std::to_string(c[t]) + ") is out of range");
+    py::array_t<double> out(count);
+    double* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        pair_dots(ap, bp, d, r, c, count, o);
+    }
+    return out;
+}
 }  // namespace
 
 PYBIND11_MODULE(_auction, m) {
@@ -437,6 +523,22 @@ PYBIND11_MODULE(_auction, m) {
              "Offer rows r0 .. r0+len(tile)-1 (C-contiguous float32/float64 [rows, m]).")
         .def("finish", &builder_finish, py::arg("diagonal") = true,
              "The CSR graph and bounds as a dict (indptr, indices, costs, row_bound, ...).");
+    m.def("screen_side", &screen_side_py, py::arg("x"), py::arg("sq_norm"), py::arg("threads") = 1,
+          "bf16 bits [F, D'] (even D'), stats [4, F] (|x~|, |x~ - x|, |x|, sq_norm) and the first "
+          "non-finite row or -1.");
+    m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
+          "float64 dots of the pairs (a[rows[t]], b[cols[t]]) of float32 rows.");
+    m.def("screen_has_fast_kernel", &screen_has_fast_kernel,
+          "Whether screen_costs runs the AVX-512 BF16 kernel here (else a scalar loop).");
+    m.def("screen_costs", &screen_costs_py, py::arg("a16"), py::arg("b16"), py::arg("na"),
+          py::arg("nb"), py::arg("threads") = 1,
+          "max(na_i + nb_j - 2 a16_i . b16_j, 0) [n, m] float32: bf16 rows (uint16 bits, even "
+          "width), float32 accumulation.");
+    m.def("screen_lower_bounds", &screen_lower_bounds_py, py::arg("cost"), py::arg("a_stats"),
+          py::arg("b_stats"), py::arg("gamma"), py::arg("abs_slack"), py::arg("u"), py::arg("v"),
+          py::arg("tau"),
+          "In place: screened costs -> lower bounds on the exact costs; returns the pairs "
+          "(rows, cols) with bound - u_i - v_j < tau.");
 #ifdef MECHPERM_VERSION
     m.attr("__version__") = MECHPERM_VERSION;
 #endif

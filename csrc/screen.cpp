@@ -1,0 +1,259 @@
+// Screened squared distances (see screen.hpp): the bfloat16 GEMM kernel and the bound pass.
+#include "screen.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define MECHPERM_SCREEN_X86 1
+#endif
+
+namespace mechperm {
+namespace {
+
+constexpr int64_t kMR = 8;   // rows per register tile
+constexpr int64_t kNR = 32;  // columns per register tile: two 16-lane float32 vectors
+constexpr int64_t kMC = 64;  // rows per block; a block's bf16 rows stay in L2 across the column panels
+
+inline float bf16_value(uint16_t h) {
+    const uint32_t x = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &x, sizeof f);
+    return f;
+}
+
+// Runs body(block) for blocks 0..count-1 on `threads` threads (a shared counter balances them).
+template <class F>
+void parallel_blocks(int64_t count, int threads, F&& body) {
+    threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
+    if (threads == 1) {
+        for (int64_t b = 0; b < count; ++b) body(b);
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    auto work = [&] {
+        for (int64_t b = next++; b < count; b = next++) body(b);
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+}
+
+// The reference arithmetic: bf16 products are exact in float32, summed in k order.
+void screen_costs_scalar(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,
+                         const float* na, const float* nb, float* out, int threads) {
+    parallel_blocks((n + kMC - 1) / kMC, threads, [&](int64_t blk) {
+        const int64_t i1 = std::min(n, (blk + 1) * kMC);
+        for (int64_t i = blk * kMC; i < i1; ++i) {
+            const uint16_t* a = a16 + i * d;
+            for (int64_t j = 0; j < m; ++j) {
+                const uint16_t* b = b16 + j * d;
+                float s = 0.0f;
+                for (int64_t k = 0; k < d; ++k) s += bf16_value(a[k]) * bf16_value(b[k]);
+                out[i * m + j] = std::max(na[i] + nb[j] - 2.0f * s, 0.0f);
+            }
+        }
+    });
+}
+
+#ifdef MECHPERM_SCREEN_X86
+// One kMR x kNR tile over all of k: rows a[r] (bf16 pairs as 32-bit words), panel bp (word kk
+// of the panel's kNR columns at bp[kk * kNR]), then out = max(na + nb - 2 s, 0) for the tile's
+// `rows` x `cols` valid entries.
+__attribute__((target("avx512f,avx512bf16"))) void tile_avx512(
+    const uint32_t* const* a, const uint32_t* bp, int64_t dw, const float* na, const float* nbp,
+    float* out, int64_t ldo, int64_t rows, int64_t cols) {
+    __m512 acc[kMR][2];
+    for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t kk = 0; kk < dw; ++kk) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + kk * kNR);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + kk * kNR + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < kMR; ++r) {
+            const __m512bh x = (__m512bh)_mm512_set1_epi32(int(a[r][kk]));
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+        }
+    }
+    const __m512 nb0 = _mm512_loadu_ps(nbp), nb1 = _mm512_loadu_ps(nbp + 16);
+    const __m512 two = _mm512_set1_ps(2.0f), zero = _mm512_setzero_ps();
+    const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1u);
+    const __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols <= 16 ? __mmask16(0) : __mmask16((1u << (cols - 16)) - 1u);
+    for (int64_t r = 0; r < rows; ++r) {
+        const __m512 ni = _mm512_set1_ps(na[r]);
+        const __m512 v0 = _mm512_max_ps(_mm512_sub_ps(_mm512_add_ps(ni, nb0), _mm512_mul_ps(two, acc[r][0])), zero);
+        const __m512 v1 = _mm512_max_ps(_mm512_sub_ps(_mm512_add_ps(ni, nb1), _mm512_mul_ps(two, acc[r][1])), zero);
+        _mm512_mask_storeu_ps(out + r * ldo, m0, v0);
+        _mm512_mask_storeu_ps(out + r * ldo + 16, m1, v1);
+    }
+}
+
+void screen_costs_avx512(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,
+                         const float* na, const float* nb, float* out, int threads) {
+    const int64_t dw = d / 2;
+    const int64_t panels = (m + kNR - 1) / kNR;
+    // B packed panel by panel: word kk of the panel's kNR columns contiguous (zero padding).
+    std::vector<uint32_t> bp(size_t(panels * dw * kNR), 0u);
+    std::vector<float> nbp(size_t(panels * kNR), 0.0f);
+    parallel_blocks(panels, threads, [&](int64_t p) {
+        uint32_t* dst = bp.data() + p * dw * kNR;
+        for (int64_t jj = 0; jj < kNR && p * kNR + jj < m; ++jj) {
+            const int64_t j = p * kNR + jj;
+            const uint32_t* src = reinterpret_cast<const uint32_t*>(b16 + j * d);
+            for (int64_t kk = 0; kk < dw; ++kk) dst[kk * kNR + jj] = src[kk];
+            nbp[size_t(j)] = nb[j];
+        }
+    });
+    const std::vector<uint32_t> zero_row(size_t(std::max<int64_t>(dw, 1)), 0u);
+    parallel_blocks((n + kMC - 1) / kMC, threads, [&](int64_t blk) {
+        const int64_t i0 = blk * kMC, i1 = std::min(n, i0 + kMC);
+        const uint32_t* rows[kMR];
+        for (int64_t p = 0; p < panels; ++p) {
+            const int64_t j0 = p * kNR, cols = std::min(kNR, m - j0);
+            for (int64_t i = i0; i < i1; i += kMR) {
+                const int64_t nr = std::min(kMR, i1 - i);
+                for (int64_t r = 0; r < kMR; ++r)
+                    rows[r] = r < nr ? reinterpret_cast<const uint32_t*>(a16 + (i + r) * d) : zero_row.data();
+                tile_avx512(rows, bp.data() + p * dw * kNR, dw, na + i, nbp.data() + j0, out + i * m + j0, m,
+                            nr, cols);
+            }
+        }
+    });
+}
+#endif
+
+// One row of the bound pass (vectorised by the compiler for the CPU it runs on).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void lower_bound_row(
+    float* c, int64_t m, double P, double Q, double R, double S, double K, const double* X,
+    const double* Y, const double* Z, const double* T, const double* W) {
+    // (float)(x * (1 - 2^-22)) <= x for x >= 0: the stored bound never rounds up.
+    constexpr double kDown = 1.0 - 0x1p-22;
+    for (int64_t j = 0; j < m; ++j) {
+        const double e = P * X[j] + Q * Y[j] + R * Z[j] + S * T[j] + W[j] + K;
+        const double lo = double(c[j]) - e;
+        c[j] = float((lo > 0.0 ? lo : 0.0) * kDown);
+    }
+}
+
+}  // namespace
+
+int64_t screen_side(const float* x, int64_t F, int64_t D, int64_t dp, const float* sq_norm,
+                    uint16_t* bits, double* stats, int threads) {
+    std::atomic<int64_t> bad{F};
+    constexpr int64_t kRows = 256;
+    parallel_blocks((F + kRows - 1) / kRows, threads, [&](int64_t blk) {
+        const int64_t i1 = std::min(F, (blk + 1) * kRows);
+        for (int64_t i = blk * kRows; i < i1; ++i) {
+            const float* r = x + i * D;
+            uint16_t* o = bits + i * dp;
+            double s16 = 0.0, sres = 0.0, sx = 0.0;
+            bool finite = true;
+            for (int64_t k = 0; k < D; ++k) {
+                uint32_t u;
+                std::memcpy(&u, &r[k], sizeof u);
+                // round to nearest even on the upper 16 bits (finite inputs)
+                uint32_t h = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+                if ((h & 0x7F80u) == 0) h &= 0x8000u;  // bf16 subnormal: AVX-512 BF16 reads 0
+                if ((h & 0x7F80u) == 0x7F80u || !std::isfinite(r[k])) finite = false;
+                o[k] = uint16_t(h);
+                const double xv = double(r[k]), hv = double(bf16_value(uint16_t(h)));
+                s16 += hv * hv;
+                sres += (hv - xv) * (hv - xv);
+                sx += xv * xv;
+            }
+            for (int64_t k = D; k < dp; ++k) o[k] = 0;
+            if (!finite) {
+                int64_t cur = bad.load();
+                while (i < cur && !bad.compare_exchange_weak(cur, i)) {
+                }
+            }
+            // float64 sums of float32 squares: relative error < D 2^-53 (D < 2^17); round the norms up
+            constexpr double kUp = 1.0 + 0x1p-36;
+            stats[i] = std::sqrt(s16) * kUp;
+            stats[F + i] = std::sqrt(sres) * kUp;
+            stats[2 * F + i] = std::sqrt(sx) * kUp;
+            stats[3 * F + i] = double(sq_norm[i]);
+        }
+    });
+    return bad.load() < F ? bad.load() : -1;
+}
+
+void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, const int64_t* cols,
+               int64_t count, double* dots) {
+    for (int64_t t = 0; t < count; ++t) {
+        const float* x = a + rows[t] * d;
+        const float* y = b + cols[t] * d;
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+        int64_t k = 0;
+        for (; k + 4 <= d; k += 4) {
+            s0 += double(x[k]) * double(y[k]);
+            s1 += double(x[k + 1]) * double(y[k + 1]);
+            s2 += double(x[k + 2]) * double(y[k + 2]);
+            s3 += double(x[k + 3]) * double(y[k + 3]);
+        }
+        for (; k < d; ++k) s0 += double(x[k]) * double(y[k]);
+        dots[t] = (s0 + s1) + (s2 + s3);
+    }
+}
+
+bool screen_has_fast_kernel() {
+#ifdef MECHPERM_SCREEN_X86
+    static const bool has =
+        __builtin_cpu_supports("avx512bf16") != 0 && __builtin_cpu_supports("avx512f") != 0 &&
+        std::getenv("MECHPERM_NO_SIMD") == nullptr;
+    return has;
+#else
+    return false;
+#endif
+}
+
+void screen_costs(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,
+                  const float* na, const float* nb, float* out, int threads) {
+    if (n == 0 || m == 0) return;
+#ifdef MECHPERM_SCREEN_X86
+    if (d % 2 == 0 && screen_has_fast_kernel()) {
+        screen_costs_avx512(a16, n, b16, m, d, na, nb, out, threads);
+        return;
+    }
+#endif
+    screen_costs_scalar(a16, n, b16, m, d, na, nb, out, threads);
+}
+
+void screen_lower_bounds(float* c, int64_t n, int64_t m, const ScreenSide& a, const ScreenSide& b,
+                         double gamma, double abs_slack, const double* u, const double* v,
+                         double tau, std::vector<int64_t>& rows, std::vector<int64_t>& cols) {
+    // |c - c~| <= 2 (|a~||rb| + |ra||b~| + |ra||rb|)   bf16 rounding of the inputs
+    //           + 2 gamma |a~||b~|                       float32 accumulation
+    //           + 1e-6 (|a|^2 + |b|^2 + 2 |a~||b~| + 2 |a||b|)   the few float32 roundings of
+    //             c~ = |a|^2 + |b|^2 - 2 s and of the exact cost (each <= 2^-24 relative)
+    std::vector<double> X(m), Y(m), Z(m), T(m), W(m);
+    for (int64_t j = 0; j < m; ++j) {
+        X[j] = b.resid_norm[j];
+        Y[j] = b.bf16_norm[j] + b.resid_norm[j];
+        Z[j] = b.bf16_norm[j];
+        T[j] = b.norm[j];
+        W[j] = 1e-6 * b.sq_norm[j];
+    }
+    constexpr double kRound = 1e-6;
+    for (int64_t i = 0; i < n; ++i) {
+        float* row = c + i * m;
+        lower_bound_row(row, m, 2.0 * a.bf16_norm[i], 2.0 * a.resid_norm[i],
+                        (2.0 * gamma + 2.0 * kRound) * a.bf16_norm[i], 2.0 * kRound * a.norm[i],
+                        kRound * a.sq_norm[i] + abs_slack, X.data(), Y.data(), Z.data(), T.data(), W.data());
+        const double lim = tau + u[i];
+        for (int64_t j = 0; j < m; ++j) {
+            if (double(row[j]) - v[j] < lim) {
+                rows.push_back(i);
+                cols.push_back(j);
+            }
+        }
+    }
+}
+
+}  // namespace mechperm

@@ -1,0 +1,49 @@
+// Screened squared distances: a bfloat16 GEMM with float32 accumulation, and a rigorous bound on
+// how far its values can be from the exact costs (mechperm/screen.py explains the method).
+// Plain C++17 on raw buffers; AVX-512 BF16 where the CPU has it, a scalar loop with the same
+// arithmetic otherwise.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace mechperm {
+
+// True where the fast kernel runs (x86 with AVX-512 BF16); MECHPERM_NO_SIMD=1 forces the scalar one.
+bool screen_has_fast_kernel();
+
+// out[i, j] = max(na[i] + nb[j] - 2 s_ij, 0) with s_ij the dot of bf16 rows a16[i] and b16[j]
+// (raw bf16 bits, row-major [n, d] and [m, d]) accumulated in float32 in k order (exact bf16
+// products; bf16 subnormal inputs must be zero). `threads` row blocks run in parallel.
+void screen_costs(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,
+                  const float* na, const float* nb, float* out, int threads);
+
+// One side of the screen from float32 rows x [F, D]: bits [F, dp] (dp = D rounded up to even)
+// receives the bf16 rounding of x (round to nearest even, subnormals flushed to zero, padding
+// zero); stats [4, F] receives |x~|, |x~ - x|, |x| (float64 sums) and sq_norm[i] as given.
+// Returns the first row with a non-finite value or a bf16 overflow, or -1.
+int64_t screen_side(const float* x, int64_t F, int64_t D, int64_t dp, const float* sq_norm,
+                    uint16_t* bits, double* stats, int threads);
+
+// dots[t] = sum_k a[rows[t], k] b[cols[t], k] in float64 (float32 rows [n, d] and [m, d]).
+void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, const int64_t* cols,
+               int64_t count, double* dots);
+
+// Per-row statistics of one side, float64: |x~| (bf16 row), |x~ - x|, |x|, |x|^2 (as the cost
+// kernels compute it, float32).
+struct ScreenSide {
+    const double* bf16_norm;
+    const double* resid_norm;
+    const double* norm;
+    const double* sq_norm;
+};
+
+// In place over the screened costs `c` [n, m]: c_ij <- L_ij, a float32 lower bound on the exact
+// cost (the screened value minus its error bound), and returns the pairs (row-major order) with
+// L_ij - u_i - v_j < tau: the only ones whose exact cost can matter under duals near (u, v).
+// gamma bounds the float32 accumulation error relative to |a~||b~| (d * 2^-24 / (1 - d * 2^-24)).
+void screen_lower_bounds(float* c, int64_t n, int64_t m, const ScreenSide& a, const ScreenSide& b,
+                         double gamma, double abs_slack, const double* u, const double* v,
+                         double tau, std::vector<int64_t>& rows, std::vector<int64_t>& cols);
+
+}  // namespace mechperm

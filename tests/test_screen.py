@@ -1,0 +1,166 @@
+"""Screened costs (kernels.screen): the bf16 kernel, its bound, and match() on top of it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+from mechperm import _auction, kernels, match_vectors
+from mechperm.kernels import screen
+from mechperm.synthetic import make_stack
+
+
+def _vectors(n: int, d: int, seed: int, *, heavy: float = 0.0, special: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g)
+    if heavy:  # heavy-tailed row scales, as folded SAE decoders have
+        X *= torch.exp(heavy * torch.randn(n, 1, generator=g))
+    if special and n >= 4:
+        X[0] = 0.0  # a dead feature
+        X[1, : d // 2] = 1e-39  # float32 subnormals: bf16 reads them as 0
+        X[2] *= 1e-20
+        X[3] = X[3].bfloat16().float()  # exactly representable: no rounding error
+    return X
+
+
+def _bf16_reference(X: torch.Tensor) -> torch.Tensor:
+    h = X.bfloat16()
+    return torch.where(h.abs() < torch.finfo(torch.bfloat16).tiny, torch.zeros((), dtype=h.dtype), h)
+
+
+def test_screen_side_rounds_like_torch_and_bounds_the_norms() -> None:
+    X = _vectors(50, 33, 0, heavy=2.0, special=True)
+    X[5, 3] = 1.0 + 2.0**-8  # a tie: rounds to even
+    bits, stats, bad = _auction.screen_side(X.numpy(), kernels.row_sq_norms(X).numpy())
+    assert bad == -1 and bits.shape == (50, 34) and (bits[:, 33] == 0).all()
+    ref = _bf16_reference(X)
+    assert np.array_equal(bits[:, :33], ref.view(torch.int16).numpy().view(np.uint16))
+    h, x = ref.double(), X.double()
+    for got, want in ((stats[0], h.norm(dim=1)), (stats[1], (h - x).norm(dim=1)), (stats[2], x.norm(dim=1))):
+        assert (got >= want.numpy()).all() and np.allclose(got, want.numpy(), rtol=1e-10, atol=0)
+    assert np.array_equal(stats[3], kernels.row_sq_norms(X).double().numpy())
+    assert stats[1, 3] == 0.0, "a bf16-representable row has no rounding error"
+
+
+def test_screen_side_reports_the_first_row_that_cannot_be_screened() -> None:
+    X = torch.randn(6, 8)
+    X[4, 2] = 3.4e38  # rounds up to bf16 infinity
+    _, _, bad = _auction.screen_side(X.numpy(), kernels.row_sq_norms(X).numpy())
+    assert bad == 4
+    with pytest.raises(ValueError, match="A row 4 is not finite"):
+        screen.screened_costs(X, torch.randn(3, 8))
+
+
+def _check_kernel_bound(n: int, m: int, d: int) -> None:
+    A, B = _vectors(n, d, 1, heavy=1.5, special=True), _vectors(m, d, 2, heavy=1.5)
+    sc = screen.screened_costs(A, B)
+    a16, b16 = _bf16_reference(A).double(), _bf16_reference(B).double()
+    na, nb = sc.a_stats[3], sc.b_stats[3]
+    ref = torch.from_numpy(na)[:, None] + torch.from_numpy(nb)[None, :] - 2.0 * (a16 @ b16.T)
+    err = (torch.from_numpy(sc.costs).double() - ref.clamp_min(0.0)).abs()
+    bound = 2 * sc.gamma * torch.from_numpy(sc.a_stats[0])[:, None] * torch.from_numpy(sc.b_stats[0])[None, :]
+    bound += 1e-6 * (torch.from_numpy(na)[:, None] + torch.from_numpy(nb)[None, :]) + 1e-30
+    assert (err <= bound).all(), f"worst error / bound {(err / bound).max().item()}"
+
+
+@pytest.mark.parametrize("n,m,d", [(1, 1, 2), (7, 45, 33), (70, 65, 64), (130, 97, 257)])
+def test_screen_costs_are_the_float32_sum_of_exact_bf16_products(n: int, m: int, d: int) -> None:
+    """Shapes off the kernel's 8 x 32 tiles and 64-row blocks, odd D (padded)."""
+    _check_kernel_bound(n, m, d)
+
+
+def test_scalar_screen_kernel_agrees() -> None:
+    """MECHPERM_NO_SIMD=1 (read once per process) runs the scalar loop: same bound."""
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from test_screen import _check_kernel_bound; "
+        "from mechperm import _auction; assert not _auction.screen_has_fast_kernel(); "
+        "_check_kernel_bound(70, 65, 33); print('ok')"
+    )
+    env = {**os.environ, "MECHPERM_NO_SIMD": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), m=st.integers(1, 40), d=st.integers(1, 80), seed=st.integers(0, 10**6),
+       heavy=st.sampled_from([0.0, 1.0, 3.0]), tau=st.sampled_from([0.0, 0.5, 10.0]),
+       bf16_inputs=st.booleans())
+def test_lower_bounds_hold_and_the_band_is_exactly_the_pairs_below_tau(n, m, d, seed, heavy, tau, bf16_inputs) -> None:
+    A, B = _vectors(n, d, seed, heavy=heavy, special=True), _vectors(m, d, seed + 1, heavy=heavy)
+    if bf16_inputs:
+        A, B = A.bfloat16(), B.bfloat16()
+    exact = screen.exact_dense_costs(A, B).double().numpy()
+    sc = screen.screened_costs(A, B)
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=n) * exact.mean()
+    v = rng.normal(size=m) * exact.mean()
+    rows, cols = screen.lower_bounds(sc, u, v, tau)
+    L = sc.costs.astype(np.float64)
+    assert (L <= exact).all(), "a lower bound above the exact cost"
+    want = np.argwhere(L - u[:, None] - v[None, :] < tau)
+    assert np.array_equal(np.stack([rows, cols], 1).reshape(-1, 2), want)
+
+
+def test_exact_costs_match_the_dense_reference() -> None:
+    A, B = _vectors(30, 17, 3, heavy=1.0), _vectors(20, 17, 4)
+    full = screen.exact_dense_costs(A, B).numpy()
+    sc = screen.screened_costs(A, B)
+    r, c = np.nonzero(np.ones((30, 20), bool))
+    got = screen.exact_costs(A.numpy(), B.numpy(), r, c, sc.a_stats[3], sc.b_stats[3])
+    np.testing.assert_allclose(got, full[r, c], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="out of range"):
+        screen.exact_costs(A.numpy(), B.numpy(), np.array([30]), np.array([0]), sc.a_stats[3], sc.b_stats[3])
+
+
+def _scipy(C: np.ndarray, pad: float | None = None) -> float:
+    if pad is not None:
+        dummy = np.full((C.shape[0], C.shape[0]), 1e18)
+        np.fill_diagonal(dummy, pad)
+        C = np.hstack([C, dummy])
+    r, c = linear_sum_assignment(C)
+    return float(C[r, c].sum())
+
+
+@pytest.mark.parametrize("heavy", [0.0, 2.5])
+@pytest.mark.parametrize("shape", [(300, 300), (200, 260), (260, 200)])
+def test_screened_dense_path_is_exact(monkeypatch, heavy: float, shape) -> None:
+    """Forced on (any CPU): the optimum of the exact costs, certified; partial mode too."""
+    monkeypatch.setenv("MECHPERM_SCREEN", "1")
+    st = make_stack(2, d=48, F=max(shape), seed=11, heavy_tail=heavy)
+    A = kernels.matching_vectors(st.saes[0])[: shape[0]]
+    B = kernels.matching_vectors(st.saes[1])[: shape[1]]
+    C = screen.exact_dense_costs(A, B).double().numpy()
+    r = match_vectors(A, B)
+    assert r.certified and r.gap <= 1e-9 * abs(r.objective) + 1e-9
+    assert r.objective == pytest.approx(_scipy(C), rel=1e-12)
+    assert r.stats["solver"]["exact_pairs"] < A.shape[0] * B.shape[0] // 4
+    perm = r.perm.numpy()
+    assert np.unique(perm[perm >= 0]).size == min(shape)
+    np.testing.assert_allclose(r.cost[perm >= 0].double().numpy(), C[np.flatnonzero(perm >= 0), perm[perm >= 0]],
+                               rtol=1e-6)
+    thr = float(np.median(C.min(axis=1)))
+    p = match_vectors(A, B, mode="partial", threshold=thr)
+    assert p.certified and p.objective == pytest.approx(_scipy(C, pad=thr), rel=1e-12)
+
+
+def test_screening_switch(monkeypatch) -> None:
+    A, B = torch.randn(40, 16), torch.randn(40, 16)
+    monkeypatch.setenv("MECHPERM_SCREEN", "0")
+    assert not screen.available(A, B)
+    off = match_vectors(A, B)
+    assert "exact_pairs" not in off.stats["solver"]
+    monkeypatch.setenv("MECHPERM_SCREEN", "1")
+    assert screen.available(A, B)
+    on = match_vectors(A, B)
+    assert on.stats["solver"]["exact_pairs"] > 0
+    assert on.objective == pytest.approx(off.objective, rel=1e-6)
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        screen.screened_costs(A.to("meta"), B.to("meta"))
