@@ -83,6 +83,36 @@ struct DenseGraph {
         for (int64_t j = 0; j < m; ++j) f(j, double(r[j]));
         if (lam != nullptr) f(m + i, lam[i]);
     }
+    // Range of the row's costs, its column minima (colmin may be null) and whether all are
+    // integers: one tight loop instead of a callback per arc (a fifth of a warm dense solve).
+    void row_stats(int64_t i, double* colmin, double& lo, double& hi, bool& integral) const {
+        const T* r = c + i * m;
+        if (integral) {
+            for (int64_t j = 0; j < m; ++j) {
+                const double v = double(r[j]);
+                if (!(v == std::nearbyint(v) && std::fabs(v) < 4.5e15)) {
+                    integral = false;
+                    break;
+                }
+            }
+        }
+        detail::row_range(r, m, colmin, lo, hi);
+        if (lam != nullptr) {
+            lo = std::min(lo, lam[i]);
+            hi = std::max(hi, lam[i]);
+            if (colmin != nullptr) colmin[m + i] = std::min(colmin[m + i], lam[i]);
+            integral = integral && lam[i] == std::nearbyint(lam[i]) && std::fabs(lam[i]) < 4.5e15;
+        }
+    }
+    bool arc_cost(int64_t i, int64_t j, double& cost_ij) const {
+        if (j < m) {
+            cost_ij = double(c[i * m + j]);
+            return true;
+        }
+        if (lam == nullptr || j != m + i) return false;
+        cost_ij = lam[i];
+        return true;
+    }
     template <class F>
     int64_t for_col(int64_t j, F&& f) const {
         if (j >= m) {
@@ -149,6 +179,25 @@ struct SparseGraph {
     void for_row(int64_t i, F&& f) const {
         for (int64_t a = ptr[i], e = ptr[i + 1]; a < e; ++a) f(int64_t(idx[a]), double(cst[a]));
         if (lam != nullptr) f(m + i, lam[i]);
+    }
+    void row_stats(int64_t i, double* colmin, double& lo, double& hi, bool& integral) const {
+        for_row(i, [&](int64_t j, double v) {
+            if (colmin != nullptr && v < colmin[j]) colmin[j] = v;
+            lo = std::min(lo, v);
+            hi = std::max(hi, v);
+            integral = integral && (v == std::nearbyint(v)) && std::fabs(v) < 4.5e15;
+        });
+    }
+    // The cheapest arc (i, j), if any (parallel arcs are allowed).
+    bool arc_cost(int64_t i, int64_t j, double& cost_ij) const {
+        bool found = false;
+        for_row(i, [&](int64_t k, double v) {
+            if (k == j && (!found || v < cost_ij)) {
+                found = true;
+                cost_ij = v;
+            }
+        });
+        return found;
     }
     template <class F>
     int64_t for_col(int64_t j, F&& f) const {
@@ -218,14 +267,10 @@ private:
     void init_prices() {
         double cmin = kInf, cmax = -kInf;
         bool integral = true;
-        std::vector<double> colmin(M_, kInf);
+        const bool reduce = opt_.init_v == nullptr && M_ == n_;  // column reduction needs colmin
+        std::vector<double> colmin(reduce ? M_ : 0, kInf);
         for (int64_t i = 0; i < n_; ++i) {
-            g_.for_row(i, [&](int64_t j, double c) {
-                if (c < colmin[j]) colmin[j] = c;
-                if (c < cmin) cmin = c;
-                if (c > cmax) cmax = c;
-                integral = integral && (c == std::nearbyint(c)) && std::fabs(c) < 4.5e15;
-            });
+            g_.row_stats(i, reduce ? colmin.data() : nullptr, cmin, cmax, integral);
             if (poll_.tick(g_.row_work(i))) return;
         }
         if (opt_.init_v != nullptr) {
@@ -236,8 +281,8 @@ private:
         // n < m: equal initial prices. Column reduction would hand an expensive column that no
         // row needs a huge negative price, and the asymmetric epsilon-CS (free prices <= assigned
         // prices) would then drag every price to that magnitude, destroying float64 resolution.
-        if (n_ == 0 || !(cmax >= cmin)) {
-            eps0_ = 0.0;
+        if (n_ == 0 || !(cmax >= cmin) || opt_.eps_start < 0.0) {
+            eps0_ = 0.0;  // no auction phase: the scale and epsilon schedule below are not needed
             return;
         }
         // scale: magnitude of the values in play (row minima and prices), not of the largest
@@ -289,15 +334,8 @@ private:
         for (int64_t i = 0; i < n_; ++i) {
             const int64_t j = opt_.init_row_to_col[i];
             if (j < 0 || j >= M_ || cr_[j] >= 0) continue;
-            bool found = false;
             double cj = 0.0;
-            g_.for_row(i, [&](int64_t k, double c) {
-                if (k == j && (!found || c < cj)) {
-                    found = true;
-                    cj = c;
-                }
-            });
-            if (found) take(i, j, cj);
+            if (g_.arc_cost(i, j, cj)) take(i, j, cj);
         }
     }
 
@@ -325,14 +363,18 @@ private:
     bool phase(double eps) {
         queue_.assign(n_ + 1, 0);
         qhead_ = qtail_ = qsize_ = 0;
+        for (int64_t i = 0; i < n_; ++i)
+            if (rc_[i] < 0) push(i);
         for (int64_t i = 0; i < n_; ++i) {
-            if (rc_[i] >= 0) {
-                double c1;
-                const Best b = g_.scan(i, p_.data(), c1);
-                if (value(i) <= b.b1 + eps) continue;
-                release(i);
-            }
-            push(i);
+            if (rc_[i] < 0) continue;  // queued: free at the start, or displaced by a bid below
+            double c1;
+            const Best b = g_.scan(i, p_.data(), c1);
+            if (value(i) <= b.b1 + eps) continue;
+            // Violates epsilon-CS: bid with this scan rather than queue the row and scan it
+            // again (most rows released at a phase start bid at once; half their scans saved).
+            release(i);
+            if (!bid(i, b, c1, eps)) return false;
+            if (poll_.tick(g_.row_work(i))) return false;
         }
         if (poll_.tick(n_)) return false;
         const int64_t budget = std::max<int64_t>(200 * n_, 1000000);
@@ -348,24 +390,32 @@ private:
             const int64_t i = pop();
             double c1;
             const Best b = g_.scan(i, p_.data(), c1);
-            if (b.j1 < 0) return false;  // row without arcs: the finish reports infeasibility
-            double inc = b.b2 - b.b1;
-            if (!(inc <= cap_)) inc = cap_;  // single arc: second best missing
-            const int64_t j = b.j1;
-            double np = p_[j] + (inc + eps);
-            if (!(np > p_[j])) np = std::nextafter(p_[j], kInf);
-            p_[j] = np;
-            const int64_t old = cr_[j];
-            if (old >= 0) {
-                rc_[old] = -1;
-                push(old);
-            }
-            take(i, j, c1);
-            ++out_.bids;
+            if (!bid(i, b, c1, eps)) return false;
             if (poll_.tick(g_.row_work(i))) return false;
             if (++bids > budget) return false;  // stalled: let the exact finish take over
         }
         if (M_ > n_) return reverse(eps);
+        return true;
+    }
+
+    // Free row i bids for its best column b.j1 (scanned at the current prices): the price rises
+    // by the gap to the second best plus epsilon, the column's owner is queued. False for a row
+    // without arcs (the finish reports infeasibility).
+    bool bid(int64_t i, const Best& b, double c1, double eps) {
+        if (b.j1 < 0) return false;
+        double inc = b.b2 - b.b1;
+        if (!(inc <= cap_)) inc = cap_;  // single arc: second best missing
+        const int64_t j = b.j1;
+        double np = p_[j] + (inc + eps);
+        if (!(np > p_[j])) np = std::nextafter(p_[j], kInf);
+        p_[j] = np;
+        const int64_t old = cr_[j];
+        if (old >= 0) {
+            rc_[old] = -1;
+            push(old);
+        }
+        take(i, j, c1);
+        ++out_.bids;
         return true;
     }
 
@@ -433,12 +483,19 @@ private:
     // it: the row becomes exactly tight and needs no augmenting path. (Most of the rows that
     // bid in the last phase qualify; the others are released below.)
     bool tighten() {
-        g_.prepare_columns();
+        if (!G::kDense) g_.prepare_columns();
         std::vector<double> umin(n_, kInf);
         for (int64_t i = 0; i < n_; ++i) {
             double c1;
             umin[i] = g_.scan(i, p_.data(), c1).b1;
             if (poll_.tick(g_.row_work(i))) return false;
+        }
+        // Dense: per column, the least and second least c_kj + p_j - umin_k over the rows, in
+        // one row-major pass (a walk down each column reads a cache line per entry: at
+        // n = 16384 that is 1 GiB of traffic per column checked).
+        ColumnMinima cm;
+        if constexpr (G::kDense) {
+            if (!column_minima(umin, cm)) return false;
         }
         for (int64_t i = 0; i < n_; ++i) {
             if (rc_[i] < 0) continue;
@@ -448,11 +505,44 @@ private:
             for (int t = 0; t < 4 && rcost_[i] + np > umin[i]; ++t) np = std::nextafter(np, -kInf);
             const double drop = p_[j] - np;
             bool ok = true;
-            const int64_t work = g_.for_col(j, [&](int64_t k, double c) {
-                if (k != i && c + p_[j] - umin[k] < drop) ok = false;
-            });
+            if constexpr (G::kDense) {
+                if (j < g_.m) ok = !((cm.k1[j] == i ? cm.b2[j] : cm.b1[j]) < drop);  // dummy: row i only
+            } else {
+                const int64_t work = g_.for_col(j, [&](int64_t k, double c) {
+                    if (k != i && c + p_[j] - umin[k] < drop) ok = false;
+                });
+                if (poll_.tick(work)) return false;
+            }
             if (ok) p_[j] = np;
-            if (poll_.tick(work)) return false;
+        }
+        return true;
+    }
+
+    struct ColumnMinima {
+        std::vector<double> b1, b2;
+        std::vector<int64_t> k1;
+    };
+    bool column_minima(const std::vector<double>& umin, ColumnMinima& cm) {
+        const int64_t m = g_.m;
+        cm.b1.assign(m, kInf);
+        cm.b2.assign(m, kInf);
+        cm.k1.assign(m, -1);
+        for (int64_t k = 0; k < n_; ++k) {
+            const auto* r = g_.c + k * m;
+            const double uk = umin[k];
+            for (int64_t j = 0; j < m; ++j) {
+                const double val = double(r[j]) + p_[j] - uk;
+                if (val < cm.b2[j]) {
+                    if (val < cm.b1[j]) {
+                        cm.b2[j] = cm.b1[j];
+                        cm.b1[j] = val;
+                        cm.k1[j] = k;
+                    } else {
+                        cm.b2[j] = val;
+                    }
+                }
+            }
+            if (poll_.tick(m)) return false;
         }
         return true;
     }

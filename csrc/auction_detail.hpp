@@ -3,6 +3,7 @@
 // c_ij + p_j), the candidate filter, the minima pass and the pricing scan. Not part of the API.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -131,6 +132,44 @@ __attribute__((target("avx2"))) Best scan_row_avx2(const T* c, const double* p, 
     }
     return r;
 }
+
+// lo/hi: running min/max of c[0..m); colmin[j] = min(colmin[j], c[j]) unless colmin is null.
+template <class T>
+inline void row_range_scalar(const T* c, int64_t m, double* colmin, double& lo, double& hi) {
+    double a = lo, b = hi;
+    for (int64_t j = 0; j < m; ++j) {
+        const double v = double(c[j]);
+        a = v < a ? v : a;
+        b = v > b ? v : b;
+    }
+    if (colmin != nullptr)
+        for (int64_t j = 0; j < m; ++j) colmin[j] = double(c[j]) < colmin[j] ? double(c[j]) : colmin[j];
+    lo = a;
+    hi = b;
+}
+
+#ifdef MECHPERM_X86_DISPATCH
+template <class T>
+__attribute__((target("avx2"))) void row_range_avx2(const T* c, int64_t m, double* colmin, double& lo,
+                                                     double& hi) {
+    __m256d a = _mm256_set1_pd(lo), b = _mm256_set1_pd(hi);
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+        const __m256d v = load4(c + j);
+        a = _mm256_min_pd(a, v);
+        b = _mm256_max_pd(b, v);
+        if (colmin != nullptr) _mm256_storeu_pd(colmin + j, _mm256_min_pd(_mm256_loadu_pd(colmin + j), v));
+    }
+    alignas(32) double A[4], B[4];
+    _mm256_store_pd(A, a);
+    _mm256_store_pd(B, b);
+    for (int l = 0; l < 4; ++l) {
+        lo = std::min(lo, A[l]);
+        hi = std::max(hi, B[l]);
+    }
+    if (j < m) row_range_scalar(c + j, m - j, colmin != nullptr ? colmin + j : nullptr, lo, hi);
+}
+#endif
 
 // MECHPERM_NO_SIMD=1 forces the scalar kernels (tests compare both paths).
 inline bool cpu_has_avx2() {
@@ -269,6 +308,14 @@ inline bool chunk_reduced(const T* c, const double* v, double ui, double lim, in
     if (cpu_has_avx2()) return chunk_reduced_avx2(c, v, ui, lim, len, lo);
 #endif
     return chunk_reduced_scalar(c, v, ui, lim, len, lo);
+}
+
+template <class T>
+inline void row_range(const T* c, int64_t m, double* colmin, double& lo, double& hi) {
+#ifdef MECHPERM_X86_DISPATCH
+    if (m >= 16 && cpu_has_avx2()) return row_range_avx2(c, m, colmin, lo, hi);
+#endif
+    row_range_scalar(c, m, colmin, lo, hi);
 }
 
 // Best and second best of c[j] + p[j], j < m (first index on ties): the dense bid.

@@ -398,8 +398,8 @@ py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, cons
 }
 
 
-py::array_t<float> screen_costs_py(const py::array& a16, const py::array& b16, const py::array& na,
-                                   const py::array& nb, int threads) {
+py::array screen_costs_py(const py::array& a16, const py::array& b16, const py::array& na,
+                          const py::array& nb, int threads, const py::object& out_obj) {
     const uint16_t* a = require<uint16_t>(a16, "a16", 2);
     const uint16_t* b = require<uint16_t>(b16, "b16", 2);
     const int64_t n = a16.shape(0), m = b16.shape(0), d = a16.shape(1);
@@ -408,8 +408,12 @@ py::array_t<float> screen_costs_py(const py::array& a16, const py::array& b16, c
                               " and " + std::to_string(b16.shape(1)));
     const float* nap = require<float>(na, "na", 1, n);
     const float* nbp = require<float>(nb, "nb", 1, m);
-    py::array_t<float> out({n, m});
-    float* o = out.mutable_data();
+    py::array out = out_obj.is_none() ? py::array(py::array_t<float>({n, m})) : out_obj.cast<py::array>();
+    require<float>(out, "out", 2, n);
+    if (out.shape(1) != m || !out.writeable())
+        throw py::value_error("out must be a writeable float32 [" + std::to_string(n) + ", " +
+                              std::to_string(m) + "] array");
+    float* o = static_cast<float*>(out.mutable_data());
     {
         py::gil_scoped_release release;
         screen_costs(a, n, b, m, d, nap, nbp, o, std::max(1, threads));
@@ -531,7 +535,7 @@ PYBIND11_MODULE(_auction, m) {
     m.def("screen_has_fast_kernel", &screen_has_fast_kernel,
           "Whether screen_costs runs the AVX-512 BF16 kernel here (else a scalar loop).");
     m.def("screen_costs", &screen_costs_py, py::arg("a16"), py::arg("b16"), py::arg("na"),
-          py::arg("nb"), py::arg("threads") = 1,
+          py::arg("nb"), py::arg("threads") = 1, py::arg("out") = py::none(),
           "max(na_i + nb_j - 2 a16_i . b16_j, 0) [n, m] float32: bf16 rows (uint16 bits, even "
           "width), float32 accumulation.");
     m.def("screen_lower_bounds", &screen_lower_bounds_py, py::arg("cost"), py::arg("a_stats"),

@@ -19,6 +19,7 @@ namespace {
 constexpr int64_t kMR = 8;   // rows per register tile
 constexpr int64_t kNR = 32;  // columns per register tile: two 16-lane float32 vectors
 constexpr int64_t kMC = 64;  // rows per block; a block's bf16 rows stay in L2 across the column panels
+constexpr int64_t kNC = 16;  // panels per column group (512 columns)
 
 inline float bf16_value(uint16_t h) {
     const uint32_t x = uint32_t(h) << 16;
@@ -111,10 +112,14 @@ void screen_costs_avx512(const uint16_t* a16, int64_t n, const uint16_t* b16, in
         }
     });
     const std::vector<uint32_t> zero_row(size_t(std::max<int64_t>(dw, 1)), 0u);
-    parallel_blocks((n + kMC - 1) / kMC, threads, [&](int64_t blk) {
+    // Column groups of kNC panels (2.4 MB of packed B at D = 2304: stays in L3) outermost, so
+    // that B streams from memory once; every row block of a group reads its panels from L3.
+    const int64_t row_blocks = (n + kMC - 1) / kMC, groups = (panels + kNC - 1) / kNC;
+    parallel_blocks(groups * row_blocks, threads, [&](int64_t task) {
+        const int64_t grp = task / row_blocks, blk = task % row_blocks;
         const int64_t i0 = blk * kMC, i1 = std::min(n, i0 + kMC);
         const uint32_t* rows[kMR];
-        for (int64_t p = 0; p < panels; ++p) {
+        for (int64_t p = grp * kNC; p < std::min(panels, (grp + 1) * kNC); ++p) {
             const int64_t j0 = p * kNR, cols = std::min(kNR, m - j0);
             for (int64_t i = i0; i < i1; i += kMR) {
                 const int64_t nr = std::min(kMR, i1 - i);
