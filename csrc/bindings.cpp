@@ -486,6 +486,63 @@ py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const p
     }
     return out;
 }
+
+ScreenB make_screen_b(const py::array& b16, const py::array& nb, int threads) {
+    const uint16_t* b = require<uint16_t>(b16, "b16", 2);
+    const int64_t m = b16.shape(0), d = b16.shape(1);
+    const float* nbp = require<float>(nb, "nb", 1, m);
+    py::gil_scoped_release release;
+    return ScreenB(b, m, d, nbp, std::max(1, threads));
+}
+
+const uint16_t* screen_rows(const ScreenB& sb, const py::array& a16) {
+    const uint16_t* a = require<uint16_t>(a16, "a16", 2);
+    if (a16.shape(1) != sb.d())
+        throw py::value_error("a16 must have width " + std::to_string(sb.d()) + " like B, got " +
+                              std::to_string(a16.shape(1)));
+    return a;
+}
+
+py::array screen_b_costs(const ScreenB& sb, const py::array& a16, const py::array& na, int threads,
+                         const py::object& out_obj) {
+    const uint16_t* a = screen_rows(sb, a16);
+    const int64_t n = a16.shape(0), m = sb.m();
+    const float* nap = require<float>(na, "na", 1, n);
+    py::array out = out_obj.is_none() ? py::array(py::array_t<float>({n, m})) : out_obj.cast<py::array>();
+    require<float>(out, "out", 2, n);
+    if (out.shape(1) != m || !out.writeable())
+        throw py::value_error("out must be a writeable float32 [" + std::to_string(n) + ", " +
+                              std::to_string(m) + "] array");
+    float* o = static_cast<float*>(out.mutable_data());
+    {
+        py::gil_scoped_release release;
+        sb.costs(a, n, nap, o, std::max(1, threads));
+    }
+    return out;
+}
+
+py::tuple screen_b_price(const ScreenB& sb, const py::array& a16, const py::array& na,
+                         const py::array& a_stats, const py::array& b_stats, double gamma,
+                         double abs_slack, const py::array& u, const py::array& v, int64_t q,
+                         int threads) {
+    const uint16_t* a = screen_rows(sb, a16);
+    const int64_t n = a16.shape(0), m = sb.m();
+    if (q < 1) throw py::value_error("q must be >= 1, got " + std::to_string(q));
+    const float* nap = require<float>(na, "na", 1, n);
+    const ScreenSide sa = side_stats(a_stats, "a_stats", n), sbs = side_stats(b_stats, "b_stats", m);
+    const double* up = require<double>(u, "u", 1, n);
+    const double* vp = require<double>(v, "v", 1, m);
+    const int64_t qq = std::min(q, m);
+    py::array_t<int64_t> cols({n, qq});
+    py::array_t<double> bound(n);
+    int64_t* c = cols.mutable_data();
+    double* bd = bound.mutable_data();
+    {
+        py::gil_scoped_release release;
+        screen_price(sb, a, n, nap, sa, sbs, gamma, abs_slack, up, vp, q, std::max(1, threads), c, bd);
+    }
+    return py::make_tuple(cols, bound);
+}
 }  // namespace
 
 PYBIND11_MODULE(_auction, m) {
@@ -532,6 +589,16 @@ PYBIND11_MODULE(_auction, m) {
           "non-finite row or -1.");
     m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
           "float64 dots of the pairs (a[rows[t]], b[cols[t]]) of float32 rows.");
+    py::class_<ScreenB>(m, "ScreenB", "B's bf16 rows packed once for screened costs and pricing.")
+        .def(py::init(&make_screen_b), py::arg("b16"), py::arg("nb"), py::arg("threads") = 1)
+        .def_property_readonly("m", &ScreenB::m)
+        .def("costs", &screen_b_costs, py::arg("a16"), py::arg("na"), py::arg("threads") = 1,
+             py::arg("out") = py::none(), "Screened costs [n, m] of bf16 rows a16 (see screen_costs).")
+        .def("price", &screen_b_price, py::arg("a16"), py::arg("na"), py::arg("a_stats"),
+             py::arg("b_stats"), py::arg("gamma"), py::arg("abs_slack"), py::arg("u"), py::arg("v"),
+             py::arg("q"), py::arg("threads") = 1,
+             "Per row: the q columns of least lower-bound reduced cost [n, q] and a lower bound on "
+             "it over every other column [n].");
     m.def("screen_has_fast_kernel", &screen_has_fast_kernel,
           "Whether screen_costs runs the AVX-512 BF16 kernel here (else a scalar loop).");
     m.def("screen_costs", &screen_costs_py, py::arg("a16"), py::arg("b16"), py::arg("na"),

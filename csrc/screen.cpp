@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <thread>
+#include <utility>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -20,6 +22,7 @@ constexpr int64_t kMR = 8;   // rows per register tile
 constexpr int64_t kNR = 32;  // columns per register tile: two 16-lane float32 vectors
 constexpr int64_t kMC = 64;  // rows per block; a block's bf16 rows stay in L2 across the column panels
 constexpr int64_t kNC = 16;  // panels per column group (512 columns)
+constexpr double kRound = 1e-6;  // covers the float32 roundings on either side of the bound
 
 inline float bf16_value(uint16_t h) {
     const uint32_t x = uint32_t(h) << 16;
@@ -95,13 +98,12 @@ __attribute__((target("avx512f,avx512bf16"))) void tile_avx512(
     }
 }
 
-void screen_costs_avx512(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,
-                         const float* na, const float* nb, float* out, int threads) {
-    const int64_t dw = d / 2;
-    const int64_t panels = (m + kNR - 1) / kNR;
-    // B packed panel by panel: word kk of the panel's kNR columns contiguous (zero padding).
-    std::vector<uint32_t> bp(size_t(panels * dw * kNR), 0u);
-    std::vector<float> nbp(size_t(panels * kNR), 0.0f);
+// B packed panel by panel: word kk of the panel's kNR columns contiguous (zero padding).
+void pack_panels(const uint16_t* b16, int64_t m, int64_t d, const float* nb, std::vector<uint32_t>& bp,
+                 std::vector<float>& nbp, int threads) {
+    const int64_t dw = d / 2, panels = (m + kNR - 1) / kNR;
+    bp.assign(size_t(panels * dw * kNR), 0u);
+    nbp.assign(size_t(panels * kNR), 0.0f);
     parallel_blocks(panels, threads, [&](int64_t p) {
         uint32_t* dst = bp.data() + p * dw * kNR;
         for (int64_t jj = 0; jj < kNR && p * kNR + jj < m; ++jj) {
@@ -111,6 +113,12 @@ void screen_costs_avx512(const uint16_t* a16, int64_t n, const uint16_t* b16, in
             nbp[size_t(j)] = nb[j];
         }
     });
+}
+
+void screen_costs_avx512(const uint16_t* a16, int64_t n, const uint32_t* bp, const float* nbp, int64_t m,
+                         int64_t d, const float* na, float* out, int threads) {
+    const int64_t dw = d / 2;
+    const int64_t panels = (m + kNR - 1) / kNR;
     const std::vector<uint32_t> zero_row(size_t(std::max<int64_t>(dw, 1)), 0u);
     // Column groups of kNC panels (2.4 MB of packed B at D = 2304: stays in L3) outermost, so
     // that B streams from memory once; every row block of a group reads its panels from L3.
@@ -125,8 +133,7 @@ void screen_costs_avx512(const uint16_t* a16, int64_t n, const uint16_t* b16, in
                 const int64_t nr = std::min(kMR, i1 - i);
                 for (int64_t r = 0; r < kMR; ++r)
                     rows[r] = r < nr ? reinterpret_cast<const uint32_t*>(a16 + (i + r) * d) : zero_row.data();
-                tile_avx512(rows, bp.data() + p * dw * kNR, dw, na + i, nbp.data() + j0, out + i * m + j0, m,
-                            nr, cols);
+                tile_avx512(rows, bp + p * dw * kNR, dw, na + i, nbp + j0, out + i * m + j0, m, nr, cols);
             }
         }
     });
@@ -218,17 +225,55 @@ bool screen_has_fast_kernel() {
 #endif
 }
 
-void screen_costs(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,
-                  const float* na, const float* nb, float* out, int threads) {
-    if (n == 0 || m == 0) return;
+ScreenB::ScreenB(const uint16_t* b16, int64_t m, int64_t d, const float* nb, int threads)
+    : m_(m), d_(d), nb_(nb, nb + m) {
 #ifdef MECHPERM_SCREEN_X86
-    if (d % 2 == 0 && screen_has_fast_kernel()) {
-        screen_costs_avx512(a16, n, b16, m, d, na, nb, out, threads);
+    fast_ = d % 2 == 0 && screen_has_fast_kernel();
+    if (fast_) {
+        pack_panels(b16, m, d, nb, packed_, nbp_, threads);
         return;
     }
 #endif
-    screen_costs_scalar(a16, n, b16, m, d, na, nb, out, threads);
+    raw_.assign(b16, b16 + m * d);
 }
+
+void ScreenB::costs(const uint16_t* a16, int64_t n, const float* na, float* out, int threads) const {
+    if (n == 0 || m_ == 0) return;
+#ifdef MECHPERM_SCREEN_X86
+    if (fast_) {
+        screen_costs_avx512(a16, n, packed_.data(), nbp_.data(), m_, d_, na, out, threads);
+        return;
+    }
+#endif
+    screen_costs_scalar(a16, n, raw_.data(), m_, d_, na, nb_.data(), out, threads);
+}
+
+void screen_costs(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,
+                  const float* na, const float* nb, float* out, int threads) {
+    if (n == 0 || m == 0) return;
+    ScreenB(b16, m, d, nb, threads).costs(a16, n, na, out, threads);
+}
+
+namespace {
+// Per-column factors of the bound (see screen_lower_bounds) and the row's own.
+struct BoundTerms {
+    std::vector<double> X, Y, Z, T, W;
+    BoundTerms(const ScreenSide& b, int64_t m) : X(m), Y(m), Z(m), T(m), W(m) {
+        for (int64_t j = 0; j < m; ++j) {
+            X[j] = b.resid_norm[j];
+            Y[j] = b.bf16_norm[j] + b.resid_norm[j];
+            Z[j] = b.bf16_norm[j];
+            T[j] = b.norm[j];
+            W[j] = kRound * b.sq_norm[j];
+        }
+    }
+    void apply(float* row, int64_t m, const ScreenSide& a, int64_t i, double gamma, double abs_slack) const {
+        lower_bound_row(row, m, 2.0 * a.bf16_norm[i], 2.0 * a.resid_norm[i],
+                        (2.0 * gamma + 2.0 * kRound) * a.bf16_norm[i], 2.0 * kRound * a.norm[i],
+                        kRound * a.sq_norm[i] + abs_slack, X.data(), Y.data(), Z.data(), T.data(), W.data());
+    }
+};
+}  // namespace
 
 void screen_lower_bounds(float* c, int64_t n, int64_t m, const ScreenSide& a, const ScreenSide& b,
                          double gamma, double abs_slack, const double* u, const double* v,
@@ -237,20 +282,10 @@ void screen_lower_bounds(float* c, int64_t n, int64_t m, const ScreenSide& a, co
     //           + 2 gamma |a~||b~|                       float32 accumulation
     //           + 1e-6 (|a|^2 + |b|^2 + 2 |a~||b~| + 2 |a||b|)   the few float32 roundings of
     //             c~ = |a|^2 + |b|^2 - 2 s and of the exact cost (each <= 2^-24 relative)
-    std::vector<double> X(m), Y(m), Z(m), T(m), W(m);
-    for (int64_t j = 0; j < m; ++j) {
-        X[j] = b.resid_norm[j];
-        Y[j] = b.bf16_norm[j] + b.resid_norm[j];
-        Z[j] = b.bf16_norm[j];
-        T[j] = b.norm[j];
-        W[j] = 1e-6 * b.sq_norm[j];
-    }
-    constexpr double kRound = 1e-6;
+    const BoundTerms terms(b, m);
     for (int64_t i = 0; i < n; ++i) {
         float* row = c + i * m;
-        lower_bound_row(row, m, 2.0 * a.bf16_norm[i], 2.0 * a.resid_norm[i],
-                        (2.0 * gamma + 2.0 * kRound) * a.bf16_norm[i], 2.0 * kRound * a.norm[i],
-                        kRound * a.sq_norm[i] + abs_slack, X.data(), Y.data(), Z.data(), T.data(), W.data());
+        terms.apply(row, m, a, i, gamma, abs_slack);
         const double lim = tau + u[i];
         for (int64_t j = 0; j < m; ++j) {
             if (double(row[j]) - v[j] < lim) {
@@ -259,6 +294,29 @@ void screen_lower_bounds(float* c, int64_t n, int64_t m, const ScreenSide& a, co
             }
         }
     }
+}
+
+void screen_price(const ScreenB& b, const uint16_t* a16, int64_t n, const float* na, const ScreenSide& a,
+                  const ScreenSide& bs, double gamma, double abs_slack, const double* u, const double* v,
+                  int64_t q, int threads, int64_t* cols, double* bound) {
+    const int64_t m = b.m(), d = b.d(), qq = std::min(q, m);
+    const BoundTerms terms(bs, m);
+    constexpr int64_t kChunk = 64;  // rows per screened tile
+    parallel_blocks((n + kChunk - 1) / kChunk, threads, [&](int64_t blk) {
+        const int64_t i0 = blk * kChunk, rows = std::min(kChunk, n - i0);
+        std::vector<float> tile(size_t(rows * m));
+        b.costs(a16 + i0 * d, rows, na + i0, tile.data(), 1);
+        std::vector<std::pair<double, int64_t>> red(static_cast<size_t>(m));
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = i0 + r;
+            float* row = tile.data() + r * m;
+            terms.apply(row, m, a, i, gamma, abs_slack);
+            for (int64_t j = 0; j < m; ++j) red[size_t(j)] = {(double(row[j]) - u[i]) - v[j], j};
+            if (qq < m) std::nth_element(red.begin(), red.begin() + qq, red.end());
+            for (int64_t t = 0; t < qq; ++t) cols[i * qq + t] = red[size_t(t)].second;
+            bound[i] = qq < m ? red[size_t(qq)].first : std::numeric_limits<double>::infinity();
+        }
+    });
 }
 
 }  // namespace mechperm

@@ -12,6 +12,24 @@ namespace mechperm {
 // True where the fast kernel runs (x86 with AVX-512 BF16); MECHPERM_NO_SIMD=1 forces the scalar one.
 bool screen_has_fast_kernel();
 
+// B prepared once for many row blocks: packed panels for the fast kernel, the raw bits for the
+// scalar one.
+class ScreenB {
+public:
+    ScreenB(const uint16_t* b16, int64_t m, int64_t d, const float* nb, int threads);
+    // out [n, m] = the screened costs of rows a16 [n, d] against B (see screen_costs).
+    void costs(const uint16_t* a16, int64_t n, const float* na, float* out, int threads) const;
+    int64_t m() const { return m_; }
+    int64_t d() const { return d_; }
+
+private:
+    int64_t m_, d_;
+    bool fast_ = false;
+    std::vector<uint32_t> packed_;
+    std::vector<float> nbp_, nb_;
+    std::vector<uint16_t> raw_;
+};
+
 // out[i, j] = max(na[i] + nb[j] - 2 s_ij, 0) with s_ij the dot of bf16 rows a16[i] and b16[j]
 // (raw bf16 bits, row-major [n, d] and [m, d]) accumulated in float32 in k order (exact bf16
 // products; bf16 subnormal inputs must be zero). `threads` row blocks run in parallel.
@@ -45,5 +63,13 @@ struct ScreenSide {
 void screen_lower_bounds(float* c, int64_t n, int64_t m, const ScreenSide& a, const ScreenSide& b,
                          double gamma, double abs_slack, const double* u, const double* v,
                          double tau, std::vector<int64_t>& rows, std::vector<int64_t>& cols);
+
+// Screened pricing of rows a16 [n, d] (stats a, duals u of these rows) against B: per row, the
+// q columns of least lower-bound reduced cost L_ij - u_i - v_j (cols [n, min(q, m)], any
+// order) and bound[i], a lower bound on that reduced cost over every other column (the
+// (q+1)-th least; +inf if none): exact costs are needed for the q columns only.
+void screen_price(const ScreenB& b, const uint16_t* a16, int64_t n, const float* na, const ScreenSide& a,
+                  const ScreenSide& bs, double gamma, double abs_slack, const double* u, const double* v,
+                  int64_t q, int threads, int64_t* cols, double* bound);
 
 }  // namespace mechperm

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -110,6 +110,20 @@ class Assignment:
     def n_matched(self) -> int:
         """Number of matched pairs."""
         return int(np.count_nonzero(self.row_to_col >= 0))
+
+
+class PricedRows(NamedTuple):
+    """What a ``price_rows`` callback of :func:`assign_exact` may return with its own bound."""
+
+    rows: np.ndarray
+    """int64 [P]"""
+    cols: np.ndarray
+    """int64 [P]"""
+    costs: np.ndarray
+    """[P] exact costs c_ij"""
+    bound: np.ndarray
+    """float64 [len(requested rows)]: every pair of that row not returned has
+    c_ij − u_i − v_j >= bound (in the order the rows were requested)."""
 
 
 @dataclass
@@ -451,8 +465,11 @@ def assign_exact(
     price_rows : callable ``(rows, u, v) -> (rows, cols, costs[, ...])``
         Streams the full cost rows ``rows`` (int64) and returns, per row, either every pair with
         ``c_ij - u_i - v_j < 0`` or the q pairs of smallest reduced cost (recommended: they also
-        anticipate the next rounds and give the row a bound of its own). Extra outputs are
-        ignored; pairs already in the graph are skipped.
+        anticipate the next rounds and give the row a bound of its own). Other outputs are
+        ignored, except from a :class:`PricedRows`, whose ``bound`` [len(rows)] is a lower bound
+        on the reduced cost of every pair of that row not returned (for callbacks whose
+        selection is approximate, e.g. screened costs; it must be >= 0 where the row returned
+        no violating pair). Pairs already in the graph are skipped.
     unmatched_cost : float or array [n_rows], optional
         Partial assignment as in :func:`assign`.
     max_rounds : int
@@ -729,9 +746,13 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
             pr, pc, pw = (np.asarray(x) for x in out[:3])
             pr, pc = pr.astype(np.int64, copy=False), pc.astype(np.int64, copy=False)
             pw = pw.astype(np.float64, copy=False)
+            # PricedRows.bound: per priced row, a lower bound on the reduced cost of every pair
+            # it did not return (screened pricing, whose selection is approximate).
+            explicit = np.asarray(out.bound, np.float64) if isinstance(out, PricedRows) else None
+            trimmed = np.bincount(pr, minlength=n)[rows] > max_new if explicit is not None else None
             pr, pc, pw, red = _keep_most_negative(pr, pc, pw, pw - u[pr] - v[pc], max_new)
             inside = _in_graph(g, pr, pc, m)
-            low[rows] = 0.0
+            low[rows] = 0.0 if explicit is None else np.minimum(explicit, 0.0)
             if (~inside).any():
                 np.minimum.at(low, pr[~inside], red[~inside])
             bad = ~inside & (red < -_REL_TOL * (np.abs(pw) + np.abs(u[pr]) + np.abs(v[pc])))
@@ -745,12 +766,16 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
                 top = np.full(n, -np.inf)
                 np.maximum.at(top, pr, red)
                 m_i = np.where(np.isfinite(top[rows]), top[rows], 0.0)
+            if explicit is not None:  # pairs trimmed above still have red >= the largest kept
+                m_i = np.where(trimmed, np.minimum(explicit, m_i), explicit)
             ref_m[rows], ref_u[rows], ref_round[rows] = m_i, u[rows], rounds
             ref_v[rounds] = v.copy()
             ref_v = {r: ref_v[r] for r in np.unique(ref_round[ref_round >= 0])}
             stats["priced_rows"] += len(rows)
             found.append((pr[~inside], pc[~inside], pw[~inside]))
-            return int(bad.sum())
+            unproven = 0 if explicit is None else int((explicit < 0).sum())  # contract breach: re-price
+            clean[rows[explicit < 0] if explicit is not None else rows[:0]] = False
+            return int(bad.sum()) + unproven
 
         violations = 0
         if len(need):

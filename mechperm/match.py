@@ -296,15 +296,27 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
         A, B = B, A
     n, m = A.shape[0], B.shape[0]
     t0 = time.perf_counter()
-    g = kernels.candidates(A, B, k=k)
+    if screen.available(A, B):  # bf16 candidates and pricing, exact costs where they matter
+        sv = screen.prepare(A, B)
+        graph, cand_stats = screen.solver_graph(sv, k)
+        pricer = screen.row_pricer(sv, PRICE_PER_ROW)
+
+        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            return sv.exact(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
+    else:
+        g = kernels.candidates(A, B, k=k)
+        graph, cand_stats = kernels.solver_graph(g, A, B), g.stats
+        pricer = kernels.row_pricer(A, B, PRICE_PER_ROW)
+
+        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            dev = A.device
+            return kernels.dense_costs(A[torch.from_numpy(r).to(dev)], B[torch.from_numpy(c).to(dev)]).cpu().numpy()
     t_cand = time.perf_counter() - t0
-    graph = kernels.solver_graph(g, A, B)
     graph, zero_arcs = _zero_vector_arcs(graph, A, B, k)
     completion = 0
     if lam is None:
-        graph, completion = _complete(graph, A, B)
+        graph, completion = _complete(graph, A, B, block_costs)
 
-    pricer = kernels.row_pricer(A, B, PRICE_PER_ROW)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -325,7 +337,7 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
     res.timings["candidates"] = t_cand
     rows = np.repeat(np.arange(n), np.diff(graph.indptr))
     margin = _margins(res.row_to_col, rows, graph.indices, graph.costs, res.u, res.v, n)
-    graph_stats = {"candidate_edges": g.num_edges, "cos_only_edges": g.stats.cos_only, "candidates_k": g.k,
+    graph_stats = {"candidate_edges": cand_stats.edges, "cos_only_edges": cand_stats.cos_only, "candidates_k": k,
                    "zero_vector_edges": zero_arcs, "completion_edges": completion}
     if transposed:
         res.row_to_col, res.col_to_row = res.col_to_row, res.row_to_col
@@ -334,7 +346,7 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
     return res, margin, graph_stats
 
 
-def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor) -> tuple[solver.CandidateGraph, int]:
+def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor, block_costs) -> tuple[solver.CandidateGraph, int]:
     """The graph plus, if it has no assignment of every row, the arcs between the rows and the
     columns a maximum matching leaves free (then it has one), with their exact costs.
 
@@ -355,14 +367,12 @@ def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor) -> tuple[solve
     free_cols = np.flatnonzero(~used)  # >= len(free_rows) of them (n <= m); none has an arc to a free row
     # Blocks of w free rows × w free columns, each complete: at most ~2^20 new arcs.
     w = max(1, min(len(free_rows), (1 << 20) // len(free_rows)))
-    dev = A.device
     new_r, new_c, new_w = [], [], []
     for s0 in range(0, len(free_rows), w):
         r, c = free_rows[s0 : s0 + w], free_cols[s0 : s0 + w]
-        cost = kernels.dense_costs(A[torch.from_numpy(r).to(dev)], B[torch.from_numpy(c).to(dev)])
         new_r.append(np.repeat(r, len(c)))
         new_c.append(np.tile(c, len(r)))
-        new_w.append(cost.cpu().numpy().reshape(-1).astype(graph.costs.dtype))
+        new_w.append(block_costs(r, c).reshape(-1).astype(graph.costs.dtype))
     done = graph.with_arcs(np.concatenate(new_r), np.concatenate(new_c), np.concatenate(new_w))
     return done, len(done.indices) - len(graph.indices)
 

@@ -22,19 +22,17 @@ def _valid_partial_perm(perm: torch.Tensor, Fb: int) -> None:
     assert used.unique().numel() == used.numel(), "a feature of B is used twice"
 
 
-def _reference_costs(A: torch.Tensor, B: torch.Tensor, path: str = "dense") -> torch.Tensor:
-    """The costs match() is exact for: float64-dot costs where the dense path screens with bf16
-    (kernels.screen), the float32 GEMM's otherwise and on the sparse path (the two differ by
-    float32 rounding: ~1e-7 relative, more where large norms cancel)."""
-    if path == "dense" and screen.available(A, B):
-        return screen.exact_dense_costs(A, B)
-    return kernels.dense_costs(A, B)
+def _reference_costs(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """The costs match() is exact for: float64-dot costs where it screens with bf16 (CPUs with
+    AVX-512 BF16, kernels.screen), the float32 GEMM's otherwise (they differ by float32
+    rounding: ~1e-7 relative, more where large norms cancel)."""
+    return screen.exact_dense_costs(A, B) if screen.available(A, B) else kernels.dense_costs(A, B)
 
 
-def _scipy_objective(sae_a, sae_b, *, fold=True, metric="mse", on="decoder", pad=None, path="dense") -> float:
+def _scipy_objective(sae_a, sae_b, *, fold=True, metric="mse", on="decoder", pad=None) -> float:
     A = kernels.matching_vectors(sae_a, on=on, fold=fold, normalize=metric == "cosine")
     B = kernels.matching_vectors(sae_b, on=on, fold=fold, normalize=metric == "cosine")
-    c = _reference_costs(A, B, path).double().numpy()
+    c = _reference_costs(A, B).double().numpy()
     if pad is not None:  # partial: dummy column i usable by row i only, at cost `pad`
         n = c.shape[0]
         dummy = np.full((n, n), 1e18)
@@ -69,8 +67,7 @@ def test_sparse_path_reaches_the_dense_optimum(stack) -> None:
     dense = match(a, b)
     sparse = match(a, b, dense_limit=0, candidates_k=2)  # tiny k: pricing must do the work
     assert sparse.certified and sparse.gap <= 1e-9 * dense.objective
-    assert sparse.objective == pytest.approx(_scipy_objective(a, b, path="sparse"), rel=1e-9)
-    assert dense.objective == pytest.approx(_scipy_objective(a, b), rel=1e-9)
+    assert sparse.objective == pytest.approx(dense.objective, rel=1e-9)
     assert sparse.stats["candidate_edges"] < a.d_sae * b.d_sae
     _valid_partial_perm(sparse.perm, b.d_sae)
 
@@ -86,7 +83,7 @@ def test_rectangular(Fa: int, Fb: int, dense_limit) -> None:
     # The sparse path solves F_a > F_b transposed, on float32 costs computed as c(b, a): equal
     # to c(a, b) up to the last bit, so the objective agrees to float32 rounding there.
     rel = 1e-6 if (dense_limit == 0 and Fa > Fb) else 1e-9
-    assert r.objective == pytest.approx(_scipy_objective(a, b, path="dense" if dense_limit is None else "sparse"), rel=rel)
+    assert r.objective == pytest.approx(_scipy_objective(a, b), rel=rel)
 
 
 @pytest.mark.parametrize("threshold", [0.05, 0.3, 1.0, 10.0])
@@ -233,14 +230,14 @@ def test_sparse_path_heavy_tails_and_partial() -> None:
     st = make_stack(2, d=32, F=384, seed=5, heavy_tail=2.5)
     a, b = st.saes
     r = match(a, b, dense_limit=0, candidates_k=3)
-    expected = _scipy_objective(a, b, path="sparse")
+    expected = _scipy_objective(a, b)
     assert r.certified and r.objective == pytest.approx(expected, rel=1e-9)
     assert r.stats["rounds"] > 1 and r.stats["solver"]["priced_rows"] > 0
     _valid_partial_perm(r.perm, b.d_sae)
     for threshold in (0.5, 5.0):
         p = match(a, b, mode="partial", threshold=threshold, dense_limit=0, candidates_k=3)
         assert p.certified
-        assert p.objective == pytest.approx(_scipy_objective(a, b, pad=threshold, path="sparse"), rel=1e-9)
+        assert p.objective == pytest.approx(_scipy_objective(a, b, pad=threshold), rel=1e-9)
         _valid_partial_perm(p.perm, b.d_sae)
 
 
@@ -252,11 +249,11 @@ def test_sparse_path_completes_an_infeasible_candidate_graph() -> None:
     a, b = st.saes
     r = match(a, b, dense_limit=0, candidates_k=1)
     assert r.stats["completion_edges"] > 0 and r.stats["solver"]["slack"] == 0
-    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b, path="sparse"), rel=1e-9)
+    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b), rel=1e-9)
     _valid_partial_perm(r.perm, b.d_sae)
     wide = make_stack(2, d=32, F=512, seed=6, heavy_tail=2.5).saes[1]  # rectangular: 384 x 512
     r = match(a, wide, dense_limit=0, candidates_k=1)
-    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, wide, path="sparse"), rel=1e-9)
+    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, wide), rel=1e-9)
     assert r.n_matched == a.d_sae
 
 
@@ -269,7 +266,7 @@ def test_sparse_path_gives_tied_zero_vectors_their_own_arcs() -> None:
     assert int((kernels.row_sq_norms(kernels.matching_vectors(a)) == 0).sum()) > 200
     r = match(a, b, dense_limit=0, candidates_k=4)
     assert r.stats["zero_vector_edges"] > 0 and r.stats["completion_edges"] == 0
-    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b, path="sparse"), rel=1e-9)
+    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b), rel=1e-9)
     _valid_partial_perm(r.perm, b.d_sae)
 
 

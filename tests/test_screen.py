@@ -164,3 +164,62 @@ def test_screening_switch(monkeypatch) -> None:
     assert on.objective == pytest.approx(off.objective, rel=1e-6)
     with pytest.raises(ValueError, match="runs on the CPU"):
         screen.screened_costs(A.to("meta"), B.to("meta"))
+
+
+@pytest.mark.parametrize("heavy", [0.0, 2.5])
+@pytest.mark.parametrize("shape", [(300, 300), (200, 260), (260, 200)])
+def test_screened_sparse_path_is_exact(monkeypatch, heavy: float, shape) -> None:
+    """The sparse path on screened candidates and pricing (tiny k: pricing carries it)."""
+    monkeypatch.setenv("MECHPERM_SCREEN", "1")
+    st = make_stack(2, d=48, F=max(shape), seed=12, heavy_tail=heavy, dead_rate=0.05)
+    A = kernels.matching_vectors(st.saes[0])[: shape[0]]
+    B = kernels.matching_vectors(st.saes[1])[: shape[1]]
+    C = screen.exact_dense_costs(A, B).double().numpy()
+    for k in (1, 3, 16):
+        r = match_vectors(A, B, dense_limit=0, candidates_k=k)
+        assert r.certified and r.objective == pytest.approx(_scipy(C), rel=1e-12), k
+        perm = r.perm.numpy()
+        assert np.unique(perm[perm >= 0]).size == min(shape)
+    thr = float(np.median(C.min(axis=1)))
+    p = match_vectors(A, B, mode="partial", threshold=thr, dense_limit=0, candidates_k=3)
+    assert p.certified and p.objective == pytest.approx(_scipy(C, pad=thr), rel=1e-12)
+
+
+def test_screened_graph_bounds_hold_for_every_pair_left_out() -> None:
+    """Rank and Euclidean bounds of the screened graph against the exact costs (heavy tails)."""
+    st = make_stack(2, d=40, F=200, seed=13, heavy_tail=2.5)
+    A, B = (kernels.matching_vectors(s) for s in st.saes)
+    sv = screen.prepare(A, B)
+    g, _ = screen.solver_graph(sv, 4)
+    C = screen.exact_dense_costs(A, B).double().numpy()
+    inside = np.zeros(C.shape, bool)
+    inside[np.repeat(np.arange(200), np.diff(g.indptr)), g.indices] = True
+    rows = np.repeat(np.arange(200), np.diff(g.indptr))
+    np.testing.assert_allclose(g.costs, C[rows, g.indices], rtol=1e-6, atol=1e-6)
+    out = ~inside
+    assert (C[out] >= (g.row_bound[:, None] + np.zeros((1, 200)))[out]).all()
+    assert (C[out] >= (np.zeros((200, 1)) + g.col_bound[None, :])[out]).all()
+    y, x = g.row_norm[:, None], g.col_norm[None, :]
+    for kappa in (g.row_cos[:, None], g.col_cos[None, :]):
+        euclid = (1 - 1e-5) * (y**2 + x**2) - 2 * y * x * kappa
+        assert (C[out] >= euclid[out]).all()
+
+
+def test_screened_pricer_bound_covers_every_pair_not_returned() -> None:
+    """q = 1 and duals that leave many pairs negative: rows are re-priced with 4q until the
+    bound is >= 0, and every pair not returned has an exact reduced cost >= the bound."""
+    A, B = _vectors(60, 24, 5, heavy=1.0), _vectors(90, 24, 6, heavy=1.0)
+    sv = screen.prepare(A, B)
+    C = screen.exact_dense_costs(A, B).double().numpy()
+    rng = np.random.default_rng(0)
+    u = C.min(axis=1) + rng.uniform(0, 0.5, 60) * C.std()
+    v = np.zeros(90)
+    rows = np.arange(0, 60, 2)
+    r, c, w, bound = screen.row_pricer(sv, 1)(rows, u, v)
+    assert (bound >= 0).all() and (np.bincount(r, minlength=60)[rows] >= 1).all()
+    np.testing.assert_allclose(w, C[r, c], rtol=1e-6, atol=1e-6)
+    red = C - u[:, None] - v[None, :]
+    returned = np.zeros(C.shape, bool)
+    returned[r, c] = True
+    for t, i in enumerate(rows):
+        assert (red[i, ~returned[i]] >= bound[t] - 1e-9).all()

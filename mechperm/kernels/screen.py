@@ -34,7 +34,16 @@ import torch
 from torch import Tensor
 
 from mechperm import _auction
-from mechperm.kernels.candidates import _check_vectors, row_sq_norms
+from mechperm.kernels.candidates import (
+    _assemble,
+    _check_vectors,
+    _no_edges,
+    _owner_parts,
+    _RunningTopK,
+    _Scratch,
+    _select,
+    row_sq_norms,
+)
 
 
 
@@ -146,3 +155,187 @@ def exact_dense_costs(A: Tensor, B: Tensor) -> Tensor:
     na, nb = row_sq_norms(A).double(), row_sq_norms(B).double()
     dot = A.double() @ B.double().T
     return (na[:, None] + nb[None, :] - 2.0 * dot).clamp_min_(0.0).float()
+
+
+# ---------------------------------------------------------------------------------- sparse path
+@dataclasses.dataclass
+class ScreenedVectors:
+    """Both sides prepared for screening: float32 rows (exact dots), bf16 bits, statistics
+    (as in :class:`ScreenedCosts`), and B packed once for every row block and pricing pass."""
+
+    A32: np.ndarray
+    B32: np.ndarray
+    a_bits: np.ndarray
+    b_bits: np.ndarray
+    a_stats: np.ndarray
+    b_stats: np.ndarray
+    packed: _auction.ScreenB
+    gamma: float
+    abs_slack: float
+    threads: int
+
+    @property
+    def na(self) -> np.ndarray:
+        return self.a_stats[3].astype(np.float32)
+
+    @property
+    def nb(self) -> np.ndarray:
+        return self.b_stats[3].astype(np.float32)
+
+    def exact(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Exact costs of the pairs (see :func:`exact_costs`)."""
+        return exact_costs(self.A32, self.B32, rows, cols, self.a_stats[3], self.b_stats[3])
+
+
+def prepare(A: Tensor, B: Tensor, *, threads: int | None = None) -> ScreenedVectors:
+    """bf16 bits and statistics of both sides, B packed (CPU tensors; see :func:`screened_costs`)."""
+    _check_vectors(A, B)
+    if A.device.type != "cpu" or B.device.type != "cpu":
+        raise ValueError(f"screening runs on the CPU; got tensors on {A.device} and {B.device}")
+    threads = threads or torch.get_num_threads()
+    sides = []
+    for name, X in (("A", A), ("B", B)):
+        x32 = _float_rows(X)
+        bits, stats, bad = _auction.screen_side(x32, row_sq_norms(X).numpy(), threads)
+        if bad >= 0:
+            raise ValueError(f"{name} row {bad} is not finite (or overflows bfloat16); cannot screen it")
+        sides.append((x32, bits, stats))
+    (A32, a_bits, a_stats), (B32, b_bits, b_stats) = sides
+    d = a_bits.shape[1]
+    u = 2.0**-24
+    packed = _auction.ScreenB(b_bits, b_stats[3].astype(np.float32), threads=threads)
+    return ScreenedVectors(A32, B32, a_bits, b_bits, a_stats, b_stats, packed,
+                           gamma=d * u / (1.0 - d * u), abs_slack=8.0 * d * 2.0**-126, threads=threads)
+
+
+def _error_terms(own: np.ndarray, other: np.ndarray, gamma: float, abs_slack: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, K) per vector of one side: the bound E_ij (see ``csrc/screen.cpp``) is at most
+    ``mu_i x_j + 1e-6 |b_j|^2 + K_i`` over every j, with x_j = sqrt(float32 |b_j|^2). The
+    |b_j|-proportional terms are bounded through the largest ratios to x_j; columns with
+    x_j = 0 (only subnormal entries) go into K."""
+    an, ar, af, sq = own
+    bn, br, bf, bsq = other
+    x = np.sqrt(bsq)
+    pos = x > 0
+    up = 1.0 + 1e-12
+
+    def ratio(t: np.ndarray) -> float:
+        return float(np.max(t[pos] / x[pos], initial=0.0)) * up
+
+    rho1, rho2, rho3, rho4 = ratio(br), ratio(bn + br), ratio(bn), ratio(bf)
+    z = float(np.max((bn + br + bf)[~pos], initial=0.0))
+    c3 = 2.0 * gamma + 2.0e-6
+    mu = (2.0 * an * rho1 + 2.0 * ar * rho2 + c3 * an * rho3 + 2.0e-6 * af * rho4) * up
+    K = (1e-6 * sq + abs_slack + (2.0 * an + 2.0 * ar + c3 * an + 2.0e-6 * af) * z) * up
+    return mu, K
+
+
+def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block_rows: int = 256):
+    """The candidate graph of the sparse path, screened: per row and per column the k cheapest
+    and the k_cos most cosine-similar partners by screened cost, with exact costs, and bounds
+    that hold for the exact costs of every pair left out (:class:`mechperm.assign.CandidateGraph`).
+
+    Selection by screened values keeps the graph's purpose (an optimum close to the true one);
+    the bounds absorb the screen's error: the k-th screened cost minus the largest error of the
+    row, and the least screened cosine plus mu_i / (2 |a_i|) (the error per unit |b_j|; see
+    :func:`_error_terms`). Returns the graph and the :class:`CandidateStats`.
+    """
+    from mechperm import assign
+
+    k_cos = k if k_cos is None else k_cos
+    Fa, Fb = sv.A32.shape[0], sv.B32.shape[0]
+    kr, kc = min(k, Fb), min(k, Fa)
+    kcr, kcc = min(k_cos, Fb), min(k_cos, Fa)
+    dev = torch.device("cpu")
+    rows_c = _RunningTopK(Fa, kr, dev, "cost")
+    cols_c = _RunningTopK(Fb, kc, dev, "cost")
+    rows_s = _RunningTopK(Fa, kcr, dev, "cos") if kcr else None
+    cols_s = _RunningTopK(Fb, kcc, dev, "cos") if kcc else None
+    na, nb = torch.from_numpy(sv.na), torch.from_numpy(sv.nb)
+    y, x = np.sqrt(sv.a_stats[3]), np.sqrt(sv.b_stats[3])
+    half_iy = torch.from_numpy(np.where(y > 0, 0.5 / np.where(y > 0, y, 1.0), 0.0)).float()
+    ix = torch.from_numpy(np.where(x > 0, 1.0 / np.where(x > 0, x, 1.0), 0.0)).float()
+    scratch = _Scratch(dev)
+    out = np.empty((min(block_rows, Fa), Fb), np.float32)
+    for r0 in range(0, Fa if Fb else 0, block_rows):
+        r1 = min(r0 + block_rows, Fa)
+        tile_np = sv.packed.costs(sv.a_bits[r0:r1], sv.na[r0:r1], threads=sv.threads, out=out[: r1 - r0])
+        tile = torch.from_numpy(tile_np)
+        cos = None
+        if rows_s is not None:  # −cos~ = (c~ − |a|² − |b|²) · ½/|a| / |b|
+            cos = scratch.get("cos", tile.shape)
+            torch.sub(tile, na[r0:r1, None], out=cos).sub_(nb[None, :]).mul_(half_iy[r0:r1, None]).mul_(ix[None, :])
+        _select(tile, cos, r0, 0, rows_c, cols_c, rows_s, cols_s, scratch)
+    parts = [_owner_parts(rows_c, True, rows_c.vals), _owner_parts(cols_c, False, cols_c.vals)]
+    for own, by_row in ((rows_s, True), (cols_s, False)):
+        parts.append(_owner_parts(own, by_row, own.cost) if own is not None else _no_edges(dev))
+    inf = float("inf")
+    row_kth = rows_c.vals[:, -1].clone() if kr else torch.full((Fa,), inf)
+    col_kth = cols_c.vals[:, -1].clone() if kc else torch.full((Fb,), inf)
+    g = _assemble((Fa, Fb), parts, row_kth, col_kth, k, k_cos)
+
+    rows = g.row_ids().numpy()
+    cols = g.indices.numpy()
+    costs = sv.exact(rows, cols)
+    mu_a, K_a = _error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
+    mu_b, K_b = _error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
+    e_row = mu_a * float(x.max(initial=0.0)) + 1e-6 * float(sv.b_stats[3].max(initial=0.0)) + K_a
+    e_col = mu_b * float(y.max(initial=0.0)) + 1e-6 * float(sv.a_stats[3].max(initial=0.0)) + K_b
+    bounds = {
+        "row_bound": row_kth.double().numpy() - e_row,
+        "col_bound": col_kth.double().numpy() - e_col,
+        "row_norm": y, "col_norm": x,
+    }
+    for name, own, mu, norm in (("row_cos", rows_s, mu_a, y), ("col_cos", cols_s, mu_b, x)):
+        if own is None:
+            continue
+        kappa = -own.vals[:, -1].double().numpy()  # the least screened cosine held
+        kappa = kappa + np.where(norm > 0, mu / (2.0 * np.where(norm > 0, norm, 1.0)), 0.0)
+        if np.isfinite(kappa).all():
+            bounds[name] = kappa
+    graph = assign.CandidateGraph(indptr=g.indptr.numpy(), indices=cols, costs=costs, **bounds)
+    return graph, g.stats
+
+
+def row_pricer(sv: ScreenedVectors, q: int, *, block: int = 1024):
+    """``price_rows`` of :func:`mechperm.assign.assign_exact`, screened: per requested row the q
+    pairs of least lower-bound reduced cost, with exact costs, and as 4th output a lower bound
+    on the reduced cost of every pair not returned. A row whose bound is < 0 (more than q pairs
+    the screen cannot rule out) is priced again with 4q, until the bound is >= 0."""
+
+    from mechperm import assign
+
+    def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
+        rows = np.ascontiguousarray(rows, np.int64)
+        v = np.ascontiguousarray(v, np.float64)
+        out_r, out_c, out_b = [], [], []
+        todo, qq = rows, q
+        while len(todo):
+            bound = np.empty(len(todo))
+            for s0 in range(0, len(todo), block):
+                ids = todo[s0 : s0 + block]
+                cols, b = sv.packed.price(
+                    np.ascontiguousarray(sv.a_bits[ids]), sv.na[ids], np.ascontiguousarray(sv.a_stats[:, ids]),
+                    sv.b_stats, sv.gamma, sv.abs_slack, np.ascontiguousarray(u[ids], np.float64), v, qq,
+                    threads=sv.threads)
+                bound[s0 : s0 + block] = b
+                out_r.append(np.repeat(ids, cols.shape[1]))
+                out_c.append(cols.reshape(-1))
+            retry = bound < 0
+            out_b.append((todo[~retry], bound[~retry]))
+            if qq >= sv.B32.shape[0]:
+                break
+            todo, qq = todo[retry], min(4 * qq, sv.B32.shape[0])
+            if len(todo):  # their first, smaller answers are superseded
+                keep = ~np.isin(np.concatenate(out_r), todo)
+                r_all, c_all = np.concatenate(out_r)[keep], np.concatenate(out_c)[keep]
+                out_r, out_c = [r_all], [c_all]
+        r = np.concatenate(out_r) if out_r else np.empty(0, np.int64)
+        c = np.concatenate(out_c) if out_c else np.empty(0, np.int64)
+        row_bound = np.full(len(rows), np.inf)
+        order = np.argsort(rows, kind="stable")
+        for ids, b in out_b:
+            row_bound[order[np.searchsorted(rows[order], ids)]] = b
+        return assign.PricedRows(r, c, sv.exact(r, c), row_bound)
+
+    return price_rows
