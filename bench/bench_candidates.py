@@ -2,7 +2,10 @@
 
 The candidate pass is one GEMM plus an on-the-fly top-k; the target is candidates ≤ ~1.3× the
 bare ``torch.mm`` on the CPU (the selection must not dominate). On CUDA the Triton kernels are
-reported in TFLOP/s (2·F_a·F_b·D flops per pass).
+reported in TFLOP/s (2·F_a·F_b·D flops per pass). On the CPU also: ``mm_bf16`` (the GEMM on
+bfloat16 copies) and ``screened`` (the sparse path's screened graph, ``kernels.screen``: bf16
+kernel + the same selection + exact float64-dot costs for every edge; where the CPU has
+AVX-512 BF16).
 
     pytest bench/bench_candidates.py --benchmark-only [--benchmark-json out.json]
     python bench/bench_candidates.py            # quick table + ratio, JSON on stdout
@@ -22,6 +25,7 @@ import time
 import pytest
 import torch
 
+from mechperm.kernels import screen
 from mechperm.kernels.candidates import candidates, price
 
 D = 2304
@@ -30,7 +34,8 @@ MAX_N = int(os.environ.get("MECHPERM_BENCH_MAX_N", "16384"))
 SIZES = [n for n in (4096, 16384) if n <= MAX_N] or [MAX_N]
 if os.environ.get("MECHPERM_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["MECHPERM_BENCH_THREADS"]))
-PROVIDERS = ["mm", "candidates", "candidates_cost_only", "price"]
+PROVIDERS = ["mm", "mm_bf16", "candidates", "candidates_cost_only", "screened", "price"]
+CPU_ONLY = {"mm_bf16", "screened"}
 
 
 def setup(n: int, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
@@ -44,6 +49,10 @@ def setup(n: int, device: str = "cpu", dtype: torch.dtype = torch.float32, seed:
 def run(provider: str, A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None):
     if provider == "mm":
         return torch.mm(A, B.T, out=out)
+    if provider == "mm_bf16":
+        return torch.mm(A.bfloat16(), B.bfloat16().T)
+    if provider == "screened":
+        return screen.solver_graph(screen.prepare(A, B), K)
     if provider == "candidates":
         return candidates(A, B, k=K)
     if provider == "candidates_cost_only":
@@ -68,6 +77,8 @@ def _devices() -> list[str]:
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_candidates(benchmark, provider: str, n: int, device: str) -> None:
+    if provider in CPU_ONLY and device != "cpu":
+        pytest.skip("CPU provider")
     A, B = setup(n, device)
     out = torch.empty(n, n, device=device) if provider == "mm" else None
 
@@ -92,9 +103,10 @@ def main() -> None:
             A, B = setup(n, device)
             out = torch.empty(n, n, device=device)
             reps = 3 if n <= 4096 else 1
-            best = {p: float("inf") for p in PROVIDERS}
+            provs = [p for p in PROVIDERS if device == "cpu" or p not in CPU_ONLY]
+            best = {p: float("inf") for p in provs}
             for _ in range(reps):
-                for p in PROVIDERS:  # interleaved, so background load hits every provider alike
+                for p in provs:  # interleaved, so background load hits every provider alike
                     _sync(device)
                     t = time.perf_counter()
                     run(p, A, B, out)

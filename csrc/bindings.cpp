@@ -504,9 +504,14 @@ const uint16_t* screen_rows(const ScreenB& sb, const py::array& a16) {
 }
 
 py::array screen_b_costs(const ScreenB& sb, const py::array& a16, const py::array& na, int threads,
-                         const py::object& out_obj) {
+                         const py::object& out_obj, int64_t c0, int64_t c1) {
     const uint16_t* a = screen_rows(sb, a16);
-    const int64_t n = a16.shape(0), m = sb.m();
+    if (c1 < 0) c1 = sb.m();
+    if (c0 < 0 || c0 % ScreenB::kColumnAlign != 0 || c1 > sb.m() || c1 < c0)
+        throw py::value_error("columns [" + std::to_string(c0) + ", " + std::to_string(c1) +
+                              ") must lie in [0, " + std::to_string(sb.m()) + ") and start at a multiple of " +
+                              std::to_string(ScreenB::kColumnAlign));
+    const int64_t n = a16.shape(0), m = c1 - c0;
     const float* nap = require<float>(na, "na", 1, n);
     py::array out = out_obj.is_none() ? py::array(py::array_t<float>({n, m})) : out_obj.cast<py::array>();
     require<float>(out, "out", 2, n);
@@ -516,7 +521,7 @@ py::array screen_b_costs(const ScreenB& sb, const py::array& a16, const py::arra
     float* o = static_cast<float*>(out.mutable_data());
     {
         py::gil_scoped_release release;
-        sb.costs(a, n, nap, o, std::max(1, threads));
+        sb.costs(a, n, nap, o, std::max(1, threads), c0, c1);
     }
     return out;
 }
@@ -593,7 +598,9 @@ PYBIND11_MODULE(_auction, m) {
         .def(py::init(&make_screen_b), py::arg("b16"), py::arg("nb"), py::arg("threads") = 1)
         .def_property_readonly("m", &ScreenB::m)
         .def("costs", &screen_b_costs, py::arg("a16"), py::arg("na"), py::arg("threads") = 1,
-             py::arg("out") = py::none(), "Screened costs [n, m] of bf16 rows a16 (see screen_costs).")
+             py::arg("out") = py::none(), py::arg("c0") = 0, py::arg("c1") = -1,
+             "Screened costs [n, c1 - c0] of bf16 rows a16 against columns [c0, c1) (c0 a "
+             "multiple of 32; see screen_costs).")
         .def("price", &screen_b_price, py::arg("a16"), py::arg("na"), py::arg("a_stats"),
              py::arg("b_stats"), py::arg("gamma"), py::arg("abs_slack"), py::arg("u"), py::arg("v"),
              py::arg("q"), py::arg("threads") = 1,

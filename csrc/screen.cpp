@@ -50,17 +50,19 @@ void parallel_blocks(int64_t count, int threads, F&& body) {
 }
 
 // The reference arithmetic: bf16 products are exact in float32, summed in k order.
-void screen_costs_scalar(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,
-                         const float* na, const float* nb, float* out, int threads) {
+// Columns [c0, c1) of b16 into out [n, c1 - c0].
+void screen_costs_scalar(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t c0, int64_t c1,
+                         int64_t d, const float* na, const float* nb, float* out, int threads) {
+    const int64_t m = c1 - c0;
     parallel_blocks((n + kMC - 1) / kMC, threads, [&](int64_t blk) {
         const int64_t i1 = std::min(n, (blk + 1) * kMC);
         for (int64_t i = blk * kMC; i < i1; ++i) {
             const uint16_t* a = a16 + i * d;
-            for (int64_t j = 0; j < m; ++j) {
+            for (int64_t j = c0; j < c1; ++j) {
                 const uint16_t* b = b16 + j * d;
                 float s = 0.0f;
                 for (int64_t k = 0; k < d; ++k) s += bf16_value(a[k]) * bf16_value(b[k]);
-                out[i * m + j] = std::max(na[i] + nb[j] - 2.0f * s, 0.0f);
+                out[i * m + (j - c0)] = std::max(na[i] + nb[j] - 2.0f * s, 0.0f);
             }
         }
     });
@@ -115,9 +117,10 @@ void pack_panels(const uint16_t* b16, int64_t m, int64_t d, const float* nb, std
     });
 }
 
-void screen_costs_avx512(const uint16_t* a16, int64_t n, const uint32_t* bp, const float* nbp, int64_t m,
-                         int64_t d, const float* na, float* out, int threads) {
-    const int64_t dw = d / 2;
+// Columns [c0, c1) (c0 a multiple of kNR) into out [n, c1 - c0].
+void screen_costs_avx512(const uint16_t* a16, int64_t n, const uint32_t* bp, const float* nbp, int64_t c0,
+                         int64_t c1, int64_t d, const float* na, float* out, int threads) {
+    const int64_t dw = d / 2, m = c1 - c0, p0 = c0 / kNR;
     const int64_t panels = (m + kNR - 1) / kNR;
     const std::vector<uint32_t> zero_row(size_t(std::max<int64_t>(dw, 1)), 0u);
     // Column groups of kNC panels (2.4 MB of packed B at D = 2304: stays in L3) outermost, so
@@ -128,12 +131,13 @@ void screen_costs_avx512(const uint16_t* a16, int64_t n, const uint32_t* bp, con
         const int64_t i0 = blk * kMC, i1 = std::min(n, i0 + kMC);
         const uint32_t* rows[kMR];
         for (int64_t p = grp * kNC; p < std::min(panels, (grp + 1) * kNC); ++p) {
-            const int64_t j0 = p * kNR, cols = std::min(kNR, m - j0);
+            const int64_t j0 = p * kNR, cols = std::min(kNR, m - j0);  // j0: local to the range
             for (int64_t i = i0; i < i1; i += kMR) {
                 const int64_t nr = std::min(kMR, i1 - i);
                 for (int64_t r = 0; r < kMR; ++r)
                     rows[r] = r < nr ? reinterpret_cast<const uint32_t*>(a16 + (i + r) * d) : zero_row.data();
-                tile_avx512(rows, bp + p * dw * kNR, dw, na + i, nbp + j0, out + i * m + j0, m, nr, cols);
+                tile_avx512(rows, bp + (p0 + p) * dw * kNR, dw, na + i, nbp + c0 + j0, out + i * m + j0, m, nr,
+                            cols);
             }
         }
     });
@@ -237,15 +241,17 @@ ScreenB::ScreenB(const uint16_t* b16, int64_t m, int64_t d, const float* nb, int
     raw_.assign(b16, b16 + m * d);
 }
 
-void ScreenB::costs(const uint16_t* a16, int64_t n, const float* na, float* out, int threads) const {
-    if (n == 0 || m_ == 0) return;
+void ScreenB::costs(const uint16_t* a16, int64_t n, const float* na, float* out, int threads, int64_t c0,
+                    int64_t c1) const {
+    if (c1 < 0) c1 = m_;
+    if (n == 0 || c1 <= c0) return;
 #ifdef MECHPERM_SCREEN_X86
     if (fast_) {
-        screen_costs_avx512(a16, n, packed_.data(), nbp_.data(), m_, d_, na, out, threads);
+        screen_costs_avx512(a16, n, packed_.data(), nbp_.data(), c0, c1, d_, na, out, threads);
         return;
     }
 #endif
-    screen_costs_scalar(a16, n, raw_.data(), m_, d_, na, nb_.data(), out, threads);
+    screen_costs_scalar(a16, n, raw_.data(), c0, c1, d_, na, nb_.data(), out, threads);
 }
 
 void screen_costs(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,

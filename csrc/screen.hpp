@@ -17,8 +17,11 @@ bool screen_has_fast_kernel();
 class ScreenB {
 public:
     ScreenB(const uint16_t* b16, int64_t m, int64_t d, const float* nb, int threads);
-    // out [n, m] = the screened costs of rows a16 [n, d] against B (see screen_costs).
-    void costs(const uint16_t* a16, int64_t n, const float* na, float* out, int threads) const;
+    // out [n, c1 - c0] = the screened costs of rows a16 [n, d] against B's columns [c0, c1)
+    // (c0 a multiple of kColumnAlign; c1 < 0: m), see screen_costs.
+    void costs(const uint16_t* a16, int64_t n, const float* na, float* out, int threads, int64_t c0 = 0,
+               int64_t c1 = -1) const;
+    static constexpr int64_t kColumnAlign = 32;
     int64_t m() const { return m_; }
     int64_t d() const { return d_; }
 

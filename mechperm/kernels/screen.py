@@ -160,13 +160,13 @@ def exact_dense_costs(A: Tensor, B: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------- sparse path
 @dataclasses.dataclass
 class ScreenedVectors:
-    """Both sides prepared for screening: float32 rows (exact dots), bf16 bits, statistics
-    (as in :class:`ScreenedCosts`), and B packed once for every row block and pricing pass."""
+    """Both sides prepared for screening: float32 rows (exact dots), statistics (as in
+    :class:`ScreenedCosts`), and B packed once for every row block and pricing pass. A's bf16
+    rows are made per block when needed (:meth:`a_bits`): kept whole they would add 0.3 GB at
+    F = 65536, d = 2304, against the 4 GB budget."""
 
     A32: np.ndarray
     B32: np.ndarray
-    a_bits: np.ndarray
-    b_bits: np.ndarray
     a_stats: np.ndarray
     b_stats: np.ndarray
     packed: _auction.ScreenB
@@ -181,6 +181,11 @@ class ScreenedVectors:
     @property
     def nb(self) -> np.ndarray:
         return self.b_stats[3].astype(np.float32)
+
+    def a_bits(self, rows: slice | np.ndarray) -> np.ndarray:
+        """bf16 bits [r, D'] of these rows of A (the rounding of :func:`screened_costs`)."""
+        x = np.ascontiguousarray(self.A32[rows])
+        return _auction.screen_side(x, self.a_stats[3][rows].astype(np.float32), 1)[0]
 
     def exact(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Exact costs of the pairs (see :func:`exact_costs`)."""
@@ -199,12 +204,15 @@ def prepare(A: Tensor, B: Tensor, *, threads: int | None = None) -> ScreenedVect
         bits, stats, bad = _auction.screen_side(x32, row_sq_norms(X).numpy(), threads)
         if bad >= 0:
             raise ValueError(f"{name} row {bad} is not finite (or overflows bfloat16); cannot screen it")
-        sides.append((x32, bits, stats))
-    (A32, a_bits, a_stats), (B32, b_bits, b_stats) = sides
-    d = a_bits.shape[1]
+        sides.append((x32, bits if name == "B" else None, stats))  # A's: per block (a_bits)
+        del bits
+    (A32, _, a_stats), (B32, b_bits, b_stats) = sides
+    sides.clear()
+    d = b_bits.shape[1]
     u = 2.0**-24
     packed = _auction.ScreenB(b_bits, b_stats[3].astype(np.float32), threads=threads)
-    return ScreenedVectors(A32, B32, a_bits, b_bits, a_stats, b_stats, packed,
+    del b_bits  # the packed copy is all the kernel reads
+    return ScreenedVectors(A32, B32, a_stats, b_stats, packed,
                            gamma=d * u / (1.0 - d * u), abs_slack=8.0 * d * 2.0**-126, threads=threads)
 
 
@@ -230,7 +238,8 @@ def _error_terms(own: np.ndarray, other: np.ndarray, gamma: float, abs_slack: fl
     return mu, K
 
 
-def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block_rows: int = 256):
+def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block_rows: int = 1024,
+                 block_cols: int = 8192):
     """The candidate graph of the sparse path, screened: per row and per column the k cheapest
     and the k_cos most cosine-similar partners by screened cost, with exact costs, and bounds
     that hold for the exact costs of every pair left out (:class:`mechperm.assign.CandidateGraph`).
@@ -256,16 +265,22 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
     half_iy = torch.from_numpy(np.where(y > 0, 0.5 / np.where(y > 0, y, 1.0), 0.0)).float()
     ix = torch.from_numpy(np.where(x > 0, 1.0 / np.where(x > 0, x, 1.0), 0.0)).float()
     scratch = _Scratch(dev)
-    out = np.empty((min(block_rows, Fa), Fb), np.float32)
+    # Tall tiles: every tile merges the running top-k of its columns, so the merges cost
+    # (row tiles) x F_b x k (F = 16384: 256-row tiles spent 5.9 s in them, 1024-row 1.6 s).
+    block_cols = max(32, block_cols // 32 * 32)  # the kernel's column ranges start at multiples of 32
     for r0 in range(0, Fa if Fb else 0, block_rows):
         r1 = min(r0 + block_rows, Fa)
-        tile_np = sv.packed.costs(sv.a_bits[r0:r1], sv.na[r0:r1], threads=sv.threads, out=out[: r1 - r0])
-        tile = torch.from_numpy(tile_np)
-        cos = None
-        if rows_s is not None:  # −cos~ = (c~ − |a|² − |b|²) · ½/|a| / |b|
-            cos = scratch.get("cos", tile.shape)
-            torch.sub(tile, na[r0:r1, None], out=cos).sub_(nb[None, :]).mul_(half_iy[r0:r1, None]).mul_(ix[None, :])
-        _select(tile, cos, r0, 0, rows_c, cols_c, rows_s, cols_s, scratch)
+        bits, na_blk = sv.a_bits(slice(r0, r1)), sv.na[r0:r1]
+        for c0 in range(0, Fb, block_cols):
+            c1 = min(c0 + block_cols, Fb)
+            buf = scratch.get("tile", (r1 - r0, c1 - c0)).numpy()
+            tile = torch.from_numpy(sv.packed.costs(bits, na_blk, threads=sv.threads, out=buf, c0=c0, c1=c1))
+            cos = None
+            if rows_s is not None:  # −cos~ = (c~ − |a|² − |b|²) · ½/|a| / |b|
+                cos = scratch.get("cos", tile.shape)
+                torch.sub(tile, na[r0:r1, None], out=cos).sub_(nb[None, c0:c1])
+                cos.mul_(half_iy[r0:r1, None]).mul_(ix[None, c0:c1])
+            _select(tile, cos, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch)
     parts = [_owner_parts(rows_c, True, rows_c.vals), _owner_parts(cols_c, False, cols_c.vals)]
     for own, by_row in ((rows_s, True), (cols_s, False)):
         parts.append(_owner_parts(own, by_row, own.cost) if own is not None else _no_edges(dev))
@@ -315,7 +330,7 @@ def row_pricer(sv: ScreenedVectors, q: int, *, block: int = 1024):
             for s0 in range(0, len(todo), block):
                 ids = todo[s0 : s0 + block]
                 cols, b = sv.packed.price(
-                    np.ascontiguousarray(sv.a_bits[ids]), sv.na[ids], np.ascontiguousarray(sv.a_stats[:, ids]),
+                    sv.a_bits(ids), sv.na[ids], np.ascontiguousarray(sv.a_stats[:, ids]),
                     sv.b_stats, sv.gamma, sv.abs_slack, np.ascontiguousarray(u[ids], np.float64), v, qq,
                     threads=sv.threads)
                 bound[s0 : s0 + block] = b
