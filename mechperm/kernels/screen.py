@@ -128,6 +128,15 @@ def screened_costs(A: Tensor, B: Tensor, *, threads: int | None = None) -> Scree
     return ScreenedCosts(costs, a_stats, b_stats, gamma, abs_slack)
 
 
+def error_bounds(sc: ScreenedCosts, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The bound on |exact − screened| of the pairs (rows[t], cols[t]): the formula of
+    ``screen_lower_bounds`` in csrc/screen.cpp, in numpy (without its final rounding margin)."""
+    an, ar, af, sa = (x[rows] for x in sc.a_stats)
+    bn, br, bf, sb = (x[cols] for x in sc.b_stats)
+    return (2 * an * br + 2 * ar * (bn + br) + (2 * sc.gamma + 2e-6) * an * bn + 2e-6 * af * bf
+            + 1e-6 * (sa + sb) + sc.abs_slack)
+
+
 def lower_bounds(sc: ScreenedCosts, u: np.ndarray, v: np.ndarray, tau: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Turn ``sc.costs`` into lower bounds on the exact costs, in place; return the pairs
     ``(rows, cols)`` whose bound minus ``u_i + v_j`` is below ``tau``."""
