@@ -398,29 +398,6 @@ py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, cons
 }
 
 
-py::array screen_costs_py(const py::array& a16, const py::array& b16, const py::array& na,
-                          const py::array& nb, int threads, const py::object& out_obj) {
-    const uint16_t* a = require<uint16_t>(a16, "a16", 2);
-    const uint16_t* b = require<uint16_t>(b16, "b16", 2);
-    const int64_t n = a16.shape(0), m = b16.shape(0), d = a16.shape(1);
-    if (b16.shape(1) != d)
-        throw py::value_error("a16 and b16 must have the same width, got " + std::to_string(d) +
-                              " and " + std::to_string(b16.shape(1)));
-    const float* nap = require<float>(na, "na", 1, n);
-    const float* nbp = require<float>(nb, "nb", 1, m);
-    py::array out = out_obj.is_none() ? py::array(py::array_t<float>({n, m})) : out_obj.cast<py::array>();
-    require<float>(out, "out", 2, n);
-    if (out.shape(1) != m || !out.writeable())
-        throw py::value_error("out must be a writeable float32 [" + std::to_string(n) + ", " +
-                              std::to_string(m) + "] array");
-    float* o = static_cast<float*>(out.mutable_data());
-    {
-        py::gil_scoped_release release;
-        screen_costs(a, n, b, m, d, nap, nbp, o, std::max(1, threads));
-    }
-    return out;
-}
-
 ScreenSide side_stats(const py::array& stats, const char* name, int64_t len) {
     const double* s = require<double>(stats, name, 2, 4);
     if (stats.shape(1) != len)
@@ -608,10 +585,6 @@ PYBIND11_MODULE(_auction, m) {
              "it over every other column [n].");
     m.def("screen_has_fast_kernel", &screen_has_fast_kernel,
           "Whether screen_costs runs the AVX-512 BF16 kernel here (else a scalar loop).");
-    m.def("screen_costs", &screen_costs_py, py::arg("a16"), py::arg("b16"), py::arg("na"),
-          py::arg("nb"), py::arg("threads") = 1, py::arg("out") = py::none(),
-          "max(na_i + nb_j - 2 a16_i . b16_j, 0) [n, m] float32: bf16 rows (uint16 bits, even "
-          "width), float32 accumulation.");
     m.def("screen_lower_bounds", &screen_lower_bounds_py, py::arg("cost"), py::arg("a_stats"),
           py::arg("b_stats"), py::arg("gamma"), py::arg("abs_slack"), py::arg("u"), py::arg("v"),
           py::arg("tau"),

@@ -254,12 +254,6 @@ void ScreenB::costs(const uint16_t* a16, int64_t n, const float* na, float* out,
     screen_costs_scalar(a16, n, raw_.data(), c0, c1, d_, na, nb_.data(), out, threads);
 }
 
-void screen_costs(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,
-                  const float* na, const float* nb, float* out, int threads) {
-    if (n == 0 || m == 0) return;
-    ScreenB(b16, m, d, nb, threads).costs(a16, n, na, out, threads);
-}
-
 namespace {
 // Per-column factors of the bound (see screen_lower_bounds) and the row's own.
 struct BoundTerms {

@@ -17,8 +17,10 @@ bool screen_has_fast_kernel();
 class ScreenB {
 public:
     ScreenB(const uint16_t* b16, int64_t m, int64_t d, const float* nb, int threads);
-    // out [n, c1 - c0] = the screened costs of rows a16 [n, d] against B's columns [c0, c1)
-    // (c0 a multiple of kColumnAlign; c1 < 0: m), see screen_costs.
+    // out [n, c1 - c0] = the screened costs of rows a16 [n, d] (raw bf16 bits, row-major; bf16
+    // subnormal inputs must be zero) against B's columns [c0, c1) (c0 a multiple of
+    // kColumnAlign; c1 < 0: m): max(na[i] + nb[j] - 2 s_ij, 0) with s_ij the dot of the bf16
+    // rows accumulated in float32 (exact bf16 products). Row blocks run on `threads` threads.
     void costs(const uint16_t* a16, int64_t n, const float* na, float* out, int threads, int64_t c0 = 0,
                int64_t c1 = -1) const;
     static constexpr int64_t kColumnAlign = 32;
@@ -32,12 +34,6 @@ private:
     std::vector<float> nbp_, nb_;
     std::vector<uint16_t> raw_;
 };
-
-// out[i, j] = max(na[i] + nb[j] - 2 s_ij, 0) with s_ij the dot of bf16 rows a16[i] and b16[j]
-// (raw bf16 bits, row-major [n, d] and [m, d]) accumulated in float32 in k order (exact bf16
-// products; bf16 subnormal inputs must be zero). `threads` row blocks run in parallel.
-void screen_costs(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t m, int64_t d,
-                  const float* na, const float* nb, float* out, int threads);
 
 // One side of the screen from float32 rows x [F, D]: bits [F, dp] (dp = D rounded up to even)
 // receives the bf16 rounding of x (round to nearest even, subnormals flushed to zero, padding

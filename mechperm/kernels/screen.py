@@ -99,6 +99,26 @@ def _float_rows(X: Tensor) -> np.ndarray:
     return np.ascontiguousarray(X.detach().float().numpy())
 
 
+def _sides(A: Tensor, B: Tensor, threads: int, *, keep_a_bits: bool) -> list[tuple]:
+    """(float32 rows, bf16 bits or None, stats [4, F]) of A and of B; refuses what cannot be
+    screened."""
+    sides = []
+    for name, X in (("A", A), ("B", B)):
+        x32 = _float_rows(X)
+        bits, stats, bad = _auction.screen_side(x32, row_sq_norms(X).numpy(), threads)
+        if bad >= 0:
+            raise ValueError(f"{name} row {bad} is not finite (or overflows bfloat16); cannot screen it")
+        sides.append((x32, bits if keep_a_bits or name == "B" else None, stats))
+        del bits
+    return sides
+
+
+def _accumulation_bounds(d: int) -> tuple[float, float]:
+    """(gamma_D, absolute slack) of a float32 sum of d exact bf16 products (module docstring)."""
+    u = 2.0**-24
+    return d * u / (1.0 - d * u), 8.0 * d * 2.0**-126
+
+
 def screened_costs(A: Tensor, B: Tensor, *, threads: int | None = None) -> ScreenedCosts:
     """Screened squared distances of the rows of ``A`` [n, D] and ``B`` [m, D] (CPU tensors).
 
@@ -111,20 +131,11 @@ def screened_costs(A: Tensor, B: Tensor, *, threads: int | None = None) -> Scree
     if A.device.type != "cpu" or B.device.type != "cpu":
         raise ValueError(f"screened_costs runs on the CPU; got tensors on {A.device} and {B.device}")
     threads = threads or torch.get_num_threads()
-    sides = []
-    for name, X in (("A", A), ("B", B)):
-        bits, stats, bad = _auction.screen_side(_float_rows(X), row_sq_norms(X).numpy(), threads)
-        if bad >= 0:
-            raise ValueError(f"{name} row {bad} is not finite (or overflows bfloat16); cannot screen it")
-        sides.append((bits, stats))
-    (a_bits, a_stats), (b_bits, b_stats) = sides
-    na, nb = a_stats[3].astype(np.float32), b_stats[3].astype(np.float32)
-    costs = _auction.screen_costs(a_bits, b_bits, na, nb, threads=threads,
-                                  out=_large_empty((a_bits.shape[0], b_bits.shape[0])))
-    d = a_bits.shape[1]
-    u = 2.0**-24
-    gamma = d * u / (1.0 - d * u)
-    abs_slack = 8.0 * d * 2.0**-126
+    (_, a_bits, a_stats), (_, b_bits, b_stats) = _sides(A, B, threads, keep_a_bits=True)
+    na = a_stats[3].astype(np.float32)
+    packed = _auction.ScreenB(b_bits, b_stats[3].astype(np.float32), threads=threads)
+    costs = packed.costs(a_bits, na, threads=threads, out=_large_empty((a_bits.shape[0], b_bits.shape[0])))
+    gamma, abs_slack = _accumulation_bounds(a_bits.shape[1])
     return ScreenedCosts(costs, a_stats, b_stats, gamma, abs_slack)
 
 
@@ -207,22 +218,12 @@ def prepare(A: Tensor, B: Tensor, *, threads: int | None = None) -> ScreenedVect
     if A.device.type != "cpu" or B.device.type != "cpu":
         raise ValueError(f"screening runs on the CPU; got tensors on {A.device} and {B.device}")
     threads = threads or torch.get_num_threads()
-    sides = []
-    for name, X in (("A", A), ("B", B)):
-        x32 = _float_rows(X)
-        bits, stats, bad = _auction.screen_side(x32, row_sq_norms(X).numpy(), threads)
-        if bad >= 0:
-            raise ValueError(f"{name} row {bad} is not finite (or overflows bfloat16); cannot screen it")
-        sides.append((x32, bits if name == "B" else None, stats))  # A's: per block (a_bits)
-        del bits
-    (A32, _, a_stats), (B32, b_bits, b_stats) = sides
-    sides.clear()
-    d = b_bits.shape[1]
-    u = 2.0**-24
+    (A32, _, a_stats), (B32, b_bits, b_stats) = _sides(A, B, threads, keep_a_bits=False)
+    gamma, abs_slack = _accumulation_bounds(b_bits.shape[1])
     packed = _auction.ScreenB(b_bits, b_stats[3].astype(np.float32), threads=threads)
     del b_bits  # the packed copy is all the kernel reads
-    return ScreenedVectors(A32, B32, a_stats, b_stats, packed,
-                           gamma=d * u / (1.0 - d * u), abs_slack=8.0 * d * 2.0**-126, threads=threads)
+    return ScreenedVectors(A32, B32, a_stats, b_stats, packed, gamma=gamma, abs_slack=abs_slack,
+                           threads=threads)
 
 
 def _error_terms(own: np.ndarray, other: np.ndarray, gamma: float, abs_slack: float) -> tuple[np.ndarray, np.ndarray]:
