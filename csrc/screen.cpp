@@ -306,15 +306,31 @@ void screen_price(const ScreenB& b, const uint16_t* a16, int64_t n, const float*
         const int64_t i0 = blk * kChunk, rows = std::min(kChunk, n - i0);
         std::vector<float> tile(size_t(rows * m));
         b.costs(a16 + i0 * d, rows, na + i0, tile.data(), 1);
-        std::vector<std::pair<double, int64_t>> red(static_cast<size_t>(m));
+        // The qq + 1 least reduced costs in a max-heap: after the first few hundred columns
+        // almost every value fails the comparison with the top (a partition of all m pairs per
+        // row cost as much as the row's GEMM at m = 65536).
+        std::vector<std::pair<double, int64_t>> heap;
+        heap.reserve(size_t(qq + 1));
+        const size_t keep = size_t(std::min(qq + 1, m));
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t i = i0 + r;
             float* row = tile.data() + r * m;
             terms.apply(row, m, a, i, gamma, abs_slack);
-            for (int64_t j = 0; j < m; ++j) red[size_t(j)] = {(double(row[j]) - u[i]) - v[j], j};
-            if (qq < m) std::nth_element(red.begin(), red.begin() + qq, red.end());
-            for (int64_t t = 0; t < qq; ++t) cols[i * qq + t] = red[size_t(t)].second;
-            bound[i] = qq < m ? red[size_t(qq)].first : std::numeric_limits<double>::infinity();
+            heap.clear();
+            for (int64_t j = 0; j < m; ++j) {
+                const double red = (double(row[j]) - u[i]) - v[j];
+                if (heap.size() < keep) {
+                    heap.emplace_back(red, j);
+                    std::push_heap(heap.begin(), heap.end());
+                } else if (red < heap.front().first) {
+                    std::pop_heap(heap.begin(), heap.end());
+                    heap.back() = {red, j};
+                    std::push_heap(heap.begin(), heap.end());
+                }
+            }
+            std::sort_heap(heap.begin(), heap.end());
+            for (int64_t t = 0; t < qq; ++t) cols[i * qq + t] = heap[size_t(t)].second;
+            bound[i] = qq < m ? heap[size_t(qq)].first : std::numeric_limits<double>::infinity();
         }
     });
 }
