@@ -49,12 +49,23 @@ def test_screen_side_rounds_like_torch_and_bounds_the_norms() -> None:
     assert stats[1, 3] == 0.0, "a bf16-representable row has no rounding error"
 
 
+def test_screening_refuses_vectors_whose_costs_would_not_be_finite() -> None:
+    A = torch.randn(5, 4)
+    for bad, what in ((float("nan"), "non-finite"), (1e20, "overflows float32")):
+        B = torch.randn(3, 4)
+        B[1, 2] = bad
+        with pytest.raises(ValueError, match=f"B row 1 .*{what}"):
+            screen.screened_costs(A, B)
+        with pytest.raises(ValueError, match=f"B row 1 .*{what}"):
+            screen.prepare(A, B)
+
+
 def test_screen_side_reports_the_first_row_that_cannot_be_screened() -> None:
     X = torch.randn(6, 8)
     X[4, 2] = 3.4e38  # rounds up to bf16 infinity
     _, _, bad = _auction.screen_side(X.numpy(), kernels.row_sq_norms(X).numpy())
     assert bad == 4
-    with pytest.raises(ValueError, match="A row 4 is not finite"):
+    with pytest.raises(ValueError, match="A row 4 "):  # its squared norm overflows first
         screen.screened_costs(X, torch.randn(3, 8))
 
 

@@ -36,6 +36,7 @@ from torch import Tensor
 from mechperm import _auction
 from mechperm.kernels.candidates import (
     _assemble,
+    _check_norms,
     _check_vectors,
     _no_edges,
     _owner_parts,
@@ -105,7 +106,9 @@ def _sides(A: Tensor, B: Tensor, threads: int, *, keep_a_bits: bool) -> list[tup
     sides = []
     for name, X in (("A", A), ("B", B)):
         x32 = _float_rows(X)
-        bits, stats, bad = _auction.screen_side(x32, row_sq_norms(X).numpy(), threads)
+        sq = row_sq_norms(X)
+        _check_norms(name, sq)  # the cost kernels' message for NaN, inf and overflowing norms
+        bits, stats, bad = _auction.screen_side(x32, sq.numpy(), threads)
         if bad >= 0:
             raise ValueError(f"{name} row {bad} is not finite (or overflows bfloat16); cannot screen it")
         sides.append((x32, bits if keep_a_bits or name == "B" else None, stats))
