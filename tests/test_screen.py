@@ -234,3 +234,15 @@ def test_screened_pricer_bound_covers_every_pair_not_returned() -> None:
     returned[r, c] = True
     for t, i in enumerate(rows):
         assert (red[i, ~returned[i]] >= bound[t] - 1e-9).all()
+
+
+def test_screen_is_the_same_on_any_number_of_threads() -> None:
+    """Each tile is one thread's: results do not depend on the thread count (nor on D = 4608)."""
+    A, B = _vectors(150, 4608, 7, heavy=1.0), _vectors(70, 4608, 8)
+    one = screen.screened_costs(A, B, threads=1).costs
+    assert np.array_equal(one, screen.screened_costs(A, B, threads=3).costs)
+    sv1, sv3 = screen.prepare(A, B, threads=1), screen.prepare(A, B, threads=3)
+    u, v = np.zeros(150), np.zeros(70)
+    r1, r3 = screen.row_pricer(sv1, 5)(np.arange(150), u, v), screen.row_pricer(sv3, 5)(np.arange(150), u, v)
+    for x, y in zip(r1, r3):
+        assert np.array_equal(x, y)
