@@ -26,7 +26,9 @@ class MatchResult:
     margin: Tensor
     """float32 [F_a]: how much more the best alternative would cost, in reduced costs at the
     optimal duals (≥ 0). Sparse path (F_a · F_b above the dense limit): the minimum over the
-    initial candidate graph's pairs, an upper bound where a pair outside it is closer."""
+    initial candidate graph's pairs, an upper bound where a pair outside it is closer. Dense
+    path with bf16 screening (``kernels.screen``): pairs whose exact cost was never needed
+    count at their lower bound, so the margin is a lower bound there."""
     objective: float
     """Sum of the matched costs (plus the no-counterpart cost per unmatched row in partial mode)."""
     gap: float
