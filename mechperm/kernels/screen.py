@@ -171,6 +171,22 @@ def exact_costs(A: np.ndarray, B: np.ndarray, rows: np.ndarray, cols: np.ndarray
     return np.maximum(na[rows] + nb[cols] - 2.0 * dot, 0.0).astype(np.float32)
 
 
+def exact_rows(A: np.ndarray, B: np.ndarray, rows: np.ndarray, na: np.ndarray, nb: np.ndarray,
+               *, block: int = 256) -> np.ndarray:
+    """Whole rows [len(rows), m] of exact costs (the arithmetic of :func:`exact_costs`) by float64
+    GEMMs: for rows that need many exact pairs (heavy-tailed norms make a row's error bound wide)
+    a GEMM beats gathering B's rows pair by pair."""
+    Bd = torch.from_numpy(B).double()
+    nbt = torch.from_numpy(np.asarray(nb, np.float64))
+    out = np.empty((len(rows), B.shape[0]), np.float32)
+    for s0 in range(0, len(rows), block):
+        r = rows[s0 : s0 + block]
+        dot = torch.from_numpy(A[r]).double() @ Bd.T
+        val = torch.from_numpy(np.asarray(na, np.float64)[r])[:, None] + nbt[None, :] - 2.0 * dot
+        out[s0 : s0 + block] = val.clamp_min_(0.0).float().numpy()
+    return out
+
+
 def exact_dense_costs(A: Tensor, B: Tensor) -> Tensor:
     """All exact costs ``[F_a, F_b]`` float32 in the arithmetic of :func:`exact_costs` (a
     float64 GEMM; for small F: the reference the screened path is exact for)."""
