@@ -212,19 +212,17 @@ class ScreenedVectors:
     gamma: float
     abs_slack: float
     threads: int
+    na: np.ndarray = dataclasses.field(init=False)
+    """float32 squared norms of A's rows (the cost formula's; made once, read per block)."""
+    nb: np.ndarray = dataclasses.field(init=False)
 
-    @property
-    def na(self) -> np.ndarray:
-        return self.a_stats[3].astype(np.float32)
-
-    @property
-    def nb(self) -> np.ndarray:
-        return self.b_stats[3].astype(np.float32)
+    def __post_init__(self) -> None:
+        self.na = self.a_stats[3].astype(np.float32)
+        self.nb = self.b_stats[3].astype(np.float32)
 
     def a_bits(self, rows: slice | np.ndarray) -> np.ndarray:
         """bf16 bits [r, D'] of these rows of A (the rounding of :func:`screened_costs`)."""
-        x = np.ascontiguousarray(self.A32[rows])
-        return _auction.screen_side(x, self.a_stats[3][rows].astype(np.float32), 1)[0]
+        return _auction.screen_side(np.ascontiguousarray(self.A32[rows]), self.na[rows], 1)[0]
 
     def exact(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Exact costs of the pairs (see :func:`exact_costs`)."""
