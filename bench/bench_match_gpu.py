@@ -9,6 +9,8 @@ there (Triton), the assignment solver on the CPU.
     python -m pytest bench/bench_match_gpu.py -q                    # CUDA only; skipped otherwise
     MECHPERM_BENCH_MAX_N=1048576 python bench/bench_match_gpu.py    # table on stderr, JSON on stdout
     MECHPERM_BENCH_GPU_ON_CPU=1 MECHPERM_BENCH_MAX_N=4096 python bench/bench_match_gpu.py  # dry run
+    python bench/bench_match_gpu.py --crossover      # dense vs sparse path at F = 2048 .. 8192
+                                                     # (what DENSE_LIMIT_CUDA is set from)
 
 ``recovered`` is the share of rows matched to the row they were drawn from (the planted truth;
 drift makes some of them ambiguous, so it is below 1 by design). Benchmarks never assert speed.
@@ -31,7 +33,7 @@ from mechperm.match import match_vectors
 D = 2304
 ON_CPU = os.environ.get("MECHPERM_BENCH_GPU_ON_CPU") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if ON_CPU else None)
-SIZES = sizes(16384, 262144, 1048576) or [int(os.environ.get("MECHPERM_BENCH_MAX_N", "16384"))]
+SIZES = sizes(16384, 65536, 262144, 1048576) or [int(os.environ.get("MECHPERM_BENCH_MAX_N", "16384"))]
 
 
 def sae_like_pair(F: int, d: int = D, *, seed: int = 0, device: str = "cuda", chunk: int = 65536):
@@ -53,14 +55,14 @@ def sae_like_pair(F: int, d: int = D, *, seed: int = 0, device: str = "cuda", ch
     return A, B, truth
 
 
-def run(F: int) -> dict:
+def run(F: int, **options) -> dict:
     A, B, truth = sae_like_pair(F, device=DEVICE)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    res = match_vectors(A, B)
+    res = match_vectors(A, B, **options)
     seconds = time.perf_counter() - t0
-    out = {"F": F, "d": D, "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+    out = {"F": F, "d": D, "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", **options,
            "seconds": seconds, "certified": res.certified, "gap": res.gap, "objective": res.objective,
            "recovered": float((res.perm.to(truth.device) == truth).float().mean()),
            "timings": res.timings, "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges")}
@@ -80,16 +82,34 @@ def test_match_vectors_at_scale(benchmark, F: int) -> None:
 
 
 def main() -> None:
+    """Table on stderr, one line per run as it finishes; JSON on stdout (and, rewritten after
+    every run, in the file named by ``--json``, so a run cut short keeps what it finished)."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    ap.add_argument("--crossover", action="store_true", help="dense vs sparse path, F = 2048 .. 8192")
+    args = ap.parse_args()
     if DEVICE is None:
         sys.exit("needs CUDA (or MECHPERM_BENCH_GPU_ON_CPU=1 for a dry run)")
+    if DEVICE == "cuda":
+        run(2048, dense_limit=0)  # warm-up: Triton compiles its kernels on first use
+        run(2048, dense_limit=2048 * 2048)
+    plan = ([(F, {"dense_limit": lim}) for F in (2048, 4096, 8192) for lim in (F * F, 0)]
+            if args.crossover else [(F, {}) for F in SIZES])
     rows = []
-    for F in SIZES:
-        if DEVICE == "cuda" and F <= 16384:
-            run(F)  # warm-up: Triton compiles its kernels on first use
-        out = run(F)
+    for F, options in plan:
+        out = run(F, **options)
         rows.append(out)
-        print(f"F={F:8d} {out['device']}: {out['seconds']:8.2f} s  certified {out['certified']}  "
-              f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}", file=sys.stderr)
+        t = out["timings"]
+        print(f"F={F:8d} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
+              f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
+              f"candidates {t.get('candidates', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "
+              f"solve {t.get('solve', 0):.3f} s", file=sys.stderr, flush=True)
+        if args.json:
+            with open(args.json + ".tmp", "w") as f:
+                json.dump(rows, f, indent=1, default=float)
+            os.replace(args.json + ".tmp", args.json)
     json.dump(rows, sys.stdout, indent=1, default=float)
 
 

@@ -696,7 +696,7 @@ def _cosine_bounds(g: CandidateGraph, A: Tensor, B: Tensor) -> dict:
     return out
 
 
-def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int = 1 << 24):
+def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
     """``price_rows`` callback of :func:`assign.assign_exact`: the ``q`` pairs of smallest reduced
     cost of every requested row, whatever their sign.
 
@@ -707,7 +707,9 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int = 1 << 24):
     costs are :func:`dense_costs` rows, the same float32 values as the candidate graph
     and the dense path; reduced costs in float64, ``(c − u) − v`` as the loop computes them.
     """
-    block = max(16, min(1024, max_tile // max(B.shape[0], 1)))  # tile ≤ 64 MiB (128 in float64)
+    if max_tile is None:  # tile ≤ 64 MiB (128 in float64) on the CPU; 512 MiB on a GPU, where
+        max_tile = 1 << (27 if A.device.type == "cuda" else 24)  # 16-row launches would idle it
+    block = max(16, min(1024, max_tile // max(B.shape[0], 1)))
 
     def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
         rows_t = torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(A.device)

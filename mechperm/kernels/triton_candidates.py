@@ -35,9 +35,10 @@ import mechperm.kernels.candidates  # noqa: F401
 
 ref = sys.modules["mechperm.kernels.candidates"]  # the module (the package re-exports its function)
 
-# Tile rows, tile columns, D chunk by input width. Not yet tuned on a GPU (no device was
-# available when they were written): candidates for autotuning are 64 x 64 / 128 x 64.
+# Tile rows, tile columns, D chunk by input width, warps and pipeline stages per program.
+# Module globals read at every launch, so ``bench/bench_triton_tiles.py`` can sweep them.
 BM, BN, BD_FP32, BD_16 = 32, 64, 32, 64
+NUM_WARPS, NUM_STAGES = 4, 3
 
 
 def _precision(X: Tensor) -> str | None:
@@ -270,6 +271,7 @@ def _topk(X, Y, nx, ny, ix, iy, kc: int, ks: int, swap: bool, bd: int, splits: i
     _topk_kernel[(-(-M // BM), s)](
         X, Y, nx, ny, ix, iy, out_c, out_s, M, N, X.shape[1], cols_per_split, X.stride(0), Y.stride(0),
         KC=kc, KS=ks, KP=kp, SWAP=swap, BLOCK_M=BM, BLOCK_N=bn, BLOCK_D=bd, PRECISION=_precision(X),
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     keys_c = torch.sort(out_c.view(M, s * kc), dim=1).values[:, :kc]
     cost, cols_c = _unpack(keys_c)
@@ -319,7 +321,7 @@ def dense_costs(A: Tensor, B: Tensor) -> Tensor:
     if M and N:
         _dense_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN))](
             A, B, na, nb, out, M, N, A.shape[1], A.stride(0), B.stride(0),
-            BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(A))
+            BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(A), num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out
 
 
@@ -342,7 +344,8 @@ def price(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, tol: float, 
             _price_kernel[(triton.cdiv(ids.numel(), BM), triton.cdiv(N, BN))](
                 A, B, na, nb, u, v, ids, tol_t, out_r, out_c, out_cost, count,
                 ids.numel(), N, A.shape[1], A.stride(0), B.stride(0), capacity,
-                BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(A))
+                BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(A),
+                num_warps=NUM_WARPS, num_stages=NUM_STAGES)
             found = int(count.item())
             if found <= capacity:
                 break

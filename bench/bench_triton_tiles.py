@@ -1,0 +1,140 @@
+"""Tile sweep of the Triton candidate kernel on CUDA, next to the card's GEMMs of the same shape.
+
+    python bench/bench_triton_tiles.py [F] [--json out.json] [--budget SECONDS]
+
+For each tile configuration (BM, BN, BD_fp32, BD_16, warps, stages) of
+``mechperm.kernels.triton_candidates`` and each input type (fp32 through 3xTF32, bf16): the time of
+``candidates(A, B, k=32)`` (two passes: rows, then columns), its TFLOP/s counting 2·2·F²·D
+useful flops, its ratio to one ``torch.mm`` of the same shape, and its agreement with the torch
+backend on the same device (share of equal edges, largest cost error over |a|² + |b|²). Median
+of 3 timed runs after a warm-up (which compiles). Benchmarks never assert speed; a
+configuration that fails to compile is reported and skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from mechperm.kernels import triton_candidates as tc
+from mechperm.kernels.candidates import candidates
+
+D, K = 2304, 32
+# Dry run of this script on a CPU: TRITON_INTERPRET=1 python bench/bench_triton_tiles.py 200
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+CONFIGS = [  # (BM, BN, BD_FP32, BD_16, warps, stages)
+    (32, 64, 32, 64, 4, 3),   # the default so far (untuned)
+    (64, 64, 32, 64, 4, 3),
+    (64, 128, 32, 64, 8, 3),
+    (128, 64, 32, 64, 8, 3),
+    (128, 128, 32, 64, 8, 3),
+    (64, 64, 64, 64, 4, 4),
+]
+
+
+def setup(F: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    A = torch.randn(F, D, device=DEV, generator=g) * torch.exp(0.5 * torch.randn(F, 1, device=DEV, generator=g))
+    B = A[torch.randperm(F, device=DEV, generator=g)] + 0.3 * torch.randn(F, D, device=DEV, generator=g) / D**0.5
+    return A.to(dtype), B.to(dtype)
+
+
+def timed(fn, reps: int = 3) -> float:
+    fn()
+    sync()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t)
+    return sorted(ts)[len(ts) // 2]
+
+
+def accumulation_error(A: torch.Tensor, B: torch.Tensor, emit) -> None:
+    """How far bf16 tensor-core costs are from the exact costs of the same bf16 inputs, in units
+    of the bound a screen would use: gamma_D·|a||b| for the dot (float32 accumulation, exact
+    products) plus 2u·(|a|² + |b|² + 2|a·b|) for the two float32 additions of the epilogue."""
+    C = tc.dense_costs(A, B).double()
+    A64, B64 = A.double(), B.double()
+    na, nb = (A64 * A64).sum(1), (B64 * B64).sum(1)
+    dot = A64 @ B64.T
+    exact = (na[:, None] + nb[None, :] - 2 * dot).clamp_min(0)
+    u = 2.0**-24
+    gamma = A.shape[1] * u / (1 - A.shape[1] * u)
+    bound = 2 * gamma * (na.sqrt()[:, None] * nb.sqrt()[None, :]) + 2 * u * (na[:, None] + nb[None, :] + 2 * dot.abs())
+    ratio = ((C - exact).abs() / bound).max()
+    emit(what="bf16 tile costs vs exact", F=A.shape[0], max_err_over_bound=float(ratio),
+         max_rel_err=float(((C - exact).abs() / (na[:, None] + nb[None, :])).max()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("F", type=int, nargs="?", default=16384)
+    ap.add_argument("--json")
+    ap.add_argument("--budget", type=float, default=150.0)
+    args = ap.parse_args()
+    F, t_end = args.F, time.perf_counter() + args.budget
+    flops = 2.0 * F * F * D
+    rows = []
+
+    def emit(**row):
+        rows.append(row)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              file=sys.stderr, flush=True)
+
+    A32, B32 = setup(F, torch.float32)
+    out = torch.empty(F, F, device=DEV)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t_mm = timed(lambda: torch.mm(A32, B32.T, out=out))
+    emit(what="torch.mm fp32 (ieee)", F=F, seconds=t_mm, tflops=flops / t_mm / 1e12)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    t = timed(lambda: torch.mm(A32, B32.T, out=out))
+    emit(what="torch.mm fp32 (tf32)", F=F, seconds=t, tflops=flops / t / 1e12)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    A16, B16 = A32.bfloat16(), B32.bfloat16()
+    t_bf = timed(lambda: torch.mm(A16, B16.T))
+    emit(what="torch.mm bf16", F=F, seconds=t_bf, tflops=flops / t_bf / 1e12)
+    del out
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+
+    for name, (A, B) in (("fp32", (A32, B32)), ("bf16", (A16, B16))):
+        ref = candidates(A, B, k=K, backend="torch")
+        scale = None
+        for cfg in CONFIGS:
+            if time.perf_counter() > t_end:
+                emit(what="budget spent", dtype=name)
+                break
+            tc.BM, tc.BN, tc.BD_FP32, tc.BD_16, tc.NUM_WARPS, tc.NUM_STAGES = cfg
+            try:
+                t = timed(lambda: candidates(A, B, k=K, backend="triton"))
+                g = candidates(A, B, k=K, backend="triton")
+            except Exception as e:  # noqa: BLE001 - a config the compiler refuses is a result
+                emit(what="candidates", dtype=name, cfg=str(cfg), error=f"{type(e).__name__}: {str(e)[:200]}")
+                continue
+            same = float((g.indices == ref.indices).float().mean()) if torch.equal(g.indptr, ref.indptr) else 0.0
+            if scale is None:
+                na, nb = (A.float() ** 2).sum(1), (B.float() ** 2).sum(1)
+                scale = na[g.row_ids()] + nb[g.indices]
+            ok = g.indices == ref.indices
+            err = float(((g.costs - ref.costs).abs() / scale)[ok].max()) if same else float("nan")
+            emit(what="candidates", dtype=name, cfg=str(cfg), F=F, seconds=t, tflops=2 * flops / t / 1e12,
+                 ratio_to_mm_fp32=t / t_mm, ratio_to_mm_bf16=t / t_bf, same_edges=same, cost_err=err)
+    tc.BM, tc.BN, tc.BD_FP32, tc.BD_16, tc.NUM_WARPS, tc.NUM_STAGES = CONFIGS[0]
+    accumulation_error(A16[:4096], B16[:4096], emit)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
