@@ -6,7 +6,8 @@
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+OUT=$(realpath "$OUT")
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/smi.txt"
 python3 -c "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, triton.__version__)"
 start=$SECONDS
@@ -22,6 +23,6 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
 stage tests "${T_TESTS:-110}" python3 -m pytest -q -x -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py
 stage tiles "${T_TILES:-100}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" --budget $(( ${T_TILES:-100} - 25 ))
 cd bench
-stage crossover "${T_CROSS:-40}" python3 bench_match_gpu.py --crossover --json "../$OUT/crossover.json"
-MECHPERM_BENCH_MAX_N=${MATCH_MAX_N:-65536} stage match "${T_MATCH:-150}" python3 bench_match_gpu.py --json "../$OUT/match.json"
+stage crossover "${T_CROSS:-40}" python3 bench_match_gpu.py --crossover --json "$OUT/crossover.json"
+MECHPERM_BENCH_MAX_N=${MATCH_MAX_N:-65536} stage match "${T_MATCH:-150}" python3 bench_match_gpu.py --json "$OUT/match.json"
 echo "total: $((SECONDS - start)) s"

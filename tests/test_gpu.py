@@ -47,8 +47,12 @@ def test_candidates_on_cuda_equal_torch_on_cpu(dtype, splits) -> None:
     same = (g.indices == r.indices).float().mean()
     assert float(same) >= 0.999, f"{float(same):.4f} of the edges agree"  # near-ties may swap
     ok = g.indices == r.indices
-    err = ((g.costs[ok] - r.costs[ok]).abs() / r.costs[ok].abs().clamp_min(1.0)).max()
-    assert float(err) <= 1e-5
+    na, nb = (A.float() ** 2).sum(1), (B.float() ** 2).sum(1)
+    scale = (na[g.row_ids()] + nb[g.indices])[ok]  # float32 rounding of |a|² + |b|² − 2ab
+    err = ((g.costs[ok] - r.costs[ok]).abs() / scale).max()
+    # 3xTF32 (fp32) and bf16 tensor-core accumulation round more than a sequential float32 loop:
+    # measured on an H200, 1.8e-6 and 8.4e-6 of |a|² + |b|² (gamma_D alone allows 1.4e-4)
+    assert float(err) <= (5e-6 if dtype == torch.float32 else 3e-5)
     for name in ("row_kth", "col_kth"):
         a, b = getattr(g, name), getattr(r, name)
         assert float(((a - b).abs() / b.abs().clamp_min(1.0)).max()) <= 1e-5, name
