@@ -28,6 +28,7 @@ import torch
 
 from conftest import sizes
 
+import mechperm.match as match_module
 from mechperm.match import match_vectors
 
 D = 2304
@@ -55,8 +56,10 @@ def sae_like_pair(F: int, d: int = D, *, seed: int = 0, device: str = "cuda", ch
     return A, B, truth
 
 
-def run(F: int, **options) -> dict:
+def run(F: int, dtype: torch.dtype = torch.float32, **options) -> dict:
     A, B, truth = sae_like_pair(F, device=DEVICE)
+    if dtype != torch.float32:
+        A, B = A.to(dtype), B.to(dtype)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -65,7 +68,9 @@ def run(F: int, **options) -> dict:
     out = {"F": F, "d": D, "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", **options,
            "seconds": seconds, "certified": res.certified, "gap": res.gap, "objective": res.objective,
            "recovered": float((res.perm.to(truth.device) == truth).float().mean()),
-           "timings": res.timings, "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges")}
+           "timings": res.timings, "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges"),
+           "dtype": str(dtype).removeprefix("torch."), "price_per_row": match_module.PRICE_PER_ROW,
+           "solver": res.stats.get("solver")}
     del A, B
     if DEVICE == "cuda":
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -88,24 +93,31 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
-    ap.add_argument("--crossover", action="store_true", help="dense vs sparse path, F = 2048 .. 8192")
+    ap.add_argument("--crossover", action="store_true", help="dense vs sparse path, F = 1024 .. 8192")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="of the vectors")
+    ap.add_argument("--price-per-row", type=int, help="override match.PRICE_PER_ROW (pairs per priced row)")
+    ap.add_argument("--sizes", help="comma-separated F values (default: from MECHPERM_BENCH_MAX_N)")
     args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    if args.price_per_row:
+        match_module.PRICE_PER_ROW = args.price_per_row
     if DEVICE is None:
         sys.exit("needs CUDA (or MECHPERM_BENCH_GPU_ON_CPU=1 for a dry run)")
     if DEVICE == "cuda":
         run(2048, dense_limit=0)  # warm-up: Triton compiles its kernels on first use
         run(2048, dense_limit=2048 * 2048)
-    plan = ([(F, {"dense_limit": lim}) for F in (2048, 4096, 8192) for lim in (F * F, 0)]
-            if args.crossover else [(F, {}) for F in SIZES])
+    plan = ([(F, {"dense_limit": lim}) for F in (1024, 2048, 4096, 8192) for lim in (F * F, 0)]
+            if args.crossover else [(F, {}) for F in (map(int, args.sizes.split(",")) if args.sizes else SIZES)])
     rows = []
     for F, options in plan:
-        out = run(F, **options)
+        out = run(F, dtype, **options)
         rows.append(out)
         t = out["timings"]
-        print(f"F={F:8d} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
+        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
               f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
               f"candidates {t.get('candidates', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "
-              f"solve {t.get('solve', 0):.3f} s", file=sys.stderr, flush=True)
+              f"solve {t.get('solve', 0):.3f} s  priced rows {(out['solver'] or {}).get('priced_rows')}",
+              file=sys.stderr, flush=True)
         if args.json:
             with open(args.json + ".tmp", "w") as f:
                 json.dump(rows, f, indent=1, default=float)

@@ -31,7 +31,7 @@ def sync() -> None:
     if DEV == "cuda":
         torch.cuda.synchronize()
 CONFIGS = [  # (BM, BN, BD_FP32, BD_16, warps, stages)
-    (64, 64, 32, 64, 4, 3),   # the default (fp32; 16-bit inputs take 4 stages)
+    (64, 64, 64, 64, 4, 3),   # the default (fp32; 16-bit inputs take 4 stages)
     (32, 64, 32, 64, 4, 3),   # the first, untuned guess
     (64, 128, 32, 64, 8, 3),
     (128, 64, 32, 64, 8, 3),
@@ -61,6 +61,38 @@ def timed(fn, reps: int = 3) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
+DENSE_CONFIGS = [  # (DENSE_BM, DENSE_BN, BD_FP32, warps): the pricer's [rows, F] cost tiles
+    (128, 128, 64, 8),  # the default
+    (64, 64, 64, 4),
+    (128, 64, 64, 4),
+    (128, 128, 32, 8),
+    (128, 256, 32, 8),
+    (256, 128, 32, 8),
+]
+
+
+def dense_sweep(A: torch.Tensor, B: torch.Tensor, emit, t_end: float, rows: int = 1024) -> None:
+    """``dense_costs(A[:rows], B)``: the CUDA row pricer's tile (rows x F costs), fp32 (3xTF32)."""
+    a = A[:rows]
+    na, nb = (a.double() ** 2).sum(1), (B.double() ** 2).sum(1)
+    ref = na[:, None] + nb[None, :] - 2 * (a.double() @ B.double().T)
+    keep = (tc.DENSE_BM, tc.DENSE_BN, tc.BD_FP32, tc.DENSE_WARPS)
+    flops = 2.0 * rows * B.shape[0] * B.shape[1]
+    for cfg in DENSE_CONFIGS:
+        if time.perf_counter() > t_end:
+            emit(what="budget spent", kernel="dense")
+            break
+        tc.DENSE_BM, tc.DENSE_BN, tc.BD_FP32, tc.DENSE_WARPS = cfg
+        try:
+            t = timed(lambda: tc.dense_costs(a, B))
+            err = float(((tc.dense_costs(a, B).double() - ref.clamp_min(0)).abs() / (na[:, None] + nb[None, :])).max())
+        except Exception as e:  # noqa: BLE001
+            emit(what="dense", cfg=str(cfg), error=f"{type(e).__name__}: {str(e)[:200]}")
+            continue
+        emit(what="dense", cfg=str(cfg), rows=a.shape[0], F=B.shape[0], seconds=t, tflops=flops / t / 1e12, cost_err=err)
+    tc.DENSE_BM, tc.DENSE_BN, tc.BD_FP32, tc.DENSE_WARPS = keep
+
+
 def accumulation_error(A: torch.Tensor, B: torch.Tensor, emit) -> None:
     """How far bf16 tensor-core costs are from the exact costs of the same bf16 inputs, in units
     of the bound a screen would use: gamma_D·|a||b| for the dot (float32 accumulation, exact
@@ -83,6 +115,7 @@ def main() -> None:
     ap.add_argument("F", type=int, nargs="?", default=16384)
     ap.add_argument("--json")
     ap.add_argument("--budget", type=float, default=150.0)
+    ap.add_argument("--configs", type=int, default=len(CONFIGS), help="sweep only the first N configurations")
     args = ap.parse_args()
     F, t_end = args.F, time.perf_counter() + args.budget
     flops = 2.0 * F * F * D
@@ -112,7 +145,7 @@ def main() -> None:
     for name, (A, B) in (("fp32", (A32, B32)), ("bf16", (A16, B16))):
         ref = candidates(A, B, k=K, backend="torch")
         scale = None
-        for cfg in CONFIGS:
+        for cfg in CONFIGS[: args.configs]:
             if time.perf_counter() > t_end:
                 emit(what="budget spent", dtype=name)
                 break
@@ -134,6 +167,7 @@ def main() -> None:
                  ratio_to_mm_fp32=t / t_mm, ratio_to_mm_bf16=t / t_bf, same_edges=same, cost_err=err)
     tc.BM, tc.BN, tc.BD_FP32, tc.BD_16, tc.NUM_WARPS, tc.NUM_STAGES = CONFIGS[0]
     tc.NUM_STAGES_16 = 4
+    dense_sweep(A32, B32, emit, t_end + 30)
     accumulation_error(A16[:4096], B16[:4096], emit)
     if args.json:
         with open(args.json, "w") as f:

@@ -421,7 +421,7 @@ def assert_same_graph(gt, g, rtol: float = 1e-5) -> None:
         assert float(err) <= rtol, f"{name}: max relative error {float(err):.3g}"
 
 
-# (F_a, F_b, D, dtype, k, k_cos, splits): tiles are 32 × 64, D chunks 32 (fp32) / 64 (16-bit):
+# (F_a, F_b, D, dtype, k, k_cos, splits): tiles are 64 × 64 (dense: 128 × 128), D chunks 64:
 # ragged tiles everywhere, D < chunk, D loops with a remainder, host merge over column splits.
 TRITON_CASES = [
     (70, 45, 40, torch.float32, 4, 4, None),

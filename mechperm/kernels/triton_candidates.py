@@ -40,9 +40,12 @@ ref = sys.modules["mechperm.kernels.candidates"]  # the module (the package re-e
 # Measured on an H200 (bench/bench_triton_tiles.py, F = 16384, d = 2304, k = 32): 64 x 64 tiles
 # with 4 warps beat 32 x 64 (the first guess) by 1.36x in fp32 and 1.32x in bf16, and the larger
 # tiles (64/128 x 128, 8 warps) by 1.1-1.4x: the running top-k in registers grows with the tile.
-# bf16 gained 1.18x more from 4 pipeline stages (fp32 lost with 4 stages and D chunks of 64).
-BM, BN, BD_FP32, BD_16 = 64, 64, 32, 64
+# D chunks of 64 gained 1.12x in fp32; bf16 gained 1.18x from 4 pipeline stages.
+BM, BN, BD_FP32, BD_16 = 64, 64, 64, 64
 NUM_WARPS, NUM_STAGES, NUM_STAGES_16 = 4, 3, 4
+# The dense kernel (the CUDA pricer's rows, small dense problems) keeps no top-k in registers:
+# it takes a plain GEMM's larger tiles.
+DENSE_BM, DENSE_BN, DENSE_WARPS = 128, 128, 8
 
 
 def _precision(X: Tensor) -> str | None:
@@ -327,9 +330,10 @@ def dense_costs(A: Tensor, B: Tensor) -> Tensor:
     M, N = A.shape[0], B.shape[0]
     out = torch.empty(M, N, dtype=torch.float32, device=A.device)
     if M and N:
-        _dense_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN))](
+        _dense_kernel[(triton.cdiv(M, DENSE_BM), triton.cdiv(N, DENSE_BN))](
             A, B, na, nb, out, M, N, A.shape[1], A.stride(0), B.stride(0),
-            BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(A), num_warps=NUM_WARPS, num_stages=_stages(A))
+            BLOCK_M=DENSE_BM, BLOCK_N=DENSE_BN, BLOCK_D=bd, PRECISION=_precision(A),
+            num_warps=DENSE_WARPS, num_stages=_stages(A))
     return out
 
 
