@@ -36,3 +36,5 @@ cd ..
 GREP="what=" stage tiles "${T_TILES:-100}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
     --budget $(( ${T_TILES:-100} - 45 )) --configs "${TILE_CONFIGS:-99}"
 echo "total: $((SECONDS - start)) s"
+# one archive: the device tool brings back at most 8 files
+tar czf /tmp/gpu_check.tgz -C "$OUT" . && rm -f "$OUT"/* && mv /tmp/gpu_check.tgz "$OUT/"
