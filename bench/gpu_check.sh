@@ -24,7 +24,6 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
 }
 stage tests "${T_TESTS:-110}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py
 cd bench
-GREP="F=" stage crossover "${T_CROSS:-40}" python3 bench_match_gpu.py --crossover --json "$OUT/crossover.json"
 IFS='|' read -ra runs <<< "${MATCH_RUNS:---sizes 16384,65536,262144}"
 i=0
 for args in "${runs[@]}"; do
@@ -32,6 +31,7 @@ for args in "${runs[@]}"; do
     # shellcheck disable=SC2086  # the run's arguments are meant to split
     GREP="F=" stage "match$i" "${T_MATCH:-150}" python3 bench_match_gpu.py $args --json "$OUT/match$i.json"
 done
+GREP="F=" stage crossover "${T_CROSS:-40}" python3 bench_match_gpu.py --crossover --json "$OUT/crossover.json"
 cd ..
 GREP="what=" stage tiles "${T_TILES:-100}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
     --budget $(( ${T_TILES:-100} - 45 )) --configs "${TILE_CONFIGS:-99}"
