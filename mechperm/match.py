@@ -31,10 +31,12 @@ DENSE_LIMIT = 16384 * 16384
 pair). Measured on ``make_stack(2, d=2304)``, CPU, 1 thread, dense vs sparse end to end:
 F = 8192 5.5 s vs 7.7 s; F = 16384 22.3 s (1.6× one GEMM) vs 38.4 s. Beyond it the sparse
 path holds O(F·k) plus a tile, whatever F."""
-DENSE_LIMIT_CUDA = 4096 * 4096
+DENSE_LIMIT_CUDA = 1024 * 1024
 """The same on CUDA, where the GEMM is cheap and the CPU auction on the dense matrix (plus its
-copy to the host) is what costs: the sparse path from 4096² on. Not yet measured on a GPU (no
-device lent so far): CPU measurements put the two paths level at this size."""
+copy to the host) is what costs. Measured on an H200 (``bench/bench_match_gpu.py --crossover``,
+d = 2304, dense vs sparse end to end): F = 1024 0.053 vs 0.046 s, 2048 0.137 vs 0.115 s,
+4096 0.53 vs 0.27 s, 8192 1.93 vs 0.77 s. Dense is kept up to 1024² (within 15 %; it needs no
+pricing rounds, and smaller F were not measured)."""
 PRICE_PER_ROW = 64
 """Pairs of smallest reduced cost the sparse path's pricing returns per priced row (measured:
 16 → 10 rounds, 64 → 6 at F = 4096; 128 and 256 no fewer)."""
