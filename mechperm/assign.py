@@ -773,9 +773,12 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
             ref_v = {r: ref_v[r] for r in np.unique(ref_round[ref_round >= 0])}
             stats["priced_rows"] += len(rows)
             found.append((pr[~inside], pc[~inside], pw[~inside]))
-            unproven = 0 if explicit is None else int((explicit < 0).sum())  # contract breach: re-price
-            clean[rows[explicit < 0] if explicit is not None else rows[:0]] = False
-            return int(bad.sum()) + unproven
+            # A bound below 0 (beyond the tolerance that decides a violation) proves nothing
+            # about the pairs it did not return: count the row as violating and price it again.
+            # The tolerance matters where the q-th pair is the row's own arc at ~0 (q = 1).
+            weak = (explicit < -_REL_TOL * np.abs(u[rows])) if explicit is not None else np.zeros(len(rows), bool)
+            clean[rows[weak]] = False
+            return int(bad.sum()) + int(weak.sum())
 
         violations = 0
         if len(need):

@@ -469,3 +469,63 @@ def test_triton_price_relaunches_when_the_buffer_overflows(tc) -> None:
     r, c, cost = r.cpu(), c.cpu(), cost.cpu()
     assert r.numel() == 40 * 70 and len(set(zip(r.tolist(), c.tolist()))) == 2800
     torch.testing.assert_close(cost, dense_costs(A, B)[r, c], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("q, splits, chunk, dtype", [(5, None, 1 << 16, torch.float32), (8, 2, 16, torch.float32),
+                                                     (3, 3, 7, torch.bfloat16), (1, None, 1 << 16, torch.float32),
+                                                     (200, None, 1 << 16, torch.float32)])
+def test_triton_topq_pricer(tc, q: int, splits, chunk: int, dtype) -> None:
+    """The fused pricer returns, per row, the least reduced costs of the kernel's own tile
+    costs (max(q, 2) − 1 of them), and its bound lies under every reduced cost it left out
+    (checked on all pairs)."""
+    A, B = heavy_tailed(90, 40, sigma=1.0, seed=71)
+    A, B = A.to(dtype), B[:75].to(dtype)  # F_b = 75: q = 200 returns every column
+    g = np.random.default_rng(72)
+    C = dense_costs(A, B, backend="torch")
+    u = (C.min(dim=1).values.double() + torch.from_numpy(g.uniform(-1, 2, 90))).contiguous()
+    v = torch.from_numpy(g.uniform(-1, 1, 75))
+    rows = torch.tensor([3, 0, 89, 41, 42, 7, 12, 66, 51, 20, 33, 88, 5, 60, 74, 1, 2, 9, 10, 11])
+    dev = TRITON_DEVICE
+    r, c, w, bound = (x.cpu() for x in tc.price_rows_topq(A.to(dev), B.to(dev), u.to(dev), v.to(dev), rows.to(dev),
+                                                          q, chunk=chunk, splits=splits))
+    Ct = tc.dense_costs(A.to(dev), B.to(dev)).cpu()  # the tile arithmetic the kernel ranks by
+    red = (Ct.double() - u[:, None]) - v[None, :]
+    kq = min(max(q, 2), 75)
+    kq = kq if kq == 75 else kq - 1  # the Q-th least gives the bound and is not returned
+    assert r.numel() == c.numel() == w.numel() == len(rows) * kq and bound.shape == (len(rows),)
+    assert torch.equal(r, rows.repeat_interleave(kq))
+    na, nb = (A.double() ** 2).sum(1), (B.double() ** 2).sum(1)
+    torch.testing.assert_close(w.double(), Ct[r, c].double(), rtol=0, atol=float(1e-6 * (na.max() + nb.max())))
+    for t, i in enumerate(rows.tolist()):
+        got = c[t * kq : (t + 1) * kq]
+        assert got.unique().numel() == kq
+        left = torch.ones(75, dtype=torch.bool)
+        left[got] = False
+        if kq == 75:
+            assert bound[t] == float("inf")
+            continue
+        assert float(red[i, left].min()) >= float(bound[t])  # the certificate's promise
+        assert float(red[i, got].max()) <= float(red[i, left].min()) + 1e-6 * float(red[i].abs().max())
+
+
+def test_fused_pricer_through_match(tc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """match_vectors' sparse path with the fused pricer (q = 1 forces many priced rows) reaches
+    the optimum of the dense matrix of the same kernel costs."""
+    from scipy.optimize import linear_sum_assignment
+
+    from mechperm import assign
+    from mechperm.match import match_vectors
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("MECHPERM_KERNELS", "triton")
+    monkeypatch.setenv("MECHPERM_FUSED_PRICING", "1")
+    monkeypatch.setenv("MECHPERM_SCREEN", "0")
+    monkeypatch.setattr(sys.modules["mechperm.match"], "PRICE_PER_ROW", 1)
+    A, B = heavy_tailed(60, 24, sigma=1.5, seed=73)
+    A, B = A.to(TRITON_DEVICE), B.to(TRITON_DEVICE)
+    assert isinstance(CAND.row_pricer(A, B, 1)(np.array([0]), np.zeros(60), np.zeros(60)), assign.PricedRows)
+    res = match_vectors(A, B, dense_limit=0, candidates_k=1)
+    C = dense_costs(A, B).cpu().double().numpy()
+    i, j = linear_sum_assignment(C)
+    assert res.certified and res.stats["solver"]["priced_rows"] > 0
+    assert res.objective == pytest.approx(float(C[i, j].sum()), rel=1e-6)

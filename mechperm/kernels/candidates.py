@@ -707,6 +707,8 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
     costs are :func:`dense_costs` rows, the same float32 values as the candidate graph
     and the dense path; reduced costs in float64, ``(c − u) − v`` as the loop computes them.
     """
+    if _backend(A, B) == "triton" and os.environ.get("MECHPERM_FUSED_PRICING", "0") == "1":
+        return _fused_row_pricer(A, B, q)
     if max_tile is None:  # tile ≤ 64 MiB (128 in float64) on the CPU; 512 MiB on a GPU, where
         max_tile = 1 << (27 if A.device.type == "cuda" else 24)  # 16-row launches would idle it
     block = max(16, min(1024, max_tile // max(B.shape[0], 1)))
@@ -727,5 +729,43 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
         if not out_r:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
         return tuple(torch.cat(x).cpu().numpy() for x in (out_r, out_c, out_w))
+
+    return price_rows
+
+
+def _fused_row_pricer(A: Tensor, B: Tensor, q: int):
+    """:func:`row_pricer` with the selection in the Triton kernel
+    (:func:`triton_candidates.price_rows_topq`): no [rows, F] tile in memory, the bound of each
+    priced row explicit (:class:`assign.PricedRows`).
+
+    Opt-in (``MECHPERM_FUSED_PRICING=1``) until it is measured on a GPU: on an H200 the torch
+    pricer above spent 26 s of a 73 s match at F = 262144 (60k priced rows: ~2.8 TFLOP/s, its
+    float64 tiles and sorts, not the GEMM, set the pace). Checked against the torch pricer
+    under TRITON_INTERPRET=1 and compiled for sm_90 ahead of time, not yet run on a GPU.
+    """
+    from mechperm import assign
+    from mechperm.kernels import triton_candidates
+
+    def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
+        dev = A.device
+        rows_t = torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(dev)
+        u_t, v_t = torch.from_numpy(u).to(dev), torch.from_numpy(v).to(dev)
+        r, c, w, bound = triton_candidates.price_rows_topq(A, B, u_t, v_t, rows_t, q)
+        # A bound below 0 proves nothing (the loop prices the row again): it happens where the
+        # Q-th pair ties with the row's arc at ~0, or the graph's cost of a pair differs from
+        # the tile's by float32 rounding. Those rows again, keeping 4x as many (as the screened
+        # pricer does).
+        qq = max(q, 2)
+        while qq < 128:
+            weak = bound < -assign._REL_TOL * u_t[rows_t].abs()
+            if not bool(weak.any()):
+                break
+            qq = min(128, 4 * qq)
+            again = rows_t[weak]
+            r2, c2, w2, b2 = triton_candidates.price_rows_topq(A, B, u_t, v_t, again, qq)
+            keep = ~torch.isin(r, again)
+            r, c, w = torch.cat([r[keep], r2]), torch.cat([c[keep], c2]), torch.cat([w[keep], w2])
+            bound[weak] = b2
+        return assign.PricedRows(r.cpu().numpy(), c.cpu().numpy(), w.cpu().numpy(), bound.cpu().numpy())
 
     return price_rows

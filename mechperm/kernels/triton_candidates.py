@@ -16,6 +16,9 @@ _pair_kernel     costs of listed pairs (the cosine edges' costs; row-wise dot, s
                  with tile costs to float32 rounding, not bit for bit)
 _dense_kernel    the full cost matrix
 _price_kernel    pairs with (c − u) − v < −tol, float64; compacted through an atomic counter
+_topq_kernel     per listed row, the q pairs of smallest reduced cost (c − u) − v (float64 from
+                 the tile's float32 cost), ranked by its float32 rounding in the same running
+                 top-k as ``_topk_kernel``: the certificate's row pricer without a cost matrix
 
 fp32 inputs use ``tl.dot(input_precision=$MECHPERM_DOT_PRECISION or "tf32x3")`` (3×TF32,
 float32-level accuracy on tensor cores; "ieee" is exact FMA, slower); bf16/fp16 products are
@@ -243,6 +246,43 @@ def _price_kernel(
         tl.store(OUT_COST + at, tl.reshape(cost, (BLOCK_M * BLOCK_N,)), mask=ok)
 
 
+@triton.jit
+def _topq_kernel(
+    X, Y,            # [M, D] the rows to price (gathered), [N, D]
+    NX, NY,          # [M], [N] float32 squared norms
+    U, V,            # [M] (gathered), [N] float64 duals
+    OUT,             # [M, S, Q] int64 keys (float32 reduced cost, column): the Q least per row and split
+    M, N, D, cols_per_split, sx, sy,
+    Q: tl.constexpr, KP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_split = tl.num_programs(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    nx = tl.load(NX + rows, mask=rmask, other=0.0)
+    u = tl.load(U + rows, mask=rmask, other=0.0)
+    pos = tl.arange(0, KP)
+    best = tl.broadcast_to(tl.where(pos[None, :] < Q, 0x7FFFFFFFFFFFFFFF, -0x7FFFFFFFFFFFFFFF - 1).to(tl.int64),
+                           (BLOCK_M, KP))
+    thr = tl.max(best, axis=1)
+    n_lo = pid_s * cols_per_split
+    n_hi = tl.minimum(n_lo + cols_per_split, N)
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cmask = cols < n_hi
+        acc = _dot_tile(X, Y, rows, cols, rmask, cmask, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+        ny = tl.load(NY + cols, mask=cmask, other=0.0)
+        v = tl.load(V + cols, mask=cmask, other=0.0)
+        cost = tl.maximum((acc * -2.0 + nx[:, None]) + ny[None, :], 0.0)  # as _dense_kernel
+        red = (cost.to(tl.float64) - u[:, None]) - v[None, :]
+        key = tl.where(rmask[:, None] & cmask[None, :], _pack(red.to(tl.float32), cols), 0x7FFFFFFFFFFFFFFF)
+        best, thr = _insert(best, thr, key, pos)
+    base = rows.to(tl.int64)[:, None] * n_split + pid_s
+    tl.store(OUT + base * Q + pos[None, :], best, mask=rmask[:, None] & (pos[None, :] < Q))
+
+
 # ---------------------------------------------------------------------------------- host side
 def _prep(A: Tensor, B: Tensor):
     A, B = A.contiguous(), B.contiguous()
@@ -368,3 +408,62 @@ def price(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, tol: float, 
             parts = ref._keep_most_negative(parts, max_pairs)
     r, c, cost, _ = (torch.cat(x) for x in zip(*parts))
     return r, c, cost
+
+
+def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q: int, *,
+                    chunk: int = 1 << 16, splits: int | None = None):
+    """Per row of ``rows``, the columns of smallest reduced cost ``(c − u) − v`` (c the tile
+    costs of :func:`dense_costs`), and a lower bound on the reduced cost of every column it
+    leaves out. The backend of :func:`mechperm.kernels.candidates.row_pricer` on CUDA: one pass
+    of the GEMM with the selection on chip, where the torch pricer writes [rows, F] float64
+    tiles and sorts them.
+
+    The kernel keeps the ``Q = max(q, 2)`` least per row and returns ``Q − 1`` of them (all if
+    ``Q`` ≥ F_b): the bound comes from the Q-th, which is not returned. (From the last pair
+    returned, a row whose arc in the graph has a reduced cost of ~0 with ``q = 1``, or which
+    differs from the graph's cost of the same pair by float32 rounding, would never prove
+    anything.) Ranking is by the float32 rounding of the float64 reduced cost, so the bound is
+    the Q-th value r less its rounding: for every pair left out, fl(red) ≥ r, hence
+    red ≥ r − 2⁻²⁴|r|; ``r − 2⁻²³|r|`` is returned. Costs of the returned pairs come from
+    :func:`pair_costs` (float32 rounding of the tile's).
+
+    Returns (rows [P], cols [P], costs [P] float32, bound [len(rows)] float64).
+    """
+    A, B, na, nb, bd = _prep(A, B)
+    N, dev = B.shape[0], A.device
+    kq = min(max(int(q), 2), N)  # kept in the kernel
+    every = kq == N
+    kr = kq if every else kq - 1  # returned
+    n_rows = rows.numel()
+    if kq == 0 or n_rows == 0:
+        empty = torch.empty(0, dtype=torch.int64, device=dev)
+        bound = torch.full((n_rows,), float("inf"), dtype=torch.float64, device=dev)
+        return empty, empty, torch.empty(0, device=dev), bound
+    if kq > 128:
+        raise ValueError(f"the triton pricer keeps at most 128 pairs per row (q={q}); use MECHPERM_FUSED_PRICING=0")
+    kp = max(2, triton.next_power_of_2(kq))
+    col_tiles = -(-N // BN)
+    out_r, out_c, out_w, out_b = [], [], [], []
+    for s0 in range(0, n_rows, chunk):
+        ids = rows[s0 : s0 + chunk]
+        X, nx, ux = A[ids].contiguous(), na[ids].contiguous(), u[ids].contiguous()
+        M = ids.numel()
+        s = splits or _n_splits(M, col_tiles, dev)
+        cols_per_split = -(-col_tiles // s) * BN
+        s = -(-N // cols_per_split)
+        keys = torch.empty(M, s, kq, dtype=torch.int64, device=dev)
+        _topq_kernel[(-(-M // BM), s)](
+            X, B, nx, nb, ux, v, keys, M, N, X.shape[1], cols_per_split, X.stride(0), B.stride(0),
+            Q=kq, KP=kp, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(X),
+            num_warps=NUM_WARPS, num_stages=_stages(X),
+        )
+        red, cols = _unpack(torch.sort(keys.view(M, s * kq), dim=1).values[:, :kq])
+        r = red[:, -1].double()
+        out_b.append(r - r.abs() * 2.0**-23)
+        pr = ids[:, None].expand(M, kr).reshape(-1)
+        pc = cols[:, :kr].reshape(-1)
+        out_r.append(pr)
+        out_c.append(pc)
+        out_w.append(pair_costs(A, B, na, nb, pr, pc, bd))
+    bound = torch.full((n_rows,), float("inf"), dtype=torch.float64, device=dev) if every else torch.cat(out_b)
+    return torch.cat(out_r), torch.cat(out_c), torch.cat(out_w), bound
