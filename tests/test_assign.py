@@ -804,3 +804,33 @@ def test_deferred_rows_never_certify_a_violation():
         assert res.certified and close(res.objective, scipy_objective(C))
         deferred += res.stats["deferred_rows"]
     assert deferred > 0, "no round deferred any row: the case is not exercised"
+
+
+def _merge_reference(g, rows, cols, costs, n):
+    """Concatenate, keep the first of each (row, column), sort: what _merge must equal."""
+    old = np.repeat(np.arange(n), np.diff(g.indptr))
+    r = np.concatenate([old, rows]).astype(np.int64)
+    c = np.concatenate([g.indices, cols]).astype(np.int64)
+    w = np.concatenate([g.costs, costs])
+    key, first = np.unique(r * (int(c.max(initial=0)) + 1) + c, return_index=True)
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(r[first], minlength=n), out=indptr[1:])
+    return indptr, c[first], w[first]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 10**6), st.floats(0.0, 1.0), st.integers(0, 60))
+def test_merge_adds_new_arcs_in_order(n: int, m: int, seed: int, density: float, extra: int) -> None:
+    import mechperm.assign as A
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((n, m)) < density
+    r, c = np.nonzero(mask)
+    g = A.CandidateGraph(indptr=np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64),
+                         indices=c.astype(np.int32), costs=rng.random(len(c)).astype(np.float32))
+    rows, cols = rng.integers(0, n, extra), rng.integers(0, m, extra)  # duplicates and old arcs too
+    costs = rng.random(extra)
+    got = A._merge(g, rows, cols, costs, n)
+    indptr, indices, w = _merge_reference(g, rows, cols, costs, n)
+    assert np.array_equal(got.indptr, indptr) and np.array_equal(got.indices, indices)
+    assert np.array_equal(got.costs, w) and got.costs.dtype == w.dtype
