@@ -37,9 +37,11 @@ copy to the host) is what costs. Measured on an H200 (``bench/bench_match_gpu.py
 d = 2304, dense vs sparse end to end): F = 1024 0.053 vs 0.046 s, 2048 0.137 vs 0.115 s,
 4096 0.53 vs 0.27 s, 8192 1.93 vs 0.77 s. Dense is kept up to 1024² (within 15 %; it needs no
 pricing rounds, and smaller F were not measured)."""
-PRICE_PER_ROW = 64
+PRICE_PER_ROW = 128
 """Pairs of smallest reduced cost the sparse path's pricing returns per priced row (measured:
-16 → 10 rounds, 64 → 6 at F = 4096; 128 and 256 no fewer)."""
+16 → 10 rounds, 64 → 6 at F = 4096; screened CPU path, ``make_stack`` d = 2304: F = 16384
+64 → 128: 14 → 8 rounds, 12.1k → 8.5k priced rows, 18.3 → 16.8 s (256: 7 rounds, 18.0 s);
+F = 65536: 13 → 11 rounds, 53.7k → 46.1k priced rows, 253.5 → 245.8 s)."""
 
 
 def _check_options(sae_a: SAE, sae_b: SAE, on: str, metric: str, mode: str, k: int | None, threshold) -> None:

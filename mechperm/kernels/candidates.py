@@ -746,6 +746,8 @@ def _fused_row_pricer(A: Tensor, B: Tensor, q: int):
     from mechperm import assign
     from mechperm.kernels import triton_candidates
 
+    q = min(q, 64)  # a row's best live in registers: 128 slots would double them (64 as on the GPU runs)
+
     def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
         dev = A.device
         rows_t = torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(dev)
