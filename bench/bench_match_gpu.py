@@ -71,7 +71,8 @@ def run(F: int, dtype: torch.dtype = torch.float32, **options) -> dict:
            "recovered": float((res.perm.to(truth.device) == truth).float().mean()),
            "timings": res.timings, "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges"),
            "dtype": str(dtype).removeprefix("torch."), "price_per_row": match_module.PRICE_PER_ROW,
-           "solver": res.stats.get("solver"), "fused_pricing": os.environ.get("MECHPERM_FUSED_PRICING") == "1"}
+           "solver": res.stats.get("solver"), "fused_pricing": os.environ.get("MECHPERM_FUSED_PRICING") == "1",
+           "gpu_screen": os.environ.get("MECHPERM_GPU_SCREEN") == "1"}
     del A, B
     if DEVICE == "cuda":
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -99,10 +100,13 @@ def main() -> None:
     ap.add_argument("--price-per-row", type=int, help="override match.PRICE_PER_ROW (pairs per priced row)")
     ap.add_argument("--sizes", help="comma-separated F values (default: from MECHPERM_BENCH_MAX_N)")
     ap.add_argument("--fused-pricing", action="store_true", help="MECHPERM_FUSED_PRICING=1 (Triton row pricer)")
+    ap.add_argument("--gpu-screen", action="store_true", help="MECHPERM_GPU_SCREEN=1 (bf16 screen, float32 vectors)")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     if args.fused_pricing:
         os.environ["MECHPERM_FUSED_PRICING"] = "1"
+    if args.gpu_screen:
+        os.environ["MECHPERM_GPU_SCREEN"] = "1"
     if args.price_per_row:
         match_module.PRICE_PER_ROW = args.price_per_row
     if DEVICE is None:
@@ -117,7 +121,7 @@ def main() -> None:
         out = run(F, dtype, **options)
         rows.append(out)
         t = out["timings"]
-        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
+        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if args.gpu_screen else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
               f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
               f"candidates {t.get('candidates', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "
               f"solve {t.get('solve', 0):.3f} s  priced rows {(out['solver'] or {}).get('priced_rows')}",

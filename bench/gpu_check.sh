@@ -22,11 +22,12 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
     echo "== $name: rc $? in $((SECONDS - t0)) s"
     grep -E "${GREP:-.}" "$OUT/$name.log" | tail -n "${TAIL:-25}"
 }
-stage tests "${T_TESTS:-110}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py
+stage tests "${T_TESTS:-110}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py \
+    tests/test_screen_cuda.py
 cd bench
-# Default runs: the float32 path at three sizes, then the opt-in fused pricer at the largest
-# (its first measurement), then bf16 vectors at 1M (the issue's 30 s goal; ~10 GB of vectors).
-IFS='|' read -ra runs <<< "${MATCH_RUNS:---sizes 16384,65536,262144|--sizes 65536,262144 --fused-pricing|--sizes 1048576 --dtype bfloat16 --fused-pricing}"
+# Default runs: the float32 path at three sizes; the opt-in fused pricer and GPU screen (their
+# first measurements); then 1M with both (the issue's 30 s goal; ~19 GB of float32 vectors).
+IFS='|' read -ra runs <<< "${MATCH_RUNS:---sizes 16384,65536,262144|--sizes 65536,262144 --fused-pricing|--sizes 65536,262144 --fused-pricing --gpu-screen|--sizes 1048576 --fused-pricing --gpu-screen}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))

@@ -17,7 +17,7 @@ from torch import Tensor
 from mechperm import _auction
 from mechperm import assign as solver
 from mechperm import kernels
-from mechperm.kernels import screen
+from mechperm.kernels import screen, screen_cuda
 from mechperm.kernels.candidates import _check_vectors
 from mechperm.kernels.features import On
 from mechperm.result import MatchResult
@@ -324,6 +324,13 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
 
         def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
             return sv.exact(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
+    elif screen_cuda.available(A, B):  # the same on a GPU: bf16 tensor-core tiles (opt-in)
+        svg = screen_cuda.prepare(A, B)
+        graph, cand_stats = screen_cuda.solver_graph(svg, k)
+        pricer = screen_cuda.row_pricer(svg, PRICE_PER_ROW)
+
+        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            return svg.exact_np(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
     else:
         g = kernels.candidates(A, B, k=k)
         graph, cand_stats = kernels.solver_graph(g, A, B), g.stats

@@ -1,8 +1,10 @@
 """Shared test fixtures: fixed seeds, the optional shared data folder, a small SAE factory."""
 from __future__ import annotations
 
+import importlib
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +69,43 @@ def random_sae(
         k=k,
         info=SAEInfo(source=source),
     )
+
+
+# ---------------------------------------------------------------------------------- triton
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _interpreted() -> bool:
+    import triton.language.standard as std
+
+    return type(std.max).__name__ == "InterpretedFunction"
+
+
+@pytest.fixture(scope="module")
+def tc():
+    """mechperm.kernels.triton_candidates: compiled on CUDA, else under the interpreter.
+
+    TRITON_INTERPRET is read when ``@triton.jit`` decorates, triton's own library (tl.max,
+    tl.cumsum, ...) included: if another test imported triton without it, the pure-Python
+    ``triton.language`` modules are reloaded (never the C extension, which cannot be).
+    """
+    if TRITON_DEVICE == "cuda":
+        pytest.importorskip("triton")
+        yield importlib.import_module("mechperm.kernels.triton_candidates")
+        return
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        pytest.importorskip("triton")
+        if not _interpreted():
+            for name in ("triton.language.standard", "triton.language.random", "triton.language"):
+                importlib.reload(sys.modules[name])
+            if not _interpreted():
+                pytest.skip("triton was imported without TRITON_INTERPRET=1; run this module alone")
+        sys.modules.pop("mechperm.kernels.triton_candidates", None)
+        yield importlib.import_module("mechperm.kernels.triton_candidates")
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old

@@ -74,10 +74,14 @@ def test_dense_costs_and_price_on_cuda() -> None:
     assert all(ref[i, j] - u[i] < 1e-3 for i, j in got)
 
 
-@pytest.mark.parametrize("F, dense_limit, fused", [(1500, 1500 * 1500, "0"), (3000, None, "0"), (3000, None, "1")])
-def test_match_vectors_on_cuda_is_optimal(F: int, dense_limit, fused: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dense path, sparse path, sparse path with the fused Triton pricer (MECHPERM_FUSED_PRICING)."""
+@pytest.mark.parametrize("F, dense_limit, fused, gpu_screen", [(1500, 1500 * 1500, "0", "0"), (3000, None, "0", "0"),
+                                                          (3000, None, "1", "0"), (3000, None, "0", "1")])
+def test_match_vectors_on_cuda_is_optimal(F: int, dense_limit, fused: str, gpu_screen: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dense path, sparse path, sparse path with the fused Triton pricer (MECHPERM_FUSED_PRICING),
+    with the bf16 screen on the GPU (MECHPERM_GPU_SCREEN)."""
     monkeypatch.setenv("MECHPERM_FUSED_PRICING", fused)
+    monkeypatch.setenv("MECHPERM_GPU_SCREEN", gpu_screen)
     # Optimal costs ~ half the norms: float32 costs then agree with float64 ones to ~1e-6 of the
     # objective (tiny distances between long vectors would leave only cancellation to compare).
     A, B = pair(F, 2304, seed=F, noise=0.5)

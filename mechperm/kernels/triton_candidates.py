@@ -172,22 +172,29 @@ def _pair_kernel(
     I, J,            # [P] int64 pair rows in X, rows in Y
     OUT,             # [P] float32 costs
     P, D, sx, sy,
-    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, FP64: tl.constexpr,
 ):
     offs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = offs < P
     i = tl.load(I + offs, mask=pm, other=0)
     j = tl.load(J + offs, mask=pm, other=0)
     offs_d = tl.arange(0, BLOCK_D)
-    acc = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_P,), dtype=tl.float64 if FP64 else tl.float32)
     for d0 in range(0, D, BLOCK_D):
         m = pm[:, None] & ((d0 + offs_d) < D)[None, :]
-        x = tl.load(X + i[:, None] * sx + (d0 + offs_d)[None, :], mask=m, other=0.0).to(tl.float32)
-        y = tl.load(Y + j[:, None] * sy + (d0 + offs_d)[None, :], mask=m, other=0.0).to(tl.float32)
-        acc += tl.sum(x * y, axis=1)
+        x = tl.load(X + i[:, None] * sx + (d0 + offs_d)[None, :], mask=m, other=0.0)
+        y = tl.load(Y + j[:, None] * sy + (d0 + offs_d)[None, :], mask=m, other=0.0)
+        if FP64:
+            acc += tl.sum(x.to(tl.float64) * y.to(tl.float64), axis=1)
+        else:
+            acc += tl.sum(x.to(tl.float32) * y.to(tl.float32), axis=1)
     nx = tl.load(NX + i, mask=pm, other=0.0)
     ny = tl.load(NY + j, mask=pm, other=0.0)
-    tl.store(OUT + offs, tl.maximum((acc * -2.0 + nx) + ny, 0.0), mask=pm)
+    if FP64:  # the screen's exact costs: |a|² + |b|² − 2 a·b in float64, rounded once
+        cost = tl.maximum(nx.to(tl.float64) + ny.to(tl.float64) - 2.0 * acc, 0.0).to(tl.float32)
+    else:
+        cost = tl.maximum((acc * -2.0 + nx) + ny, 0.0)
+    tl.store(OUT + offs, cost, mask=pm)
 
 
 @triton.jit
@@ -251,9 +258,11 @@ def _topq_kernel(
     X, Y,            # [M, D] the rows to price (gathered), [N, D]
     NX, NY,          # [M], [N] float32 squared norms
     U, V,            # [M] (gathered), [N] float64 duals
+    SX, SY,          # [4, M] (gathered), [4, N] float64 screen statistics (read when SCREEN)
+    GAMMA, ABS,      # float: the screen's accumulation bound and absolute slack
     OUT,             # [M, S, Q] int64 keys (float32 reduced cost, column): the Q least per row and split
     M, N, D, cols_per_split, sx, sy,
-    Q: tl.constexpr, KP: tl.constexpr,
+    Q: tl.constexpr, KP: tl.constexpr, SCREEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -263,6 +272,11 @@ def _topq_kernel(
     rmask = rows < M
     nx = tl.load(NX + rows, mask=rmask, other=0.0)
     u = tl.load(U + rows, mask=rmask, other=0.0)
+    if SCREEN:  # |x~|, |x~ − x|, |x|, float32 |x|² (kernels/screen.py's statistics)
+        an = tl.load(SX + rows, mask=rmask, other=0.0)
+        ar = tl.load(SX + M + rows, mask=rmask, other=0.0)
+        af = tl.load(SX + 2 * M + rows, mask=rmask, other=0.0)
+        asq = tl.load(SX + 3 * M + rows, mask=rmask, other=0.0)
     pos = tl.arange(0, KP)
     best = tl.broadcast_to(tl.where(pos[None, :] < Q, 0x7FFFFFFFFFFFFFFF, -0x7FFFFFFFFFFFFFFF - 1).to(tl.int64),
                            (BLOCK_M, KP))
@@ -276,7 +290,17 @@ def _topq_kernel(
         ny = tl.load(NY + cols, mask=cmask, other=0.0)
         v = tl.load(V + cols, mask=cmask, other=0.0)
         cost = tl.maximum((acc * -2.0 + nx[:, None]) + ny[None, :], 0.0)  # as _dense_kernel
-        red = (cost.to(tl.float64) - u[:, None]) - v[None, :]
+        if SCREEN:  # a lower bound on the exact cost: the screened one less its error bound
+            bn = tl.load(SY + cols, mask=cmask, other=0.0)
+            br = tl.load(SY + N + cols, mask=cmask, other=0.0)
+            bf = tl.load(SY + 2 * N + cols, mask=cmask, other=0.0)
+            bsq = tl.load(SY + 3 * N + cols, mask=cmask, other=0.0)
+            err = (2.0 * an[:, None] * br[None, :] + 2.0 * ar[:, None] * (bn + br)[None, :]
+                   + (2.0 * GAMMA + 2e-6) * an[:, None] * bn[None, :] + 2e-6 * af[:, None] * bf[None, :]
+                   + 1e-6 * (asq[:, None] + bsq[None, :]) + ABS)
+            red = ((cost.to(tl.float64) - err) - u[:, None]) - v[None, :]
+        else:
+            red = (cost.to(tl.float64) - u[:, None]) - v[None, :]
         key = tl.where(rmask[:, None] & cmask[None, :], _pack(red.to(tl.float32), cols), 0x7FFFFFFFFFFFFFFF)
         best, thr = _insert(best, thr, key, pos)
     base = rows.to(tl.int64)[:, None] * n_split + pid_s
@@ -330,19 +354,27 @@ def _topk(X, Y, nx, ny, ix, iy, kc: int, ks: int, swap: bool, bd: int, splits: i
     return cost, cols_c, cols_s
 
 
-def pair_costs(A: Tensor, B: Tensor, na: Tensor, nb: Tensor, i: Tensor, j: Tensor, bd: int) -> Tensor:
-    """float32 costs of the pairs (A[i], B[j])."""
+def pair_costs(A: Tensor, B: Tensor, na: Tensor, nb: Tensor, i: Tensor, j: Tensor, bd: int, *,
+               fp64: bool = False) -> Tensor:
+    """float32 costs of the pairs (A[i], B[j]); ``fp64``: the dot in float64 and the cost rounded
+    once (the arithmetic of :func:`mechperm.kernels.screen.exact_costs`)."""
     out = torch.empty(i.numel(), dtype=torch.float32, device=A.device)
     if i.numel():
         grid = (triton.cdiv(i.numel(), 64),)
         _pair_kernel[grid](A, B, na, nb, i.contiguous(), j.contiguous(), out, i.numel(), A.shape[1],
-                           A.stride(0), B.stride(0), BLOCK_P=64, BLOCK_D=bd)
+                           A.stride(0), B.stride(0), BLOCK_P=64, BLOCK_D=bd, FP64=fp64)
     return out
 
 
-def candidates(A: Tensor, B: Tensor, *, k: int, k_cos: int, splits: int | None = None) -> ref.CandidateGraph:
-    """Triton implementation of :func:`mechperm.kernels.candidates.candidates` (validated there)."""
+def candidates(A: Tensor, B: Tensor, *, k: int, k_cos: int, splits: int | None = None,
+               norms: tuple[Tensor, Tensor] | None = None) -> ref.CandidateGraph:
+    """Triton implementation of :func:`mechperm.kernels.candidates.candidates` (validated there).
+
+    ``norms``: float32 squared norms to use in the costs and cosines instead of those of A and B
+    (the GPU screen passes bf16 roundings as A, B with the norms of the float32 vectors)."""
     A, B, na, nb, bd = _prep(A, B)
+    if norms is not None:
+        na, nb = (x.to(A.device, torch.float32).contiguous() for x in norms)
     Fa, Fb = A.shape[0], B.shape[0]
     kr, kc, kcr, kcc = min(k, Fb), min(k, Fa), min(k_cos, Fb), min(k_cos, Fa)
     if max(kr, kc, kcr, kcc) > 128:
@@ -411,7 +443,7 @@ def price(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, tol: float, 
 
 
 def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q: int, *,
-                    chunk: int = 1 << 16, splits: int | None = None):
+                    chunk: int = 1 << 16, splits: int | None = None, screen=None):
     """Per row of ``rows``, the columns of smallest reduced cost ``(c − u) − v`` (c the tile
     costs of :func:`dense_costs`), and a lower bound on the reduced cost of every column it
     leaves out. The backend of :func:`mechperm.kernels.candidates.row_pricer` on CUDA: one pass
@@ -427,9 +459,19 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
     red ≥ r − 2⁻²⁴|r|; ``r − 2⁻²³|r|`` is returned. Costs of the returned pairs come from
     :func:`pair_costs` (float32 rounding of the tile's).
 
+    ``screen``: a :class:`mechperm.kernels.screen_cuda.ScreenedVectorsGPU`, whose bf16 rows
+    are ``A``, ``B``: ranks by lower bounds on the exact reduced costs (screened cost less its
+    error bound, in the kernel), and the returned costs are its exact ones.
+
     Returns (rows [P], cols [P], costs [P] float32, bound [len(rows)] float64).
     """
-    A, B, na, nb, bd = _prep(A, B)
+    if screen is None:
+        A, B, na, nb, bd = _prep(A, B)
+        sa = sb = A.new_zeros(1, dtype=torch.float64)
+        gamma = slack = 0.0
+    else:
+        na, nb, bd = screen.na, screen.nb, BD_16
+        sa, sb, gamma, slack = screen.a_stats_t, screen.b_stats_t, screen.gamma, screen.abs_slack
     N, dev = B.shape[0], A.device
     kq = min(max(int(q), 2), N)  # kept in the kernel
     every = kq == N
@@ -447,14 +489,16 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
     for s0 in range(0, n_rows, chunk):
         ids = rows[s0 : s0 + chunk]
         X, nx, ux = A[ids].contiguous(), na[ids].contiguous(), u[ids].contiguous()
+        sx = sa[:, ids].contiguous() if screen is not None else sa
         M = ids.numel()
         s = splits or _n_splits(M, col_tiles, dev)
         cols_per_split = -(-col_tiles // s) * BN
         s = -(-N // cols_per_split)
         keys = torch.empty(M, s, kq, dtype=torch.int64, device=dev)
         _topq_kernel[(-(-M // BM), s)](
-            X, B, nx, nb, ux, v, keys, M, N, X.shape[1], cols_per_split, X.stride(0), B.stride(0),
-            Q=kq, KP=kp, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(X),
+            X, B, nx, nb, ux, v, sx, sb, gamma, slack, keys, M, N, X.shape[1], cols_per_split,
+            X.stride(0), B.stride(0), Q=kq, KP=kp, SCREEN=screen is not None,
+            BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(X),
             num_warps=NUM_WARPS, num_stages=_stages(X),
         )
         red, cols = _unpack(torch.sort(keys.view(M, s * kq), dim=1).values[:, :kq])
@@ -464,6 +508,9 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
         pc = cols[:, :kr].reshape(-1)
         out_r.append(pr)
         out_c.append(pc)
-        out_w.append(pair_costs(A, B, na, nb, pr, pc, bd))
+        if screen is None:
+            out_w.append(pair_costs(A, B, na, nb, pr, pc, bd))
+        else:
+            out_w.append(screen.exact(pr, pc))
     bound = torch.full((n_rows,), float("inf"), dtype=torch.float64, device=dev) if every else torch.cat(out_b)
     return torch.cat(out_r), torch.cat(out_c), torch.cat(out_w), bound

@@ -1,0 +1,209 @@
+"""The bf16 screen on a GPU: candidates and pricing from bfloat16 tensor-core tiles, exact costs
+where they decide (the CUDA counterpart of :mod:`mechperm.kernels.screen`, same bound).
+
+Why: on an H200 the candidate kernel ran at 46 TFLOP/s on float32 vectors (3×TF32 dots) and at
+94 TFLOP/s on bf16 ones (``bench/bench_triton_tiles.py``, F = 16384), and ``match_vectors`` at
+F = 262144 took 65-73 s on float32 vectors against 60 s on bf16 ones. Float32 SAEs (Gemma Scope)
+get the bf16 speed here without giving up exactness:
+
+- the candidate graph is selected on screened costs (the Triton top-k kernel on bf16 roundings
+  of the vectors, with the float32 vectors' norms), every arc gets its exact cost, and the
+  bounds absorb the screen's error exactly as on the CPU (:func:`screen.solver_graph`);
+- pricing ranks each row by lower bounds on the exact reduced costs (the screened cost less its
+  error bound, computed in the kernel from per-row statistics), returns exact costs, and proves
+  a bound for every pair it leaves out;
+- exact costs are those of :func:`screen.exact_costs` (|a|² + |b|² − 2 a·b with the dot in
+  float64, rounded once to float32): the same values on a CPU and a GPU.
+
+The bound is :mod:`screen`'s with the accumulation term doubled: NVIDIA does not document how
+tensor cores add float32 partial sums; published measurements (Fasi et al., "Numerical behavior
+of NVIDIA tensor cores", 2021) find exact products and sums truncated to float32, an error per
+addition of at most 2u, i.e. within ``2 gamma_D |a~||b~|``. Measured on an H200 (2026-11-26,
+4096 x 4096 bf16 tiles, d = 2304): at most 0.06 of that bound's dot and epilogue terms.
+
+Opt-in (``MECHPERM_GPU_SCREEN=1``) until it has run on a GPU: it is checked under
+``TRITON_INTERPRET=1`` (tests/test_screen_cuda.py), where the Triton dots are exact float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mechperm.kernels import screen
+from mechperm.kernels.candidates import _backend, _check_norms, _check_vectors, _cosine_bounds, row_sq_norms
+
+_TINY = 2.0**-126  # below it a bf16 value is subnormal: flushed, as on the CPU (csrc/screen.cpp)
+
+
+def available(A: Tensor, B: Tensor) -> bool:
+    """Whether the GPU screen runs: ``MECHPERM_GPU_SCREEN=1``, float32 vectors (bf16 ones need
+    no screen), and the Triton backend (CUDA tensors, or TRITON_INTERPRET=1 with
+    ``MECHPERM_KERNELS=triton`` on the CPU, as the tests run it)."""
+    if os.environ.get("MECHPERM_GPU_SCREEN", "0") != "1":
+        return False
+    if A.dtype != torch.float32 or B.dtype != torch.float32:
+        return False
+    try:
+        return _backend(A, B) == "triton"
+    except ValueError:
+        return False
+
+
+@dataclasses.dataclass
+class ScreenedVectorsGPU:
+    """Both sides on the device: float32 rows (exact costs), bf16 roundings (the screen), the
+    float32 squared norms of the cost formula, and the statistics of :mod:`screen`'s bound
+    ([4, F] float64: |x~|, |x~ − x|, |x|, float32 |x|²) on the device and as numpy."""
+
+    A32: Tensor
+    B32: Tensor
+    A16: Tensor
+    B16: Tensor
+    na: Tensor
+    nb: Tensor
+    a_stats_t: Tensor
+    b_stats_t: Tensor
+    a_stats: np.ndarray
+    b_stats: np.ndarray
+    gamma: float
+    abs_slack: float
+
+    def exact(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """Exact costs (float32, on the device) of the pairs (rows[t], cols[t])."""
+        from mechperm.kernels import triton_candidates as tc
+
+        return tc.pair_costs(self.A32, self.B32, self.na, self.nb, rows, cols, tc.BD_FP32, fp64=True)
+
+    def exact_np(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        dev = self.A32.device
+        return self.exact(torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(dev),
+                          torch.from_numpy(np.ascontiguousarray(cols, np.int64)).to(dev)).cpu().numpy()
+
+
+def _side(name: str, X: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(float32 rows, bf16 rows, float32 squared norms, stats [4, F] float64) of one side."""
+    x32 = X.detach().float().contiguous()
+    sq = row_sq_norms(x32)
+    _check_norms(name, sq)
+    x16 = torch.empty(x32.shape, dtype=torch.bfloat16, device=x32.device)
+    stats = torch.empty(4, x32.shape[0], dtype=torch.float64, device=x32.device)
+    for r0 in range(0, x32.shape[0], chunk):  # float64 temporaries one chunk at a time
+        r1 = min(r0 + chunk, x32.shape[0])
+        b = x32[r0:r1].to(torch.bfloat16)
+        b = torch.where(b.float().abs() < _TINY, torch.zeros((), dtype=b.dtype, device=b.device), b)
+        if not bool(torch.isfinite(b).all()):
+            bad = r0 + int((~torch.isfinite(b)).any(dim=1).nonzero()[0])
+            raise ValueError(f"{name} row {bad} overflows bfloat16; cannot screen it")
+        x16[r0:r1] = b
+        bd, xd = b.double(), x32[r0:r1].double()
+        stats[0, r0:r1] = bd.norm(dim=1)
+        stats[1, r0:r1] = (bd - xd).norm(dim=1)
+        stats[2, r0:r1] = xd.norm(dim=1)
+    stats[3] = sq.double()
+    # float64 norms of float32 data: relative error < D 2^-53 < 2^-36 (D < 2^17); rounded up by
+    # that (as csrc/screen.cpp does), so the bound never rests on a norm that came out low
+    if x32.shape[1] >= 1 << 17:
+        raise ValueError(f"{name} has D = {x32.shape[1]}; the screen's bound assumes D < 131072")
+    stats[:3] *= 1.0 + 2.0**-36
+    return x32, x16, sq, stats
+
+
+def prepare(A: Tensor, B: Tensor) -> ScreenedVectorsGPU:
+    """bf16 roundings and statistics of both sides, on their device."""
+    _check_vectors(A, B)
+    (A32, A16, na, sa), (B32, B16, nb, sb) = _side("A", A), _side("B", B)
+    gamma, abs_slack = screen._accumulation_bounds(A.shape[1])
+    return ScreenedVectorsGPU(A32, B32, A16, B16, na, nb, sa, sb, sa.cpu().numpy(), sb.cpu().numpy(),
+                              gamma=2.0 * gamma, abs_slack=abs_slack)
+
+
+def solver_graph(sv: ScreenedVectorsGPU, k: int, k_cos: int | None = None):
+    """The sparse path's candidate graph, screened on the GPU (see the module docstring and
+    :func:`screen.solver_graph`, whose bounds these are). Returns (graph, CandidateStats)."""
+    from mechperm import assign
+    from mechperm.kernels import triton_candidates as tc
+
+    k_cos = k if k_cos is None else k_cos
+    g = tc.candidates(sv.A16, sv.B16, k=k, k_cos=k_cos, norms=(sv.na, sv.nb))
+    costs = sv.exact(g.row_ids(), g.indices).cpu().numpy()
+    y, x = np.sqrt(sv.a_stats[3]), np.sqrt(sv.b_stats[3])
+    mu_a, K_a = screen._error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
+    mu_b, K_b = screen._error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
+    e_row = mu_a * float(x.max(initial=0.0)) + 1e-6 * float(sv.b_stats[3].max(initial=0.0)) + K_a
+    e_col = mu_b * float(y.max(initial=0.0)) + 1e-6 * float(sv.a_stats[3].max(initial=0.0)) + K_b
+    # least screened cosines held (from the edges' screened costs, with the float32 norms)
+    cos = _cosine_bounds(g, sv.A32, sv.B32)
+    bounds = {"row_bound": g.row_kth.cpu().double().numpy() - e_row,
+              "col_bound": g.col_kth.cpu().double().numpy() - e_col,
+              "row_norm": cos["row_norm"], "col_norm": cos["col_norm"]}
+    for name, mu, norm in (("row_cos", mu_a, y), ("col_cos", mu_b, x)):
+        if name in cos:
+            bounds[name] = cos[name] + np.where(norm > 0, mu / (2.0 * np.where(norm > 0, norm, 1.0)), 0.0)
+    graph = assign.CandidateGraph(indptr=g.indptr.cpu().numpy(), indices=g.indices.cpu().numpy(), costs=costs,
+                                  **bounds)
+    return graph, g.stats
+
+
+def row_pricer(sv: ScreenedVectorsGPU, q: int):
+    """``price_rows`` of :func:`mechperm.assign.assign_exact` on the screen: per requested row
+    the pairs of least lower-bound reduced cost with their exact costs, and a bound on every
+    pair left out (:class:`assign.PricedRows`). A row whose bound is below 0 is priced again
+    keeping 4× as many (up to 128), then, if still below, exactly over all columns."""
+    from mechperm import assign
+    from mechperm.kernels import triton_candidates as tc
+
+    q = min(q, 64)  # registers: see kernels.candidates._fused_row_pricer
+    m = sv.B32.shape[0]
+
+    def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
+        dev = sv.A32.device
+        rows_t = torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(dev)
+        u_t, v_t = torch.from_numpy(u).to(dev), torch.from_numpy(v).to(dev)
+        r, c, w, bound = tc.price_rows_topq(sv.A16, sv.B16, u_t, v_t, rows_t, q, screen=sv)
+        qq, exact_done = max(q, 2), False
+        while not exact_done:
+            weak = bound < -assign._REL_TOL * u_t[rows_t].abs()
+            if not bool(weak.any()):
+                break
+            again = rows_t[weak]
+            if qq < min(128, m):
+                qq = min(128, 4 * qq)
+                r2, c2, w2, b2 = tc.price_rows_topq(sv.A16, sv.B16, u_t, v_t, again, qq, screen=sv)
+            else:  # more than 128 pairs within the screen's error: the rows exactly, whole (the
+                # bound is then exact; below 0 it means the q pairs returned violate)
+                r2, c2, w2, b2 = _exact_rows_topq(sv, again, u_t, v_t, q)
+                exact_done = True
+            keep = ~torch.isin(r, again)
+            r, c, w = torch.cat([r[keep], r2]), torch.cat([c[keep], c2]), torch.cat([w[keep], w2])
+            bound[weak] = b2
+        return assign.PricedRows(r.cpu().numpy(), c.cpu().numpy(), w.cpu().numpy(), bound.cpu().numpy())
+
+    return price_rows
+
+
+def _exact_rows_topq(sv: ScreenedVectorsGPU, rows: Tensor, u: Tensor, v: Tensor, q: int,
+                     max_pairs: int = 1 << 24):
+    """Per row, all exact costs (float64 dots), the q least reduced costs and, as the bound, the
+    (q+1)-th (exact: nothing left out has less)."""
+    m, dev = sv.B32.shape[0], sv.A32.device
+    kq = min(q, m)
+    block = max(1, max_pairs // max(m, 1))
+    out = [], [], [], []
+    cols_all = torch.arange(m, device=dev)
+    for s0 in range(0, rows.numel(), block):
+        ids = rows[s0 : s0 + block]
+        pr, pc = ids.repeat_interleave(m), cols_all.repeat(ids.numel())
+        w = sv.exact(pr, pc).view(ids.numel(), m)
+        red = (w.double() - u[ids][:, None]) - v[None, :]
+        k1 = min(kq + 1, m)
+        vals, cols = torch.topk(red, k1, dim=1, largest=False, sorted=True)
+        bound = vals[:, kq] if k1 > kq else torch.full((ids.numel(),), float("inf"), dtype=torch.float64, device=dev)
+        out[0].append(ids.repeat_interleave(kq))
+        out[1].append(cols[:, :kq].reshape(-1))
+        out[2].append(torch.gather(w, 1, cols[:, :kq]).reshape(-1))
+        out[3].append(bound)
+    return tuple(torch.cat(x) for x in out)

@@ -1,0 +1,142 @@
+"""The bf16 screen on a GPU (mechperm.kernels.screen_cuda): statistics, bounds, pricing and the
+screened sparse path against exact references. Runs the Triton kernels compiled on CUDA, else
+under TRITON_INTERPRET=1 on the CPU (the ``tc`` fixture of conftest.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TRITON_DEVICE
+from scipy.optimize import linear_sum_assignment
+from test_kernels import heavy_tailed
+
+from mechperm import _auction
+from mechperm.kernels import screen, screen_cuda
+from mechperm.match import match_vectors
+
+
+@pytest.fixture
+def gpu_screen(tc, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MECHPERM_GPU_SCREEN", "1")
+    monkeypatch.setenv("MECHPERM_KERNELS", "triton")
+    monkeypatch.setenv("MECHPERM_SCREEN", "0")  # the CPU screen would take CPU tensors first
+    if TRITON_DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return tc
+
+
+def vectors(F: int, D: int, *, seed: int, sigma: float = 1.0, Fb: int | None = None):
+    A, B = heavy_tailed(F, D, sigma=sigma, seed=seed)
+    if Fb is not None:
+        B = torch.cat([B, heavy_tailed(Fb - F, D, sigma=sigma, seed=seed + 1)[1]]) if Fb > F else B[:Fb]
+    A[3, :5] = 1e-40  # subnormal entries: flushed by the screen, kept by the exact costs
+    return A.to(TRITON_DEVICE), B.to(TRITON_DEVICE)
+
+
+def test_available_only_when_asked(gpu_screen, monkeypatch: pytest.MonkeyPatch) -> None:
+    A, B = vectors(20, 8, seed=1)
+    assert screen_cuda.available(A, B)
+    assert not screen_cuda.available(A.bfloat16(), B.bfloat16())  # already bf16: nothing to screen
+    monkeypatch.setenv("MECHPERM_GPU_SCREEN", "0")
+    assert not screen_cuda.available(A, B)
+
+
+def test_statistics_equal_the_cpu_screen(gpu_screen) -> None:
+    A, B = vectors(50, 37, seed=2, sigma=2.0)
+    sv = screen_cuda.prepare(A, B)
+    for X, stats in ((A, sv.a_stats), (B, sv.b_stats)):
+        x32 = np.ascontiguousarray(X.cpu().numpy())
+        sq = (X.cpu() ** 2).sum(1).numpy().astype(np.float32)
+        _, ref, bad = _auction.screen_side(x32, sq, 1)
+        assert bad < 0
+        np.testing.assert_allclose(stats[:3], ref[:3], rtol=1e-11)
+    assert torch.equal(sv.A16.float().cpu()[3, :5], torch.zeros(5))
+    exact = screen.exact_dense_costs(A.cpu(), B.cpu())
+    r, c = np.nonzero(np.ones((50, 50), bool))
+    np.testing.assert_array_equal(sv.exact_np(r, c), exact.numpy()[r, c])
+
+
+def test_unscreenable_rows_are_refused(gpu_screen) -> None:
+    A, B = vectors(10, 8, seed=3)
+    A[4, 2] = 3.395e38  # finite in float32, inf in bfloat16 (and its square overflows)
+    with pytest.raises(ValueError, match="A row 4"):
+        screen_cuda.prepare(A, B)
+    A[4, 2] = float("nan")
+    with pytest.raises(ValueError, match="A row 4"):
+        screen_cuda.prepare(A, B)
+
+
+@pytest.mark.parametrize("sigma, k", [(1.0, 3), (2.5, 2), (0.5, 8)])
+def test_graph_bounds_hold_for_every_pair_left_out(gpu_screen, sigma: float, k: int) -> None:
+    A, B = vectors(70, 40, seed=4, sigma=sigma, Fb=90)
+    sv = screen_cuda.prepare(A, B)
+    g, _ = screen_cuda.solver_graph(sv, k)
+    C = screen.exact_dense_costs(A.cpu(), B.cpu()).double().numpy()
+    rows = np.repeat(np.arange(70), np.diff(g.indptr))
+    np.testing.assert_array_equal(g.costs, C[rows, g.indices].astype(np.float32))  # exact arcs
+    out = np.ones(C.shape, bool)
+    out[rows, g.indices] = False
+    i, j = np.nonzero(out)
+    assert (C[i, j] >= g.row_bound[i]).all() and (C[i, j] >= g.col_bound[j]).all()
+    a, b = A.cpu().double().numpy(), B.cpu().double().numpy()
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = (a @ b.T) / np.maximum(na[:, None] * nb[None, :], 1e-300)
+    assert (cos[i, j] <= g.row_cos[i] + 1e-12).all() and (cos[i, j] <= g.col_cos[j] + 1e-12).all()
+
+
+@pytest.mark.parametrize("q", [1, 4, 200])
+def test_pricer_bound_covers_every_pair_it_leaves_out(gpu_screen, q: int) -> None:
+    A, B = vectors(60, 32, seed=5, sigma=1.5, Fb=75)
+    sv = screen_cuda.prepare(A, B)
+    C = screen.exact_dense_costs(A.cpu(), B.cpu()).double().numpy()
+    rng = np.random.default_rng(6)
+    u = C.min(axis=1) + rng.uniform(-1, 3, 60)
+    v = rng.uniform(-1, 1, 75)
+    rows = np.array([0, 3, 59, 17, 30, 31, 8])
+    out = screen_cuda.row_pricer(sv, q)(rows, u, v)
+    np.testing.assert_array_equal(out.costs, C[out.rows, out.cols].astype(np.float32))
+    red = C - u[:, None] - v[None, :]
+    for t, i in enumerate(rows):
+        got = out.cols[out.rows == i]
+        assert len(got) == len(set(got.tolist())) >= 1
+        left = np.ones(75, bool)
+        left[got] = False
+        if left.any():
+            assert red[i, left].min() >= out.bound[t], (i, red[i, left].min(), out.bound[t])
+
+
+@pytest.mark.parametrize("sigma, Fb", [(1.0, 80), (2.5, 80), (1.0, 95)])
+def test_screened_sparse_path_is_exact(gpu_screen, sigma: float, Fb: int) -> None:
+    A, B = vectors(80, 24, seed=7, sigma=sigma, Fb=Fb)
+    res = match_vectors(A, B, dense_limit=0, candidates_k=2)
+    C = screen.exact_dense_costs(A.cpu(), B.cpu()).double().numpy()
+    r, c = linear_sum_assignment(C)
+    assert res.certified
+    assert res.objective == pytest.approx(float(C[r, c].sum()), rel=1e-9, abs=1e-9)
+    assert sorted(res.perm[res.perm >= 0].tolist()) == sorted(set(res.perm[res.perm >= 0].tolist()))
+
+
+def test_pricer_falls_back_to_exact_rows(gpu_screen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows whose screened bound stays below 0 up to 128 pairs are priced exactly, whole."""
+    A, B = vectors(40, 16, seed=8, Fb=150)
+    sv = screen_cuda.prepare(A, B)
+    real = gpu_screen.price_rows_topq
+    seen = []
+
+    def useless_bounds(*args, **kwargs):  # valid (every reduced cost is above -1e30), proves nothing
+        r, c, w, b = real(*args, **kwargs)
+        seen.append(args[5])
+        return r, c, w, torch.full_like(b, -1e30)
+
+    monkeypatch.setattr(gpu_screen, "price_rows_topq", useless_bounds)
+    C = screen.exact_dense_costs(A.cpu(), B.cpu()).double().numpy()
+    u, v = C.min(axis=1) + 0.5, np.zeros(150)
+    rows = np.array([5, 0, 39])
+    out = screen_cuda.row_pricer(sv, 3)(rows, u, v)
+    assert seen == [3, 12, 48, 128]
+    red = C - u[:, None] - v[None, :]
+    for t, i in enumerate(rows):
+        got = out.cols[out.rows == i]
+        order = np.sort(red[i])
+        assert len(got) == 3 and np.allclose(np.sort(red[i, got]), order[:3])
+        assert out.bound[t] == pytest.approx(order[3], rel=1e-12)
