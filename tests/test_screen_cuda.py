@@ -105,7 +105,7 @@ def test_pricer_bound_covers_every_pair_it_leaves_out(gpu_screen, q: int) -> Non
             assert red[i, left].min() >= out.bound[t], (i, red[i, left].min(), out.bound[t])
 
 
-@pytest.mark.parametrize("sigma, Fb", [(1.0, 80), (2.5, 80), (1.0, 95)])
+@pytest.mark.parametrize("sigma, Fb", [(1.0, 80), (2.5, 80), (1.0, 95), (1.0, 70)])
 def test_screened_sparse_path_is_exact(gpu_screen, sigma: float, Fb: int) -> None:
     A, B = vectors(80, 24, seed=7, sigma=sigma, Fb=Fb)
     res = match_vectors(A, B, dense_limit=0, candidates_k=2)
@@ -140,3 +140,17 @@ def test_pricer_falls_back_to_exact_rows(gpu_screen, monkeypatch: pytest.MonkeyP
         order = np.sort(red[i])
         assert len(got) == 3 and np.allclose(np.sort(red[i, got]), order[:3])
         assert out.bound[t] == pytest.approx(order[3], rel=1e-12)
+
+
+def test_screened_sparse_path_partial_mode(gpu_screen) -> None:
+    A, B = vectors(60, 24, seed=9, sigma=1.5, Fb=70)
+    C = screen.exact_dense_costs(A.cpu(), B.cpu()).double().numpy()
+    lam = float(np.median(C.min(axis=1)))
+    res = match_vectors(A, B, mode="partial", threshold=lam, dense_limit=0, candidates_k=2)
+    n = C.shape[0]
+    dummy = np.full((n, n), 1e18)
+    np.fill_diagonal(dummy, lam)
+    P = np.hstack([C, dummy])
+    r, c = linear_sum_assignment(P)
+    assert res.certified and 0 < int((res.perm >= 0).sum()) < n
+    assert res.objective == pytest.approx(float(P[r, c].sum()), rel=1e-9)
