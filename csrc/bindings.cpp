@@ -14,6 +14,7 @@
 
 #include "auction.hpp"
 #include "screen.hpp"
+#include "topk.hpp"
 
 namespace py = pybind11;
 using namespace mechperm;
@@ -464,6 +465,62 @@ py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const p
     return out;
 }
 
+// A selection's state (vals [owners, k] float32, idx [owners, k] int64, extra or None), checked.
+TopKHeaps topk_heaps(const py::object& o, const char* name, int64_t min_owners) {
+    TopKHeaps h;
+    if (o.is_none()) return h;
+    const py::tuple t = o.cast<py::tuple>();
+    if (t.size() != 3) throw py::value_error(std::string(name) + " must be (vals, idx, extra or None)");
+    py::array vals = t[0].cast<py::array>(), idx = t[1].cast<py::array>();
+    require<float>(vals, name, 2);
+    require<int64_t>(idx, name, 2, vals.shape(0));
+    if (!vals.writeable() || !idx.writeable()) throw py::value_error(std::string(name) + " must be writeable");
+    h.k = vals.shape(1);
+    if (idx.shape(1) != h.k || vals.shape(0) < min_owners)
+        throw py::value_error(std::string(name) + ": state of " + std::to_string(vals.shape(0)) + " x " +
+                              std::to_string(h.k) + " does not cover the tile");
+    h.vals = static_cast<float*>(vals.mutable_data());
+    h.idx = static_cast<int64_t*>(idx.mutable_data());
+    if (!t[2].is_none()) {
+        py::array extra = t[2].cast<py::array>();
+        require<float>(extra, name, 2, vals.shape(0));
+        if (extra.shape(1) != h.k || !extra.writeable()) throw py::value_error(std::string(name) + ": bad extra");
+        h.extra = static_cast<float*>(extra.mutable_data());
+    }
+    return h;
+}
+
+void topk_tile_py(const py::array& tile, const py::object& cos_obj, int64_t r0, int64_t c0, const py::object& rows_c,
+                  const py::object& cols_c, const py::object& rows_s, const py::object& cols_s, int threads) {
+    if (tile.ndim() != 2 || !py::isinstance<py::array_t<float>>(tile))
+        throw py::value_error("tile must be a 2-D float32 array, got " + dtype_name(tile));
+    const int64_t n = tile.shape(0), m = tile.shape(1);
+    if (tile.strides(1) != int64_t(sizeof(float)) || tile.strides(0) % int64_t(sizeof(float)) != 0 ||
+        tile.strides(0) < m * int64_t(sizeof(float)))
+        throw py::value_error("tile must have unit-stride rows");
+    const int64_t ld = tile.strides(0) / int64_t(sizeof(float));
+    const float* cos = nullptr;
+    if (!cos_obj.is_none()) {
+        const py::array c = cos_obj.cast<py::array>();
+        cos = require<float>(c, "cos", 2, n);
+        if (c.shape(1) != m) throw py::value_error("cos must have the tile's shape");
+    }
+    if (r0 < 0 || c0 < 0) throw py::value_error("r0 and c0 must be >= 0");
+    const TopKHeaps rc = topk_heaps(rows_c, "rows_c", r0 + n), cc = topk_heaps(cols_c, "cols_c", c0 + m);
+    const TopKHeaps rs = topk_heaps(rows_s, "rows_s", r0 + n), cs = topk_heaps(cols_s, "cols_s", c0 + m);
+    const float* tp = static_cast<const float*>(tile.data());
+    py::gil_scoped_release release;
+    topk_tile(tp, ld, cos, n, m, r0, c0, rc, cc, rs, cs, std::max(1, threads));
+}
+
+void topk_finish_py(const py::object& heaps, int threads) {
+    const TopKHeaps h = topk_heaps(heaps, "heaps", 0);
+    if (h.k == 0) return;
+    const int64_t owners = heaps.cast<py::tuple>()[0].cast<py::array>().shape(0);
+    py::gil_scoped_release release;
+    topk_finish(h, owners, std::max(1, threads));
+}
+
 ScreenB make_screen_b(const py::array& b16, const py::array& nb, int threads) {
     const uint16_t* b = require<uint16_t>(b16, "b16", 2);
     const int64_t m = b16.shape(0), d = b16.shape(1);
@@ -569,6 +626,11 @@ PYBIND11_MODULE(_auction, m) {
     m.def("screen_side", &screen_side_py, py::arg("x"), py::arg("sq_norm"), py::arg("threads") = 1,
           "bf16 bits [F, D'] (even D'), stats [4, F] (|x~|, |x~ - x|, |x|, sq_norm) and the first "
           "non-finite row or -1.");
+    m.def("topk_tile", &topk_tile_py, py::arg("tile"), py::arg("cos"), py::arg("r0"), py::arg("c0"),
+          py::arg("rows_c"), py::arg("cols_c"), py::arg("rows_s"), py::arg("cols_s"), py::arg("threads") = 1,
+          "Offer a cost tile (and -cosine tile) to running top-k heaps (csrc/topk.hpp).");
+    m.def("topk_finish", &topk_finish_py, py::arg("heaps"), py::arg("threads") = 1,
+          "Sort each owner's heap ascending by (value, index).");
     m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
           "float64 dots of the pairs (a[rows[t]], b[cols[t]]) of float32 rows.");
     py::class_<ScreenB>(m, "ScreenB", "B's bf16 rows packed once for screened costs and pricing.")

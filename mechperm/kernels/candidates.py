@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mechperm import _auction
+
 Backend = Literal["torch", "triton"]
 _MIN_GEMM_ROWS = 16
 _NORM_BLOCK_ELEMENTS = 1 << 18
@@ -211,6 +213,20 @@ class _RunningTopK:
         self.idx = torch.full((n, k), -1, dtype=torch.int64, device=device)
         self.cost = torch.full((n, k), float("inf"), device=device) if with_cost else None
         self.thr = torch.full((n,), float("inf"), device=device)
+        # On the CPU the selection runs in C++ (csrc/topk.cpp: per-owner heaps in these same
+        # tensors, sorted by finish()): the torch merges below sort every admitted entry with
+        # its owner's k (32768 x 32768, d = 128: 6 of the candidate pass's 9 s).
+        self.native = device.type == "cpu" and os.environ.get("MECHPERM_NATIVE_TOPK", "1") != "0"
+
+    def state(self) -> tuple:
+        """The tensors as numpy views, for csrc/topk.cpp."""
+        return self.vals.numpy(), self.idx.numpy(), None if self.cost is None else self.cost.numpy()
+
+    def finish(self) -> "_RunningTopK":
+        """Sort each owner's entries (native selection; the torch merges keep them sorted)."""
+        if self.native:
+            _auction.topk_finish(self.state(), threads=torch.get_num_threads())
+        return self
 
     def admit(self, scores: Tensor, dim: int, own0: int) -> Tensor:
         """Admission threshold per owner of tile ``scores`` (owners along ``dim``: 1 rows, 0 columns)."""
@@ -282,6 +298,11 @@ def _select(tile: Tensor, cos: Tensor | None, r0: int, c0: int, rows_c, cols_c, 
     """Offer one tile to the four running top-k's: one mask (entries below any threshold), one
     nonzero, then each criterion takes its own entries from that short list."""
     n, m = tile.shape
+    if rows_c.native:
+        _auction.topk_tile(tile.numpy(), None if cos is None else cos.numpy(), r0, c0, rows_c.state(),
+                           cols_c.state(), None if rows_s is None else rows_s.state(),
+                           None if cols_s is None else cols_s.state(), threads=torch.get_num_threads())
+        return
     tr, tc = rows_c.admit(tile, 1, r0), cols_c.admit(tile, 0, c0)
     mask, tmp = scratch.get("mask", (n, m), torch.bool), scratch.get("tmp", (n, m), torch.bool)
     torch.lt(tile, tr[:, None], out=mask)
@@ -507,6 +528,9 @@ def candidates(
                 cos.mul_(ib[None, c0:c1])
             _add_norms(tile, na[r0:r1], nb[c0:c1])  # clamped at 0 where entries are taken
             _select(tile, cos, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch)
+    for own in (rows_c, cols_c, rows_s, cols_s):
+        if own is not None:
+            own.finish()
     parts = [_owner_parts(rows_c, True, rows_c.vals), _owner_parts(cols_c, False, cols_c.vals)]
     for own, by_row in ((rows_s, True), (cols_s, False)):
         parts.append(_owner_parts(own, by_row, own.cost) if own is not None else _no_edges(dev))

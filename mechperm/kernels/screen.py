@@ -308,6 +308,9 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
                 torch.sub(tile, na[r0:r1, None], out=cos).sub_(nb[None, c0:c1])
                 cos.mul_(half_iy[r0:r1, None]).mul_(ix[None, c0:c1])
             _select(tile, cos, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch)
+    for own in (rows_c, cols_c, rows_s, cols_s):
+        if own is not None:
+            own.finish()
     parts = [_owner_parts(rows_c, True, rows_c.vals), _owner_parts(cols_c, False, cols_c.vals)]
     for own, by_row in ((rows_s, True), (cols_s, False)):
         parts.append(_owner_parts(own, by_row, own.cost) if own is not None else _no_edges(dev))

@@ -1,0 +1,188 @@
+// Running top-k selection over streamed cost tiles (see topk.hpp).
+#include "topk.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+namespace mechperm {
+namespace {
+
+template <class F>
+void parallel_chunks(int64_t count, int threads, F&& body) {
+    if (threads <= 1 || count <= 1) {
+        for (int64_t b = 0; b < count; ++b) body(b);
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    auto work = [&] {
+        for (int64_t b = next++; b < count; b = next++) body(b);
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < std::min<int64_t>(threads, count); ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+}
+
+inline bool less(float v, int64_t i, float w, int64_t j) { return v < w || (v == w && i < j); }
+
+// Replace the root of the max-heap (vals, idx, extra)[0, k) by (v, i, e) and sift it down.
+inline void replace_root(float* vals, int64_t* idx, float* extra, int64_t k, float v, int64_t i, float e) {
+    int64_t p = 0;
+    for (;;) {
+        int64_t c = 2 * p + 1;
+        if (c >= k) break;
+        if (c + 1 < k && less(vals[c], idx[c], vals[c + 1], idx[c + 1])) ++c;
+        if (!less(v, i, vals[c], idx[c])) break;
+        vals[p] = vals[c];
+        idx[p] = idx[c];
+        if (extra) extra[p] = extra[c];
+        p = c;
+    }
+    vals[p] = v;
+    idx[p] = i;
+    if (extra) extra[p] = e;
+}
+
+inline float clamp0(float x) { return x > 0.0f ? x : 0.0f; }
+
+// Whether any score (clamped at 0 if `clamp`) is <= its threshold: a branch-free pass the
+// compiler vectorises; after the first tiles most rows of a tile admit nothing.
+inline bool any_at_or_below(const float* x, bool clamp, const float* thr, int64_t w) {
+    int hit = 0;
+    if (clamp) {
+        for (int64_t j = 0; j < w; ++j) hit |= clamp0(x[j]) <= thr[j];
+    } else {
+        for (int64_t j = 0; j < w; ++j) hit |= x[j] <= thr[j];
+    }
+    return hit != 0;
+}
+
+// One owner's scan of a row of scores (costs clamped at 0 when `cost_of` is null; else the
+// scores are -cosines and cost_of the row's costs, carried along clamped), in blocks of 64
+// checked against the heap's root first.
+inline void scan_row(const float* x, const float* cost_of, int64_t m, int64_t c0, float* hv, int64_t* hi,
+                     float* he, int64_t k) {
+    constexpr int64_t kB = 64;
+    for (int64_t j0 = 0; j0 < m; j0 += kB) {
+        const int64_t j1 = std::min(m, j0 + kB);
+        const float thr = hv[0];
+        int hit = 0;
+        if (cost_of == nullptr) {
+            for (int64_t j = j0; j < j1; ++j) hit |= clamp0(x[j]) <= thr;
+        } else {
+            for (int64_t j = j0; j < j1; ++j) hit |= x[j] <= thr;
+        }
+        if (!hit) continue;
+        for (int64_t j = j0; j < j1; ++j) {
+            const float v = cost_of == nullptr ? clamp0(x[j]) : x[j];
+            if (less(v, c0 + j, hv[0], hi[0]))
+                replace_root(hv, hi, he, k, v, c0 + j, cost_of == nullptr ? 0.0f : clamp0(cost_of[j]));
+        }
+    }
+}
+
+}  // namespace
+
+void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64_t m, int64_t r0, int64_t c0,
+               TopKHeaps rows_c, TopKHeaps cols_c, TopKHeaps rows_s, TopKHeaps cols_s, int threads) {
+    if (n <= 0 || m <= 0) return;
+    const bool with_cos = cos != nullptr;
+    // Rows: each owner's heap root is its admission threshold; most entries fail it.
+    if (rows_c.k > 0 || (with_cos && rows_s.k > 0)) {
+        parallel_chunks((n + 15) / 16, threads, [&](int64_t blk) {
+            const int64_t i1 = std::min(n, (blk + 1) * 16);
+            for (int64_t i = blk * 16; i < i1; ++i) {
+                const float* t = tile + i * ld;
+                if (rows_c.k > 0) {
+                    const int64_t o = (r0 + i) * rows_c.k;
+                    scan_row(t, nullptr, m, c0, rows_c.vals + o, rows_c.idx + o, nullptr, rows_c.k);
+                }
+                if (with_cos && rows_s.k > 0) {
+                    const int64_t o = (r0 + i) * rows_s.k;
+                    scan_row(cos + i * m, t, m, c0, rows_s.vals + o, rows_s.idx + o,
+                             rows_s.extra ? rows_s.extra + o : nullptr, rows_s.k);
+                }
+            }
+        });
+    }
+    // Columns: ranges of columns per task, the tile read row by row; the roots are copied to
+    // local thresholds so that the scan reads contiguous memory.
+    if (cols_c.k > 0 || (with_cos && cols_s.k > 0)) {
+        constexpr int64_t kW = 256;
+        parallel_chunks((m + kW - 1) / kW, threads, [&](int64_t blk) {
+            const int64_t j0 = blk * kW, j1 = std::min(m, j0 + kW), w = j1 - j0;
+            float tv[kW], sv[kW];
+            int64_t ti[kW], si[kW];
+            for (int64_t j = 0; j < w; ++j) {
+                if (cols_c.k > 0) {
+                    tv[j] = cols_c.vals[(c0 + j0 + j) * cols_c.k];
+                    ti[j] = cols_c.idx[(c0 + j0 + j) * cols_c.k];
+                }
+                if (with_cos && cols_s.k > 0) {
+                    sv[j] = cols_s.vals[(c0 + j0 + j) * cols_s.k];
+                    si[j] = cols_s.idx[(c0 + j0 + j) * cols_s.k];
+                }
+            }
+            for (int64_t i = 0; i < n; ++i) {
+                const float* t = tile + i * ld + j0;
+                const int64_t other = r0 + i;
+                if (cols_c.k > 0 && any_at_or_below(t, true, tv, w)) {
+                    for (int64_t j = 0; j < w; ++j) {
+                        const float v = clamp0(t[j]);
+                        if (less(v, other, tv[j], ti[j])) {
+                            const int64_t o = (c0 + j0 + j) * cols_c.k;
+                            replace_root(cols_c.vals + o, cols_c.idx + o, nullptr, cols_c.k, v, other, 0.0f);
+                            tv[j] = cols_c.vals[o];
+                            ti[j] = cols_c.idx[o];
+                        }
+                    }
+                }
+                const float* s = with_cos ? cos + i * m + j0 : nullptr;
+                if (with_cos && cols_s.k > 0 && any_at_or_below(s, false, sv, w)) {
+                    for (int64_t j = 0; j < w; ++j) {
+                        if (less(s[j], other, sv[j], si[j])) {
+                            const int64_t o = (c0 + j0 + j) * cols_s.k;
+                            replace_root(cols_s.vals + o, cols_s.idx + o, cols_s.extra ? cols_s.extra + o : nullptr,
+                                         cols_s.k, s[j], other, clamp0(t[j]));
+                            sv[j] = cols_s.vals[o];
+                            si[j] = cols_s.idx[o];
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+void topk_finish(TopKHeaps h, int64_t owners, int threads) {
+    if (h.k <= 0) return;
+    const int64_t k = h.k;
+    parallel_chunks((owners + 255) / 256, threads, [&](int64_t blk) {
+        std::vector<int64_t> order(static_cast<size_t>(k), 0);
+        std::vector<float> v(static_cast<size_t>(k)), e(static_cast<size_t>(k));
+        std::vector<int64_t> ix(static_cast<size_t>(k));
+        const int64_t o1 = std::min(owners, (blk + 1) * 256);
+        for (int64_t o = blk * 256; o < o1; ++o) {
+            float* hv = h.vals + o * k;
+            int64_t* hi = h.idx + o * k;
+            float* he = h.extra ? h.extra + o * k : nullptr;
+            std::iota(order.begin(), order.end(), int64_t(0));
+            std::sort(order.begin(), order.end(),
+                      [&](int64_t a, int64_t b) { return less(hv[a], hi[a], hv[b], hi[b]); });
+            for (int64_t t = 0; t < k; ++t) {
+                v[t] = hv[order[t]];
+                ix[t] = hi[order[t]];
+                if (he) e[t] = he[order[t]];
+            }
+            std::copy(v.begin(), v.end(), hv);
+            std::copy(ix.begin(), ix.end(), hi);
+            if (he) std::copy(e.begin(), e.end(), he);
+        }
+    });
+}
+
+}  // namespace mechperm

@@ -1,0 +1,83 @@
+"""csrc/topk.cpp: the CPU's running top-k selection of cost tiles, against numpy's lexsort."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mechperm import _auction
+
+
+def heaps(owners: int, k: int, extra: bool = False):
+    vals = np.full((owners, k), np.inf, np.float32)
+    idx = np.full((owners, k), -1, np.int64)
+    return vals, idx, (np.full((owners, k), np.inf, np.float32) if extra else None)
+
+
+def expected(scores: np.ndarray, k: int, axis: int):
+    """Per owner (rows if axis == 1), the k least (score, other index) pairs, ascending."""
+    s = scores if axis == 1 else scores.T
+    out_v = np.full((s.shape[0], k), np.inf, np.float32)
+    out_i = np.full((s.shape[0], k), -1, np.int64)
+    for o in range(s.shape[0]):
+        order = np.lexsort((np.arange(s.shape[1]), s[o]))[:k]
+        out_v[o, : len(order)], out_i[o, : len(order)] = s[o, order], order
+    return out_v, out_i
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 300), st.integers(1, 9), st.integers(1, 4), st.integers(0, 10**6),
+       st.integers(1, 3))
+def test_tiles_streamed_equal_one_lexsort(n: int, m: int, k: int, parts: int, seed: int, threads: int) -> None:
+    """Any split of the columns into tiles, any threads: the k least by (value, index), ties
+    (values drawn from a few levels) to the smaller index; costs clamped at 0."""
+    rng = np.random.default_rng(seed)
+    cost = rng.integers(-2, 6, (n, m)).astype(np.float32)  # many ties, some negative
+    cos = rng.integers(-3, 3, (n, m)).astype(np.float32)
+    rc, cc, rs, cs = heaps(n, k), heaps(m, k), heaps(n, k, True), heaps(m, k, True)
+    cuts = np.unique(np.r_[0, np.sort(rng.integers(0, m, parts - 1)), m])
+    for c0, c1 in zip(cuts[:-1], cuts[1:]):
+        tile = np.ascontiguousarray(cost[:, c0:c1])
+        _auction.topk_tile(tile, np.ascontiguousarray(cos[:, c0:c1]), 0, int(c0), rc, cc, rs, cs, threads=threads)
+    for h in (rc, cc, rs, cs):
+        _auction.topk_finish(h, threads=threads)
+    clamped = np.maximum(cost, 0)
+    for h, scores, axis in ((rc, clamped, 1), (cc, clamped, 0), (rs, cos, 1), (cs, cos, 0)):
+        v, i = expected(scores, k, axis)
+        np.testing.assert_array_equal(h[0], v)
+        np.testing.assert_array_equal(h[1], i)
+    for h, axis in ((rs, 1), (cs, 0)):  # the costs carried along belong to the pairs kept
+        own = np.arange(h[1].shape[0])[:, None].repeat(k, 1)
+        ok = h[1] >= 0
+        r, c = (own[ok], h[1][ok]) if axis == 1 else (h[1][ok], own[ok])
+        np.testing.assert_array_equal(h[2][ok], clamped[r, c])
+
+
+def test_row_offsets_and_strided_tiles() -> None:
+    rng = np.random.default_rng(1)
+    full = rng.random((10, 12)).astype(np.float32)
+    rc, cc = heaps(25, 3), heaps(12, 3)
+    _auction.topk_tile(full[:, :12], None, 15, 0, rc, cc, None, None)  # rows 15..24 of a larger problem
+    _auction.topk_finish(rc)
+    _auction.topk_finish(cc)
+    v, i = expected(full, 3, 1)
+    np.testing.assert_array_equal(rc[1][15:], i)
+    assert (rc[1][:15] == -1).all()
+    wide = rng.random((4, 20)).astype(np.float32)
+    rc2, cc2 = heaps(4, 2), heaps(8, 2)
+    _auction.topk_tile(wide[:, 4:12], None, 0, 0, rc2, cc2, None, None)  # a strided view
+    _auction.topk_finish(rc2)
+    np.testing.assert_array_equal(rc2[1], expected(np.ascontiguousarray(wide[:, 4:12]), 2, 1)[1])
+
+
+def test_bad_input_is_refused() -> None:
+    tile = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="tile must be a 2-D float32"):
+        _auction.topk_tile(tile.astype(np.float64), None, 0, 0, heaps(3, 2), heaps(4, 2), None, None)
+    with pytest.raises(ValueError, match="does not cover the tile"):
+        _auction.topk_tile(tile, None, 2, 0, heaps(3, 2), heaps(4, 2), None, None)
+    with pytest.raises(ValueError, match="cos must have the tile's shape"):
+        _auction.topk_tile(tile, np.zeros((3, 5), np.float32), 0, 0, heaps(3, 2), heaps(4, 2), None, None)
+    with pytest.raises(ValueError, match="unit-stride rows"):
+        _auction.topk_tile(np.zeros((4, 3), np.float32).T, None, 0, 0, heaps(3, 2), heaps(4, 2), None, None)
