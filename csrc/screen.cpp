@@ -1,6 +1,8 @@
 // Screened squared distances (see screen.hpp): the bfloat16 GEMM kernel and the bound pass.
 #include "screen.hpp"
 
+#include "parallel.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -31,23 +33,6 @@ inline float bf16_value(uint16_t h) {
     return f;
 }
 
-// Runs body(block) for blocks 0..count-1 on `threads` threads (a shared counter balances them).
-template <class F>
-void parallel_blocks(int64_t count, int threads, F&& body) {
-    threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
-    if (threads == 1) {
-        for (int64_t b = 0; b < count; ++b) body(b);
-        return;
-    }
-    std::atomic<int64_t> next{0};
-    auto work = [&] {
-        for (int64_t b = next++; b < count; b = next++) body(b);
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(work);
-    work();
-    for (auto& t : pool) t.join();
-}
 
 // The reference arithmetic: bf16 products are exact in float32, summed in k order.
 // Columns [c0, c1) of b16 into out [n, c1 - c0].

@@ -1,6 +1,8 @@
 // Running top-k selection over streamed cost tiles (see topk.hpp).
 #include "topk.hpp"
 
+#include "parallel.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <limits>
@@ -11,21 +13,6 @@
 namespace mechperm {
 namespace {
 
-template <class F>
-void parallel_chunks(int64_t count, int threads, F&& body) {
-    if (threads <= 1 || count <= 1) {
-        for (int64_t b = 0; b < count; ++b) body(b);
-        return;
-    }
-    std::atomic<int64_t> next{0};
-    auto work = [&] {
-        for (int64_t b = next++; b < count; b = next++) body(b);
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < std::min<int64_t>(threads, count); ++t) pool.emplace_back(work);
-    work();
-    for (auto& t : pool) t.join();
-}
 
 inline bool less(float v, int64_t i, float w, int64_t j) { return v < w || (v == w && i < j); }
 
@@ -93,7 +80,7 @@ void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64
     const bool with_cos = cos != nullptr;
     // Rows: each owner's heap root is its admission threshold; most entries fail it.
     if (rows_c.k > 0 || (with_cos && rows_s.k > 0)) {
-        parallel_chunks((n + 15) / 16, threads, [&](int64_t blk) {
+        parallel_blocks((n + 15) / 16, threads, [&](int64_t blk) {
             const int64_t i1 = std::min(n, (blk + 1) * 16);
             for (int64_t i = blk * 16; i < i1; ++i) {
                 const float* t = tile + i * ld;
@@ -113,7 +100,7 @@ void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64
     // local thresholds so that the scan reads contiguous memory.
     if (cols_c.k > 0 || (with_cos && cols_s.k > 0)) {
         constexpr int64_t kW = 256;
-        parallel_chunks((m + kW - 1) / kW, threads, [&](int64_t blk) {
+        parallel_blocks((m + kW - 1) / kW, threads, [&](int64_t blk) {
             const int64_t j0 = blk * kW, j1 = std::min(m, j0 + kW), w = j1 - j0;
             float tv[kW], sv[kW];
             int64_t ti[kW], si[kW];
@@ -161,7 +148,7 @@ void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64
 void topk_finish(TopKHeaps h, int64_t owners, int threads) {
     if (h.k <= 0) return;
     const int64_t k = h.k;
-    parallel_chunks((owners + 255) / 256, threads, [&](int64_t blk) {
+    parallel_blocks((owners + 255) / 256, threads, [&](int64_t blk) {
         std::vector<int64_t> order(static_cast<size_t>(k), 0);
         std::vector<float> v(static_cast<size_t>(k)), e(static_cast<size_t>(k));
         std::vector<int64_t> ix(static_cast<size_t>(k));

@@ -114,6 +114,21 @@ def _insert(best, thr, key, pos):
 
 
 @triton.jit
+def _split_program(M, N, cols_per_split, BLOCK_M: tl.constexpr):
+    """The rows of this program (grid axis 0), their mask, its column split (axis 1) as the
+    range [n_lo, n_hi), and the number of splits: the layout of the per-row selection kernels."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_lo = tl.program_id(1) * cols_per_split
+    return rows, rows < M, n_lo, tl.minimum(n_lo + cols_per_split, N), tl.program_id(1), tl.num_programs(1)
+
+
+@triton.jit
+def _col_tile(n0, n_hi, BLOCK_N: tl.constexpr):
+    cols = n0 + tl.arange(0, BLOCK_N)
+    return cols, cols < n_hi
+
+
+@triton.jit
 def _topk_kernel(
     X, Y,            # [M, D], [N, D] matching vectors (fp32 / bf16 / fp16), unit stride along D
     NX, NY,          # [M], [N] float32 squared norms
@@ -124,11 +139,7 @@ def _topk_kernel(
     KC: tl.constexpr, KS: tl.constexpr, KP: tl.constexpr, SWAP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    n_split = tl.num_programs(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < M
+    rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
     nx = tl.load(NX + rows, mask=rmask, other=0.0)
     ix = tl.load(IX + rows, mask=rmask, other=0.0)
     pos = tl.arange(0, KP)
@@ -139,11 +150,8 @@ def _topk_kernel(
                              (BLOCK_M, KP))
     thr_c = tl.max(best_c, axis=1)
     thr_s = tl.max(best_s, axis=1)
-    n_lo = pid_s * cols_per_split
-    n_hi = tl.minimum(n_lo + cols_per_split, N)
     for n0 in range(n_lo, n_hi, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        cmask = cols < n_hi
+        cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
         acc = _dot_tile(X, Y, rows, cols, rmask, cmask, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
         ny = tl.load(NY + cols, mask=cmask, other=0.0)
         if SWAP:  # X holds B, Y holds A: c = (−2⟨a,b⟩ + n_a) + n_b as in the (A, B) launch
@@ -265,11 +273,7 @@ def _topq_kernel(
     Q: tl.constexpr, KP: tl.constexpr, SCREEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    n_split = tl.num_programs(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < M
+    rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
     nx = tl.load(NX + rows, mask=rmask, other=0.0)
     u = tl.load(U + rows, mask=rmask, other=0.0)
     if SCREEN:  # |x~|, |x~ − x|, |x|, float32 |x|² (kernels/screen.py's statistics)
@@ -281,11 +285,8 @@ def _topq_kernel(
     best = tl.broadcast_to(tl.where(pos[None, :] < Q, 0x7FFFFFFFFFFFFFFF, -0x7FFFFFFFFFFFFFFF - 1).to(tl.int64),
                            (BLOCK_M, KP))
     thr = tl.max(best, axis=1)
-    n_lo = pid_s * cols_per_split
-    n_hi = tl.minimum(n_lo + cols_per_split, N)
     for n0 in range(n_lo, n_hi, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        cmask = cols < n_hi
+        cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
         acc = _dot_tile(X, Y, rows, cols, rmask, cmask, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
         ny = tl.load(NY + cols, mask=cmask, other=0.0)
         v = tl.load(V + cols, mask=cmask, other=0.0)
