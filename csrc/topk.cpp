@@ -53,7 +53,7 @@ inline bool any_at_or_below(const float* x, bool clamp, const float* thr, int64_
 // checked against the heap's root first.
 inline void scan_row(const float* x, const float* cost_of, int64_t m, int64_t c0, float* hv, int64_t* hi,
                      float* he, int64_t k) {
-    constexpr int64_t kB = 64;
+    constexpr int64_t kB = 16;  // P(a block admits) stays small: a block that does is scanned exactly
     for (int64_t j0 = 0; j0 < m; j0 += kB) {
         const int64_t j1 = std::min(m, j0 + kB);
         const float thr = hv[0];
@@ -99,7 +99,7 @@ void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64
     // Columns: ranges of columns per task, the tile read row by row; the roots are copied to
     // local thresholds so that the scan reads contiguous memory.
     if (cols_c.k > 0 || (with_cos && cols_s.k > 0)) {
-        constexpr int64_t kW = 256;
+        constexpr int64_t kW = 256, kSub = 16;  // column ranges per task; checked 16 at a time
         parallel_blocks((m + kW - 1) / kW, threads, [&](int64_t blk) {
             const int64_t j0 = blk * kW, j1 = std::min(m, j0 + kW), w = j1 - j0;
             float tv[kW], sv[kW];
@@ -117,8 +117,10 @@ void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64
             for (int64_t i = 0; i < n; ++i) {
                 const float* t = tile + i * ld + j0;
                 const int64_t other = r0 + i;
-                if (cols_c.k > 0 && any_at_or_below(t, true, tv, w)) {
-                    for (int64_t j = 0; j < w; ++j) {
+                for (int64_t b0 = 0; cols_c.k > 0 && b0 < w; b0 += kSub) {
+                    const int64_t b1 = std::min(w, b0 + kSub);
+                    if (!any_at_or_below(t + b0, true, tv + b0, b1 - b0)) continue;
+                    for (int64_t j = b0; j < b1; ++j) {
                         const float v = clamp0(t[j]);
                         if (less(v, other, tv[j], ti[j])) {
                             const int64_t o = (c0 + j0 + j) * cols_c.k;
@@ -129,8 +131,10 @@ void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64
                     }
                 }
                 const float* s = with_cos ? cos + i * m + j0 : nullptr;
-                if (with_cos && cols_s.k > 0 && any_at_or_below(s, false, sv, w)) {
-                    for (int64_t j = 0; j < w; ++j) {
+                for (int64_t b0 = 0; with_cos && cols_s.k > 0 && b0 < w; b0 += kSub) {
+                    const int64_t b1 = std::min(w, b0 + kSub);
+                    if (!any_at_or_below(s + b0, false, sv + b0, b1 - b0)) continue;
+                    for (int64_t j = b0; j < b1; ++j) {
                         if (less(s[j], other, sv[j], si[j])) {
                             const int64_t o = (c0 + j0 + j) * cols_s.k;
                             replace_root(cols_s.vals + o, cols_s.idx + o, cols_s.extra ? cols_s.extra + o : nullptr,
