@@ -442,7 +442,7 @@ py::tuple screen_side_py(const py::array& x, const py::array& sq_norm, int threa
 }
 
 py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const py::array& rows,
-                                 const py::array& cols) {
+                                 const py::array& cols, int threads) {
     const float* ap = require<float>(a, "a", 2);
     const float* bp = require<float>(b, "b", 2);
     const int64_t d = a.shape(1);
@@ -460,7 +460,7 @@ py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const p
     double* o = out.mutable_data();
     {
         py::gil_scoped_release release;
-        pair_dots(ap, bp, d, r, c, count, o);
+        pair_dots(ap, bp, d, r, c, count, o, std::max(1, threads));
     }
     return out;
 }
@@ -632,6 +632,7 @@ PYBIND11_MODULE(_auction, m) {
     m.def("topk_finish", &topk_finish_py, py::arg("heaps"), py::arg("threads") = 1,
           "Sort each owner's heap ascending by (value, index).");
     m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
+          py::arg("threads") = 1,
           "float64 dots of the pairs (a[rows[t]], b[cols[t]]) of float32 rows.");
     py::class_<ScreenB>(m, "ScreenB", "B's bf16 rows packed once for screened costs and pricing.")
         .def(py::init(&make_screen_b), py::arg("b16"), py::arg("nb"), py::arg("threads") = 1)

@@ -186,21 +186,26 @@ int64_t screen_side(const float* x, int64_t F, int64_t D, int64_t dp, const floa
 }
 
 void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, const int64_t* cols,
-               int64_t count, double* dots) {
-    for (int64_t t = 0; t < count; ++t) {
-        const float* x = a + rows[t] * d;
-        const float* y = b + cols[t] * d;
-        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-        int64_t k = 0;
-        for (; k + 4 <= d; k += 4) {
-            s0 += double(x[k]) * double(y[k]);
-            s1 += double(x[k + 1]) * double(y[k + 1]);
-            s2 += double(x[k + 2]) * double(y[k + 2]);
-            s3 += double(x[k + 3]) * double(y[k + 3]);
+               int64_t count, double* dots, int threads) {
+    // Gathers of B's rows bound it (memory, not arithmetic): threads add loads in flight.
+    constexpr int64_t kChunk = 4096;
+    parallel_blocks((count + kChunk - 1) / kChunk, threads, [&](int64_t blk) {
+        const int64_t t1 = std::min(count, (blk + 1) * kChunk);
+        for (int64_t t = blk * kChunk; t < t1; ++t) {
+            const float* x = a + rows[t] * d;
+            const float* y = b + cols[t] * d;
+            double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+            int64_t k = 0;
+            for (; k + 4 <= d; k += 4) {
+                s0 += double(x[k]) * double(y[k]);
+                s1 += double(x[k + 1]) * double(y[k + 1]);
+                s2 += double(x[k + 2]) * double(y[k + 2]);
+                s3 += double(x[k + 3]) * double(y[k + 3]);
+            }
+            for (; k < d; ++k) s0 += double(x[k]) * double(y[k]);
+            dots[t] = (s0 + s1) + (s2 + s3);
         }
-        for (; k < d; ++k) s0 += double(x[k]) * double(y[k]);
-        dots[t] = (s0 + s1) + (s2 + s3);
-    }
+    });
 }
 
 bool screen_has_fast_kernel() {

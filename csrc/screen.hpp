@@ -44,7 +44,7 @@ int64_t screen_side(const float* x, int64_t F, int64_t D, int64_t dp, const floa
 
 // dots[t] = sum_k a[rows[t], k] b[cols[t], k] in float64 (float32 rows [n, d] and [m, d]).
 void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, const int64_t* cols,
-               int64_t count, double* dots);
+               int64_t count, double* dots, int threads = 1);
 
 // Per-row statistics of one side, float64: |x~| (bf16 row), |x~ - x|, |x|, |x|^2 (as the cost
 // kernels compute it, float32).

@@ -465,7 +465,7 @@ def _pair_values(A: Tensor, B: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     cols = perm[rows]
     if A.device.type == "cpu":
         dot = torch.from_numpy(_auction.pair_dots(screen._float_rows(A), screen._float_rows(B),
-                                                  rows.numpy(), cols.numpy()))
+                                                  rows.numpy(), cols.numpy(), threads=torch.get_num_threads()))
     else:
         dev = A.device
         dot = torch.cat([

@@ -167,7 +167,7 @@ def exact_costs(A: np.ndarray, B: np.ndarray, rows: np.ndarray, cols: np.ndarray
     screened matrix; clamped at 0."""
     rows = np.ascontiguousarray(rows, np.int64)
     cols = np.ascontiguousarray(cols, np.int64)
-    dot = _auction.pair_dots(A, B, rows, cols)
+    dot = _auction.pair_dots(A, B, rows, cols, threads=torch.get_num_threads())
     return np.maximum(na[rows] + nb[cols] - 2.0 * dot, 0.0).astype(np.float32)
 
 
