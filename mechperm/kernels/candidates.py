@@ -776,22 +776,40 @@ def _fused_row_pricer(A: Tensor, B: Tensor, q: int):
         dev = A.device
         rows_t = torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(dev)
         u_t, v_t = torch.from_numpy(u).to(dev), torch.from_numpy(v).to(dev)
-        r, c, w, bound = triton_candidates.price_rows_topq(A, B, u_t, v_t, rows_t, q)
-        # A bound below 0 proves nothing (the loop prices the row again): it happens where the
-        # Q-th pair ties with the row's arc at ~0, or the graph's cost of a pair differs from
-        # the tile's by float32 rounding. Those rows again, keeping 4x as many (as the screened
-        # pricer does).
-        qq = max(q, 2)
-        while qq < 128:
-            weak = bound < -assign._REL_TOL * u_t[rows_t].abs()
-            if not bool(weak.any()):
-                break
-            qq = min(128, 4 * qq)
-            again = rows_t[weak]
-            r2, c2, w2, b2 = triton_candidates.price_rows_topq(A, B, u_t, v_t, again, qq)
-            keep = ~torch.isin(r, again)
-            r, c, w = torch.cat([r[keep], r2]), torch.cat([c[keep], c2]), torch.cat([w[keep], w2])
-            bound[weak] = b2
-        return assign.PricedRows(r.cpu().numpy(), c.cpu().numpy(), w.cpu().numpy(), bound.cpu().numpy())
+        out = _reprice_weak(lambda ids, qq: triton_candidates.price_rows_topq(A, B, u_t, v_t, ids, qq),
+                            rows_t, u_t, q, B.shape[0])
+        return assign.PricedRows(*(x.cpu().numpy() for x in out))
 
     return price_rows
+
+
+def _reprice_weak(price, rows: Tensor, u: Tensor, q: int, m: int, exact=None):
+    """Price ``rows`` with ``price(rows, q) -> (rows, cols, costs, bound)``; rows whose bound is
+    below the exact loop's tolerance are priced again keeping 4× as many (up to 128), then, if
+    ``exact(rows)`` is given and they are still below, by it. Returns the merged answer.
+
+    Why: a bound below 0 proves nothing (the loop would price the row again with the same q):
+    it happens where the Q-th pair ties with the row's own arc at ~0, where the graph's cost of a
+    pair differs from the tile's by float32 rounding, or where more than Q pairs lie within a
+    screen's error."""
+    from mechperm import assign
+
+    r, c, w, bound = price(rows, q)
+    qq = max(q, 2)
+    while True:
+        weak = bound < -assign._REL_TOL * u[rows].abs()
+        if not bool(weak.any()):
+            break
+        again = rows[weak]
+        if qq < min(128, m):
+            qq = min(128, 4 * qq)
+            r2, c2, w2, b2 = price(again, qq)
+        elif exact is not None:
+            r2, c2, w2, b2 = exact(again)
+            exact = None  # exact bounds are final: below 0, the pairs returned violate
+        else:
+            break
+        keep = ~torch.isin(r, again)
+        r, c, w = torch.cat([r[keep], r2]), torch.cat([c[keep], c2]), torch.cat([w[keep], w2])
+        bound[weak] = b2
+    return r, c, w, bound

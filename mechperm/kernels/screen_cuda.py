@@ -34,7 +34,14 @@ import torch
 from torch import Tensor
 
 from mechperm.kernels import screen
-from mechperm.kernels.candidates import _backend, _check_norms, _check_vectors, _cosine_bounds, row_sq_norms
+from mechperm.kernels.candidates import (
+    _backend,
+    _check_norms,
+    _check_vectors,
+    _cosine_bounds,
+    _reprice_weak,
+    row_sq_norms,
+)
 
 _TINY = 2.0**-126  # below it a bf16 value is subnormal: flushed, as on the CPU (csrc/screen.cpp)
 
@@ -163,24 +170,9 @@ def row_pricer(sv: ScreenedVectorsGPU, q: int):
         dev = sv.A32.device
         rows_t = torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(dev)
         u_t, v_t = torch.from_numpy(u).to(dev), torch.from_numpy(v).to(dev)
-        r, c, w, bound = tc.price_rows_topq(sv.A16, sv.B16, u_t, v_t, rows_t, q, screen=sv)
-        qq, exact_done = max(q, 2), False
-        while not exact_done:
-            weak = bound < -assign._REL_TOL * u_t[rows_t].abs()
-            if not bool(weak.any()):
-                break
-            again = rows_t[weak]
-            if qq < min(128, m):
-                qq = min(128, 4 * qq)
-                r2, c2, w2, b2 = tc.price_rows_topq(sv.A16, sv.B16, u_t, v_t, again, qq, screen=sv)
-            else:  # more than 128 pairs within the screen's error: the rows exactly, whole (the
-                # bound is then exact; below 0 it means the q pairs returned violate)
-                r2, c2, w2, b2 = _exact_rows_topq(sv, again, u_t, v_t, q)
-                exact_done = True
-            keep = ~torch.isin(r, again)
-            r, c, w = torch.cat([r[keep], r2]), torch.cat([c[keep], c2]), torch.cat([w[keep], w2])
-            bound[weak] = b2
-        return assign.PricedRows(r.cpu().numpy(), c.cpu().numpy(), w.cpu().numpy(), bound.cpu().numpy())
+        out = _reprice_weak(lambda ids, qq: tc.price_rows_topq(sv.A16, sv.B16, u_t, v_t, ids, qq, screen=sv),
+                            rows_t, u_t, q, m, exact=lambda ids: _exact_rows_topq(sv, ids, u_t, v_t, q))
+        return assign.PricedRows(*(x.cpu().numpy() for x in out))
 
     return price_rows
 
