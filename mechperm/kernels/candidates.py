@@ -528,6 +528,14 @@ def candidates(
                 cos.mul_(ib[None, c0:c1])
             _add_norms(tile, na[r0:r1], nb[c0:c1])  # clamped at 0 where entries are taken
             _select(tile, cos, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch)
+    return _selection_graph((Fa, Fb), rows_c, cols_c, rows_s, cols_s, k, k_cos)
+
+
+def _selection_graph(shape: tuple[int, int], rows_c: _RunningTopK, cols_c: _RunningTopK,
+                     rows_s: _RunningTopK | None, cols_s: _RunningTopK | None, k: int, k_cos: int) -> "CandidateGraph":
+    """The graph of four finished selections (the union of their edges; the k-th costs as
+    bounds): the end of :func:`candidates` and of the screened ``screen.solver_graph``."""
+    dev = rows_c.vals.device
     for own in (rows_c, cols_c, rows_s, cols_s):
         if own is not None:
             own.finish()
@@ -535,9 +543,9 @@ def candidates(
     for own, by_row in ((rows_s, True), (cols_s, False)):
         parts.append(_owner_parts(own, by_row, own.cost) if own is not None else _no_edges(dev))
     inf = float("inf")
-    row_kth = rows_c.vals[:, -1].clone() if kr else torch.full((Fa,), inf, device=dev)
-    col_kth = cols_c.vals[:, -1].clone() if kc else torch.full((Fb,), inf, device=dev)
-    return _assemble((Fa, Fb), parts, row_kth, col_kth, k, k_cos)
+    row_kth = rows_c.vals[:, -1].clone() if rows_c.k else torch.full((shape[0],), inf, device=dev)
+    col_kth = cols_c.vals[:, -1].clone() if cols_c.k else torch.full((shape[1],), inf, device=dev)
+    return _assemble(shape, parts, row_kth, col_kth, k, k_cos)
 
 
 # ---------------------------------------------------------------------------------- pricing

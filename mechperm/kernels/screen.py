@@ -35,14 +35,12 @@ from torch import Tensor
 
 from mechperm import _auction
 from mechperm.kernels.candidates import (
-    _assemble,
     _check_norms,
     _check_vectors,
-    _no_edges,
-    _owner_parts,
     _RunningTopK,
     _Scratch,
     _select,
+    _selection_graph,
     row_sq_norms,
 )
 
@@ -308,16 +306,7 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
                 torch.sub(tile, na[r0:r1, None], out=cos).sub_(nb[None, c0:c1])
                 cos.mul_(half_iy[r0:r1, None]).mul_(ix[None, c0:c1])
             _select(tile, cos, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch)
-    for own in (rows_c, cols_c, rows_s, cols_s):
-        if own is not None:
-            own.finish()
-    parts = [_owner_parts(rows_c, True, rows_c.vals), _owner_parts(cols_c, False, cols_c.vals)]
-    for own, by_row in ((rows_s, True), (cols_s, False)):
-        parts.append(_owner_parts(own, by_row, own.cost) if own is not None else _no_edges(dev))
-    inf = float("inf")
-    row_kth = rows_c.vals[:, -1].clone() if kr else torch.full((Fa,), inf)
-    col_kth = cols_c.vals[:, -1].clone() if kc else torch.full((Fb,), inf)
-    g = _assemble((Fa, Fb), parts, row_kth, col_kth, k, k_cos)
+    g = _selection_graph((Fa, Fb), rows_c, cols_c, rows_s, cols_s, k, k_cos)
 
     rows = g.row_ids().numpy()
     cols = g.indices.numpy()
@@ -327,8 +316,8 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
     e_row = mu_a * float(x.max(initial=0.0)) + 1e-6 * float(sv.b_stats[3].max(initial=0.0)) + K_a
     e_col = mu_b * float(y.max(initial=0.0)) + 1e-6 * float(sv.a_stats[3].max(initial=0.0)) + K_b
     bounds = {
-        "row_bound": row_kth.double().numpy() - e_row,
-        "col_bound": col_kth.double().numpy() - e_col,
+        "row_bound": g.row_kth.double().numpy() - e_row,
+        "col_bound": g.col_kth.double().numpy() - e_col,
         "row_norm": y, "col_norm": x,
     }
     for name, own, mu, norm in (("row_cos", rows_s, mu_a, y), ("col_cos", cols_s, mu_b, x)):
