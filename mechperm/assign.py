@@ -624,7 +624,7 @@ def _merge(g: CandidateGraph, rows, cols, costs, n: int) -> CandidateGraph:
     mult = int(max(g.indices.max(initial=0), cols.max(initial=0))) + 1
     q, first = np.unique(rows * mult + cols, return_index=True)
     w_new = costs[first]
-    old_keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(g.indptr)) * mult + g.indices
+    old_keys = _arc_keys(g, mult)
     pos = np.searchsorted(old_keys, q)
     fresh = old_keys[np.minimum(pos, max(len(old_keys) - 1, 0))] != q if len(old_keys) else np.ones(len(q), bool)
     q, pos, w_new = q[fresh], pos[fresh], w_new[fresh]
@@ -635,6 +635,11 @@ def _merge(g: CandidateGraph, rows, cols, costs, n: int) -> CandidateGraph:
     indptr = g.indptr.astype(np.int64, copy=True)
     indptr[1:] += np.cumsum(np.bincount(new_rows, minlength=n))
     return dataclasses.replace(g, indptr=indptr, indices=indices, costs=w)
+
+
+def _arc_keys(g: CandidateGraph, mult: int) -> np.ndarray:
+    """row * mult + column of every arc: ascending, since the CSR is sorted by (row, column)."""
+    return np.repeat(np.arange(len(g.indptr) - 1, dtype=np.int64), np.diff(g.indptr)) * mult + g.indices
 
 
 def _union(g: CandidateGraph, h: CandidateGraph, n: int) -> CandidateGraph:
@@ -648,7 +653,7 @@ def _in_graph(g: CandidateGraph, rows: np.ndarray, cols: np.ndarray, m: int) -> 
     """Which pairs are arcs of g (its CSR is sorted by row, then column)."""
     if len(rows) == 0 or len(g.indices) == 0:
         return np.zeros(len(rows), bool)
-    keys = np.repeat(np.arange(len(g.indptr) - 1, dtype=np.int64), np.diff(g.indptr)) * m + g.indices
+    keys = _arc_keys(g, m)
     q = rows * m + cols
     pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
     return keys[pos] == q
