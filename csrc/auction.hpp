@@ -60,6 +60,12 @@ struct SolveOptions {
     double eps_start = 0.0;
     double eps_final = 0.0;          // last epsilon before the exact finish; 0 = automatic
     double eps_factor = 0.0;         // epsilon ratio between phases; 0 = automatic
+    // Cold solves (no warm start, automatic eps_start) first try shortest augmenting paths
+    // alone, from column reduction and augmenting row reduction (Jonker & Volgenant 1987), and
+    // give up for the auction once the paths have scanned this many times the arcs. 0 = always
+    // the auction. (Costs with one clear best column per row need a few short paths: 10x faster
+    // than the auction; weakly related features make long paths: 10x slower. See auction.cpp.)
+    double sap_budget = 1.0;
     bool check_feasible = true;      // sparse only: Hopcroft-Karp before solving
     PollFn poll = nullptr;
     void* poll_ctx = nullptr;
@@ -80,6 +86,9 @@ struct SolveOutput {
     int64_t bids = 0;             // forward bids
     int64_t reverse_bids = 0;     // reverse iterations (n < m)
     int64_t augmentations = 0;    // shortest augmenting paths in the exact finish
+    // The shortest-paths-first attempt (SolveOptions::sap_budget): 0 not made, 1 it solved the
+    // problem, 2 it ran out of budget and the auction solved it (augmentations then count both).
+    int64_t sap_trial = 0;
     int64_t matched = 0;          // INFEASIBLE: size of a maximum matching
     // max |p_j| of the internal prices at the end, before the final shift: the magnitude at
     // which c_ij + p_j was resolved. Much larger than the assigned costs means float64 could not

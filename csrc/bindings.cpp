@@ -97,6 +97,7 @@ py::dict solve_result(const SolveOutput& out, py::array_t<int64_t>& r2c, py::arr
     d["bids"] = out.bids;
     d["reverse_bids"] = out.reverse_bids;
     d["augmentations"] = out.augmentations;
+    d["sap_trial"] = out.sap_trial;
     d["price_scale"] = out.price_scale;
     d["cost_scale"] = out.cost_scale;
     return d;
@@ -123,7 +124,8 @@ struct Outputs {
 
 SolveOptions make_options(const py::object& unmatched, const py::object& init_v,
                           const py::object& init_r2c, int64_t n, int64_t m, double eps_start,
-                          double eps_final, double eps_factor, PollState& poll) {
+                          double eps_final, double eps_factor, double sap_budget,
+                          PollState& poll) {
     SolveOptions opt;
     opt.unmatched_cost = optional_f64(unmatched, "unmatched_cost", n);
     opt.init_v = optional_f64(init_v, "init_v", opt.unmatched_cost != nullptr ? m + n : m);
@@ -132,6 +134,7 @@ SolveOptions make_options(const py::object& unmatched, const py::object& init_v,
     opt.eps_start = eps_start;
     opt.eps_final = eps_final;
     opt.eps_factor = eps_factor;
+    opt.sap_budget = sap_budget;
     opt.poll = &poll_signals;
     opt.poll_ctx = &poll;
     return opt;
@@ -170,12 +173,12 @@ void require_2d(const py::array& a, const char* name) {
 
 py::dict solve_dense_py(const py::array& cost, const py::object& unmatched,
                         const py::object& init_v, const py::object& init_r2c, double eps_start,
-                        double eps_final, double eps_factor) {
+                        double eps_final, double eps_factor, double sap_budget) {
     require_2d(cost, "cost");
     const int64_t n = cost.shape(0), m = cost.shape(1);
     PollState poll;
     SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
-                                    eps_factor, poll);
+                                    eps_factor, sap_budget, poll);
     Outputs o(n, m, opt.unmatched_cost != nullptr);
     const Status st =
         with_floats(cost, "cost", [&](const auto* c) { return solve_dense(c, n, m, opt, o.out); });
@@ -215,12 +218,12 @@ py::dict solve_sparse_py(const py::array& indptr, const py::array& indices,
                          const py::array& costs, int64_t n, int64_t m,
                          const py::object& unmatched, const py::object& init_v,
                          const py::object& init_r2c, double eps_start, double eps_final,
-                         double eps_factor, bool check_feasible) {
+                         double eps_factor, bool check_feasible, double sap_budget) {
     if (n < 0 || m < 0) throw py::value_error("shape must be non-negative");
     check_csr(indptr, indices, costs, n);
     PollState poll;
     SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
-                                    eps_factor, poll);
+                                    eps_factor, sap_budget, poll);
     opt.check_feasible = check_feasible;
     Outputs o(n, m, opt.unmatched_cost != nullptr);
     Status st;
@@ -592,14 +595,14 @@ PYBIND11_MODULE(_auction, m) {
     m.def("solve_dense", &solve_dense_py, py::arg("cost"), py::arg("unmatched_cost") = py::none(),
           py::arg("init_v") = py::none(), py::arg("init_row_to_col") = py::none(),
           py::arg("eps_start") = 0.0,
-          py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0,
+          py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0, py::arg("sap_budget") = 1.0,
           "Min-cost assignment of every row of a dense [n, m] float32/float64 array (n <= m).");
     m.def("solve_sparse", &solve_sparse_py, py::arg("indptr"), py::arg("indices"),
           py::arg("costs"), py::arg("n"), py::arg("m"), py::arg("unmatched_cost") = py::none(),
           py::arg("init_v") = py::none(), py::arg("init_row_to_col") = py::none(),
           py::arg("eps_start") = 0.0,
           py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0,
-          py::arg("check_feasible") = true,
+          py::arg("check_feasible") = true, py::arg("sap_budget") = 1.0,
           "Min-cost assignment of every row of a CSR graph (int64 indptr, int32/int64 indices, "
           "float32/float64 costs).");
     m.def("max_matching", &max_matching_py, py::arg("indptr"), py::arg("indices"), py::arg("n"),

@@ -265,7 +265,7 @@ def _result(raw: dict, *, sign: float, transposed: bool, certified: bool, rounds
         r2c, c2r, u, v = c2r, r2c, v, u
     obj = float(raw["objective"])
     dual = float(raw["dual_objective"]) if dual is None else dual
-    base = {k: int(raw[k]) for k in ("phases", "bids", "reverse_bids", "augmentations")}
+    base = {k: int(raw[k]) for k in ("phases", "bids", "reverse_bids", "augmentations", "sap_trial")}
     return Assignment(
         row_to_col=r2c, col_to_row=c2r, u=u, v=v,
         objective=sign * obj, dual_bound=sign * dual, gap=abs(obj - dual),
@@ -281,7 +281,7 @@ def _empty(n: int, m: int, lam: Optional[np.ndarray], sign: float) -> Assignment
     return Assignment(
         row_to_col=np.full(n, -1, np.int64), col_to_row=np.full(m, -1, np.int64),
         u=u, v=np.zeros(m), objective=sign * obj, dual_bound=sign * obj, gap=0.0,
-        certified=True, stats={"phases": 0, "bids": 0, "reverse_bids": 0, "augmentations": 0},
+        certified=True, stats={"phases": 0, "bids": 0, "reverse_bids": 0, "augmentations": 0, "sap_trial": 0},
         v_unmatched=np.zeros(n) if lam is not None else None,
     )
 
@@ -695,7 +695,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
     t_start = time.perf_counter() - timings.get("candidates", 0.0)
     timings = {"candidates": timings.get("candidates", 0.0), "solve": 0.0, "bounds": 0.0,
                "pricing": 0.0}
-    stats = {"phases": 0, "bids": 0, "reverse_bids": 0, "augmentations": 0,
+    stats = {"phases": 0, "bids": 0, "reverse_bids": 0, "augmentations": 0, "sap_trial": 0,
              "priced_rows": 0, "deferred_rows": 0, "added_edges": 0, "rebuilds": 0, "slack": 0}
     slack = None
     if lam is None:
@@ -715,11 +715,15 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
     for rounds in range(1, max_rounds + 1):
         dummies = lam if lam is not None else slack
         t0 = time.perf_counter()
+        # Feasibility was settled above (slack columns otherwise), and arcs are only ever added.
         raw = _auction.solve_sparse(g.indptr, g.indices, g.costs, n, m, unmatched_cost=dummies,
-                                    init_v=init_v, init_row_to_col=init_r2c, eps_start=eps_start)
+                                    init_v=init_v, init_row_to_col=init_r2c, eps_start=eps_start,
+                                    check_feasible=False)
         timings["solve"] += time.perf_counter() - t0
         for key in ("phases", "bids", "reverse_bids", "augmentations"):
             stats[key] += int(raw[key])
+        if raw["sap_trial"]:  # the last cold solve's shortest-paths-first outcome (auction.hpp)
+            stats["sap_trial"] = int(raw["sap_trial"])
         u, v = raw["u"], raw["v"]
         t0 = time.perf_counter()
         lb = _lower_bounds(g, u, v)

@@ -715,6 +715,91 @@ def test_hypothesis_larger_problems(problem):
     check_against_scipy(*problem)
 
 
+# ---- shortest paths first (SolveOptions::sap_budget) -------------------------------------------
+
+
+def _native(C: np.ndarray, lam, sparse: bool, **kw) -> dict:
+    """The native solvers directly (dense array or its complete CSR graph)."""
+    n, m = C.shape
+    lam_arr = None if lam is None else np.broadcast_to(np.asarray(lam, np.float64), (n,)).copy()
+    if not sparse:
+        return _auction.solve_dense(C, unmatched_cost=lam_arr, **kw)
+    indptr = np.arange(n + 1, dtype=np.int64) * m
+    return _auction.solve_sparse(indptr, np.tile(np.arange(m, dtype=np.int32), n), C.reshape(-1), n, m,
+                                 unmatched_cost=lam_arr, **kw)
+
+
+def _check_native(raw: dict, C: np.ndarray, lam) -> None:
+    """Optimal against scipy, with duals that certify it (reduced costs >= 0, 0 on the assignment)."""
+    W = np.asarray(C, np.float64)
+    n, m = W.shape
+    r2c = raw["row_to_col"]
+    on = np.flatnonzero(r2c >= 0)
+    scale = max(1.0, np.abs(W).max(initial=0.0), np.abs(raw["v"]).max(initial=0.0))
+    red = W - raw["u"][:, None] - raw["v"][None, :]
+    assert red.min(initial=0.0) >= -1e-9 * scale
+    assert np.all(np.abs(red[on, r2c[on]]) <= 1e-9 * scale)
+    if lam is None:
+        assert len(on) == n and len(np.unique(r2c)) == n
+        expected = scipy_objective(W)
+    else:
+        lam_arr = np.broadcast_to(np.asarray(lam, np.float64), (n,))
+        expected = scipy_objective(padded(W, lam_arr))
+    assert close(raw["objective"], expected), (raw["objective"], expected)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problem(max_n=30), st.sampled_from([0.0, 1e-12, 1.0, 1e12]), st.booleans())
+def test_every_sap_budget_is_optimal(problem, budget, sparse):
+    """0: the auction alone; 1e-12: the attempt gives up after its first path and the auction
+    restarts from scratch; 1 (the default) and 1e12: shortest paths finish whatever they start."""
+    C, lam, _, _ = problem
+    if C.shape[0] > C.shape[1] and lam is None:
+        C = C.T
+    raw = _native(np.ascontiguousarray(C), lam, sparse, sap_budget=budget)
+    _check_native(raw, C, lam)
+    if budget == 0.0:
+        assert raw["sap_trial"] == 0
+    if budget == 1e12 and raw["phases"] == 0 and raw["bids"] == 0:
+        assert raw["sap_trial"] in (0, 1)  # 0: nothing to solve (no auction phase planned)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_sap_first_solves_planted_matchings_alone(sparse):
+    """Costs with one clear best column per row (a planted match): shortest paths finish alone,
+    with no auction phase, and agree with the auction and scipy."""
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((400, 64))
+    B = A[rng.permutation(400)] + 0.2 * rng.standard_normal((400, 64))
+    C = np.maximum((A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2 * A @ B.T, 0)
+    first = _native(C, None, sparse)
+    assert first["sap_trial"] == 1 and first["phases"] == 0 and first["bids"] == 0
+    _check_native(first, C, None)
+    auction = _native(C, None, sparse, sap_budget=0.0)
+    assert auction["phases"] > 0
+    assert close(first["objective"], auction["objective"])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("lam", [None, 0.05])
+def test_sap_first_gives_up_on_long_paths(sparse, lam):
+    """Uniform costs leave many rows free after the row reduction, with long paths: the attempt
+    stops at its budget and the auction, restarted from scratch, solves it optimally."""
+    C = np.random.default_rng(5).random((500, 500))
+    raw = _native(C, lam, sparse)
+    assert raw["sap_trial"] == 2 and raw["phases"] > 0
+    _check_native(raw, C, lam)
+
+
+def test_warm_start_skips_the_attempt():
+    """Warm starts (the exact loop's restarts) go straight to their own schedule."""
+    C = np.random.default_rng(6).random((50, 60))
+    cold = _native(C, None, False)
+    warm = _native(C, None, False, init_v=cold["v"], init_row_to_col=cold["row_to_col"], eps_start=-1.0)
+    assert warm["sap_trial"] == 0
+    assert close(warm["objective"], cold["objective"])
+
+
 # ---- slow: large instances ----------------------------------------------------------------------
 
 
