@@ -10,9 +10,9 @@ ext_modules = [
     Pybind11Extension(
         "mechperm._auction",
         sources=["csrc/auction.cpp", "csrc/dense_ops.cpp", "csrc/envelope.cpp", "csrc/screen.cpp",
-                 "csrc/topk.cpp", "csrc/bindings.cpp"],
+                 "csrc/topk.cpp", "csrc/csr.cpp", "csrc/bindings.cpp"],
         include_dirs=["csrc"],
-        depends=["csrc/auction.hpp", "csrc/auction_detail.hpp", "csrc/screen.hpp", "csrc/topk.hpp",
+        depends=["csrc/auction.hpp", "csrc/auction_detail.hpp", "csrc/screen.hpp", "csrc/topk.hpp", "csrc/csr.hpp",
                  "csrc/parallel.hpp"],  # header edits must rebuild
         cxx_std=17,
         # -O3 for the solver's inner loops; no -march=native so that wheels run anywhere.

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "auction.hpp"
+#include "csr.hpp"
 #include "screen.hpp"
 #include "topk.hpp"
 
@@ -468,6 +469,77 @@ py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const p
     return out;
 }
 
+// The rows/cols pair lists of the CSR edits, checked against the graph's shape.
+void csr_pairs(const py::array& indptr, const py::array& rows, const py::array& cols, int64_t& n,
+               const int64_t*& r, const int64_t*& c, int64_t& q) {
+    if (indptr.ndim() != 1 || indptr.shape(0) < 1) throw py::value_error("indptr must be 1-D with n + 1 entries");
+    n = indptr.shape(0) - 1;
+    r = require<int64_t>(rows, "rows", 1);
+    q = rows.shape(0);
+    c = require<int64_t>(cols, "cols", 1, q);
+    for (int64_t t = 0; t < q; ++t)
+        if (r[t] < 0 || r[t] >= n || c[t] < 0)
+            throw py::value_error("pair " + std::to_string(t) + " (" + std::to_string(r[t]) + ", " +
+                                  std::to_string(c[t]) + ") is out of range for " + std::to_string(n) + " rows");
+}
+
+py::array_t<bool> csr_contains_py(const py::array& indptr, const py::array& indices, const py::array& rows,
+                                  const py::array& cols) {
+    int64_t n, q;
+    const int64_t *r, *c;
+    csr_pairs(indptr, rows, cols, n, r, c, q);
+    const int64_t* p = require<int64_t>(indptr, "indptr", 1, n + 1);
+    py::array_t<bool> out(q);
+    auto* o = reinterpret_cast<uint8_t*>(out.mutable_data());
+    if (is_c_array<int32_t>(indices)) {
+        const int32_t* ix = static_cast<const int32_t*>(indices.data());
+        py::gil_scoped_release release;
+        csr_contains(p, ix, r, c, q, o);
+    } else {
+        const int64_t* ix = require<int64_t>(indices, "indices", 1);
+        py::gil_scoped_release release;
+        csr_contains(p, ix, r, c, q, o);
+    }
+    return out;
+}
+
+template <class I, class T>
+py::tuple csr_insert_typed(const int64_t* p, const py::array& indices, const py::array& costs, int64_t n,
+                           const int64_t* r, const int64_t* c, const py::array& new_costs, int64_t q) {
+    const int64_t nnz = p[n];
+    const T* w = require<T>(new_costs, "costs", 1, q);
+    py::array_t<int64_t> out_ptr(n + 1);
+    py::array_t<I> out_idx(nnz + q);
+    py::array_t<T> out_cst(nnz + q);
+    int64_t added;
+    {
+        py::gil_scoped_release release;
+        added = csr_insert(p, static_cast<const I*>(indices.data()), static_cast<const T*>(costs.data()), n, r, c, w,
+                           q, out_ptr.mutable_data(), out_idx.mutable_data(), out_cst.mutable_data());
+    }
+    out_idx.resize({nnz + added});
+    out_cst.resize({nnz + added});
+    return py::make_tuple(out_ptr, out_idx, out_cst);
+}
+
+py::tuple csr_insert_py(const py::array& indptr, const py::array& indices, const py::array& costs,
+                        const py::array& rows, const py::array& cols, const py::array& new_costs) {
+    int64_t n, q;
+    const int64_t *r, *c;
+    csr_pairs(indptr, rows, cols, n, r, c, q);
+    check_csr(indptr, indices, costs, n);
+    const int64_t* p = require<int64_t>(indptr, "indptr", 1, n + 1);
+    const bool i32 = is_c_array<int32_t>(indices), f32 = is_c_array<float>(costs);
+    if (i32) {
+        for (int64_t t = 0; t < q; ++t)
+            if (c[t] > INT32_MAX) throw py::value_error("column " + std::to_string(c[t]) + " does not fit int32 indices");
+        return f32 ? csr_insert_typed<int32_t, float>(p, indices, costs, n, r, c, new_costs, q)
+                   : csr_insert_typed<int32_t, double>(p, indices, costs, n, r, c, new_costs, q);
+    }
+    return f32 ? csr_insert_typed<int64_t, float>(p, indices, costs, n, r, c, new_costs, q)
+               : csr_insert_typed<int64_t, double>(p, indices, costs, n, r, c, new_costs, q);
+}
+
 // A selection's state (vals [owners, k] float32, idx [owners, k] int64, extra or None), checked.
 TopKHeaps topk_heaps(const py::object& o, const char* name, int64_t min_owners) {
     TopKHeaps h;
@@ -634,6 +706,12 @@ PYBIND11_MODULE(_auction, m) {
           "Offer a cost tile (and -cosine tile) to running top-k heaps (csrc/topk.hpp).");
     m.def("topk_finish", &topk_finish_py, py::arg("heaps"), py::arg("threads") = 1,
           "Sort each owner's heap ascending by (value, index).");
+    m.def("csr_contains", &csr_contains_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"),
+          py::arg("cols"), "Whether each pair (rows[t], cols[t]) is an arc of a CSR graph sorted by column within rows.");
+    m.def("csr_insert", &csr_insert_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"), py::arg("rows"),
+          py::arg("cols"), py::arg("new_costs"),
+          "(indptr, indices, costs) of a column-sorted CSR graph plus the new arcs not in it (the first of "
+          "duplicates); new_costs in the dtype of costs.");
     m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
           py::arg("threads") = 1,
           "float64 dots of the pairs (a[rows[t]], b[cols[t]]) of float32 rows.");

@@ -903,19 +903,38 @@ def _merge_reference(g, rows, cols, costs, n):
     return indptr, c[first], w[first]
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 10**6), st.floats(0.0, 1.0), st.integers(0, 60))
-def test_merge_adds_new_arcs_in_order(n: int, m: int, seed: int, density: float, extra: int) -> None:
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 10**6), st.floats(0.0, 1.0), st.integers(0, 60),
+       st.sampled_from([np.int32, np.int64]), st.sampled_from([np.float32, np.float64]),
+       st.sampled_from([np.float32, np.float64]))
+def test_merge_adds_new_arcs_in_order(n: int, m: int, seed: int, density: float, extra: int, idx_dtype,
+                                      cost_dtype, new_dtype) -> None:
+    """The native CSR edits (_auction.csr_insert / csr_contains) against numpy references."""
     import mechperm.assign as A
 
     rng = np.random.default_rng(seed)
     mask = rng.random((n, m)) < density
     r, c = np.nonzero(mask)
     g = A.CandidateGraph(indptr=np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64),
-                         indices=c.astype(np.int32), costs=rng.random(len(c)).astype(np.float32))
+                         indices=c.astype(idx_dtype), costs=rng.random(len(c)).astype(cost_dtype))
     rows, cols = rng.integers(0, n, extra), rng.integers(0, m, extra)  # duplicates and old arcs too
-    costs = rng.random(extra)
+    costs = rng.random(extra).astype(new_dtype)
+    inside = A._in_graph(g, rows, cols, m)
+    assert np.array_equal(inside, mask[rows, cols])
     got = A._merge(g, rows, cols, costs, n)
     indptr, indices, w = _merge_reference(g, rows, cols, costs, n)
     assert np.array_equal(got.indptr, indptr) and np.array_equal(got.indices, indices)
     assert np.array_equal(got.costs, w) and got.costs.dtype == w.dtype
+    assert got.indices.dtype == idx_dtype
+
+
+def test_csr_edits_reject_bad_pairs() -> None:
+    indptr, indices, costs = np.array([0, 1, 2], np.int64), np.array([0, 1], np.int32), np.ones(2)
+    with pytest.raises(ValueError, match="out of range for 2 rows"):
+        _auction.csr_contains(indptr, indices, np.array([2]), np.array([0]))
+    with pytest.raises(ValueError, match="out of range"):
+        _auction.csr_insert(indptr, indices, costs, np.array([0]), np.array([-1]), np.ones(1))
+    with pytest.raises(ValueError, match="costs"):
+        _auction.csr_insert(indptr, indices, costs, np.array([0]), np.array([1]), np.ones(2))
+    ip, ix, w = _auction.csr_insert(indptr, indices, costs, np.array([1, 0]), np.array([0, 1]), np.array([5.0, 6.0]))
+    assert ip.tolist() == [0, 2, 4] and ix.tolist() == [0, 1, 0, 1] and w.tolist() == [1.0, 6.0, 5.0, 1.0]

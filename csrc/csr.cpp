@@ -1,0 +1,86 @@
+// CSR graph edits: see csr.hpp.
+#include "csr.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+namespace mechperm {
+
+namespace {
+
+template <class I>
+bool has_arc(const int64_t* ptr, const I* idx, int64_t r, int64_t c) {
+    const I* lo = idx + ptr[r];
+    const I* hi = idx + ptr[r + 1];
+    const I* at = std::lower_bound(lo, hi, c, [](I a, int64_t b) { return int64_t(a) < b; });
+    return at != hi && int64_t(*at) == c;
+}
+
+}  // namespace
+
+template <class I>
+void csr_contains(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
+                  uint8_t* out) {
+    for (int64_t t = 0; t < q; ++t) out[t] = has_arc(ptr, idx, rows[t], cols[t]) ? 1 : 0;
+}
+
+template <class I, class T>
+int64_t csr_insert(const int64_t* ptr, const I* idx, const T* cst, int64_t n, const int64_t* rows,
+                   const int64_t* cols, const T* costs, int64_t q, int64_t* out_ptr, I* out_idx, T* out_cst) {
+    // New arcs by (row, column), first occurrence first among equals; then the fresh ones.
+    std::vector<int64_t> order(q);
+    std::iota(order.begin(), order.end(), int64_t(0));
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return rows[a] < rows[b] || (rows[a] == rows[b] && cols[a] < cols[b]);
+    });
+    std::vector<int64_t> fresh;
+    fresh.reserve(q);
+    for (int64_t t = 0; t < q; ++t) {
+        const int64_t a = order[t];
+        if (t > 0 && rows[order[t - 1]] == rows[a] && cols[order[t - 1]] == cols[a]) continue;
+        if (!has_arc(ptr, idx, rows[a], cols[a])) fresh.push_back(a);
+    }
+    // One pass over the rows: old arcs in blocks, fresh ones at their places.
+    int64_t w = 0, f = 0;
+    const int64_t nf = int64_t(fresh.size());
+    out_ptr[0] = 0;
+    for (int64_t r = 0; r < n; ++r) {
+        int64_t a = ptr[r];
+        const int64_t e = ptr[r + 1];
+        for (; f < nf && rows[fresh[f]] == r; ++f) {
+            const int64_t c = cols[fresh[f]];
+            int64_t b = a;
+            while (b < e && int64_t(idx[b]) < c) ++b;
+            std::memcpy(out_idx + w, idx + a, sizeof(I) * (b - a));
+            std::memcpy(out_cst + w, cst + a, sizeof(T) * (b - a));
+            w += b - a;
+            a = b;
+            out_idx[w] = I(c);
+            out_cst[w] = costs[fresh[f]];
+            ++w;
+        }
+        std::memcpy(out_idx + w, idx + a, sizeof(I) * (e - a));
+        std::memcpy(out_cst + w, cst + a, sizeof(T) * (e - a));
+        w += e - a;
+        out_ptr[r + 1] = w;
+    }
+    return nf;
+}
+
+template void csr_contains<int32_t>(const int64_t*, const int32_t*, const int64_t*, const int64_t*, int64_t,
+                                    uint8_t*);
+template void csr_contains<int64_t>(const int64_t*, const int64_t*, const int64_t*, const int64_t*, int64_t,
+                                    uint8_t*);
+template int64_t csr_insert<int32_t, float>(const int64_t*, const int32_t*, const float*, int64_t, const int64_t*,
+                                            const int64_t*, const float*, int64_t, int64_t*, int32_t*, float*);
+template int64_t csr_insert<int32_t, double>(const int64_t*, const int32_t*, const double*, int64_t,
+                                             const int64_t*, const int64_t*, const double*, int64_t, int64_t*,
+                                             int32_t*, double*);
+template int64_t csr_insert<int64_t, float>(const int64_t*, const int64_t*, const float*, int64_t, const int64_t*,
+                                            const int64_t*, const float*, int64_t, int64_t*, int64_t*, float*);
+template int64_t csr_insert<int64_t, double>(const int64_t*, const int64_t*, const double*, int64_t,
+                                             const int64_t*, const int64_t*, const double*, int64_t, int64_t*,
+                                             int64_t*, double*);
+
+}  // namespace mechperm

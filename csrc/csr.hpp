@@ -1,0 +1,25 @@
+// Edits of a CSR candidate graph whose rows are sorted by column (the exact loop's graph,
+// mechperm/assign.py): membership of pairs and insertion of new arcs. One pass over the arcs
+// instead of numpy's key arrays and masked inserts (F = 65536: 12.5M arcs, ~60 ms a merge).
+// Plain C++17 on raw buffers.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace mechperm {
+
+// out[t] = 1 if (rows[t], cols[t]) is an arc (binary search in the row), else 0.
+template <class I>
+void csr_contains(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
+                  uint8_t* out);
+
+// The graph plus the new arcs (rows, cols, costs)[q] that are not arcs yet; of duplicates the first
+// is kept. Writes the merged CSR (still sorted by column within rows) into out_ptr [n + 1],
+// out_idx, out_cst (sized by the caller to nnz + q; the first out_ptr[n] entries are used) and
+// returns the number of arcs added.
+template <class I, class T>
+int64_t csr_insert(const int64_t* ptr, const I* idx, const T* cst, int64_t n, const int64_t* rows,
+                   const int64_t* cols, const T* costs, int64_t q, int64_t* out_ptr, I* out_idx, T* out_cst);
+
+}  // namespace mechperm
