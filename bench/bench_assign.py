@@ -67,7 +67,7 @@ def prepared(provider: str, c32: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("kind", ["sae", "uniform"])
+@pytest.mark.parametrize("kind", ["sae", "uniform", "planted"])
 @pytest.mark.parametrize("n", sizes(1024, 4096, 8192, 16384))
 def test_dense(benchmark, provider, kind, n):
     if provider != "mechperm" and n > PEER_MAX_N:

@@ -23,9 +23,24 @@ def sizes(*ns: int) -> list[int]:
 @lru_cache(maxsize=2)
 def dense_problem(kind: str, n: int) -> np.ndarray:
     """float32 [n, n] costs. "sae": squared distances of folded decoder rows with the heavy
-    tails of DESIGN.md's pitfall (mechperm.synthetic, heavy_tail=2.5); "uniform": U(0, 1)."""
+    tails of DESIGN.md's pitfall (mechperm.synthetic, heavy_tail=2.5); "uniform": U(0, 1);
+    "planted": squared distances of d = 256 vectors where each row has one clear partner (unit
+    directions × lognormal(0, 1) norms; the partner drifted by ~37°, its norm × lognormal(0,
+    0.2): ``bench_match_gpu.sae_like_pair``'s recipe, where shortest paths alone solve it)."""
     if kind == "uniform":
         return np.random.default_rng(n).random((n, n), dtype=np.float32)
+    if kind == "planted":
+        rng = np.random.default_rng(n)
+        d = 256
+        a = rng.standard_normal((n, d))
+        a /= np.linalg.norm(a, axis=1, keepdims=True)
+        b = 0.8 * a + 0.6 * rng.standard_normal((n, d)) / np.sqrt(d)
+        b /= np.linalg.norm(b, axis=1, keepdims=True)
+        norm = np.exp(rng.standard_normal((n, 1)))
+        a *= norm
+        b = (b * norm * np.exp(0.2 * rng.standard_normal((n, 1))))[rng.permutation(n)]
+        c = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+        return np.maximum(c, 0).astype(np.float32)
     try:
         from mechperm.synthetic import sae_like_costs
     except ImportError:  # pragma: no cover - synthetic is another module of the project

@@ -244,7 +244,10 @@ public:
         if (M_ > n_) g_.prepare_columns();
         init_prices();
         shift_prices();
-        if (opt_.init_row_to_col != nullptr) init_assignment();
+        if (opt_.init_row_to_col != nullptr) {
+            init_assignment();
+            if (eps0_ > 0.0 && opt_.eps_start == 0.0 && !skip_idle_phases()) return Status::INTERRUPTED;
+        }
         if (poll_.check()) return Status::INTERRUPTED;
         if (eps0_ > 0.0 && opt_.sap_budget > 0.0 && opt_.eps_start == 0.0 && opt_.init_v == nullptr &&
             opt_.init_row_to_col == nullptr) {
@@ -363,6 +366,24 @@ private:
         } else {
             eps0_ = std::max(spread / factor_, eps_final_);
         }
+    }
+
+    // A complete warm start whose rows are all within eps of their best column at this eps makes
+    // every phase with a larger eps a pass without bids: start the schedule there. (The dense
+    // path's warm start from the optimum on the 16-nearest graph, planted-match costs, n = 8192:
+    // 10 phases without a bid, 0.49 s; each phase is a pass over the matrix.)
+    bool skip_idle_phases() {
+        double worst = 0.0;
+        for (int64_t i = 0; i < n_; ++i) {
+            if (rc_[i] < 0) return true;  // free rows bid: keep the schedule
+            double c1;
+            const Best b = g_.scan(i, p_.data(), c1);
+            worst = std::max(worst, value(i) - b.b1);
+            if (poll_.tick(g_.row_work(i))) return false;
+        }
+        // Every row exactly at its best: nothing for the auction (the finish checks it again).
+        eps0_ = worst > 0.0 ? std::max(eps_final_, std::min(eps0_, worst)) : 0.0;
+        return true;
     }
 
     void init_assignment() {

@@ -791,6 +791,22 @@ def test_sap_first_gives_up_on_long_paths(sparse, lam):
     _check_native(raw, C, lam)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_warm_start_at_the_optimum_runs_no_phase(sparse):
+    """A complete warm start with every row at its best column skips the auction; one that is
+    only close starts the epsilon schedule at its largest violation. Both stay optimal."""
+    C = np.random.default_rng(7).random((300, 300))
+    opt = _native(C, None, sparse, sap_budget=0.0)
+    again = _native(C, None, sparse, init_v=opt["v"], init_row_to_col=opt["row_to_col"])
+    assert again["phases"] == 0 and again["bids"] == 0
+    _check_native(again, C, None)
+    r2c = opt["row_to_col"].copy()
+    r2c[[0, 1]] = r2c[[1, 0]]  # two rows swapped: no longer optimal, still complete
+    near = _native(C, None, sparse, init_v=opt["v"], init_row_to_col=r2c)
+    assert near["phases"] > 0
+    _check_native(near, C, None)
+
+
 def test_warm_start_skips_the_attempt():
     """Warm starts (the exact loop's restarts) go straight to their own schedule."""
     C = np.random.default_rng(6).random((50, 60))
