@@ -9,6 +9,8 @@ there (Triton), the assignment solver on the CPU.
     python -m pytest bench/bench_match_gpu.py -q                    # CUDA only; skipped otherwise
     MECHPERM_BENCH_MAX_N=1048576 python bench/bench_match_gpu.py    # table on stderr, JSON on stdout
     MECHPERM_BENCH_GPU_ON_CPU=1 MECHPERM_BENCH_MAX_N=4096 python bench/bench_match_gpu.py  # dry run
+    MECHPERM_SCREEN=0 MECHPERM_BENCH_GPU_ON_CPU=1 python bench/bench_match_gpu.py --sizes 65536 --d 128
+                                                     # the GPU path's solver side, on the CPU
     python bench/bench_match_gpu.py --crossover      # dense vs sparse path at F = 2048 .. 8192
                                                      # (what DENSE_LIMIT_CUDA is set from)
 
@@ -57,8 +59,8 @@ def sae_like_pair(F: int, d: int = D, *, seed: int = 0, device: str = "cuda", ch
     return A, B, truth
 
 
-def run(F: int, dtype: torch.dtype = torch.float32, **options) -> dict:
-    A, B, truth = sae_like_pair(F, device=DEVICE)
+def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, **options) -> dict:
+    A, B, truth = sae_like_pair(F, d, device=DEVICE)
     if dtype != torch.float32:
         A, B = A.to(dtype), B.to(dtype)
     if DEVICE == "cuda":
@@ -66,7 +68,7 @@ def run(F: int, dtype: torch.dtype = torch.float32, **options) -> dict:
     t0 = time.perf_counter()
     res = match_vectors(A, B, **options)
     seconds = time.perf_counter() - t0
-    out = {"F": F, "d": D, "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", **options,
+    out = {"F": F, "d": d, "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", **options,
            "seconds": seconds, "certified": res.certified, "gap": res.gap, "objective": res.objective,
            "recovered": float((res.perm.to(truth.device) == truth).float().mean()),
            "timings": res.timings, "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges"),
@@ -101,6 +103,7 @@ def main() -> None:
     ap.add_argument("--sizes", help="comma-separated F values (default: from MECHPERM_BENCH_MAX_N)")
     ap.add_argument("--fused-pricing", action="store_true", help="MECHPERM_FUSED_PRICING=1 (Triton row pricer)")
     ap.add_argument("--gpu-screen", action="store_true", help="MECHPERM_GPU_SCREEN=1 (bf16 screen, float32 vectors)")
+    ap.add_argument("--d", type=int, default=D, help="vector width (CPU dry runs of the solver side: a small d)")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     if args.fused_pricing:
@@ -118,7 +121,7 @@ def main() -> None:
             if args.crossover else [(F, {}) for F in (map(int, args.sizes.split(",")) if args.sizes else SIZES)])
     rows = []
     for F, options in plan:
-        out = run(F, dtype, **options)
+        out = run(F, dtype, args.d, **options)
         rows.append(out)
         t = out["timings"]
         print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if args.gpu_screen else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
