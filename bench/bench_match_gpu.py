@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--fused-pricing", action="store_true", help="MECHPERM_FUSED_PRICING=1 (Triton row pricer)")
     ap.add_argument("--gpu-screen", action="store_true", help="MECHPERM_GPU_SCREEN=1 (bf16 screen, float32 vectors)")
     ap.add_argument("--d", type=int, default=D, help="vector width (CPU dry runs of the solver side: a small d)")
+    ap.add_argument("--candidates-k", type=int, help="match_vectors(candidates_k=...) (default: match's, 64)")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     if args.fused_pricing:
@@ -119,6 +120,8 @@ def main() -> None:
         run(2048, dense_limit=2048 * 2048)
     plan = ([(F, {"dense_limit": lim}) for F in (1024, 2048, 4096, 8192) for lim in (F * F, 0)]
             if args.crossover else [(F, {}) for F in (map(int, args.sizes.split(",")) if args.sizes else SIZES)])
+    if args.candidates_k:
+        plan = [(F, {**options, "candidates_k": args.candidates_k}) for F, options in plan]
     rows = []
     for F, options in plan:
         out = run(F, dtype, args.d, **options)

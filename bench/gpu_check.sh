@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: build the extension, run the CUDA tests, sweep the Triton
-# tiles, time match_vectors(). Each stage has its own time limit so the whole stays inside one
-# call; logs and JSON go to $OUT (or ./gpu_out). A stage whose limit is 0 is skipped.
-#   T_TESTS=110 T_TILES=100 T_CROSS=40 T_MATCH=150 \
+# One call on a lent GPU machine: build the extension, run the CUDA tests, time
+# match_vectors(), optionally the dense/sparse crossover and the Triton tile sweep. Each stage
+# has its own time limit so the whole stays inside one call. Logs and JSON are written to a
+# work folder and re-archived into $OUT/gpu_check.tgz after every stage (the device tool brings
+# back at most 8 files, and a call cut off at its limit still brings back the archive so far).
+# A stage whose limit is 0 is skipped; crossover and tiles were measured on 2026-11-26 (H200).
+#   T_TESTS=100 T_MATCH=120 T_CROSS=0 T_TILES=0 \
 #   MATCH_RUNS="--sizes 16384,65536|--sizes 65536 --dtype bfloat16" bash bench/gpu_check.sh
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
+ARCHIVE=$OUT/gpu_check.tgz
+OUT=$(mktemp -d /tmp/gpu_check.XXXXXX)
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/smi.txt"
 python3 -c "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, triton.__version__)"
@@ -21,23 +26,25 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     echo "== $name: rc $? in $((SECONDS - t0)) s"
     grep -E "${GREP:-.}" "$OUT/$name.log" | tail -n "${TAIL:-25}"
+    tar czf "$ARCHIVE.tmp" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"
 }
 stage tests "${T_TESTS:-110}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py \
     tests/test_screen_cuda.py
 cd bench
-# Default runs: the float32 path at three sizes; the opt-in fused pricer and GPU screen (their
-# first measurements); then 1M with both (the issue's 30 s goal; ~19 GB of float32 vectors).
-IFS='|' read -ra runs <<< "${MATCH_RUNS:---sizes 16384,65536,262144|--sizes 65536,262144 --fused-pricing|--sizes 65536,262144 --fused-pricing --gpu-screen|--sizes 1048576 --fused-pricing --gpu-screen}"
+# Default runs: the default path at three sizes (the session-5 solver's first GPU figures);
+# the opt-in fused pricer and GPU screen (their first measurements); both with candidates_k =
+# 32 (the k the kernel was tuned at); then 1M with all three (the issue's 30 s goal; ~19 GB of
+# float32 vectors).
+IFS='|' read -ra runs <<< "${MATCH_RUNS:---sizes 16384,65536,262144|--sizes 65536,262144 --fused-pricing --gpu-screen|--sizes 262144 --fused-pricing --gpu-screen --candidates-k 32|--sizes 1048576 --fused-pricing --gpu-screen --candidates-k 32}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))
     # shellcheck disable=SC2086  # the run's arguments are meant to split
     GREP="F=" stage "match$i" "${T_MATCH:-150}" python3 bench_match_gpu.py $args --json "$OUT/match$i.json"
 done
-GREP="F=" stage crossover "${T_CROSS:-40}" python3 bench_match_gpu.py --crossover --json "$OUT/crossover.json"
+GREP="F=" stage crossover "${T_CROSS:-0}" python3 bench_match_gpu.py --crossover --json "$OUT/crossover.json"
 cd ..
-GREP="what=" stage tiles "${T_TILES:-100}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
-    --budget $(( ${T_TILES:-100} - 45 )) --configs "${TILE_CONFIGS:-99}"
-echo "total: $((SECONDS - start)) s"
-# one archive: the device tool brings back at most 8 files
-tar czf /tmp/gpu_check.tgz -C "$OUT" . && rm -f "$OUT"/* && mv /tmp/gpu_check.tgz "$OUT/"
+GREP="what=" stage tiles "${T_TILES:-0}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
+    --budget $(( ${T_TILES:-0} - 45 )) --configs "${TILE_CONFIGS:-99}"
+echo "total: $((SECONDS - start)) s" | tee "$OUT/total.txt"
+tar czf "$ARCHIVE.tmp" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"
