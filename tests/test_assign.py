@@ -876,8 +876,12 @@ def test_euclidean_bound_is_a_lower_bound(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_exact_loop_with_euclidean_bounds_matches_scipy(seed):
-    """The bound only decides which rows get priced: the optimum stays scipy's, and heavy-tailed
-    norms need fewer priced rows with it than with nothing but the graph."""
+    """The bound only decides which rows get priced: the optimum stays scipy's either way, and at
+    the optimal duals it proves rows on heavy-tailed norms where the bare graph proves none.
+    (Totals of priced rows over all rounds are no measure: they move with the solver's duals;
+    seed 3 had more with the bound than without before any solver change.)"""
+    from mechperm.assign import _lower_bounds
+
     _, A, B = sae_like(300, d=24, seed=seed, sigma=2.0)
     C, _, g = _euclid_graph(A, B, k_cos=4)
 
@@ -889,7 +893,9 @@ def test_exact_loop_with_euclidean_bounds_matches_scipy(seed):
     without = assign_exact(300, 300, plain, price)
     for res in (with_bound, without):
         assert res.certified and close(res.objective, scipy_objective(C))
-    assert with_bound.stats["priced_rows"] < without.stats["priced_rows"]
+    u, v = with_bound.u, with_bound.v
+    assert np.all(_lower_bounds(plain, u, v) == -np.inf)
+    assert (_lower_bounds(g, u, v) >= 0).sum() >= 10  # 19-41 rows over seeds 0-4
 
 
 def test_deferred_rows_never_certify_a_violation():
