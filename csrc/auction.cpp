@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "auction_detail.hpp"
+#include "parallel.hpp"
 
 #ifndef MECHPERM_VERSION
 #define MECHPERM_VERSION "unknown"
@@ -236,6 +237,18 @@ public:
     Solver(G& g, const SolveOptions& opt, SolveOutput& out)
         : g_(g), opt_(opt), out_(out), poll_(opt), n_(g.n), M_(g.cols()) {}
 
+    // f(i) for every row, blocks of rows on opt_.threads threads: the passes whose rows are
+    // independent (f writes only row i's state, or a column only row i holds). Ctrl-C is
+    // polled once per pass, not per row (a pass is a fraction of a second at 1M rows).
+    template <class F>
+    bool each_row(F&& f) {
+        constexpr int64_t kBlock = 512;
+        parallel_blocks((n_ + kBlock - 1) / kBlock, std::max(1, opt_.threads), [&](int64_t b) {
+            for (int64_t i = b * kBlock, e = std::min(n_, i + kBlock); i < e; ++i) f(i);
+        });
+        return !poll_.tick(g_.total_work(n_));
+    }
+
     Status run() {
         p_.assign(M_, 0.0);
         rcost_.assign(n_, 0.0);
@@ -378,17 +391,20 @@ private:
         // scale: magnitude of the values in play (row minima and prices), not of the largest
         // cost; huge costs that no row wants must not limit the precision of epsilon.
         double spread = 0.0, scale = 0.0;
+        std::vector<double> gap(n_, -1.0), row_scale(n_, 0.0);  // -1: no second best
+        if (!each_row([&](int64_t i) {
+                double c1;
+                const Best b = g_.scan(i, p_.data(), c1);
+                if (b.b2 < kInf) gap[i] = b.b2 - b.b1;
+                if (b.j1 >= 0) row_scale[i] = std::max(std::fabs(b.b1), std::fabs(p_[b.j1]));
+            }))
+            return;
         std::vector<double> gaps;
         gaps.reserve(n_);
         for (int64_t i = 0; i < n_; ++i) {
-            double c1;
-            const Best b = g_.scan(i, p_.data(), c1);
-            if (b.b2 < kInf) {
-                spread = std::max(spread, b.b2 - b.b1);
-                if (b.b2 > b.b1) gaps.push_back(b.b2 - b.b1);
-            }
-            if (b.j1 >= 0) scale = std::max({scale, std::fabs(b.b1), std::fabs(p_[b.j1])});
-            if (poll_.tick(g_.row_work(i))) return;
+            spread = std::max(spread, gap[i]);
+            if (gap[i] > 0.0) gaps.push_back(gap[i]);
+            scale = std::max(scale, row_scale[i]);
         }
         // Prices must be able to move by epsilon: stay well above float64 resolution.
         const double floor = std::max(scale, 1e-300) * 0x1p-44;
@@ -425,14 +441,15 @@ private:
     // path's warm start from the optimum on the 16-nearest graph, planted-match costs, n = 8192:
     // 10 phases without a bid, 0.49 s; each phase is a pass over the matrix.)
     bool skip_idle_phases() {
-        double worst = 0.0;
-        for (int64_t i = 0; i < n_; ++i) {
+        for (int64_t i = 0; i < n_; ++i)
             if (rc_[i] < 0) return true;  // free rows bid: keep the schedule
-            double c1;
-            const Best b = g_.scan(i, p_.data(), c1);
-            worst = std::max(worst, value(i) - b.b1);
-            if (poll_.tick(g_.row_work(i))) return false;
-        }
+        std::vector<double> off(n_);
+        if (!each_row([&](int64_t i) {
+                double c1;
+                off[i] = value(i) - g_.scan(i, p_.data(), c1).b1;
+            }))
+            return false;
+        const double worst = off.empty() ? 0.0 : std::max(0.0, *std::max_element(off.begin(), off.end()));
         // Every row within the last phase's epsilon of its best: nothing for the auction (as
         // after its last phase, the finish re-inserts the rows that are not exactly there).
         eps0_ = worst > eps_final_ ? std::min(eps0_, worst) : 0.0;
@@ -440,11 +457,15 @@ private:
     }
 
     void init_assignment() {
+        std::vector<double> cost(n_);
+        std::vector<char> arc(n_, 0);
+        each_row([&](int64_t i) {
+            const int64_t j = opt_.init_row_to_col[i];
+            if (j >= 0 && j < M_) arc[i] = g_.arc_cost(i, j, cost[i]) ? 1 : 0;
+        });
         for (int64_t i = 0; i < n_; ++i) {
             const int64_t j = opt_.init_row_to_col[i];
-            if (j < 0 || j >= M_ || cr_[j] >= 0) continue;
-            double cj = 0.0;
-            if (g_.arc_cost(i, j, cj)) take(i, j, cj);
+            if (arc[i] && cr_[j] < 0) take(i, j, cost[i]);
         }
     }
 
@@ -594,11 +615,11 @@ private:
     bool tighten() {
         if (!G::kDense) g_.prepare_columns();
         std::vector<double> umin(n_, kInf);
-        for (int64_t i = 0; i < n_; ++i) {
-            double c1;
-            umin[i] = g_.scan(i, p_.data(), c1).b1;
-            if (poll_.tick(g_.row_work(i))) return false;
-        }
+        if (!each_row([&](int64_t i) {
+                double c1;
+                umin[i] = g_.scan(i, p_.data(), c1).b1;
+            }))
+            return false;
         // Dense: per column, the least and second least c_kj + p_j - umin_k over the rows, in
         // one row-major pass (a walk down each column reads a cache line per entry: at
         // n = 16384 that is 1 GiB of traffic per column checked).
@@ -660,13 +681,14 @@ private:
     // price at or below all assigned prices (n < m), then shortest augmenting paths.
     Status finish() {
         if (out_.phases > 0 && !tighten()) return Status::INTERRUPTED;
-        for (int64_t i = 0; i < n_; ++i) {
-            if (rc_[i] < 0) continue;
-            double c1;
-            const Best b = g_.scan(i, p_.data(), c1);
-            if (value(i) > b.b1) release(i);
-            if (poll_.tick(g_.row_work(i))) return Status::INTERRUPTED;
-        }
+        // Releasing row i frees only its own column: rows run in parallel.
+        if (!each_row([&](int64_t i) {
+                if (rc_[i] < 0) return;
+                double c1;
+                const Best b = g_.scan(i, p_.data(), c1);
+                if (value(i) > b.b1) release(i);
+            }))
+            return Status::INTERRUPTED;
         if (M_ > n_) {
             double level = -kInf;
             for (int64_t j = 0; j < M_; ++j)
@@ -945,11 +967,12 @@ private:
         for (int64_t j = 0; j < M_; ++j) q[j] = p_[j] - pmin;
         const int64_t m = g_.m;
         double obj = 0.0, dual = 0.0;
-        for (int64_t i = 0; i < n_; ++i) {
+        each_row([&](int64_t i) {
             double c1;
-            const Best b = g_.scan(i, q.data(), c1);
-            out_.u[i] = b.b1;
-            dual += b.b1;
+            out_.u[i] = g_.scan(i, q.data(), c1).b1;
+        });
+        for (int64_t i = 0; i < n_; ++i) {  // sums in row order whatever the threads
+            dual += out_.u[i];
             obj += rcost_[i];
             out_.row_to_col[i] = rc_[i] < m ? rc_[i] : -1;
         }
@@ -987,14 +1010,29 @@ private:
     std::vector<HeapItem> heap_;
 };
 
+// First position in [0, count) where bad(k) holds, or -1; chunks on `threads` threads (the
+// checks of every cost and index on each solve: one pass over the arcs).
+template <class F>
+int64_t first_bad(int64_t count, int threads, F&& bad) {
+    constexpr int64_t kChunk = int64_t(1) << 16;
+    const int64_t chunks = (count + kChunk - 1) / kChunk;
+    std::vector<int64_t> hit(chunks, -1);
+    parallel_blocks(chunks, std::max(1, threads), [&](int64_t c) {
+        for (int64_t k = c * kChunk, e = std::min(count, k + kChunk); k < e; ++k)
+            if (bad(k)) {
+                hit[c] = k;
+                return;
+            }
+    });
+    for (int64_t h : hit)
+        if (h >= 0) return h;
+    return -1;
+}
+
 template <class T>
-bool all_finite(const T* x, int64_t count, int64_t* where) {
-    for (int64_t k = 0; k < count; ++k)
-        if (!std::isfinite(double(x[k]))) {
-            *where = k;
-            return false;
-        }
-    return true;
+bool all_finite(const T* x, int64_t count, int64_t* where, int threads = 1) {
+    *where = first_bad(count, threads, [&](int64_t k) { return !std::isfinite(double(x[k])); });
+    return *where < 0;
 }
 
 Status check_common(int64_t n, int64_t m, const SolveOptions& opt, SolveOutput& out) {
@@ -1025,7 +1063,7 @@ Status dense_impl(const T* cost, int64_t n, int64_t m, const SolveOptions& opt, 
     Status st = check_common(n, m, opt, out);
     if (st != Status::OK) return st;
     int64_t where = 0;
-    if (!all_finite(cost, n * m, &where)) {
+    if (!all_finite(cost, n * m, &where, opt.threads)) {
         out.message = "cost contains NaN or infinity at (" + std::to_string(where / m) + ", " +
                       std::to_string(where % m) + ")";
         return Status::BAD_INPUT;
@@ -1124,14 +1162,14 @@ Status sparse_impl(const int64_t* ptr, const I* idx, const T* cst, int64_t n, in
             return Status::BAD_INPUT;
         }
     const int64_t nnz = ptr[n];
-    for (int64_t a = 0; a < nnz; ++a)
-        if (idx[a] < 0 || int64_t(idx[a]) >= m) {
-            out.message = "column index " + std::to_string(int64_t(idx[a])) + " at position " +
-                          std::to_string(a) + " is out of range [0, " + std::to_string(m) + ")";
-            return Status::BAD_INPUT;
-        }
+    const int64_t a = first_bad(nnz, opt.threads, [&](int64_t k) { return idx[k] < 0 || int64_t(idx[k]) >= m; });
+    if (a >= 0) {
+        out.message = "column index " + std::to_string(int64_t(idx[a])) + " at position " +
+                      std::to_string(a) + " is out of range [0, " + std::to_string(m) + ")";
+        return Status::BAD_INPUT;
+    }
     int64_t where = 0;
-    if (!all_finite(cst, nnz, &where)) {
+    if (!all_finite(cst, nnz, &where, opt.threads)) {
         out.message = "costs contain NaN or infinity at position " + std::to_string(where);
         return Status::BAD_INPUT;
     }

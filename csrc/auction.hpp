@@ -66,6 +66,9 @@ struct SolveOptions {
     // the auction. (Costs with one clear best column per row need a few short paths: 10x faster
     // than the auction; weakly related features make long paths: 10x slower. See auction.cpp.)
     double sap_budget = 1.0;
+    // Threads for the passes over every row whose rows are independent (checks, the release
+    // of rows off their best, the duals u); bids and augmenting paths stay sequential.
+    int threads = 1;
     bool check_feasible = true;      // sparse only: Hopcroft-Karp before solving
     PollFn poll = nullptr;
     void* poll_ctx = nullptr;

@@ -125,7 +125,7 @@ struct Outputs {
 
 SolveOptions make_options(const py::object& unmatched, const py::object& init_v,
                           const py::object& init_r2c, int64_t n, int64_t m, double eps_start,
-                          double eps_final, double eps_factor, double sap_budget,
+                          double eps_final, double eps_factor, double sap_budget, int threads,
                           PollState& poll) {
     SolveOptions opt;
     opt.unmatched_cost = optional_f64(unmatched, "unmatched_cost", n);
@@ -136,6 +136,7 @@ SolveOptions make_options(const py::object& unmatched, const py::object& init_v,
     opt.eps_final = eps_final;
     opt.eps_factor = eps_factor;
     opt.sap_budget = sap_budget;
+    opt.threads = std::max(1, threads);
     opt.poll = &poll_signals;
     opt.poll_ctx = &poll;
     return opt;
@@ -174,12 +175,12 @@ void require_2d(const py::array& a, const char* name) {
 
 py::dict solve_dense_py(const py::array& cost, const py::object& unmatched,
                         const py::object& init_v, const py::object& init_r2c, double eps_start,
-                        double eps_final, double eps_factor, double sap_budget) {
+                        double eps_final, double eps_factor, double sap_budget, int threads) {
     require_2d(cost, "cost");
     const int64_t n = cost.shape(0), m = cost.shape(1);
     PollState poll;
     SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
-                                    eps_factor, sap_budget, poll);
+                                    eps_factor, sap_budget, threads, poll);
     Outputs o(n, m, opt.unmatched_cost != nullptr);
     const Status st =
         with_floats(cost, "cost", [&](const auto* c) { return solve_dense(c, n, m, opt, o.out); });
@@ -219,12 +220,12 @@ py::dict solve_sparse_py(const py::array& indptr, const py::array& indices,
                          const py::array& costs, int64_t n, int64_t m,
                          const py::object& unmatched, const py::object& init_v,
                          const py::object& init_r2c, double eps_start, double eps_final,
-                         double eps_factor, bool check_feasible, double sap_budget) {
+                         double eps_factor, bool check_feasible, double sap_budget, int threads) {
     if (n < 0 || m < 0) throw py::value_error("shape must be non-negative");
     check_csr(indptr, indices, costs, n);
     PollState poll;
     SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
-                                    eps_factor, sap_budget, poll);
+                                    eps_factor, sap_budget, threads, poll);
     opt.check_feasible = check_feasible;
     Outputs o(n, m, opt.unmatched_cost != nullptr);
     Status st;
@@ -667,14 +668,14 @@ PYBIND11_MODULE(_auction, m) {
     m.def("solve_dense", &solve_dense_py, py::arg("cost"), py::arg("unmatched_cost") = py::none(),
           py::arg("init_v") = py::none(), py::arg("init_row_to_col") = py::none(),
           py::arg("eps_start") = 0.0,
-          py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0, py::arg("sap_budget") = 1.0,
+          py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0, py::arg("sap_budget") = 1.0, py::arg("threads") = 1,
           "Min-cost assignment of every row of a dense [n, m] float32/float64 array (n <= m).");
     m.def("solve_sparse", &solve_sparse_py, py::arg("indptr"), py::arg("indices"),
           py::arg("costs"), py::arg("n"), py::arg("m"), py::arg("unmatched_cost") = py::none(),
           py::arg("init_v") = py::none(), py::arg("init_row_to_col") = py::none(),
           py::arg("eps_start") = 0.0,
           py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0,
-          py::arg("check_feasible") = true, py::arg("sap_budget") = 1.0,
+          py::arg("check_feasible") = true, py::arg("sap_budget") = 1.0, py::arg("threads") = 1,
           "Min-cost assignment of every row of a CSR graph (int64 indptr, int32/int64 indices, "
           "float32/float64 costs).");
     m.def("max_matching", &max_matching_py, py::arg("indptr"), py::arg("indices"), py::arg("n"),

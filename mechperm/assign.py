@@ -27,6 +27,8 @@ problem solved is the padded ``[C | D]`` with one dummy column per row, ``D = di
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, NamedTuple, Optional, Union
@@ -413,7 +415,7 @@ def assign_sparse(
         return res
     t0 = time.perf_counter()
     try:
-        raw = _auction.solve_sparse(indptr, indices, costs, n, m, unmatched_cost=lam)
+        raw = _auction.solve_sparse(indptr, indices, costs, n, m, unmatched_cost=lam, threads=_threads())
     except InfeasibleError as err:
         what = "column" if transposed else "row"
         raise InfeasibleError(f"{err} ({what}s of the problem as given); add arcs or pass "
@@ -519,9 +521,10 @@ def _dense_auction(c: np.ndarray, lam: Optional[np.ndarray]) -> dict:
     init_v = init_r2c = None
     if c.size > _DENSE_LIMIT and min(n, m) > 16:
         d = _auction.dense_candidates(c, 16, 16)
-        warm = _auction.solve_sparse(d["indptr"], d["indices"], d["costs"], n, m, unmatched_cost=lam)
+        warm = _auction.solve_sparse(d["indptr"], d["indices"], d["costs"], n, m, unmatched_cost=lam,
+                                     threads=_threads())
         init_v, init_r2c, _ = _warm(warm, lam, m)
-    return _auction.solve_dense(c, unmatched_cost=lam, init_v=init_v, init_row_to_col=init_r2c)
+    return _auction.solve_dense(c, unmatched_cost=lam, init_v=init_v, init_row_to_col=init_r2c, threads=_threads())
 
 
 def _dense_exact(c: np.ndarray, k: int) -> Assignment:
@@ -539,6 +542,13 @@ def _dense_exact(c: np.ndarray, k: int) -> Assignment:
     n, m = c.shape
     return _exact_loop(n, m, g, price, None, 100, 16,
                        timings={"candidates": time.perf_counter() - t0})
+
+
+def _threads() -> int:
+    """Threads for the solver's passes over every row: torch's setting where torch is loaded
+    (``MECHPERM_BENCH_THREADS`` and ``torch.set_num_threads`` then pin it), else every core."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else (os.cpu_count() or 1)
 
 
 def _graph(d: dict) -> CandidateGraph:
@@ -704,7 +714,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
         # Feasibility was settled above (slack columns otherwise), and arcs are only ever added.
         raw = _auction.solve_sparse(g.indptr, g.indices, g.costs, n, m, unmatched_cost=dummies,
                                     init_v=init_v, init_row_to_col=init_r2c, eps_start=eps_start,
-                                    check_feasible=False)
+                                    check_feasible=False, threads=_threads())
         timings["solve"] += time.perf_counter() - t0
         for key in ("phases", "bids", "reverse_bids", "augmentations"):
             stats[key] += int(raw[key])

@@ -285,7 +285,7 @@ def _solve_screened(A: Tensor, B: Tensor, lam: float | None):
     while True:
         init_v, init_r2c, eps_start = solver._warm(raw, lam_arr, m)
         raw = _auction.solve_dense(sc.costs, unmatched_cost=lam_arr, init_v=init_v,
-                                   init_row_to_col=init_r2c, eps_start=eps_start)
+                                   init_row_to_col=init_r2c, eps_start=eps_start, threads=torch.get_num_threads())
         rounds += 1
         for k in stats:
             stats[k] += int(raw[k])

@@ -807,6 +807,27 @@ def test_warm_start_at_the_optimum_runs_no_phase(sparse):
     _check_native(near, C, None)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("budget", [0.0, 1.0])
+def test_threads_give_identical_results(sparse, budget):
+    """The parallel passes (checks, releases, duals) change no bit of the result."""
+    rng = np.random.default_rng(8)
+    C = np.exp(rng.normal(size=(700, 900)) * 2).astype(np.float32)
+    one = _native(C, None, sparse, sap_budget=budget, threads=1)
+    for threads in (2, 5):
+        par = _native(C, None, sparse, sap_budget=budget, threads=threads)
+        for key in ("row_to_col", "col_to_row", "u", "v"):
+            assert np.array_equal(one[key], par[key]), key
+        assert one["objective"] == par["objective"] and one["dual_objective"] == par["dual_objective"]
+        warm = _native(C, None, sparse, init_v=one["v"], init_row_to_col=one["row_to_col"], threads=threads)
+        assert np.array_equal(warm["row_to_col"], one["row_to_col"])
+    bad = C.copy()
+    bad[650, 3], bad[651, 0] = np.nan, np.inf  # the first bad entry is reported, whatever the threads
+    for threads in (1, 3):
+        with pytest.raises(ValueError, match=str(650 * 900 + 3) if sparse else r"\(650, 3\)"):
+            _native(bad, None, sparse, threads=threads)
+
+
 def test_warm_start_skips_the_attempt():
     """Warm starts (the exact loop's restarts) go straight to their own schedule."""
     C = np.random.default_rng(6).random((50, 60))
