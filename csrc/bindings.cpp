@@ -541,6 +541,42 @@ py::tuple csr_insert_py(const py::array& indptr, const py::array& indices, const
                : csr_insert_typed<int64_t, double>(p, indices, costs, n, r, c, new_costs, q);
 }
 
+template <class I, class T>
+int64_t csr_insert_inplace_typed(int64_t* p, const py::array& indices, const py::array& costs, int64_t n,
+                                 const int64_t* r, const int64_t* c, const py::array& new_costs, int64_t q) {
+    const T* w = require<T>(new_costs, "new_costs", 1, q);
+    if (!is_c_array<T>(costs)) throw py::value_error("costs and new_costs must have one dtype");
+    I* ix = static_cast<I*>(const_cast<void*>(indices.data()));
+    T* cs = static_cast<T*>(const_cast<void*>(costs.data()));
+    py::gil_scoped_release release;
+    return csr_insert_inplace(p, ix, cs, n, r, c, w, q);
+}
+
+int64_t csr_insert_inplace_py(const py::array& indptr, const py::array& indices, const py::array& costs,
+                              const py::array& rows, const py::array& cols, const py::array& new_costs) {
+    int64_t n, q;
+    const int64_t *r, *c;
+    csr_pairs(indptr, rows, cols, n, r, c, q);
+    require<int64_t>(indptr, "indptr", 1, n + 1);
+    if (!indptr.writeable() || !indices.writeable() || !costs.writeable())
+        throw py::value_error("csr_insert_inplace needs writeable indptr, indices and costs");
+    int64_t* p = static_cast<int64_t*>(const_cast<void*>(indptr.data()));
+    const int64_t nnz = p[n];
+    if (indices.ndim() != 1 || costs.ndim() != 1 || indices.shape(0) < nnz + q || costs.shape(0) < nnz + q)
+        throw py::value_error("indices and costs must have room for indptr[-1] + len(rows) = " +
+                              std::to_string(nnz + q) + " arcs");
+    const bool i32 = is_c_array<int32_t>(indices);
+    if (!i32) require<int64_t>(indices, "indices", 1);
+    if (i32)
+        for (int64_t t = 0; t < q; ++t)
+            if (c[t] > INT32_MAX) throw py::value_error("column " + std::to_string(c[t]) + " does not fit int32 indices");
+    if (is_c_array<float>(costs))
+        return i32 ? csr_insert_inplace_typed<int32_t, float>(p, indices, costs, n, r, c, new_costs, q)
+                   : csr_insert_inplace_typed<int64_t, float>(p, indices, costs, n, r, c, new_costs, q);
+    return i32 ? csr_insert_inplace_typed<int32_t, double>(p, indices, costs, n, r, c, new_costs, q)
+               : csr_insert_inplace_typed<int64_t, double>(p, indices, costs, n, r, c, new_costs, q);
+}
+
 // A selection's state (vals [owners, k] float32, idx [owners, k] int64, extra or None), checked.
 TopKHeaps topk_heaps(const py::object& o, const char* name, int64_t min_owners) {
     TopKHeaps h;
@@ -713,6 +749,10 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("cols"), py::arg("new_costs"),
           "(indptr, indices, costs) of a column-sorted CSR graph plus the new arcs not in it (the first of "
           "duplicates); new_costs in the dtype of costs.");
+    m.def("csr_insert_inplace", &csr_insert_inplace_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"),
+          py::arg("rows"), py::arg("cols"), py::arg("new_costs"),
+          "csr_insert in place: indices and costs hold indptr[-1] arcs and room for len(rows) more; indptr is "
+          "updated; returns the number of arcs added.");
     m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
           py::arg("threads") = 1,
           "float64 dots of the pairs (a[rows[t]], b[cols[t]]) of float32 rows.");

@@ -17,18 +17,10 @@ bool has_arc(const int64_t* ptr, const I* idx, int64_t r, int64_t c) {
     return at != hi && int64_t(*at) == c;
 }
 
-}  // namespace
-
+// The new arcs by (row, column), the first of duplicates, none already an arc.
 template <class I>
-void csr_contains(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
-                  uint8_t* out) {
-    for (int64_t t = 0; t < q; ++t) out[t] = has_arc(ptr, idx, rows[t], cols[t]) ? 1 : 0;
-}
-
-template <class I, class T>
-int64_t csr_insert(const int64_t* ptr, const I* idx, const T* cst, int64_t n, const int64_t* rows,
-                   const int64_t* cols, const T* costs, int64_t q, int64_t* out_ptr, I* out_idx, T* out_cst) {
-    // New arcs by (row, column), first occurrence first among equals; then the fresh ones.
+std::vector<int64_t> fresh_arcs(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols,
+                                int64_t q) {
     std::vector<int64_t> order(q);
     std::iota(order.begin(), order.end(), int64_t(0));
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
@@ -41,6 +33,21 @@ int64_t csr_insert(const int64_t* ptr, const I* idx, const T* cst, int64_t n, co
         if (t > 0 && rows[order[t - 1]] == rows[a] && cols[order[t - 1]] == cols[a]) continue;
         if (!has_arc(ptr, idx, rows[a], cols[a])) fresh.push_back(a);
     }
+    return fresh;
+}
+
+}  // namespace
+
+template <class I>
+void csr_contains(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
+                  uint8_t* out) {
+    for (int64_t t = 0; t < q; ++t) out[t] = has_arc(ptr, idx, rows[t], cols[t]) ? 1 : 0;
+}
+
+template <class I, class T>
+int64_t csr_insert(const int64_t* ptr, const I* idx, const T* cst, int64_t n, const int64_t* rows,
+                   const int64_t* cols, const T* costs, int64_t q, int64_t* out_ptr, I* out_idx, T* out_cst) {
+    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, rows, cols, q);
     // One pass over the rows: old arcs in blocks, fresh ones at their places.
     int64_t w = 0, f = 0;
     const int64_t nf = int64_t(fresh.size());
@@ -68,6 +75,40 @@ int64_t csr_insert(const int64_t* ptr, const I* idx, const T* cst, int64_t n, co
     return nf;
 }
 
+template <class I, class T>
+int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_t* rows, const int64_t* cols,
+                           const T* costs, int64_t q) {
+    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, rows, cols, q);
+    const int64_t nf = int64_t(fresh.size());
+    // From the last row back: every old arc moves right by the fresh arcs before it, so the
+    // writes (w) never overtake the reads (a); rows before the first fresh arc stay put.
+    int64_t w = ptr[n] + nf, f = nf - 1;
+    for (int64_t r = n - 1; r >= 0 && f >= 0; --r) {
+        const int64_t s = ptr[r];
+        int64_t a = ptr[r + 1] - 1;
+        const int64_t end = w;
+        for (; f >= 0 && rows[fresh[f]] == r; --f) {
+            const int64_t c = cols[fresh[f]];
+            for (; a >= s && int64_t(idx[a]) > c; --a) {
+                --w;
+                idx[w] = idx[a];
+                cst[w] = cst[a];
+            }
+            --w;
+            idx[w] = I(c);
+            cst[w] = costs[fresh[f]];
+        }
+        const int64_t count = a - s + 1;
+        w -= count;
+        if (w != s) {
+            std::memmove(idx + w, idx + s, sizeof(I) * count);
+            std::memmove(cst + w, cst + s, sizeof(T) * count);
+        }
+        ptr[r + 1] = end;
+    }
+    return nf;
+}
+
 template void csr_contains<int32_t>(const int64_t*, const int32_t*, const int64_t*, const int64_t*, int64_t,
                                     uint8_t*);
 template void csr_contains<int64_t>(const int64_t*, const int64_t*, const int64_t*, const int64_t*, int64_t,
@@ -82,5 +123,14 @@ template int64_t csr_insert<int64_t, float>(const int64_t*, const int64_t*, cons
 template int64_t csr_insert<int64_t, double>(const int64_t*, const int64_t*, const double*, int64_t,
                                              const int64_t*, const int64_t*, const double*, int64_t, int64_t*,
                                              int64_t*, double*);
+
+#define MECHPERM_INPLACE(I, T)                                                                            \
+    template int64_t csr_insert_inplace<I, T>(int64_t*, I*, T*, int64_t, const int64_t*, const int64_t*, const T*, \
+                                              int64_t);
+MECHPERM_INPLACE(int32_t, float)
+MECHPERM_INPLACE(int32_t, double)
+MECHPERM_INPLACE(int64_t, float)
+MECHPERM_INPLACE(int64_t, double)
+#undef MECHPERM_INPLACE
 
 }  // namespace mechperm

@@ -969,6 +969,35 @@ def test_merge_adds_new_arcs_in_order(n: int, m: int, seed: int, density: float,
     assert np.array_equal(got.indptr, indptr) and np.array_equal(got.indices, indices)
     assert np.array_equal(got.costs, w) and got.costs.dtype == w.dtype
     assert got.indices.dtype == idx_dtype
+    # In place (the exact loop's buffer), over three rounds: the first allocates, later ones
+    # insert into the room left or grow it.
+    buf, h, ref = A._ArcBuffer(), g, g
+    for t in range(3):
+        r2, c2 = rng.integers(0, n, extra * t), rng.integers(0, m, extra * t)
+        w2 = rng.random(extra * t).astype(new_dtype)
+        h = buf.merge(h, r2, c2, w2, n)
+        ref_ptr, ref_idx, ref_w = _merge_reference(ref, r2, c2, w2, n)
+        ref = A.CandidateGraph(ref_ptr, ref_idx, ref_w)
+        assert np.array_equal(h.indptr, ref_ptr) and np.array_equal(h.indices, ref_idx)
+        assert np.array_equal(h.costs, ref_w.astype(h.costs.dtype)) and h.indices.dtype == idx_dtype
+    assert np.array_equal(g.indices, c) and np.array_equal(A._in_graph(g, r, c, m), np.ones(len(r), bool))
+
+
+def test_arc_buffer_grows_when_its_room_is_used_up() -> None:
+    import mechperm.assign as A
+
+    rng = np.random.default_rng(1)
+    n, m = 50, 400
+    g = A.CandidateGraph(np.zeros(n + 1, np.int64), np.empty(0, np.int32), np.empty(0))
+    buf, ref, sizes = A._ArcBuffer(), g, set()
+    for _ in range(8):
+        r, c, w = rng.integers(0, n, 900), rng.integers(0, m, 900), rng.random(900)
+        g = buf.merge(g, r, c, w, n)
+        sizes.add(len(buf.idx))
+        ptr, idx, cost = _merge_reference(ref, r, c, w, n)
+        ref = A.CandidateGraph(ptr, idx, cost)
+        assert np.array_equal(g.indptr, ptr) and np.array_equal(g.indices, idx) and np.array_equal(g.costs, cost)
+    assert len(sizes) > 1  # it grew at least once
 
 
 def test_csr_edits_reject_bad_pairs() -> None:
