@@ -484,22 +484,22 @@ void csr_pairs(const py::array& indptr, const py::array& rows, const py::array& 
                                   std::to_string(c[t]) + ") is out of range for " + std::to_string(n) + " rows");
 }
 
-py::array_t<bool> csr_contains_py(const py::array& indptr, const py::array& indices, const py::array& rows,
-                                  const py::array& cols) {
+py::array_t<int64_t> csr_find_py(const py::array& indptr, const py::array& indices, const py::array& rows,
+                                 const py::array& cols) {
     int64_t n, q;
     const int64_t *r, *c;
     csr_pairs(indptr, rows, cols, n, r, c, q);
     const int64_t* p = require<int64_t>(indptr, "indptr", 1, n + 1);
-    py::array_t<bool> out(q);
-    auto* o = reinterpret_cast<uint8_t*>(out.mutable_data());
+    py::array_t<int64_t> out(q);
+    int64_t* o = out.mutable_data();
     if (is_c_array<int32_t>(indices)) {
         const int32_t* ix = static_cast<const int32_t*>(indices.data());
         py::gil_scoped_release release;
-        csr_contains(p, ix, r, c, q, o);
+        csr_find(p, ix, r, c, q, o);
     } else {
         const int64_t* ix = require<int64_t>(indices, "indices", 1);
         py::gil_scoped_release release;
-        csr_contains(p, ix, r, c, q, o);
+        csr_find(p, ix, r, c, q, o);
     }
     return out;
 }
@@ -743,8 +743,9 @@ PYBIND11_MODULE(_auction, m) {
           "Offer a cost tile (and -cosine tile) to running top-k heaps (csrc/topk.hpp).");
     m.def("topk_finish", &topk_finish_py, py::arg("heaps"), py::arg("threads") = 1,
           "Sort each owner's heap ascending by (value, index).");
-    m.def("csr_contains", &csr_contains_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"),
-          py::arg("cols"), "Whether each pair (rows[t], cols[t]) is an arc of a CSR graph sorted by column within rows.");
+    m.def("csr_find", &csr_find_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"), py::arg("cols"),
+          "Position of each pair (rows[t], cols[t]) among the arcs of a CSR graph sorted by column within rows "
+          "(-1: not an arc).");
     m.def("csr_insert", &csr_insert_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"), py::arg("rows"),
           py::arg("cols"), py::arg("new_costs"),
           "(indptr, indices, costs) of a column-sorted CSR graph plus the new arcs not in it (the first of "

@@ -10,11 +10,16 @@ namespace mechperm {
 namespace {
 
 template <class I>
-bool has_arc(const int64_t* ptr, const I* idx, int64_t r, int64_t c) {
+int64_t find_arc(const int64_t* ptr, const I* idx, int64_t r, int64_t c) {
     const I* lo = idx + ptr[r];
     const I* hi = idx + ptr[r + 1];
     const I* at = std::lower_bound(lo, hi, c, [](I a, int64_t b) { return int64_t(a) < b; });
-    return at != hi && int64_t(*at) == c;
+    return at != hi && int64_t(*at) == c ? int64_t(at - idx) : -1;
+}
+
+template <class I>
+bool has_arc(const int64_t* ptr, const I* idx, int64_t r, int64_t c) {
+    return find_arc(ptr, idx, r, c) >= 0;
 }
 
 // The new arcs by (row, column), the first of duplicates, none already an arc.
@@ -39,9 +44,9 @@ std::vector<int64_t> fresh_arcs(const int64_t* ptr, const I* idx, const int64_t*
 }  // namespace
 
 template <class I>
-void csr_contains(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
-                  uint8_t* out) {
-    for (int64_t t = 0; t < q; ++t) out[t] = has_arc(ptr, idx, rows[t], cols[t]) ? 1 : 0;
+void csr_find(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
+              int64_t* out) {
+    for (int64_t t = 0; t < q; ++t) out[t] = find_arc(ptr, idx, rows[t], cols[t]);
 }
 
 template <class I, class T>
@@ -109,10 +114,10 @@ int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_
     return nf;
 }
 
-template void csr_contains<int32_t>(const int64_t*, const int32_t*, const int64_t*, const int64_t*, int64_t,
-                                    uint8_t*);
-template void csr_contains<int64_t>(const int64_t*, const int64_t*, const int64_t*, const int64_t*, int64_t,
-                                    uint8_t*);
+template void csr_find<int32_t>(const int64_t*, const int32_t*, const int64_t*, const int64_t*, int64_t,
+                                int64_t*);
+template void csr_find<int64_t>(const int64_t*, const int64_t*, const int64_t*, const int64_t*, int64_t,
+                                int64_t*);
 template int64_t csr_insert<int32_t, float>(const int64_t*, const int32_t*, const float*, int64_t, const int64_t*,
                                             const int64_t*, const float*, int64_t, int64_t*, int32_t*, float*);
 template int64_t csr_insert<int32_t, double>(const int64_t*, const int32_t*, const double*, int64_t,

@@ -9,10 +9,10 @@
 
 namespace mechperm {
 
-// out[t] = 1 if (rows[t], cols[t]) is an arc (binary search in the row), else 0.
+// out[t] = the position of arc (rows[t], cols[t]) (binary search in the row), or -1.
 template <class I>
-void csr_contains(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
-                  uint8_t* out);
+void csr_find(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
+              int64_t* out);
 
 // The graph plus the new arcs (rows, cols, costs)[q] that are not arcs yet; of duplicates the first
 // is kept. Writes the merged CSR (still sorted by column within rows) into out_ptr [n + 1],

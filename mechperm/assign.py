@@ -1,4 +1,10 @@
-"""Exact linear assignment: the typed front of the native auction solver ``mechperm._auction``.
+"""Exact linear assignment: the typed front of the native solver ``mechperm._auction``.
+
+The solver (csrc/auction.cpp): a cold solve first tries shortest augmenting paths from column
+and augmenting row reduction (Jonker & Volgenant), under a budget of about one pass over the
+arcs, and otherwise runs the epsilon-scaling auction (Bertsekas), whose prices it then lowers
+as far as the assignment allows; an exact shortest-path finish makes either optimal for real
+costs. Warm restarts are shortest paths only.
 
 Three entry points, all returning an :class:`Assignment` with primal, duals and certificate:
 
@@ -685,8 +691,15 @@ def _in_graph(g: CandidateGraph, rows: np.ndarray, cols: np.ndarray, m: int) -> 
     """Which pairs are arcs of g (its CSR is sorted by row, then column)."""
     if len(rows) == 0 or len(g.indices) == 0:
         return np.zeros(len(rows), bool)
-    return _auction.csr_contains(np.ascontiguousarray(g.indptr, np.int64), np.ascontiguousarray(g.indices),
-                                 np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(cols, np.int64))
+    return _arc_positions(g, rows, cols) >= 0
+
+
+def _arc_positions(g: CandidateGraph, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Where each pair sits among g's arcs (-1: not an arc)."""
+    if len(rows) == 0 or len(g.indices) == 0:
+        return np.full(len(rows), -1, np.int64)
+    return _auction.csr_find(np.ascontiguousarray(g.indptr, np.int64), np.ascontiguousarray(g.indices),
+                             np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(cols, np.int64))
 
 
 def _keep_most_negative(rows, cols, costs, red, per_row: int):

@@ -952,7 +952,7 @@ def _merge_reference(g, rows, cols, costs, n):
        st.sampled_from([np.float32, np.float64]))
 def test_merge_adds_new_arcs_in_order(n: int, m: int, seed: int, density: float, extra: int, idx_dtype,
                                       cost_dtype, new_dtype) -> None:
-    """The native CSR edits (_auction.csr_insert / csr_contains) against numpy references."""
+    """The native CSR edits (_auction.csr_insert / csr_find) against numpy references."""
     import mechperm.assign as A
 
     rng = np.random.default_rng(seed)
@@ -964,6 +964,9 @@ def test_merge_adds_new_arcs_in_order(n: int, m: int, seed: int, density: float,
     costs = rng.random(extra).astype(new_dtype)
     inside = A._in_graph(g, rows, cols, m)
     assert np.array_equal(inside, mask[rows, cols])
+    pos = A._arc_positions(g, rows, cols)
+    assert np.array_equal(pos >= 0, inside) and np.array_equal(g.indices[pos[inside]], cols[inside])
+    assert np.all((g.indptr[rows[inside]] <= pos[inside]) & (pos[inside] < g.indptr[rows[inside] + 1]))
     got = A._merge(g, rows, cols, costs, n)
     indptr, indices, w = _merge_reference(g, rows, cols, costs, n)
     assert np.array_equal(got.indptr, indptr) and np.array_equal(got.indices, indices)
@@ -1003,7 +1006,7 @@ def test_arc_buffer_grows_when_its_room_is_used_up() -> None:
 def test_csr_edits_reject_bad_pairs() -> None:
     indptr, indices, costs = np.array([0, 1, 2], np.int64), np.array([0, 1], np.int32), np.ones(2)
     with pytest.raises(ValueError, match="out of range for 2 rows"):
-        _auction.csr_contains(indptr, indices, np.array([2]), np.array([0]))
+        _auction.csr_find(indptr, indices, np.array([2]), np.array([0]))
     with pytest.raises(ValueError, match="out of range"):
         _auction.csr_insert(indptr, indices, costs, np.array([0]), np.array([-1]), np.ones(1))
     with pytest.raises(ValueError, match="costs"):
