@@ -239,14 +239,15 @@ public:
 
     // f(i) for every row, blocks of rows on opt_.threads threads: the passes whose rows are
     // independent (f writes only row i's state, or a column only row i holds). Ctrl-C is
-    // polled once per pass, not per row (a pass is a fraction of a second at 1M rows).
+    // polled once per pass, not per row (a pass is a fraction of a second at 1M rows); false:
+    // stop. poll = false for passes whose caller cannot stop (the output's duals).
     template <class F>
-    bool each_row(F&& f) {
+    bool each_row(F&& f, bool poll = true) {
         constexpr int64_t kBlock = 512;
         parallel_blocks((n_ + kBlock - 1) / kBlock, std::max(1, opt_.threads), [&](int64_t b) {
             for (int64_t i = b * kBlock, e = std::min(n_, i + kBlock); i < e; ++i) f(i);
         });
-        return !poll_.tick(g_.total_work(n_));
+        return !poll || !poll_.tick(g_.total_work(n_));
     }
 
     Status run() {
@@ -278,7 +279,7 @@ public:
                 out_.sap_trial = 1;
                 if (st != Status::OK) return st;
                 write_output();
-                return Status::OK;
+                return poll_.stopped() ? Status::INTERRUPTED : Status::OK;
             }
             out_.sap_trial = 2;
             over_budget_ = false;
@@ -303,7 +304,8 @@ public:
             if (out_.phases > 0 && !lower_prices()) return Status::INTERRUPTED;
         }
         write_output();
-        return Status::OK;
+        // A Ctrl-C seen by a pass that could not stop still raises (never OK with it pending).
+        return poll_.stopped() ? Status::INTERRUPTED : Status::OK;
     }
 
 private:
@@ -462,7 +464,7 @@ private:
         each_row([&](int64_t i) {
             const int64_t j = opt_.init_row_to_col[i];
             if (j >= 0 && j < M_) arc[i] = g_.arc_cost(i, j, cost[i]) ? 1 : 0;
-        });
+        });  // a stop is seen by run()'s next poll_.check()
         for (int64_t i = 0; i < n_; ++i) {
             const int64_t j = opt_.init_row_to_col[i];
             if (arc[i] && cr_[j] < 0) take(i, j, cost[i]);
@@ -970,7 +972,7 @@ private:
         each_row([&](int64_t i) {
             double c1;
             out_.u[i] = g_.scan(i, q.data(), c1).b1;
-        });
+        }, false);
         for (int64_t i = 0; i < n_; ++i) {  // sums in row order whatever the threads
             dual += out_.u[i];
             obj += rcost_[i];

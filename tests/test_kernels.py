@@ -226,6 +226,35 @@ def test_cosine_candidates_make_heavy_tailed_graph_matchable() -> None:
     assert both.stats.cos_only > 0
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_cosine_bounds_equal_a_numpy_reference(seed: int) -> None:
+    """kernels.solver_graph's Euclidean-bound inputs (computed with torch on the graph's device)
+    against the plain numpy definition: the same float64 values, bit for bit."""
+    cand = sys.modules["mechperm.kernels.candidates"]
+    g0 = torch.Generator().manual_seed(seed)
+    A = torch.randn(700, 24, generator=g0) * torch.exp(torch.randn(700, 1, generator=g0))
+    B = torch.randn(900, 24, generator=g0)
+    A[5] = 0.0  # a zero vector: cosine 0 by convention
+    g = candidates(A, B, k=6, k_cos=5)
+    got = cand._cosine_bounds(g, A, B)
+    na, nb = row_sq_norms(A).double().numpy(), row_sq_norms(B).double().numpy()
+    y, x = np.sqrt(na), np.sqrt(nb)
+    rows, cols, src = g.row_ids().numpy(), g.indices.numpy(), g.sources.numpy()
+    denom = 2.0 * y[rows] * x[cols]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(denom > 0, (na[rows] + nb[cols] - g.costs.numpy()) / denom, 0.0)
+    want = {"row_norm": y, "col_norm": x}
+    for name, bit, owner, size in (("row_cos", ROW_COS, rows, 700), ("col_cos", COL_COS, cols, 900)):
+        kappa = np.full(size, np.inf)
+        sel = (src & bit) != 0
+        np.minimum.at(kappa, owner[sel], cos[sel])
+        if np.isfinite(kappa).all():
+            want[name] = kappa
+    assert got.keys() == want.keys() and {"row_cos", "col_cos"} <= set(got)
+    for key in want:
+        assert np.array_equal(got[key], want[key]), key
+
+
 def test_costs_agree_bit_for_bit_across_functions_and_blockings() -> None:
     A, B = heavy_tailed(61, 40, sigma=2.0, seed=21)
     C = dense_costs(A, B)

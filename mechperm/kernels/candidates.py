@@ -705,26 +705,30 @@ def _cosine_bounds(g: CandidateGraph, A: Tensor, B: Tensor) -> dict:
     """Norms and, per row and per column, the least cosine among the partners the graph holds
     for being most cosine-similar: every pair left out has a cosine at most that (the
     Euclidean bound of :class:`assign.CandidateGraph`). Cosines from the edges' own costs,
-    (|a|² + |b|² − c) / (2 |a| |b|); a clamped cost only overstates them (a weaker bound)."""
-    na = row_sq_norms(A).double().cpu().numpy()
-    nb = row_sq_norms(B).double().cpu().numpy()
-    y, x = np.sqrt(na), np.sqrt(nb)
-    out = {"row_norm": y, "col_norm": x}
-    rows = g.row_ids().cpu().numpy()
-    cols = g.indices.cpu().numpy()
-    src = g.sources.cpu().numpy()
+    (|a|² + |b|² − c) / (2 |a| |b|); a clamped cost only overstates them (a weaker bound).
+
+    float64 on the graph's device: a CUDA graph is not copied to the host for it (at F = 1M the
+    graph holds ~200M edges; on the CPU this took 0.6 s at F = 65536, 12.5M edges)."""
+    dev = g.indices.device
+    na_np, nb_np = row_sq_norms(A).double().cpu().numpy(), row_sq_norms(B).double().cpu().numpy()
+    out = {"row_norm": np.sqrt(na_np), "col_norm": np.sqrt(nb_np)}  # numpy's sqrt: correctly rounded
+    na, nb = torch.from_numpy(na_np).to(dev), torch.from_numpy(nb_np).to(dev)
+    y, x = torch.from_numpy(out["row_norm"]).to(dev), torch.from_numpy(out["col_norm"]).to(dev)
+    rows, cols = g.row_ids(), g.indices
     denom = 2.0 * y[rows] * x[cols]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.where(denom > 0, (na[rows] + nb[cols] - g.costs.cpu().numpy()) / denom, 0.0)
+    cos = torch.where(denom > 0, (na[rows] + nb[cols] - g.costs.double()) / denom.where(denom > 0, 1.0), 0.0)
     for name, bit, owner, size in (("row_cos", ROW_COS, rows, len(y)), ("col_cos", COL_COS, cols, len(x))):
-        sel = (src & bit) != 0
-        if not sel.any():
+        sel = (g.sources & bit) != 0
+        if not bool(sel.any()):
             continue
-        kappa = np.full(size, np.inf)  # an owner without such edges: no bound from it
-        np.minimum.at(kappa, owner[sel], cos[sel])
-        if np.isinf(kappa).any():
+        kappa = torch.full((size,), float("inf"), dtype=torch.float64, device=dev)  # no such edge: no bound
+        if dev.type == "cpu":  # numpy's minimum.at is ~2x torch's CPU scatter here
+            np.minimum.at(kappa.numpy(), owner[sel].numpy(), cos[sel].numpy())
+        else:
+            kappa.scatter_reduce_(0, owner[sel], cos[sel], reduce="amin")
+        if bool(torch.isinf(kappa).any()):
             continue
-        out[name] = kappa
+        out[name] = kappa.cpu().numpy()
     return out
 
 
