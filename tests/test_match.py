@@ -124,6 +124,30 @@ def test_margins_dense_and_sparse(stack) -> None:
     assert torch.equal(dense.perm, sparse.perm)  # no ties in this instance: the same optimum
 
 
+def test_sparse_margins_against_numpy() -> None:
+    """The sparse path's margins (a reduceat over the CSR rows) = min over each row's other arcs
+    of c - u - v, inf for a row without other arcs, NaN where unassigned."""
+    import sys
+
+    M = sys.modules["mechperm.match"]
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n, m = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+        mask = rng.random((n, m)) < rng.random()
+        r, c = np.nonzero(mask)
+        indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
+        costs = rng.random(len(c)).astype(np.float32)
+        u, v = rng.random(n), rng.random(m)
+        r2c = np.where(rng.random(n) < 0.8, rng.integers(0, m, n), -1)
+        red = costs.astype(np.float64) - u[r] - v[c]
+        red[r2c[r] == c] = np.inf
+        want = np.full(n, np.inf)
+        np.minimum.at(want, r, red)
+        want[r2c < 0] = np.nan
+        got = M._margins(r2c, indptr, c, costs, u, v, n).numpy()
+        assert np.array_equal(got, np.maximum(want, 0.0).astype(np.float32), equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dense_margins_against_numpy(dtype) -> None:
     """The C++ margin pass = min over the other columns of c - u - v, NaN where unassigned."""
