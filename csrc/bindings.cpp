@@ -382,10 +382,22 @@ py::array_t<double> dense_margins_py(const py::array& cost, const py::array& row
     return out;
 }
 
-py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, const py::array& s) {
+py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, const py::array& s,
+                                    const py::object& by_slope) {
     const double* wp = require<double>(w, "w", 1);
     const int64_t m = w.shape(0);
     const double* xp = require<double>(x, "x", 1, m);
+    const int64_t* order = nullptr;
+    if (!by_slope.is_none()) {
+        order = require<int64_t>(by_slope.cast<py::array>(), "by_slope", 1, m);
+        std::vector<char> seen(m, 0);
+        for (int64_t t = 0; t < m; ++t) {
+            const int64_t j = order[t];
+            if (j < 0 || j >= m || seen[j] || (t > 0 && xp[order[t - 1]] > xp[j]))
+                throw py::value_error("by_slope must be a permutation sorting x ascending");
+            seen[j] = 1;
+        }
+    }
     const double* sp = require<double>(s, "s", 1);
     const int64_t nq = s.shape(0);
     for (int64_t j = 0; j < m; ++j)
@@ -398,7 +410,7 @@ py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, cons
     double* o = out.mutable_data();
     {
         py::gil_scoped_release release;
-        envelope_min(wp, xp, m, sp, nq, o);
+        envelope_min(wp, xp, m, sp, nq, o, order);
     }
     return out;
 }
@@ -720,7 +732,9 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("k_col"),
           "Candidate CSR graph of a dense array with the bounds on every pair left out.");
     m.def("envelope_min", &envelope_min_py, py::arg("w"), py::arg("x"), py::arg("s"),
-          "out[q] = min_j (w[j] - x[j] * s[q]) (lower envelope of lines; O((m + q) log m)).");
+          py::arg("by_slope") = py::none(),
+          "out[q] = min_j (w[j] - x[j] * s[q]) (lower envelope of lines; O((m + q) log m)); by_slope: "
+          "argsort of x, reused across calls with the same x.");
     m.def("dense_margins", &dense_margins_py, py::arg("cost"), py::arg("row_to_col"), py::arg("u"),
           py::arg("v"),
           "Per row, min over the other columns of c_ij - u_i - v_j (NaN where row_to_col = -1).");

@@ -9,14 +9,25 @@
 namespace mechperm {
 
 void envelope_min(const double* w, const double* x, int64_t m, const double* s, int64_t nq,
-                  double* out) {
+                  double* out, const int64_t* by_slope) {
     // Line j: y = w_j - x_j * s. Sorted by slope -x_j decreasing (x increasing); of equal
-    // slopes only the lowest line can be minimal.
+    // slopes only the lowest line can be minimal. by_slope: that order by x alone, given (the
+    // exact loop's slopes are fixed while w moves with the duals every round).
     std::vector<int64_t> order(m);
-    std::iota(order.begin(), order.end(), 0);
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return x[a] < x[b] || (x[a] == x[b] && w[a] < w[b]);
-    });
+    if (by_slope != nullptr) {
+        std::copy(by_slope, by_slope + m, order.begin());
+        // lowest first within each run of equal slopes (runs are short: ties are rare)
+        for (int64_t a = 0, b; a < m; a = b) {
+            for (b = a + 1; b < m && x[order[b]] == x[order[a]]; ++b) {}
+            if (b - a > 1)
+                std::sort(order.begin() + a, order.begin() + b, [&](int64_t p, int64_t q) { return w[p] < w[q]; });
+        }
+    } else {
+        std::iota(order.begin(), order.end(), 0);
+        std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+            return x[a] < x[b] || (x[a] == x[b] && w[a] < w[b]);
+        });
+    }
     std::vector<int64_t> hull;
     hull.reserve(m);
     // Where lines a and b (x_a < x_b) cross: w_a - x_a s = w_b - x_b s.

@@ -562,15 +562,30 @@ def _graph(d: dict) -> CandidateGraph:
                           d["row_offset"], d["col_offset"])
 
 
-def _lower_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Per row, a lower bound on c_ij - u_i - v_j over the pairs left out of the graph."""
-    lb = _rank_bounds(g, u, v)
+def _lower_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Optional[dict] = None) -> np.ndarray:
+    """Per row, a lower bound on c_ij - u_i - v_j over the pairs left out of the graph.
+
+    ``cache`` (a dict the caller keeps across rounds): the sorts that depend only on g's bound
+    arrays, not on the duals (m = n = 262144: 0.145 -> 0.03 s a round)."""
+    lb = _rank_bounds(g, u, v, cache)
     if g.row_norm is not None and g.col_norm is not None:
-        lb = np.maximum(lb, _euclidean_bounds(g, u, v))
+        lb = np.maximum(lb, _euclidean_bounds(g, u, v, cache))
     return lb
 
 
-def _rank_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _cached(cache: Optional[dict], key: str, arrays: tuple, make: Callable[[], Any]) -> Any:
+    """make(), kept in cache[key] while the same array objects are the inputs."""
+    if cache is None:
+        return make()
+    hit = cache.get(key)
+    if hit is not None and len(hit[0]) == len(arrays) and all(a is b for a, b in zip(hit[0], arrays)):
+        return hit[1]
+    value = make()
+    cache[key] = (arrays, value)
+    return value
+
+
+def _rank_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Optional[dict] = None) -> np.ndarray:
     """The bound from row_bound / col_bound (k-th costs) and their offsets."""
     n, m = len(u), len(v)
     if g.row_bound is None and g.col_bound is None:
@@ -588,13 +603,18 @@ def _rank_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray) -> np.ndarray:
             # with columns sorted by D_j = A_j - S_j, columns with D_j >= t contribute A_j (a
             # suffix minimum) and the others S_j + t (a prefix minimum): O(log m) per row.
             X, Y, S = g.row_bound - u, b - u, g.col_bound - v
-            D = A - S
-            order = np.argsort(D, kind="stable")
-            Ds = D[order]
+            # D = A - S = a - col_bound and t = Y - X = b - row_bound do not depend on the duals:
+            # their sort and search are cached. (With the duals' rounding a column may land on
+            # the other side of t: either term of its max still bounds it from below.)
+            def split():
+                D = a - g.col_bound
+                order = np.argsort(D, kind="stable")
+                return order, np.searchsorted(D[order], b - g.row_bound, side="left")
+
+            order, idx = _cached(cache, "rank", (g.col_bound, g.col_offset, g.row_bound, g.row_offset), split)
             pre = np.minimum.accumulate(S[order])
             suf = np.minimum.accumulate(A[order][::-1])[::-1]
             t = Y - X
-            idx = np.searchsorted(Ds, t, side="left")
             suf_ext = np.append(suf, np.inf)
             pre_ext = np.insert(pre, 0, np.inf)
             lb = X + np.minimum(suf_ext[idx], t + pre_ext[idx])
@@ -606,7 +626,7 @@ def _rank_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 _EUCLID_SLACK = 1e-5  # relative to |a|² + |b|²: float32 rounding of the GEMM costs
 
 
-def _euclidean_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _euclidean_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Optional[dict] = None) -> np.ndarray:
     """Per row, a lower bound on c_ij − u_i − v_j over the pairs left out, from
     c_ij >= (1 − slack)(y_i² + x_j²) − 2 y_i x_j cos with cos <= row_cos[i] and <= col_cos[j]
     (y, x the norms): min over j of lines in y_i (or in y_i·row_cos[i]), one lower envelope."""
@@ -618,9 +638,12 @@ def _euclidean_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray) -> np.nda
     if not (np.isfinite(base).all() and np.isfinite(w).all()):
         return lb
     if g.row_cos is not None:  # min_j (w_j − x_j · 2 y_i κ_i)
-        lb = np.maximum(lb, base + _auction.envelope_min(w, x, 2.0 * y * g.row_cos))
+        by_x = _cached(cache, "slope_x", (x,), lambda: np.argsort(x, kind="stable"))
+        lb = np.maximum(lb, base + _auction.envelope_min(w, x, 2.0 * y * g.row_cos, by_slope=by_x))
     if g.col_cos is not None:  # min_j (w_j − (2 κ_j x_j) · y_i)
-        lb = np.maximum(lb, base + _auction.envelope_min(w, 2.0 * g.col_cos * x, y))
+        slope = _cached(cache, "slope_cx", (g.col_cos, x), lambda: 2.0 * g.col_cos * x)
+        by_cx = _cached(cache, "order_cx", (g.col_cos, x), lambda: np.argsort(slope, kind="stable"))
+        lb = np.maximum(lb, base + _auction.envelope_min(w, slope, y, by_slope=by_cx))
     return lb
 
 
@@ -755,6 +778,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
     ref_round = np.full(n, -1, np.int64)
     clean = np.zeros(n, bool)  # the row's last pricing found no violating pair
     arcs = _ArcBuffer()
+    bounds_cache: dict = {}  # the bounds' sorts, fixed while g's bound arrays are
     ref_v: dict = {}
     for rounds in range(1, max_rounds + 1):
         dummies = lam if lam is not None else slack
@@ -770,7 +794,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
             stats["sap_trial"] = int(raw["sap_trial"])
         u, v = raw["u"], raw["v"]
         t0 = time.perf_counter()
-        lb = _lower_bounds(g, u, v)
+        lb = _lower_bounds(g, u, v, bounds_cache)
         need = np.flatnonzero(~(lb >= 0.0))
         timings["bounds"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -783,7 +807,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
             stats["added_edges"] += len(g.indices) - before
             stats["rebuilds"] = rebuilds
             timings["pricing"] += time.perf_counter() - t0
-            lb = _lower_bounds(g, u, v)
+            lb = _lower_bounds(g, u, v, bounds_cache)
             need = np.flatnonzero(~(lb >= 0.0))
             if len(g.indices) > before:
                 # Many rows change: a cold auction beats one augmenting path per row (and a

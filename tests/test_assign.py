@@ -435,6 +435,35 @@ def test_candidate_bounds_hold_for_every_pair_left_out(dtype):
     inside[np.repeat(np.arange(n), np.diff(e["indptr"])), e["indices"]] = True
     bound = np.maximum(e["row_bound"][:, None] + a[None, :], e["col_bound"][None, :] + b[:, None])
     assert np.all(W[~inside] >= bound[~inside])
+    # the loop's per-row bound over those pairs, at random duals, its sorts cached across rounds
+    from mechperm.assign import _lower_bounds
+
+    g = CandidateGraph(e["indptr"], e["indices"], e["costs"], e["row_bound"], e["col_bound"], b, a)
+    cache: dict = {}
+    for _ in range(6):
+        u, v = rng.normal(size=n) * 3, rng.normal(size=m) * 3
+        red = np.where(inside, np.inf, W - u[:, None] - v[None, :]).min(1)
+        lb = _lower_bounds(g, u, v, cache)
+        assert np.all(lb <= red + 1e-9 * np.abs(W).max())
+        assert np.allclose(lb, _lower_bounds(g, u, v), rtol=0, atol=1e-9 * np.abs(W).max())
+    assert "rank" in cache
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_envelope_min_with_and_without_a_given_slope_order(seed):
+    """min_j (w_j - x_j s_q) against brute force, slopes with ties, the order by x passed in or
+    not; a by_slope that does not sort x is refused."""
+    rng = np.random.default_rng(seed)
+    m, nq = 300, 200
+    x = np.round(rng.normal(size=m), 1)  # many equal slopes
+    w = rng.normal(size=m) * 5
+    s = rng.normal(size=nq) * 3
+    want = (w[None, :] - x[None, :] * s[:, None]).min(1)
+    order = np.argsort(x, kind="stable")
+    for got in (_auction.envelope_min(w, x, s), _auction.envelope_min(w, x, s, by_slope=order)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="by_slope"):
+        _auction.envelope_min(w, x, s, by_slope=order[::-1].copy())
 
 
 def test_scalar_and_simd_kernels_agree():
@@ -888,11 +917,12 @@ def test_euclidean_bound_is_a_lower_bound(seed):
     rng = np.random.default_rng(seed)
     _, A, B = sae_like(120, d=16, seed=seed, sigma=2.0)
     C, in_graph, g = _euclid_graph(A, B, k_cos=3)
+    cache: dict = {}  # the loop's cache of the bounds' sorts, across duals
     for _ in range(5):
         u, v = rng.normal(size=120) * C.mean(), rng.normal(size=120) * C.mean()
         red = np.where(in_graph, np.inf, C - u[:, None] - v[None, :]).min(1)
-        lb = _lower_bounds(g, u, v)
-        assert np.all(lb <= red + 1e-9 * np.abs(C).max())
+        for lb in (_lower_bounds(g, u, v), _lower_bounds(g, u, v, cache)):
+            assert np.all(lb <= red + 1e-9 * np.abs(C).max())
 
 
 @pytest.mark.parametrize("seed", range(3))
