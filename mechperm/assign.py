@@ -658,15 +658,20 @@ def _merge(g: CandidateGraph, rows, cols, costs, n: int) -> CandidateGraph:
     rows = np.ascontiguousarray(rows, np.int64)
     cols = np.ascontiguousarray(cols, np.int64)
     costs = np.asarray(costs)
-    out_dtype = np.result_type(g.costs, costs)
+    idx_dtype, out_dtype = _merged_dtypes(g, cols, costs)
     if len(rows) == 0:
         return dataclasses.replace(g, costs=g.costs.astype(out_dtype, copy=False))
-    top = int(cols.max(initial=0))
-    idx_dtype = np.int64 if g.indices.dtype == np.int64 or top >= 2**31 else np.int32
     indptr, indices, w = _auction.csr_insert(
         np.ascontiguousarray(g.indptr, np.int64), np.ascontiguousarray(g.indices, idx_dtype),
         np.ascontiguousarray(g.costs, out_dtype), rows, cols, np.ascontiguousarray(costs, out_dtype))
     return dataclasses.replace(g, indptr=indptr, indices=indices, costs=w)
+
+
+def _merged_dtypes(g: CandidateGraph, cols: np.ndarray, costs: np.ndarray) -> tuple:
+    """(indices dtype, costs dtype) of g plus arcs to ``cols`` at ``costs``: int32 indices stay
+    while the columns fit; costs take the wider of the two."""
+    wide = g.indices.dtype == np.int64 or int(cols.max(initial=0)) >= 2**31
+    return (np.int64 if wide else np.int32), np.result_type(g.costs, costs)
 
 
 class _ArcBuffer:
@@ -685,8 +690,7 @@ class _ArcBuffer:
         cols = np.ascontiguousarray(cols, np.int64)
         if len(rows) == 0:
             return g
-        out_dtype = np.result_type(g.costs, np.asarray(costs))
-        idx_dtype = np.int64 if g.indices.dtype == np.int64 or int(cols.max()) >= 2**31 else np.int32
+        idx_dtype, out_dtype = _merged_dtypes(g, cols, np.asarray(costs))
         nnz = len(g.indices)
         ours = (self.idx is not None and g.indices.dtype == idx_dtype == self.idx.dtype
                 and g.costs.dtype == out_dtype == self.cst.dtype
