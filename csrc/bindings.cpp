@@ -517,43 +517,6 @@ py::array_t<int64_t> csr_find_py(const py::array& indptr, const py::array& indic
 }
 
 template <class I, class T>
-py::tuple csr_insert_typed(const int64_t* p, const py::array& indices, const py::array& costs, int64_t n,
-                           const int64_t* r, const int64_t* c, const py::array& new_costs, int64_t q) {
-    const int64_t nnz = p[n];
-    const T* w = require<T>(new_costs, "costs", 1, q);
-    py::array_t<int64_t> out_ptr(n + 1);
-    py::array_t<I> out_idx(nnz + q);
-    py::array_t<T> out_cst(nnz + q);
-    int64_t added;
-    {
-        py::gil_scoped_release release;
-        added = csr_insert(p, static_cast<const I*>(indices.data()), static_cast<const T*>(costs.data()), n, r, c, w,
-                           q, out_ptr.mutable_data(), out_idx.mutable_data(), out_cst.mutable_data());
-    }
-    out_idx.resize({nnz + added});
-    out_cst.resize({nnz + added});
-    return py::make_tuple(out_ptr, out_idx, out_cst);
-}
-
-py::tuple csr_insert_py(const py::array& indptr, const py::array& indices, const py::array& costs,
-                        const py::array& rows, const py::array& cols, const py::array& new_costs) {
-    int64_t n, q;
-    const int64_t *r, *c;
-    csr_pairs(indptr, rows, cols, n, r, c, q);
-    check_csr(indptr, indices, costs, n);
-    const int64_t* p = require<int64_t>(indptr, "indptr", 1, n + 1);
-    const bool i32 = is_c_array<int32_t>(indices), f32 = is_c_array<float>(costs);
-    if (i32) {
-        for (int64_t t = 0; t < q; ++t)
-            if (c[t] > INT32_MAX) throw py::value_error("column " + std::to_string(c[t]) + " does not fit int32 indices");
-        return f32 ? csr_insert_typed<int32_t, float>(p, indices, costs, n, r, c, new_costs, q)
-                   : csr_insert_typed<int32_t, double>(p, indices, costs, n, r, c, new_costs, q);
-    }
-    return f32 ? csr_insert_typed<int64_t, float>(p, indices, costs, n, r, c, new_costs, q)
-               : csr_insert_typed<int64_t, double>(p, indices, costs, n, r, c, new_costs, q);
-}
-
-template <class I, class T>
 int64_t csr_insert_inplace_typed(int64_t* p, const py::array& indices, const py::array& costs, int64_t n,
                                  const int64_t* r, const int64_t* c, const py::array& new_costs, int64_t q) {
     const T* w = require<T>(new_costs, "new_costs", 1, q);
@@ -760,13 +723,9 @@ PYBIND11_MODULE(_auction, m) {
     m.def("csr_find", &csr_find_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"), py::arg("cols"),
           "Position of each pair (rows[t], cols[t]) among the arcs of a CSR graph sorted by column within rows "
           "(-1: not an arc).");
-    m.def("csr_insert", &csr_insert_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"), py::arg("rows"),
-          py::arg("cols"), py::arg("new_costs"),
-          "(indptr, indices, costs) of a column-sorted CSR graph plus the new arcs not in it (the first of "
-          "duplicates); new_costs in the dtype of costs.");
     m.def("csr_insert_inplace", &csr_insert_inplace_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"),
           py::arg("rows"), py::arg("cols"), py::arg("new_costs"),
-          "csr_insert in place: indices and costs hold indptr[-1] arcs and room for len(rows) more; indptr is "
+          "Add the arcs not in a column-sorted CSR graph yet (the first of duplicates), in place: indices and costs hold indptr[-1] arcs and room for len(rows) more; indptr is "
           "updated; returns the number of arcs added.");
     m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
           py::arg("threads") = 1,

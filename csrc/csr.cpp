@@ -50,37 +50,6 @@ void csr_find(const int64_t* ptr, const I* idx, const int64_t* rows, const int64
 }
 
 template <class I, class T>
-int64_t csr_insert(const int64_t* ptr, const I* idx, const T* cst, int64_t n, const int64_t* rows,
-                   const int64_t* cols, const T* costs, int64_t q, int64_t* out_ptr, I* out_idx, T* out_cst) {
-    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, rows, cols, q);
-    // One pass over the rows: old arcs in blocks, fresh ones at their places.
-    int64_t w = 0, f = 0;
-    const int64_t nf = int64_t(fresh.size());
-    out_ptr[0] = 0;
-    for (int64_t r = 0; r < n; ++r) {
-        int64_t a = ptr[r];
-        const int64_t e = ptr[r + 1];
-        for (; f < nf && rows[fresh[f]] == r; ++f) {
-            const int64_t c = cols[fresh[f]];
-            int64_t b = a;
-            while (b < e && int64_t(idx[b]) < c) ++b;
-            std::memcpy(out_idx + w, idx + a, sizeof(I) * (b - a));
-            std::memcpy(out_cst + w, cst + a, sizeof(T) * (b - a));
-            w += b - a;
-            a = b;
-            out_idx[w] = I(c);
-            out_cst[w] = costs[fresh[f]];
-            ++w;
-        }
-        std::memcpy(out_idx + w, idx + a, sizeof(I) * (e - a));
-        std::memcpy(out_cst + w, cst + a, sizeof(T) * (e - a));
-        w += e - a;
-        out_ptr[r + 1] = w;
-    }
-    return nf;
-}
-
-template <class I, class T>
 int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_t* rows, const int64_t* cols,
                            const T* costs, int64_t q) {
     const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, rows, cols, q);
@@ -118,17 +87,6 @@ template void csr_find<int32_t>(const int64_t*, const int32_t*, const int64_t*, 
                                 int64_t*);
 template void csr_find<int64_t>(const int64_t*, const int64_t*, const int64_t*, const int64_t*, int64_t,
                                 int64_t*);
-template int64_t csr_insert<int32_t, float>(const int64_t*, const int32_t*, const float*, int64_t, const int64_t*,
-                                            const int64_t*, const float*, int64_t, int64_t*, int32_t*, float*);
-template int64_t csr_insert<int32_t, double>(const int64_t*, const int32_t*, const double*, int64_t,
-                                             const int64_t*, const int64_t*, const double*, int64_t, int64_t*,
-                                             int32_t*, double*);
-template int64_t csr_insert<int64_t, float>(const int64_t*, const int64_t*, const float*, int64_t, const int64_t*,
-                                            const int64_t*, const float*, int64_t, int64_t*, int64_t*, float*);
-template int64_t csr_insert<int64_t, double>(const int64_t*, const int64_t*, const double*, int64_t,
-                                             const int64_t*, const int64_t*, const double*, int64_t, int64_t*,
-                                             int64_t*, double*);
-
 #define MECHPERM_INPLACE(I, T)                                                                            \
     template int64_t csr_insert_inplace<I, T>(int64_t*, I*, T*, int64_t, const int64_t*, const int64_t*, const T*, \
                                               int64_t);

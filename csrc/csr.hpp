@@ -14,16 +14,9 @@ template <class I>
 void csr_find(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
               int64_t* out);
 
-// The graph plus the new arcs (rows, cols, costs)[q] that are not arcs yet; of duplicates the first
-// is kept. Writes the merged CSR (still sorted by column within rows) into out_ptr [n + 1],
-// out_idx, out_cst (sized by the caller to nnz + q; the first out_ptr[n] entries are used) and
-// returns the number of arcs added.
-template <class I, class T>
-int64_t csr_insert(const int64_t* ptr, const I* idx, const T* cst, int64_t n, const int64_t* rows,
-                   const int64_t* cols, const T* costs, int64_t q, int64_t* out_ptr, I* out_idx, T* out_cst);
-
-// The same in place: idx and cst hold ptr[n] arcs and room for at least q more; the old arcs
-// move back from the end (no new arrays: on a VM, first touches of fresh pages cost more than
+// The graph plus the new arcs (rows, cols, costs)[q] that are not arcs yet (of duplicates the
+// first is kept), in place: idx and cst hold ptr[n] arcs and room for at least q more; the old arcs
+// move back from the end, rows stay sorted by column (no new arrays: on a VM, first touches of fresh pages cost more than
 // the copy, ~0.1 s a merge at 12.5M arcs). ptr is updated; returns the number of arcs added.
 template <class I, class T>
 int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_t* rows, const int64_t* cols,

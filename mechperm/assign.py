@@ -651,9 +651,9 @@ def _merge(g: CandidateGraph, rows, cols, costs, n: int) -> CandidateGraph:
     """Add arcs (the first of duplicates; none already in the graph, whose cost stays) to g's
     CSR, sorted by (row, column) like it.
 
-    One native pass over g's arcs (``_auction.csr_insert``): only the new arcs are sorted (F =
-    262144 on a GPU host: ~50M arcs, where re-sorting everything took seconds a round, and
-    numpy's masked inserts ~60 ms a merge at 12.5M arcs).
+    New arrays, then the native insert (``_auction.csr_insert_inplace``, :class:`_ArcBuffer`'s):
+    only the new arcs are sorted (F = 262144 on a GPU host: ~50M arcs, where re-sorting
+    everything took seconds a round, and numpy's masked inserts ~60 ms a merge at 12.5M arcs).
     """
     rows = np.ascontiguousarray(rows, np.int64)
     cols = np.ascontiguousarray(cols, np.int64)
@@ -661,10 +661,12 @@ def _merge(g: CandidateGraph, rows, cols, costs, n: int) -> CandidateGraph:
     idx_dtype, out_dtype = _merged_dtypes(g, cols, costs)
     if len(rows) == 0:
         return dataclasses.replace(g, costs=g.costs.astype(out_dtype, copy=False))
-    indptr, indices, w = _auction.csr_insert(
-        np.ascontiguousarray(g.indptr, np.int64), np.ascontiguousarray(g.indices, idx_dtype),
-        np.ascontiguousarray(g.costs, out_dtype), rows, cols, np.ascontiguousarray(costs, out_dtype))
-    return dataclasses.replace(g, indptr=indptr, indices=indices, costs=w)
+    nnz = len(g.indices)
+    indices, w = np.empty(nnz + len(rows), idx_dtype), np.empty(nnz + len(rows), out_dtype)
+    indices[:nnz], w[:nnz] = g.indices, g.costs
+    indptr = np.array(g.indptr, np.int64)
+    added = _auction.csr_insert_inplace(indptr, indices, w, rows, cols, np.ascontiguousarray(costs, out_dtype))
+    return dataclasses.replace(g, indptr=indptr, indices=indices[: nnz + added], costs=w[: nnz + added])
 
 
 def _merged_dtypes(g: CandidateGraph, cols: np.ndarray, costs: np.ndarray) -> tuple:

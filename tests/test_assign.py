@@ -982,7 +982,7 @@ def _merge_reference(g, rows, cols, costs, n):
        st.sampled_from([np.float32, np.float64]))
 def test_merge_adds_new_arcs_in_order(n: int, m: int, seed: int, density: float, extra: int, idx_dtype,
                                       cost_dtype, new_dtype) -> None:
-    """The native CSR edits (_auction.csr_insert / csr_find) against numpy references."""
+    """The native CSR edits (_auction.csr_insert_inplace / csr_find) against numpy references."""
     import mechperm.assign as A
 
     rng = np.random.default_rng(seed)
@@ -1038,8 +1038,11 @@ def test_csr_edits_reject_bad_pairs() -> None:
     with pytest.raises(ValueError, match="out of range for 2 rows"):
         _auction.csr_find(indptr, indices, np.array([2]), np.array([0]))
     with pytest.raises(ValueError, match="out of range"):
-        _auction.csr_insert(indptr, indices, costs, np.array([0]), np.array([-1]), np.ones(1))
+        _auction.csr_insert_inplace(indptr.copy(), np.resize(indices, 3), np.resize(costs, 3), np.array([0]),
+                                    np.array([-1]), np.ones(1))
     with pytest.raises(ValueError, match="costs"):
-        _auction.csr_insert(indptr, indices, costs, np.array([0]), np.array([1]), np.ones(2))
-    ip, ix, w = _auction.csr_insert(indptr, indices, costs, np.array([1, 0]), np.array([0, 1]), np.array([5.0, 6.0]))
+        _auction.csr_insert_inplace(indptr.copy(), np.resize(indices, 3), np.resize(costs, 3), np.array([0]),
+                                    np.array([1]), np.ones(2))
+    ip, ix, w = indptr.copy(), np.resize(indices, 4), np.resize(costs, 4)
+    assert _auction.csr_insert_inplace(ip, ix, w, np.array([1, 0]), np.array([0, 1]), np.array([5.0, 6.0])) == 2
     assert ip.tolist() == [0, 2, 4] and ix.tolist() == [0, 1, 0, 1] and w.tolist() == [1.0, 6.0, 5.0, 1.0]
