@@ -74,7 +74,12 @@ def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, **options) -> di
            "timings": res.timings, "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges"),
            "dtype": str(dtype).removeprefix("torch."), "price_per_row": match_module.PRICE_PER_ROW,
            "solver": res.stats.get("solver"), "fused_pricing": os.environ.get("MECHPERM_FUSED_PRICING") == "1",
-           "gpu_screen": os.environ.get("MECHPERM_GPU_SCREEN") == "1"}
+           "gpu_screen": os.environ.get("MECHPERM_GPU_SCREEN") == "1",
+           "emit_topk": os.environ.get("MECHPERM_EMIT_TOPK") == "1"}
+    if out["emit_topk"] and DEVICE == "cuda":
+        from mechperm.kernels import triton_candidates
+
+        out["emit"] = dict(triton_candidates.LAST_EMIT)  # pairs within the thresholds, rows redone
     del A, B
     if DEVICE == "cuda":
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -103,6 +108,7 @@ def main() -> None:
     ap.add_argument("--sizes", help="comma-separated F values (default: from MECHPERM_BENCH_MAX_N)")
     ap.add_argument("--fused-pricing", action="store_true", help="MECHPERM_FUSED_PRICING=1 (Triton row pricer)")
     ap.add_argument("--gpu-screen", action="store_true", help="MECHPERM_GPU_SCREEN=1 (bf16 screen, float32 vectors)")
+    ap.add_argument("--emit-topk", action="store_true", help="MECHPERM_EMIT_TOPK=1 (candidates by thresholds and emission)")
     ap.add_argument("--d", type=int, default=D, help="vector width (CPU dry runs of the solver side: a small d)")
     ap.add_argument("--candidates-k", type=int, help="match_vectors(candidates_k=...) (default: match's, 64)")
     args = ap.parse_args()
@@ -111,6 +117,8 @@ def main() -> None:
         os.environ["MECHPERM_FUSED_PRICING"] = "1"
     if args.gpu_screen:
         os.environ["MECHPERM_GPU_SCREEN"] = "1"
+    if args.emit_topk:
+        os.environ["MECHPERM_EMIT_TOPK"] = "1"
     if args.price_per_row:
         match_module.PRICE_PER_ROW = args.price_per_row
     if DEVICE is None:
@@ -127,10 +135,11 @@ def main() -> None:
         out = run(F, dtype, args.d, **options)
         rows.append(out)
         t = out["timings"]
-        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if args.gpu_screen else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
+        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if args.gpu_screen else ''}{' emit' if args.emit_topk else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
               f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
               f"candidates {t.get('candidates', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "
-              f"solve {t.get('solve', 0):.3f} s  priced rows {(out['solver'] or {}).get('priced_rows')}",
+              f"solve {t.get('solve', 0):.3f} s  priced rows {(out['solver'] or {}).get('priced_rows')}"
+              f"{'  emit ' + str(out['emit']) if out.get('emit') else ''}",
               file=sys.stderr, flush=True)
         if args.json:
             with open(args.json + ".tmp", "w") as f:

@@ -4,8 +4,8 @@
 
 For each tile configuration (BM, BN, BD_fp32, BD_16, warps, stages) of
 ``mechperm.kernels.triton_candidates`` and each input type (fp32 through 3xTF32, bf16): the time of
-``candidates(A, B, k=32)`` (two passes: rows, then columns), its TFLOP/s counting 2·2·F²·D
-useful flops, its ratio to one ``torch.mm`` of the same shape, and its agreement with the torch
+``candidates(A, B, k=32)`` (two passes: rows, then columns; with ``--emit`` also the
+threshold-and-emission selection, two passes too), its TFLOP/s counting 2·2·F²·D useful flops, its ratio to one ``torch.mm`` of the same shape, and its agreement with the torch
 backend on the same device (share of equal edges, largest cost error over |a|² + |b|²). Median
 of 3 timed runs after a warm-up (which compiles). Benchmarks never assert speed; a
 configuration that fails to compile is reported and skipped.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -32,6 +33,7 @@ def sync() -> None:
         torch.cuda.synchronize()
 CONFIGS = [  # (BM, BN, BD_FP32, BD_16, warps, stages)
     (64, 64, 64, 64, 4, 3),   # the default (fp32; 16-bit inputs take 4 stages)
+    (128, 64, 64, 64, 8, 3),  # larger tiles: the emission path keeps no top-k in registers
     (32, 64, 32, 64, 4, 3),   # the first, untuned guess
     (64, 128, 32, 64, 8, 3),
     (128, 64, 32, 64, 8, 3),
@@ -116,6 +118,7 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--budget", type=float, default=150.0)
     ap.add_argument("--configs", type=int, default=len(CONFIGS), help="sweep only the first N configurations")
+    ap.add_argument("--emit", action="store_true", help="also the threshold-and-emission selection (MECHPERM_EMIT_TOPK)")
     args = ap.parse_args()
     F, t_end = args.F, time.perf_counter() + args.budget
     flops = 2.0 * F * F * D
@@ -151,20 +154,26 @@ def main() -> None:
                 break
             tc.BM, tc.BN, tc.BD_FP32, tc.BD_16, tc.NUM_WARPS, tc.NUM_STAGES = cfg
             tc.NUM_STAGES_16 = cfg[5]
-            try:
-                t = timed(lambda: candidates(A, B, k=K, backend="triton"))
-                g = candidates(A, B, k=K, backend="triton")
-            except Exception as e:  # noqa: BLE001 - a config the compiler refuses is a result
-                emit(what="candidates", dtype=name, cfg=str(cfg), error=f"{type(e).__name__}: {str(e)[:200]}")
-                continue
-            same = float((g.indices == ref.indices).float().mean()) if torch.equal(g.indptr, ref.indptr) else 0.0
-            if scale is None:
-                na, nb = (A.float() ** 2).sum(1), (B.float() ** 2).sum(1)
-                scale = na[g.row_ids()] + nb[g.indices]
-            ok = g.indices == ref.indices
-            err = float(((g.costs - ref.costs).abs() / scale)[ok].max()) if same else float("nan")
-            emit(what="candidates", dtype=name, cfg=str(cfg), F=F, seconds=t, tflops=2 * flops / t / 1e12,
-                 ratio_to_mm_fp32=t / t_mm, ratio_to_mm_bf16=t / t_bf, same_edges=same, cost_err=err)
+            for what, flag in (("candidates", "0"), ("candidates emit", "1")):
+                if what.endswith("emit") and (not args.emit or cfg[1] > 64):
+                    continue  # Triton 3.9 aborts (LLVM assertion) compiling _emit_kernel with BN = 128
+                os.environ["MECHPERM_EMIT_TOPK"] = flag  # the running top-k / thresholds and emission
+                try:
+                    t = timed(lambda: candidates(A, B, k=K, backend="triton"))
+                    g = candidates(A, B, k=K, backend="triton")
+                except Exception as e:  # noqa: BLE001 - a config the compiler refuses is a result
+                    emit(what=what, dtype=name, cfg=str(cfg), error=f"{type(e).__name__}: {str(e)[:200]}")
+                    continue
+                same = float((g.indices == ref.indices).float().mean()) if torch.equal(g.indptr, ref.indptr) else 0.0
+                if scale is None:
+                    na, nb = (A.float() ** 2).sum(1), (B.float() ** 2).sum(1)
+                    scale = na[g.row_ids()] + nb[g.indices]
+                ok = g.indices == ref.indices
+                err = float(((g.costs - ref.costs).abs() / scale)[ok].max()) if same else float("nan")
+                extra = dict(tc.LAST_EMIT) if flag == "1" else {}
+                emit(what=what, dtype=name, cfg=str(cfg), F=F, seconds=t, tflops=2 * flops / t / 1e12,
+                     ratio_to_mm_fp32=t / t_mm, ratio_to_mm_bf16=t / t_bf, same_edges=same, cost_err=err, **extra)
+            os.environ.pop("MECHPERM_EMIT_TOPK", None)
     tc.BM, tc.BN, tc.BD_FP32, tc.BD_16, tc.NUM_WARPS, tc.NUM_STAGES = CONFIGS[0]
     tc.NUM_STAGES_16 = 4
     dense_sweep(A32, B32, emit, t_end + 30)

@@ -58,6 +58,30 @@ def test_candidates_on_cuda_equal_torch_on_cpu(dtype, splits) -> None:
         assert float(((a - b).abs() / b.abs().clamp_min(1.0)).max()) <= 1e-5, name
 
 
+
+@pytest.mark.parametrize("dtype, k_cos", [(torch.float32, 8), (torch.bfloat16, 32), (torch.float32, 0)])
+def test_emission_selection_equals_the_running_top_k(monkeypatch: pytest.MonkeyPatch, dtype, k_cos: int) -> None:
+    """MECHPERM_EMIT_TOPK=1 at a size with the 4k tile groups it needs (128 per row and
+    column at k = 32, 64-wide tiles): the same graph as the running top-k of the same device,
+    with few rows redone."""
+    from mechperm.kernels import triton_candidates as tc
+
+    A, B = pair(9000, 256, seed=3, Fb=8500, dtype=dtype)
+    A, B = A.to(DEV), B.to(DEV)
+    monkeypatch.setenv("MECHPERM_EMIT_TOPK", "0")
+    r = candidates(A, B, k=32, k_cos=k_cos).to("cpu")
+    monkeypatch.setenv("MECHPERM_EMIT_TOPK", "1")
+    tc.LAST_EMIT.clear()
+    g = candidates(A, B, k=32, k_cos=k_cos).to("cpu")
+    if DEV == "cuda":  # the emission path is Triton's
+        assert tc.LAST_EMIT["slots"] == 128 and tc.LAST_EMIT["per_row"] < 64, tc.LAST_EMIT
+        assert tc.LAST_EMIT["rows_redone"] < 90 and tc.LAST_EMIT["cols_redone"] < 90, tc.LAST_EMIT
+    assert torch.equal(g.indptr, r.indptr) and torch.equal(g.indices, r.indices) and torch.equal(g.sources, r.sources)
+    # rows' costs from the same tiles; columns' from the A·B tiles where the running top-k
+    # computes B·A: float32 rounding apart
+    scale = 1.0 + (A.float() ** 2).sum(1).cpu()[g.row_ids()] + (B.float() ** 2).sum(1).cpu()[g.indices]
+    assert float(((g.costs - r.costs).abs() / scale).max()) <= 1e-5
+
 def test_dense_costs_and_price_on_cuda() -> None:
     A, B = pair(1500, 2304, seed=2, Fb=1700)
     C = dense_costs(A.to(DEV), B.to(DEV)).cpu().double().numpy()
@@ -74,18 +98,27 @@ def test_dense_costs_and_price_on_cuda() -> None:
     assert all(ref[i, j] - u[i] < 1e-3 for i, j in got)
 
 
-@pytest.mark.parametrize("F, dense_limit, fused, gpu_screen", [(1500, 1500 * 1500, "0", "0"), (3000, None, "0", "0"),
-                                                          (3000, None, "1", "0"), (3000, None, "0", "1")])
-def test_match_vectors_on_cuda_is_optimal(F: int, dense_limit, fused: str, gpu_screen: str,
+@pytest.mark.parametrize("F, dense_limit, fused, gpu_screen, emit", [
+    (1500, 1500 * 1500, "0", "0", "0"), (3000, None, "0", "0", "0"), (3000, None, "1", "0", "0"),
+    (3000, None, "0", "1", "0"), (3000, None, "1", "1", "1")])
+def test_match_vectors_on_cuda_is_optimal(F: int, dense_limit, fused: str, gpu_screen: str, emit: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Dense path, sparse path, sparse path with the fused Triton pricer (MECHPERM_FUSED_PRICING),
-    with the bf16 screen on the GPU (MECHPERM_GPU_SCREEN)."""
+    with the bf16 screen on the GPU (MECHPERM_GPU_SCREEN), with all opt-ins and the candidates
+    by emission (MECHPERM_EMIT_TOPK; 16-wide tiles give F = 3000 the tile groups it needs)."""
     monkeypatch.setenv("MECHPERM_FUSED_PRICING", fused)
     monkeypatch.setenv("MECHPERM_GPU_SCREEN", gpu_screen)
+    monkeypatch.setenv("MECHPERM_EMIT_TOPK", emit)
+    if emit == "1" and DEV == "cuda":
+        from mechperm.kernels import triton_candidates as tc
+
+        monkeypatch.setattr(tc, "BM", 16)
+        monkeypatch.setattr(tc, "BN", 16)
+        tc.LAST_EMIT.clear()
     # Optimal costs ~ half the norms: float32 costs then agree with float64 ones to ~1e-6 of the
     # objective (tiny distances between long vectors would leave only cancellation to compare).
     A, B = pair(F, 2304, seed=F, noise=0.5)
-    res = match_vectors(A.to(DEV), B.to(DEV), dense_limit=dense_limit)
+    res = match_vectors(A.to(DEV), B.to(DEV), dense_limit=dense_limit, candidates_k=32 if emit == "1" else 64)
     assert res.certified
     perm = res.perm.numpy()
     assert sorted(perm.tolist()) == list(range(F))
@@ -94,6 +127,8 @@ def test_match_vectors_on_cuda_is_optimal(F: int, dense_limit, fused: str, gpu_s
     best = float(C[r, c].sum())
     assert float(C[np.arange(F), perm].sum()) == pytest.approx(best, rel=1e-5)
     assert res.objective == pytest.approx(best, rel=1e-5)
+    if emit == "1" and DEV == "cuda":
+        assert tc.LAST_EMIT.get("slots") == 128  # the candidates came from the emission path (k = 32)
 
 
 def test_partial_match_on_cuda_agrees_with_cpu() -> None:

@@ -431,6 +431,94 @@ def test_triton_candidates_match_torch(tc, Fa, Fb, D, dtype, k, k_cos, splits) -
     assert_same_graph(gt.to("cpu"), candidates(A, B, k=k, k_cos=k_cos))
 
 
+
+# The threshold-and-emit selection (MECHPERM_EMIT_TOPK=1) with 16 x 16 tiles, so that these
+# sizes have the 4k tile groups per row and column it needs: (F_a, F_b, D, dtype, k, k_cos,
+# splits, ordering of B's rows).
+EMIT_CASES = [
+    (200, 237, 24, torch.float32, 2, 2, None, "random"),
+    (200, 210, 40, torch.bfloat16, 3, 1, 3, "random"),
+    (140, 260, 24, torch.float32, 2, 0, None, "random"),
+    (150, 180, 24, torch.float32, 2, 2, None, "sorted"),  # cheap columns first: many within
+    (150, 180, 24, torch.float32, 2, 2, None, "ties"),  # blocks of equal columns
+]
+
+
+@pytest.fixture
+def emit(tc, monkeypatch: pytest.MonkeyPatch):
+    """triton_candidates with the emission path on and 16 x 16 tiles."""
+    monkeypatch.setenv("MECHPERM_EMIT_TOPK", "1")
+    monkeypatch.setattr(tc, "BM", 16)
+    monkeypatch.setattr(tc, "BN", 16)
+    tc.LAST_EMIT.clear()
+    return tc
+
+
+def _emit_inputs(Fa, Fb, D, dtype, ordering, seed):
+    A, B = heavy_tailed(max(Fa, Fb), D, sigma=1.0, seed=seed)
+    A, B = A[:Fa], B[:Fb]
+    if ordering == "sorted":  # B by norm: the cheapest columns of most rows in the first tiles
+        B = B[torch.argsort((B.double() ** 2).sum(1))]
+    elif ordering == "ties":
+        B = B[torch.arange(Fb) // 6 * 6]  # six copies of each column: ties at every threshold
+    return A.to(dtype).contiguous(), B.to(dtype).contiguous()
+
+
+@pytest.mark.parametrize("Fa, Fb, D, dtype, k, k_cos, splits, ordering", EMIT_CASES)
+def test_triton_emit_selection_matches_torch(emit, Fa, Fb, D, dtype, k, k_cos, splits, ordering) -> None:
+    A, B = _emit_inputs(Fa, Fb, D, dtype, ordering, seed=Fa + Fb)
+    gt = emit.candidates(A.to(TRITON_DEVICE), B.to(TRITON_DEVICE), k=k, k_cos=k_cos, splits=splits)
+    assert emit.LAST_EMIT.get("slots") == 4 * max(k, k_cos)  # the emission path ran
+    assert_same_graph(gt.to("cpu"), candidates(A, B, k=k, k_cos=k_cos))
+    if ordering == "random":  # ~1.2k pairs within the thresholds, no row redone
+        assert emit.LAST_EMIT["rows_redone"] == emit.LAST_EMIT["cols_redone"] == 0
+        assert emit.LAST_EMIT["per_row"] < 2.5 * max(k, k_cos)
+
+
+@pytest.mark.parametrize("room_per_k, extra, ordering", [(0, 1, "random"), (2, 6, "ties")])
+def test_triton_emit_redoes_overflowing_rows(emit, monkeypatch: pytest.MonkeyPatch, room_per_k, extra, ordering) -> None:
+    """Lists too short: the rows and columns that overflow (every one where the room is below k;
+    some where blocks of equal columns tie) are redone by the running top-k, and the graph is
+    the same."""
+    monkeypatch.setattr(emit, "EMIT_ROOM_PER_K", room_per_k)
+    monkeypatch.setattr(emit, "EMIT_ROOM_EXTRA", extra)
+    A, B = _emit_inputs(160, 140, 24, torch.float32, ordering, seed=81)
+    gt = emit.candidates(A.to(TRITON_DEVICE), B.to(TRITON_DEVICE), k=2, k_cos=2)
+    redone = emit.LAST_EMIT["rows_redone"], emit.LAST_EMIT["cols_redone"]
+    if room_per_k * 2 + extra < 2:
+        assert redone == (160, 140)
+    else:
+        assert 0 < redone[0] < 160
+    assert_same_graph(gt.to("cpu"), candidates(A, B, k=2, k_cos=2))
+
+
+def test_triton_emit_needs_every_group(emit) -> None:
+    """Fewer tile groups than 4k: the running top-k (the emission path would keep no pair)."""
+    A, B = _emit_inputs(100, 60, 24, torch.float32, "random", seed=82)  # 4 column tiles < 8
+    gt = emit.candidates(A.to(TRITON_DEVICE), B.to(TRITON_DEVICE), k=2, k_cos=2)
+    assert emit.LAST_EMIT == {}
+    assert_same_graph(gt.to("cpu"), candidates(A, B, k=2, k_cos=2))
+
+
+def test_triton_emit_through_match(emit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """match_vectors' sparse path on emitted candidates (k = 1: few arcs, many priced rows)
+    reaches the optimum of the dense matrix of the same kernel costs."""
+    from scipy.optimize import linear_sum_assignment
+
+    from mechperm.match import match_vectors
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("MECHPERM_KERNELS", "triton")
+    monkeypatch.setenv("MECHPERM_SCREEN", "0")
+    A, B = heavy_tailed(100, 24, sigma=1.5, seed=83)
+    A, B = A.to(TRITON_DEVICE), B.to(TRITON_DEVICE)
+    res = match_vectors(A, B, dense_limit=0, candidates_k=1)
+    assert emit.LAST_EMIT.get("slots") == 4
+    C = dense_costs(A, B).cpu().double().numpy()
+    i, j = linear_sum_assignment(C)
+    assert res.certified
+    assert res.objective == pytest.approx(float(C[i, j].sum()), rel=1e-6)
+
 def test_triton_through_the_dispatcher(tc, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("MECHPERM_KERNELS", "triton")

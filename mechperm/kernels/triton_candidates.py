@@ -12,6 +12,13 @@ _topk_kernel     per row of X, the K cheapest and the KS most cosine-similar row
                  integer carries the index and ties break by column; see ``_insert``). Columns
                  are a second launch with X and Y swapped (``SWAP`` keeps the norms' addition
                  order of the (A, B) formula): two GEMM passes in all.
+_slot_min_kernel / _emit_kernel
+                 the same selection, rows and columns in one launch each, without a running
+                 top-k (opt-in, ``MECHPERM_EMIT_TOPK=1``; see ``_topk_emit``): the first pass
+                 keeps, per row and per column, the minima of S = 4k interleaved groups of
+                 tiles (atomic minima in global memory); the k-th of those is a threshold
+                 that k distinct pairs meet; the second pass writes out every pair within it
+                 (~1.2k a row where the columns come in no particular order)
 _pair_kernel     costs of listed pairs (the cosine edges' costs; row-wise dot, so they agree
                  with tile costs to float32 rounding, not bit for bit)
 _dense_kernel    the full cost matrix
@@ -49,6 +56,11 @@ NUM_WARPS, NUM_STAGES, NUM_STAGES_16 = 4, 3, 4
 # The dense kernel (the CUDA pricer's rows, small dense problems) keeps no top-k in registers:
 # it takes a plain GEMM's larger tiles.
 DENSE_BM, DENSE_BN, DENSE_WARPS = 128, 128, 8
+# The emission path (_topk_emit): groups per row / column = EMIT_SLOTS_PER_K x the largest k,
+# room per row / column = EMIT_ROOM_PER_K x k + EMIT_ROOM_EXTRA (overflowing rows are redone by
+# _topk). On i.i.d. orderings S = 4k leaves ~1.15k pairs within the threshold (p99 1.4k).
+EMIT_SLOTS_PER_K, EMIT_ROOM_PER_K, EMIT_ROOM_EXTRA = 4, 2, 32
+_INT32_MAX = 2**31 - 1
 
 
 def _precision(X: Tensor) -> str | None:
@@ -171,6 +183,115 @@ def _topk_kernel(
     tl.store(OUT_C + base * KC + pos[None, :], best_c, mask=rmask[:, None] & (pos[None, :] < KC))
     if KS > 0:
         tl.store(OUT_S + base * KS + pos[None, :], best_s, mask=rmask[:, None] & (pos[None, :] < KS))
+
+
+@triton.jit
+def _key32(score):
+    """float32 → int32 with the same order (atomic minima on ints, whatever the signs)."""
+    b = score.to(tl.int32, bitcast=True)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _tile_scores(X, Y, NX, NY, IX, IY, rows, rmask, cols, cmask, nx, ix, D, sx, sy,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                 COS: tl.constexpr):
+    """Costs (as ``_topk_kernel`` with X = A) and −cosines of one tile; +inf outside the masks."""
+    acc = _dot_tile(X, Y, rows, cols, rmask, cmask, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+    ny = tl.load(NY + cols, mask=cmask, other=0.0)
+    valid = rmask[:, None] & cmask[None, :]
+    cost = tl.where(valid, tl.maximum((acc * -2.0 + nx[:, None]) + ny[None, :], 0.0), float("inf"))
+    neg_cos = cost
+    if COS:
+        iy = tl.load(IY + cols, mask=cmask, other=0.0)
+        neg_cos = tl.where(valid, -((acc * ix[:, None]) * iy[None, :]), float("inf"))
+    return cost, neg_cos
+
+
+@triton.jit
+def _slot_min_kernel(
+    X, Y,            # [M, D], [N, D] matching vectors (X = A, Y = B)
+    NX, NY, IX, IY,  # [M], [N] float32 squared norms, inverse norms
+    RC, RS,          # [M, S] int32 (_key32) per row: least cost, least −cos of each tile group
+    CC, CS,          # [N, S] int32 per column: the same over row-block groups
+    M, N, D, cols_per_split, sx, sy,
+    S: tl.constexpr, COS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Group minima: tile column t of a row goes to slot t mod S, row block b of a column to slot
+    b mod S. Each slot's minimum is one pair's score and the slots' pairs are distinct, so the
+    k-th least slot is met by k distinct pairs: at least the k-th least score overall."""
+    rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
+    nx = tl.load(NX + rows, mask=rmask, other=0.0)
+    ix = tl.load(IX + rows, mask=rmask, other=0.0)
+    row_slots = rows.to(tl.int64) * S
+    col_slot = tl.program_id(0) % S
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
+        cost, neg_cos = _tile_scores(X, Y, NX, NY, IX, IY, rows, rmask, cols, cmask, nx, ix, D, sx, sy,
+                                     BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, COS)
+        t_slot = (n0 // BLOCK_N) % S
+        tl.atomic_min(RC + row_slots + t_slot, _key32(tl.min(cost, axis=1)), mask=rmask, sem="relaxed")
+        tl.atomic_min(CC + cols.to(tl.int64) * S + col_slot, _key32(tl.min(cost, axis=0)), mask=cmask, sem="relaxed")
+        if COS:
+            tl.atomic_min(RS + row_slots + t_slot, _key32(tl.min(neg_cos, axis=1)), mask=rmask, sem="relaxed")
+            tl.atomic_min(CS + cols.to(tl.int64) * S + col_slot, _key32(tl.min(neg_cos, axis=0)), mask=cmask,
+                          sem="relaxed")
+
+
+@triton.jit
+def _emit(score, thr, ids, other, CNT, OUT_I, OUT_V, ROOM: tl.constexpr, AXIS: tl.constexpr):
+    """Append (other, score) of every entry with score <= thr to the list of its owner: row
+    ``ids[i]`` of OUT_I / OUT_V [*, ROOM] for AXIS 1, column ``ids[j]`` for AXIS 0. One atomic
+    per owner reserves its entries' places (CNT counts past ROOM, so overflow is seen).
+
+    Why not one atomic per entry: Triton 3.9 fails to compile that for a tile from tl.dot
+    (RemoveLayoutConversions) when the owners are its rows."""
+    hit = (score <= thr) & (score < float("inf"))  # +inf: outside the tile
+    if tl.max(tl.max(hit.to(tl.int32), axis=1), axis=0) > 0:
+        h = hit.to(tl.int32)
+        n = tl.sum(h, axis=AXIS)
+        base = tl.atomic_add(CNT + ids, n, mask=n > 0, sem="relaxed")
+        if AXIS == 1:
+            at = base[:, None] + tl.cumsum(h, axis=1) - 1
+            dst = ids.to(tl.int64)[:, None] * ROOM + at
+        else:
+            at = base[None, :] + tl.cumsum(h, axis=0) - 1
+            dst = ids.to(tl.int64)[None, :] * ROOM + at
+        ok = hit & (at < ROOM)
+        tl.store(OUT_I + dst, other, mask=ok)
+        tl.store(OUT_V + dst, score, mask=ok)
+
+
+@triton.jit
+def _emit_kernel(
+    X, Y, NX, NY, IX, IY,           # as _slot_min_kernel
+    TRC, TRS, TCC, TCS,             # [M], [M], [N], [N] float32 thresholds (cost, −cos; rows, columns)
+    NRC, NRS, NCC, NCS,             # the same shapes, int32 counts of pairs within them
+    RCI, RCV, RSI, RSV,             # [M, ROOM] int32 columns and float32 scores per row (cost, −cos)
+    CCI, CCV, CSI, CSV,             # [N, ROOM] int32 rows and float32 scores per column
+    M, N, D, cols_per_split, sx, sy,
+    ROOM: tl.constexpr, COS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
+    nx = tl.load(NX + rows, mask=rmask, other=0.0)
+    ix = tl.load(IX + rows, mask=rmask, other=0.0)
+    trc = tl.load(TRC + rows, mask=rmask, other=float("-inf"))
+    trs = tl.load(TRS + rows, mask=rmask, other=float("-inf"))
+    r2 = tl.broadcast_to(rows[:, None], (BLOCK_M, BLOCK_N))
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
+        cost, neg_cos = _tile_scores(X, Y, NX, NY, IX, IY, rows, rmask, cols, cmask, nx, ix, D, sx, sy,
+                                     BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, COS)
+        c2 = tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))
+        tcc = tl.load(TCC + cols, mask=cmask, other=float("-inf"))
+        _emit(cost, trc[:, None], rows, c2, NRC, RCI, RCV, ROOM, 1)
+        _emit(cost, tcc[None, :], cols, r2, NCC, CCI, CCV, ROOM, 0)
+        if COS:
+            tcs = tl.load(TCS + cols, mask=cmask, other=float("-inf"))
+            _emit(neg_cos, trs[:, None], rows, c2, NRS, RSI, RSV, ROOM, 1)
+            _emit(neg_cos, tcs[None, :], cols, r2, NCS, CSI, CSV, ROOM, 0)
 
 
 @triton.jit
@@ -355,6 +476,106 @@ def _topk(X, Y, nx, ny, ix, iy, kc: int, ks: int, swap: bool, bd: int, splits: i
     return cost, cols_c, cols_s
 
 
+def emit_enabled() -> bool:
+    """``MECHPERM_EMIT_TOPK=1``: the candidate selection by thresholds (opt-in until measured
+    on a GPU; checked against the running top-k under TRITON_INTERPRET=1)."""
+    return os.environ.get("MECHPERM_EMIT_TOPK", "0") == "1"
+
+
+# What the last _topk_emit did (benchmarks print it): pairs within the thresholds per row and
+# column, and how many rows / columns the running top-k had to redo.
+LAST_EMIT: dict = {}
+
+
+def _thresholds(slots: Tensor, k: int) -> Tensor:
+    """float32 [n]: per row of int32 ``_key32`` slots [n, S], the k-th least (+inf if unset)."""
+    key = torch.kthvalue(slots, k, dim=1).values
+    out = (key ^ ((key >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    return torch.where(key == _INT32_MAX, float("inf"), out)
+
+
+def _emitted(count: Tensor, idx: Tensor, val: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The k least (score, index) per row of the emitted lists, and which rows must be redone.
+
+    A row is exact when its list holds at least k pairs and did not overflow: every pair with a
+    score within the threshold is in it, and k of them are, so the k least overall are too
+    (ties broken by index, as the running top-k does)."""
+    room = idx.shape[1]
+    used = torch.arange(room, device=idx.device)[None, :] < count.clamp(max=room)[:, None]
+    b = val.view(torch.int32)
+    key = ((b ^ ((b >> 31) & 0x7FFFFFFF)).to(torch.int64) << 32) | idx.to(torch.int64)
+    key = torch.where(used, key, torch.iinfo(torch.int64).max)
+    if room < k:  # lists shorter than k (only when configured so): every row is redone
+        key = torch.cat([key, key.new_full((key.shape[0], k - room), torch.iinfo(torch.int64).max)], 1)
+    top = torch.topk(key, k, dim=1, largest=False, sorted=True).values
+    score, index = _unpack(top)
+    return score, index, (count < k) | (count > room)
+
+
+def _topk_emit(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, bd: int, splits: int | None):
+    """:func:`_topk` for the rows (A vs B) and the columns (B vs A) in two passes of the GEMM
+    with no running top-k: thresholds from group minima, then every pair within them written
+    out (``_slot_min_kernel``, ``_emit_kernel``). Rows or columns whose list overflows (or,
+    never on exact arithmetic, holds fewer than k pairs) are redone by ``_topk``.
+
+    Returns (row_cost, row_cols, row_sim, col_cost, col_rows, col_sim) as the two ``_topk``."""
+    M, N, dev = A.shape[0], B.shape[0], A.device
+    cos = max(kcr, kcc) > 0
+    kmax = max(kr, kc, kcr, kcc)
+    S = EMIT_SLOTS_PER_K * kmax
+    room = EMIT_ROOM_PER_K * kmax + EMIT_ROOM_EXTRA
+    col_tiles = -(-N // BN)
+    s = splits or _n_splits(M, col_tiles, dev)
+    cols_per_split = -(-col_tiles // s) * BN
+    s = -(-N // cols_per_split)
+    grid = (-(-M // BM), s)
+    geo = (M, N, A.shape[1], cols_per_split, A.stride(0), B.stride(0))
+    meta = dict(BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(A), num_warps=NUM_WARPS,
+                num_stages=_stages(A))
+    rc, cc = (torch.full((n, S), _INT32_MAX, dtype=torch.int32, device=dev) for n in (M, N))
+    rs, cs = ((torch.full((n, S), _INT32_MAX, dtype=torch.int32, device=dev) for n in (M, N)) if cos
+              else (rc, cc))
+    _slot_min_kernel[grid](A, B, na, nb, ia, ib, rc, rs, cc, cs, *geo, S=S, COS=cos, **meta)
+    none = torch.full((1,), float("-inf"), device=dev)
+    thr = [_thresholds(rc, kr), _thresholds(rs, max(kcr, 1)) if kcr else none.expand(M).contiguous(),
+           _thresholds(cc, kc), _thresholds(cs, max(kcc, 1)) if kcc else none.expand(N).contiguous()]
+    del rc, rs, cc, cs
+    sides = (M, M, N, N)
+    counts = [torch.zeros(n, dtype=torch.int32, device=dev) for n in sides]
+    idx = [torch.empty(n, room, dtype=torch.int32, device=dev) for n in sides]
+    val = [torch.empty(n, room, dtype=torch.float32, device=dev) for n in sides]
+    if not cos:  # the −cos lists are never written: no room needed
+        idx[1], idx[3], val[1], val[3] = idx[0], idx[2], val[0], val[2]
+    bufs = [x for pair in zip(idx, val) for x in pair]
+    _emit_kernel[grid](A, B, na, nb, ia, ib, *thr, *counts, *bufs, *geo, ROOM=room, COS=cos, **meta)
+    row_cost, row_cols, redo_r = _emitted(counts[0], idx[0], val[0], kr)
+    col_cost, col_rows, redo_c = _emitted(counts[2], idx[2], val[2], kc)
+    row_sim = col_sim = None
+    if kcr:
+        _, row_sim, bad = _emitted(counts[1], idx[1], val[1], kcr)
+        redo_r |= bad
+    if kcc:
+        _, col_sim, bad = _emitted(counts[3], idx[3], val[3], kcc)
+        redo_c |= bad
+    LAST_EMIT.clear()
+    LAST_EMIT.update(per_row=float(counts[0].float().mean()), per_col=float(counts[2].float().mean()),
+                     rows_redone=int(redo_r.sum()), cols_redone=int(redo_c.sum()), slots=S, room=room)
+    del idx, val, bufs
+    for redo, X, Y, nx, ny, ix, iy, k1, k2, swap, outs in (
+        (redo_r, A, B, na, nb, ia, ib, kr, kcr, False, (row_cost, row_cols, row_sim)),
+        (redo_c, B, A, nb, na, ib, ia, kc, kcc, True, (col_cost, col_rows, col_sim)),
+    ):
+        ids = redo.nonzero().squeeze(1)
+        if ids.numel() == 0:
+            continue
+        got = _topk(X[ids].contiguous(), Y, nx[ids].contiguous(), ny, ix[ids].contiguous(), iy, k1, k2, swap, bd,
+                    None)
+        for out, new in zip(outs, got):
+            if out is not None:
+                out[ids] = new.to(out.dtype)
+    return row_cost, row_cols, row_sim, col_cost, col_rows, col_sim
+
+
 def pair_costs(A: Tensor, B: Tensor, na: Tensor, nb: Tensor, i: Tensor, j: Tensor, bd: int, *,
                fp64: bool = False) -> Tensor:
     """float32 costs of the pairs (A[i], B[j]); ``fp64``: the dot in float64 and the cost rounded
@@ -383,8 +604,14 @@ def candidates(A: Tensor, B: Tensor, *, k: int, k_cos: int, splits: int | None =
             f"the triton backend keeps at most 128 partners per row (k={k}, k_cos={k_cos}); use backend='torch'"
         )
     ia, ib = ref._inv_norms(na), ref._inv_norms(nb)
-    row_cost, row_cols, row_sim = _topk(A, B, na, nb, ia, ib, kr, kcr, False, bd, splits)
-    col_cost, col_rows, col_sim = _topk(B, A, nb, na, ib, ia, kc, kcc, True, bd, splits)
+    S = EMIT_SLOTS_PER_K * max(kr, kc, kcr, kcc)
+    # Every group needs a pair; 128-wide tiles abort Triton 3.9's compiler (LLVM) in _emit_kernel.
+    if emit_enabled() and -(-Fa // BM) >= S and -(-Fb // BN) >= S and BN <= 64:
+        row_cost, row_cols, row_sim, col_cost, col_rows, col_sim = _topk_emit(
+            A, B, na, nb, ia, ib, kr, kc, kcr, kcc, bd, splits)
+    else:
+        row_cost, row_cols, row_sim = _topk(A, B, na, nb, ia, ib, kr, kcr, False, bd, splits)
+        col_cost, col_rows, col_sim = _topk(B, A, nb, na, ib, ia, kc, kcc, True, bd, splits)
     ids_a = torch.arange(Fa, device=A.device)[:, None]
     ids_b = torch.arange(Fb, device=A.device)[:, None]
     parts = [(ids_a.expand(Fa, kr), row_cols, row_cost), (col_rows, ids_b.expand(Fb, kc), col_cost)]
