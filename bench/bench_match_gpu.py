@@ -137,7 +137,8 @@ def main() -> None:
         t = out["timings"]
         print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if args.gpu_screen else ''}{' emit' if args.emit_topk else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
               f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
-              f"candidates {t.get('candidates', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "
+              f"candidates {t.get('candidates', 0):.3f} s  graph {t.get('graph', 0):.3f} s  "
+              f"assign {t.get('assign', 0):.3f} s  bounds {t.get('bounds', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "
               f"solve {t.get('solve', 0):.3f} s  priced rows {(out['solver'] or {}).get('priced_rows')}"
               f"{'  emit ' + str(out['emit']) if out.get('emit') else ''}",
               file=sys.stderr, flush=True)

@@ -40,7 +40,9 @@ class MatchResult:
     stats: dict[str, Any] = field(default_factory=dict)
     """Candidate-graph and solver statistics (edges, rounds, phases, ...)."""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds spent per stage (features, candidates, solve, pricing, total)."""
+    """Seconds spent per stage: features, solve (all of the assignment), total; and, on the
+    sparse path, within solve: candidates (the cost kernels), graph (their output made the
+    solver's graph), assign (the native solver), bounds, pricing (the certificate's)."""
     neighbors: Tensor | None = None
     """int64 [F_a, k] for ``mode="topk"``: each feature's k nearest features of B, nearest first."""
     neighbor_costs: Tensor | None = None
