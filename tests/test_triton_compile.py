@@ -1,0 +1,99 @@
+"""Every Triton kernel compiles for an H100 (sm_90) with the launch constants the host code uses.
+
+The interpreter (TRITON_INTERPRET=1, how the other tests run the kernels on a CPU) executes the
+Python of a kernel, not the compiler: a kernel can pass there and fail to compile, or abort the
+compiler (an LLVM assertion kills the process, hence one subprocess per kernel). Triton ships
+ptxas, so this runs without a GPU (~30 s on 2 cores).
+
+    python tests/test_triton_compile.py KERNEL DTYPE     # one compile, what the tests run
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Pointer arguments by kernel (X and Y take the input dtype); other non-constexpr arguments are
+# int32 but for GAMMA and ABS (float).
+POINTERS = {
+    "_topk_kernel": dict(NX="fp32", NY="fp32", IX="fp32", IY="fp32", OUT_C="i64", OUT_S="i64"),
+    "_slot_min_kernel": dict(NX="fp32", NY="fp32", IX="fp32", IY="fp32", RC="i32", RS="i32", CC="i32", CS="i32"),
+    "_emit_kernel": dict(NX="fp32", NY="fp32", IX="fp32", IY="fp32", TRC="fp32", TRS="fp32", TCC="fp32",
+                         TCS="fp32", NRC="i32", NRS="i32", NCC="i32", NCS="i32", RCI="i32", RCV="fp32",
+                         RSI="i32", RSV="fp32", CCI="i32", CCV="fp32", CSI="i32", CSV="fp32"),
+    "_pair_kernel": dict(NX="fp32", NY="fp32", I="i64", J="i64", OUT="fp32"),
+    "_dense_kernel": dict(NX="fp32", NY="fp32", OUT="fp32"),
+    "_price_kernel": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", ROWS="i64", TOL="fp64", OUT_R="i64",
+                          OUT_C="i64", OUT_COST="fp32", COUNT="i32"),
+    "_topq_kernel": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", SX="fp64", SY="fp64", OUT="i64"),
+}
+
+
+def _constants(name: str, dtype: str) -> tuple[dict, int, int]:
+    """(constexprs, warps, stages) as the host functions launch the kernel at k = 32."""
+    from mechperm.kernels import triton_candidates as tc
+
+    bd = tc.BD_FP32 if dtype == "fp32" else tc.BD_16
+    prec = "tf32x3" if dtype == "fp32" else None
+    stages = tc.NUM_STAGES if dtype == "fp32" else tc.NUM_STAGES_16
+    tile = dict(BLOCK_M=tc.BM, BLOCK_N=tc.BN, BLOCK_D=bd, PRECISION=prec)
+    warps = tc.NUM_WARPS
+    if name == "_topk_kernel":
+        c = dict(KC=32, KS=32, KP=32, SWAP=False, **tile)
+    elif name == "_slot_min_kernel":
+        c = dict(S=tc.EMIT_SLOTS_PER_K * 32, COS=True, **tile)
+    elif name == "_emit_kernel":
+        c = dict(ROOM=tc.EMIT_ROOM_PER_K * 32 + tc.EMIT_ROOM_EXTRA, COS=True, **tile)
+    elif name == "_pair_kernel":
+        c, stages = dict(BLOCK_P=64, BLOCK_D=bd, FP64=False), 3
+    elif name == "_dense_kernel":
+        c = dict(BLOCK_M=tc.DENSE_BM, BLOCK_N=tc.DENSE_BN, BLOCK_D=bd, PRECISION=prec)
+        warps = tc.DENSE_WARPS
+    elif name == "_price_kernel":
+        c = dict(**tile)
+    else:  # _topq_kernel, screened (its larger epilogue)
+        c = dict(Q=64, KP=64, SCREEN=True, **tile)
+    return c, warps, stages
+
+
+def compile_one(name: str, dtype: str) -> int:
+    """Compile one kernel for sm_90; returns its shared memory in bytes."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from mechperm.kernels import triton_candidates as tc
+
+    fn = getattr(tc, name)
+    consts, warps, stages = _constants(name, dtype)
+    ptrs = POINTERS[name]
+    sig = {}
+    for arg in fn.arg_names:
+        if arg in consts:
+            sig[arg] = "constexpr"
+        elif arg in ("X", "Y"):
+            sig[arg] = "*" + dtype
+        elif arg in ptrs:
+            sig[arg] = "*" + ptrs[arg]
+        else:
+            sig[arg] = "fp32" if arg in ("GAMMA", "ABS") else "i32"
+    kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": warps, "num_stages": stages})
+    return int(kernel.metadata.shared)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", sorted(POINTERS))
+def test_kernel_compiles_for_sm90(name: str, dtype: str) -> None:
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, __file__, name, dtype], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, f"{name} ({dtype}) does not compile for sm_90:\n{out.stderr[-3000:]}"
+    assert int(out.stdout.split()[-1]) <= 228 * 1024  # an H100 block's shared memory
+
+
+if __name__ == "__main__":
+    print(compile_one(sys.argv[1], sys.argv[2]))
