@@ -475,6 +475,19 @@ def test_triton_emit_selection_matches_torch(emit, Fa, Fb, D, dtype, k, k_cos, s
         assert emit.LAST_EMIT["per_row"] < 2.5 * max(k, k_cos)
 
 
+
+@pytest.mark.parametrize("splits", [None, 2])
+def test_triton_emit_thresholds_from_every_pth_tile(emit, monkeypatch: pytest.MonkeyPatch, splits) -> None:
+    """S = k groups, so F = 200 (13 tiles) has room for a stride P = 3: the thresholds' pass
+    computes a third of the tiles (every row and column still sees k of them, from distinct
+    pairs); lists selected in chunks of 7 rows."""
+    monkeypatch.setattr(emit, "EMIT_SLOTS_PER_K", 1)
+    monkeypatch.setattr(emit, "EMIT_CHUNK", 7)
+    A, B = _emit_inputs(200, 210, 24, torch.float32, "random", seed=84)
+    gt = emit.candidates(A.to(TRITON_DEVICE), B.to(TRITON_DEVICE), k=2, k_cos=2, splits=splits)
+    assert emit.LAST_EMIT["stride"] == 3 and emit.LAST_EMIT["slots"] == 2
+    assert_same_graph(gt.to("cpu"), candidates(A, B, k=2, k_cos=2))
+
 @pytest.mark.parametrize("room_per_k, extra, ordering", [(0, 1, "random"), (2, 6, "ties")])
 def test_triton_emit_redoes_overflowing_rows(emit, monkeypatch: pytest.MonkeyPatch, room_per_k, extra, ordering) -> None:
     """Lists too short: the rows and columns that overflow (every one where the room is below k;

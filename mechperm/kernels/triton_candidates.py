@@ -16,9 +16,10 @@ _slot_min_kernel / _emit_kernel
                  the same selection, rows and columns in one launch each, without a running
                  top-k (opt-in, ``MECHPERM_EMIT_TOPK=1``; see ``_topk_emit``): the first pass
                  keeps, per row and per column, the minima of S = 4k interleaved groups of
-                 tiles (atomic minima in global memory); the k-th of those is a threshold
-                 that k distinct pairs meet; the second pass writes out every pair within it
-                 (~1.2k a row where the columns come in no particular order)
+                 tiles (atomic minima in global memory; from F = 32768 on it computes only
+                 every P-th tile, P <= 4); the k-th of those is a threshold that k distinct
+                 pairs meet; the second pass writes out every pair within it (~1.15 kP a row
+                 where the columns come in no particular order): 1 + 1/P GEMMs in all
 _pair_kernel     costs of listed pairs (the cosine edges' costs; row-wise dot, so they agree
                  with tile costs to float32 rounding, not bit for bit)
 _dense_kernel    the full cost matrix
@@ -56,10 +57,13 @@ NUM_WARPS, NUM_STAGES, NUM_STAGES_16 = 4, 3, 4
 # The dense kernel (the CUDA pricer's rows, small dense problems) keeps no top-k in registers:
 # it takes a plain GEMM's larger tiles.
 DENSE_BM, DENSE_BN, DENSE_WARPS = 128, 128, 8
-# The emission path (_topk_emit): groups per row / column = EMIT_SLOTS_PER_K x the largest k,
-# room per row / column = EMIT_ROOM_PER_K x k + EMIT_ROOM_EXTRA (overflowing rows are redone by
-# _topk). On i.i.d. orderings S = 4k leaves ~1.15k pairs within the threshold (p99 1.4k).
-EMIT_SLOTS_PER_K, EMIT_ROOM_PER_K, EMIT_ROOM_EXTRA = 4, 2, 32
+# The emission path (_topk_emit): groups per row / column S = EMIT_SLOTS_PER_K x the largest k;
+# the thresholds' pass computes 1/P of the tiles, P <= EMIT_STRIDE_MAX while every row and
+# column still sees 2S tiles; room per row / column = EMIT_ROOM_PER_K x k x P + EMIT_ROOM_EXTRA
+# (overflowing rows are redone by _topk). Simulated on i.i.d. orderings, S = 4k leaves ~1.15 kP
+# pairs within the threshold (F = 1M, P = 4: mean 141, max of 30 rows 192 at k = 32).
+EMIT_SLOTS_PER_K, EMIT_STRIDE_MAX, EMIT_ROOM_PER_K, EMIT_ROOM_EXTRA = 4, 4, 2, 32
+EMIT_CHUNK = 1 << 16  # rows of the emitted lists selected at a time (bounds the temporaries)
 _INT32_MAX = 2**31 - 1
 
 
@@ -215,24 +219,30 @@ def _slot_min_kernel(
     RC, RS,          # [M, S] int32 (_key32) per row: least cost, least −cos of each tile group
     CC, CS,          # [N, S] int32 per column: the same over row-block groups
     M, N, D, cols_per_split, sx, sy,
+    P,               # stride: row block b visits the column tiles t with t = b mod P only
     S: tl.constexpr, COS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Group minima: tile column t of a row goes to slot t mod S, row block b of a column to slot
-    b mod S. Each slot's minimum is one pair's score and the slots' pairs are distinct, so the
-    k-th least slot is met by k distinct pairs: at least the k-th least score overall."""
+    """Group minima over the tiles (b, t) with t = b mod P (1/P of the GEMM): column tile t of
+    a row goes to slot (t div P) mod S, row block b of a column to slot (b div P) mod S. Each
+    slot's minimum is one pair's score and the slots' pairs are distinct, so the k-th least slot
+    is met by k distinct pairs: at least the k-th least score overall."""
     rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
     nx = tl.load(NX + rows, mask=rmask, other=0.0)
     ix = tl.load(IX + rows, mask=rmask, other=0.0)
     row_slots = rows.to(tl.int64) * S
-    col_slot = tl.program_id(0) % S
-    for n0 in range(n_lo, n_hi, BLOCK_N):
+    b = tl.program_id(0)
+    col_slot = (b // P) % S
+    t_lo = n_lo // BLOCK_N
+    first = t_lo + ((b - t_lo) % P + P) % P  # the first tile of the split with t = b mod P
+    for n0 in range(first * BLOCK_N, n_hi, BLOCK_N * P):
         cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
         cost, neg_cos = _tile_scores(X, Y, NX, NY, IX, IY, rows, rmask, cols, cmask, nx, ix, D, sx, sy,
                                      BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, COS)
-        t_slot = (n0 // BLOCK_N) % S
+        t_slot = (n0 // BLOCK_N // P) % S
         tl.atomic_min(RC + row_slots + t_slot, _key32(tl.min(cost, axis=1)), mask=rmask, sem="relaxed")
-        tl.atomic_min(CC + cols.to(tl.int64) * S + col_slot, _key32(tl.min(cost, axis=0)), mask=cmask, sem="relaxed")
+        tl.atomic_min(CC + cols.to(tl.int64) * S + col_slot, _key32(tl.min(cost, axis=0)), mask=cmask,
+                      sem="relaxed")
         if COS:
             tl.atomic_min(RS + row_slots + t_slot, _key32(tl.min(neg_cos, axis=1)), mask=rmask, sem="relaxed")
             tl.atomic_min(CS + cols.to(tl.int64) * S + col_slot, _key32(tl.min(neg_cos, axis=0)), mask=cmask,
@@ -500,15 +510,19 @@ def _emitted(count: Tensor, idx: Tensor, val: Tensor, k: int) -> tuple[Tensor, T
     A row is exact when its list holds at least k pairs and did not overflow: every pair with a
     score within the threshold is in it, and k of them are, so the k least overall are too
     (ties broken by index, as the running top-k does)."""
-    room = idx.shape[1]
-    used = torch.arange(room, device=idx.device)[None, :] < count.clamp(max=room)[:, None]
-    b = val.view(torch.int32)
-    key = ((b ^ ((b >> 31) & 0x7FFFFFFF)).to(torch.int64) << 32) | idx.to(torch.int64)
-    key = torch.where(used, key, torch.iinfo(torch.int64).max)
-    if room < k:  # lists shorter than k (only when configured so): every row is redone
-        key = torch.cat([key, key.new_full((key.shape[0], k - room), torch.iinfo(torch.int64).max)], 1)
-    top = torch.topk(key, k, dim=1, largest=False, sorted=True).values
-    score, index = _unpack(top)
+    n, room = idx.shape
+    score = torch.empty(n, k, dtype=torch.float32, device=idx.device)
+    index = torch.empty(n, k, dtype=torch.int64, device=idx.device)
+    big = torch.iinfo(torch.int64).max
+    for r0 in range(0, n, EMIT_CHUNK):
+        r1 = min(n, r0 + EMIT_CHUNK)
+        used = torch.arange(room, device=idx.device)[None, :] < count[r0:r1].clamp(max=room)[:, None]
+        b = val[r0:r1].view(torch.int32)
+        key = ((b ^ ((b >> 31) & 0x7FFFFFFF)).to(torch.int64) << 32) | idx[r0:r1].to(torch.int64)
+        key.masked_fill_(~used, big)
+        if room < k:  # lists shorter than k (only when configured so): every row is redone
+            key = torch.cat([key, key.new_full((r1 - r0, k - room), big)], 1)
+        score[r0:r1], index[r0:r1] = _unpack(torch.topk(key, k, dim=1, largest=False, sorted=True).values)
     return score, index, (count < k) | (count > room)
 
 
@@ -523,8 +537,9 @@ def _topk_emit(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, bd: i
     cos = max(kcr, kcc) > 0
     kmax = max(kr, kc, kcr, kcc)
     S = EMIT_SLOTS_PER_K * kmax
-    room = EMIT_ROOM_PER_K * kmax + EMIT_ROOM_EXTRA
     col_tiles = -(-N // BN)
+    P = max(1, min(EMIT_STRIDE_MAX, min(-(-M // BM), col_tiles) // (2 * S)))
+    room = EMIT_ROOM_PER_K * kmax * P + EMIT_ROOM_EXTRA
     s = splits or _n_splits(M, col_tiles, dev)
     cols_per_split = -(-col_tiles // s) * BN
     s = -(-N // cols_per_split)
@@ -535,7 +550,7 @@ def _topk_emit(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, bd: i
     rc, cc = (torch.full((n, S), _INT32_MAX, dtype=torch.int32, device=dev) for n in (M, N))
     rs, cs = ((torch.full((n, S), _INT32_MAX, dtype=torch.int32, device=dev) for n in (M, N)) if cos
               else (rc, cc))
-    _slot_min_kernel[grid](A, B, na, nb, ia, ib, rc, rs, cc, cs, *geo, S=S, COS=cos, **meta)
+    _slot_min_kernel[grid](A, B, na, nb, ia, ib, rc, rs, cc, cs, *geo, P, S=S, COS=cos, **meta)
     none = torch.full((1,), float("-inf"), device=dev)
     thr = [_thresholds(rc, kr), _thresholds(rs, max(kcr, 1)) if kcr else none.expand(M).contiguous(),
            _thresholds(cc, kc), _thresholds(cs, max(kcc, 1)) if kcc else none.expand(N).contiguous()]
@@ -559,7 +574,8 @@ def _topk_emit(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, bd: i
         redo_c |= bad
     LAST_EMIT.clear()
     LAST_EMIT.update(per_row=float(counts[0].float().mean()), per_col=float(counts[2].float().mean()),
-                     rows_redone=int(redo_r.sum()), cols_redone=int(redo_c.sum()), slots=S, room=room)
+                     rows_redone=int(redo_r.sum()), cols_redone=int(redo_c.sum()), slots=S, stride=P,
+                     room=room)
     del idx, val, bufs
     for redo, X, Y, nx, ny, ix, iy, k1, k2, swap, outs in (
         (redo_r, A, B, na, nb, ia, ib, kr, kcr, False, (row_cost, row_cols, row_sim)),
