@@ -116,6 +116,29 @@ def test_screened_sparse_path_is_exact(gpu_screen, sigma: float, Fb: int) -> Non
     assert sorted(res.perm[res.perm >= 0].tolist()) == sorted(set(res.perm[res.perm >= 0].tolist()))
 
 
+
+def test_screened_path_on_emitted_candidates(gpu_screen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The screen's bf16 candidates from the emission path (MECHPERM_EMIT_TOPK; 16-wide tiles,
+    k = 1, so F = 80 has its tile groups): the graph's bounds hold for every pair left out, and
+    the match is exact."""
+    monkeypatch.setenv("MECHPERM_EMIT_TOPK", "1")
+    monkeypatch.setattr(gpu_screen, "BM", 16)
+    monkeypatch.setattr(gpu_screen, "BN", 16)
+    gpu_screen.LAST_EMIT.clear()
+    A, B = vectors(80, 24, seed=8, sigma=1.5, Fb=90)
+    g, _ = screen_cuda.solver_graph(screen_cuda.prepare(A, B), 1)
+    assert gpu_screen.LAST_EMIT.get("slots") == 4
+    C = screen.exact_dense_costs(A.cpu(), B.cpu()).double().numpy()
+    rows = np.repeat(np.arange(80), np.diff(g.indptr))
+    out = np.ones(C.shape, bool)
+    out[rows, g.indices] = False
+    i, j = np.nonzero(out)
+    assert (C[i, j] >= g.row_bound[i]).all() and (C[i, j] >= g.col_bound[j]).all()
+    res = match_vectors(A, B, dense_limit=0, candidates_k=1)
+    r, c = linear_sum_assignment(C)
+    assert res.certified
+    assert res.objective == pytest.approx(float(C[r, c].sum()), rel=1e-9, abs=1e-9)
+
 def test_pricer_falls_back_to_exact_rows(gpu_screen, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows whose screened bound stays below 0 up to 128 pairs are priced exactly, whole."""
     A, B = vectors(40, 16, seed=8, Fb=150)
