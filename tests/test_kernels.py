@@ -532,6 +532,23 @@ def test_triton_emit_through_match(emit, monkeypatch: pytest.MonkeyPatch) -> Non
     assert res.certified
     assert res.objective == pytest.approx(float(C[i, j].sum()), rel=1e-6)
 
+
+@pytest.mark.parametrize("D", [64, 4608])  # Pythia-70M's residual stream .. Gemma-2-27B's
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_candidates_at_the_widths_of_real_saes(tc, D: int, dtype: torch.dtype) -> None:
+    """The torch kernels' graph holds the k cheapest and most similar of the dense costs, and
+    the Triton kernels' (interpreted, 72 D chunks at 4608) equals it."""
+    A, B = heavy_tailed(70, D, sigma=1.0, seed=D)
+    A, B = A.to(dtype), B[:50].to(dtype)
+    g = candidates(A, B, k=4)
+    C = dense_costs(A, B)
+    _, cos = brute(A, B)
+    want = topk_pairs(C, 4, 1, False) | topk_pairs(C, 4, 0, False)
+    want |= topk_pairs(cos, 4, 1, True) | topk_pairs(cos, 4, 0, True)
+    assert edge_set(g) == want
+    check_bounds(g, C)
+    assert_same_graph(tc.candidates(A.to(TRITON_DEVICE), B.to(TRITON_DEVICE), k=4, k_cos=4).to("cpu"), g)
+
 def test_triton_through_the_dispatcher(tc, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("MECHPERM_KERNELS", "triton")
