@@ -684,13 +684,17 @@ private:
     Status finish() {
         if (out_.phases > 0 && !tighten()) return Status::INTERRUPTED;
         // Releasing row i frees only its own column: rows run in parallel.
-        if (!each_row([&](int64_t i) {
-                if (rc_[i] < 0) return;
-                double c1;
-                const Best b = g_.scan(i, p_.data(), c1);
-                if (value(i) > b.b1) release(i);
-            }))
+        auto check = [&](int64_t i) {
+            if (rc_[i] < 0) return;
+            double c1;
+            const Best b = g_.scan(i, p_.data(), c1);
+            if (value(i) > b.b1) release(i);
+        };
+        if (!G::kDense && opt_.changed_rows != nullptr && opt_.init_row_to_col != nullptr && out_.phases == 0) {
+            for (int64_t t = 0; t < opt_.n_changed; ++t) check(opt_.changed_rows[t]);
+        } else if (!each_row(check)) {
             return Status::INTERRUPTED;
+        }
         if (M_ > n_) {
             double level = -kInf;
             for (int64_t j = 0; j < M_; ++j)

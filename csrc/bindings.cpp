@@ -220,13 +220,27 @@ py::dict solve_sparse_py(const py::array& indptr, const py::array& indices,
                          const py::array& costs, int64_t n, int64_t m,
                          const py::object& unmatched, const py::object& init_v,
                          const py::object& init_r2c, double eps_start, double eps_final,
-                         double eps_factor, bool check_feasible, double sap_budget, int threads) {
+                         double eps_factor, bool check_feasible, double sap_budget, int threads,
+                         const py::object& changed_rows) {
     if (n < 0 || m < 0) throw py::value_error("shape must be non-negative");
     check_csr(indptr, indices, costs, n);
     PollState poll;
     SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
                                     eps_factor, sap_budget, threads, poll);
     opt.check_feasible = check_feasible;
+    py::array changed;
+    if (!changed_rows.is_none()) {
+        if (init_r2c.is_none() || init_v.is_none() || eps_start >= 0.0)
+            throw py::value_error("changed_rows needs a warm start (init_v, init_row_to_col) with eps_start < 0");
+        changed = py::array::ensure(changed_rows);
+        const int64_t* rows = require<int64_t>(changed, "changed_rows", 1);
+        opt.n_changed = changed.shape(0);
+        for (int64_t t = 0; t < opt.n_changed; ++t)
+            if (rows[t] < 0 || rows[t] >= n)
+                throw py::value_error("changed_rows[" + std::to_string(t) + "] = " + std::to_string(rows[t]) +
+                                      " is out of range [0, " + std::to_string(n) + ")");
+        opt.changed_rows = rows;
+    }
     Outputs o(n, m, opt.unmatched_cost != nullptr);
     Status st;
     const bool i32 = is_c_array<int32_t>(indices), f32 = is_c_array<float>(costs);
@@ -517,6 +531,41 @@ py::array_t<int64_t> csr_find_py(const py::array& indptr, const py::array& indic
 }
 
 template <class I, class T>
+int64_t csr_margins_typed(const int64_t* p, const py::array& indices, const py::array& costs, int64_t n, int64_t m,
+                          const int64_t* r2c, const double* u, const double* v, int threads, double* o) {
+    const I* ix = require<I>(indices, "indices", 1, p[n]);
+    const T* cs = require<T>(costs, "costs", 1, p[n]);
+    py::gil_scoped_release release;
+    return csr_margins(p, ix, cs, n, m, r2c, u, v, threads, o);
+}
+
+py::array_t<double> csr_margins_py(const py::array& indptr, const py::array& indices, const py::array& costs,
+                                   const py::array& row_to_col, const py::array& u, const py::array& v,
+                                   int threads) {
+    if (indptr.ndim() != 1 || indptr.shape(0) < 1) throw py::value_error("indptr must be 1-D with n + 1 entries");
+    const int64_t n = indptr.shape(0) - 1;
+    const int64_t* p = require<int64_t>(indptr, "indptr", 1, n + 1);
+    if (p[0] != 0) throw py::value_error("indptr[0] must be 0");
+    for (int64_t i = 0; i < n; ++i)
+        if (p[i + 1] < p[i]) throw py::value_error("indptr must be non-decreasing");
+    const int64_t* r2c = require<int64_t>(row_to_col, "row_to_col", 1, n);
+    const double* up = require<double>(u, "u", 1, n);
+    if (v.ndim() != 1) throw py::value_error("v must be 1-D");
+    const int64_t m = v.shape(0);
+    const double* vp = require<double>(v, "v", 1, m);
+    py::array_t<double> out(n);
+    double* o = out.mutable_data();
+    const bool i32 = is_c_array<int32_t>(indices), f32 = is_c_array<float>(costs);
+    const int64_t bad = i32 ? (f32 ? csr_margins_typed<int32_t, float>(p, indices, costs, n, m, r2c, up, vp, threads, o)
+                                   : csr_margins_typed<int32_t, double>(p, indices, costs, n, m, r2c, up, vp, threads, o))
+                            : (f32 ? csr_margins_typed<int64_t, float>(p, indices, costs, n, m, r2c, up, vp, threads, o)
+                                   : csr_margins_typed<int64_t, double>(p, indices, costs, n, m, r2c, up, vp, threads, o));
+    if (bad >= 0) throw py::value_error("column index at position " + std::to_string(bad) + " is out of range [0, " +
+                                        std::to_string(m) + ") (len(v))");
+    return out;
+}
+
+template <class I, class T>
 int64_t csr_insert_inplace_typed(int64_t* p, const py::array& indices, const py::array& costs, int64_t n,
                                  const int64_t* r, const int64_t* c, const py::array& new_costs, int64_t q) {
     const T* w = require<T>(new_costs, "new_costs", 1, q);
@@ -687,8 +736,10 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("eps_start") = 0.0,
           py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0,
           py::arg("check_feasible") = true, py::arg("sap_budget") = 1.0, py::arg("threads") = 1,
+          py::arg("changed_rows") = py::none(),
           "Min-cost assignment of every row of a CSR graph (int64 indptr, int32/int64 indices, "
-          "float32/float64 costs).");
+          "float32/float64 costs). changed_rows (warm starts with eps_start < 0): the rows whose arcs "
+          "changed since the solve that gave init_v and init_row_to_col (default: all).");
     m.def("max_matching", &max_matching_py, py::arg("indptr"), py::arg("indices"), py::arg("n"),
           py::arg("m"), "Maximum bipartite matching (Hopcroft-Karp): (size, row_to_col).");
     m.def("dense_candidates", &dense_candidates_py, py::arg("cost"), py::arg("k_row"),
@@ -727,6 +778,10 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("rows"), py::arg("cols"), py::arg("new_costs"),
           "Add the arcs not in a column-sorted CSR graph yet (the first of duplicates), in place: indices and costs hold indptr[-1] arcs and room for len(rows) more; indptr is "
           "updated; returns the number of arcs added.");
+    m.def("csr_margins", &csr_margins_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"),
+          py::arg("row_to_col"), py::arg("u"), py::arg("v"), py::arg("threads") = 1,
+          "Per row, max(0, least (c_ij - u_i) - v_j over its arcs but row_to_col[i]) (inf without one; NaN "
+          "where row_to_col[i] < 0).");
     m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
           py::arg("threads") = 1,
           "float64 dots of the pairs (a[rows[t]], b[cols[t]]) of float32 rows.");

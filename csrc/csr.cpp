@@ -2,8 +2,13 @@
 #include "csr.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
+
+#include "parallel.hpp"
 
 namespace mechperm {
 
@@ -83,6 +88,28 @@ int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_
     return nf;
 }
 
+template <class I, class T>
+int64_t csr_margins(const int64_t* ptr, const I* idx, const T* cst, int64_t n, int64_t m, const int64_t* r2c,
+                    const double* u, const double* v, int threads, double* out) {
+    constexpr int64_t kBlock = 1024;
+    std::atomic<int64_t> bad{-1};
+    parallel_blocks((n + kBlock - 1) / kBlock, threads, [&](int64_t b) {
+        for (int64_t i = b * kBlock, e = std::min(n, i + kBlock); i < e; ++i) {
+            double best = std::numeric_limits<double>::infinity();
+            for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
+                const int64_t j = int64_t(idx[k]);
+                if (j < 0 || j >= m) {
+                    bad = k;
+                    break;
+                }
+                if (j != r2c[i]) best = std::min(best, (double(cst[k]) - u[i]) - v[j]);
+            }
+            out[i] = r2c[i] < 0 ? std::numeric_limits<double>::quiet_NaN() : std::max(best, 0.0);
+        }
+    });
+    return bad.load();
+}
+
 template void csr_find<int32_t>(const int64_t*, const int32_t*, const int64_t*, const int64_t*, int64_t,
                                 int64_t*);
 template void csr_find<int64_t>(const int64_t*, const int64_t*, const int64_t*, const int64_t*, int64_t,
@@ -95,5 +122,13 @@ MECHPERM_INPLACE(int32_t, double)
 MECHPERM_INPLACE(int64_t, float)
 MECHPERM_INPLACE(int64_t, double)
 #undef MECHPERM_INPLACE
+#define MECHPERM_MARGINS(I, T)                                                                            \
+    template int64_t csr_margins<I, T>(const int64_t*, const I*, const T*, int64_t, int64_t, const int64_t*, \
+                                       const double*, const double*, int, double*);
+MECHPERM_MARGINS(int32_t, float)
+MECHPERM_MARGINS(int32_t, double)
+MECHPERM_MARGINS(int64_t, float)
+MECHPERM_MARGINS(int64_t, double)
+#undef MECHPERM_MARGINS
 
 }  // namespace mechperm

@@ -22,4 +22,11 @@ template <class I, class T>
 int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_t* rows, const int64_t* cols,
                            const T* costs, int64_t q);
 
+// out[i] = max(0, least (c_ij - u_i) - v_j over row i's arcs but its own, r2c[i]): how much
+// worse the best alternative is (+inf without one, NaN for an unassigned row, r2c[i] < 0).
+// Returns -1, or the position of an arc whose column is outside [0, m) (out is then partial).
+template <class I, class T>
+int64_t csr_margins(const int64_t* ptr, const I* idx, const T* cst, int64_t n, int64_t m, const int64_t* r2c,
+                    const double* u, const double* v, int threads, double* out);
+
 }  // namespace mechperm

@@ -866,6 +866,44 @@ def test_warm_start_skips_the_attempt():
     assert close(warm["objective"], cold["objective"])
 
 
+
+@pytest.mark.parametrize("seed", range(6))
+def test_warm_restart_checks_only_the_changed_rows(seed):
+    """The exact loop's restart: solve on a graph, add arcs to some rows (some of them better
+    than the rows' columns), warm-restart telling the solver which rows changed: optimal on the
+    new graph (scipy on its dense form), the same objective as checking every row. Bad rows
+    and options are refused."""
+    rng = np.random.default_rng(seed)
+    n, m = 120, 120 + 15 * (seed % 2)
+    C = np.exp(rng.normal(size=(n, m))).astype(np.float32)
+    keep = rng.random((n, m)) < 0.08
+    keep[np.arange(n), rng.permutation(m)[:n]] = True  # a perfect matching exists
+    more = keep | ((rng.random((n, m)) < 0.1) & (np.arange(n)[:, None] % 4 == 0))  # new arcs: every 4th row
+
+    def csr(mask):
+        r, c = np.nonzero(mask)
+        return np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64), c.astype(np.int32), C[r, c]
+
+    first = _auction.solve_sparse(*csr(keep), n, m)
+    changed = np.flatnonzero((more & ~keep).any(1)).astype(np.int64)
+    warm = dict(init_v=first["v"], init_row_to_col=first["row_to_col"], eps_start=-1.0)
+    some = _auction.solve_sparse(*csr(more), n, m, changed_rows=changed, **warm)
+    every = _auction.solve_sparse(*csr(more), n, m, **warm)
+    dense = np.where(more, C.astype(np.float64), 1e9)
+    i, j = linear_sum_assignment(dense)
+    assert close(some["objective"], float(dense[i, j].sum())) and close(some["objective"], every["objective"])
+    red = dense - some["u"][:, None] - some["v"][None, :]
+    assert float(red[more].min()) >= -1e-9  # the duals stay feasible on every arc
+    # The option is used: told that no row changed, the solver keeps the old assignment, which
+    # the new arcs beat, and its duals (row minima over every arc) prove it no better than that.
+    stale = _auction.solve_sparse(*csr(more), n, m, changed_rows=np.empty(0, np.int64), **warm)
+    assert np.array_equal(stale["row_to_col"], first["row_to_col"])
+    assert stale["objective"] > some["objective"] + 1e-6 and stale["dual_objective"] <= some["objective"] + 1e-9
+    with pytest.raises(ValueError, match=r"changed_rows\[0\] = 120 is out of range"):
+        _auction.solve_sparse(*csr(more), n, m, changed_rows=np.array([n]), **warm)
+    with pytest.raises(ValueError, match="needs a warm start"):
+        _auction.solve_sparse(*csr(more), n, m, changed_rows=changed)
+
 # ---- slow: large instances ----------------------------------------------------------------------
 
 

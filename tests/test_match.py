@@ -125,8 +125,9 @@ def test_margins_dense_and_sparse(stack) -> None:
 
 
 def test_sparse_margins_against_numpy() -> None:
-    """The sparse path's margins (a reduceat over the CSR rows) = min over each row's other arcs
-    of c - u - v, inf for a row without other arcs, NaN where unassigned."""
+    """The sparse path's margins (one C++ pass over the CSR rows) = min over each row's other
+    arcs of c - u - v, inf for a row without other arcs, NaN where unassigned; int32 and int64
+    columns, float32 and float64 costs; a column outside v is refused."""
     import sys
 
     M = sys.modules["mechperm.match"]
@@ -136,7 +137,8 @@ def test_sparse_margins_against_numpy() -> None:
         mask = rng.random((n, m)) < rng.random()
         r, c = np.nonzero(mask)
         indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
-        costs = rng.random(len(c)).astype(np.float32)
+        costs = rng.random(len(c)).astype([np.float32, np.float64][_ % 2])
+        c = c.astype([np.int64, np.int32][_ % 3 == 0])
         u, v = rng.random(n), rng.random(m)
         r2c = np.where(rng.random(n) < 0.8, rng.integers(0, m, n), -1)
         red = costs.astype(np.float64) - u[r] - v[c]
@@ -146,6 +148,9 @@ def test_sparse_margins_against_numpy() -> None:
         want[r2c < 0] = np.nan
         got = M._margins(r2c, indptr, c, costs, u, v, n).numpy()
         assert np.array_equal(got, np.maximum(want, 0.0).astype(np.float32), equal_nan=True)
+    with pytest.raises(ValueError, match="column index at position 1 is out of range"):
+        M._margins(np.array([0]), np.array([0, 2]), np.array([0, 5]), np.ones(2, np.float32), np.zeros(1),
+                   np.zeros(3), 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

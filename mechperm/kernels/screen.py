@@ -310,6 +310,8 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
 
     rows = g.row_ids().numpy()
     cols = g.indices.numpy()
+    if g.shape[1] < 2**31:  # int32 columns for the solver (as kernels.solver_graph)
+        cols = cols.astype(np.int32)
     costs = sv.exact(rows, cols)
     mu_a, K_a = _error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
     mu_b, K_b = _error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
