@@ -250,27 +250,25 @@ def _slot_min_kernel(
 
 
 @triton.jit
-def _emit(score, thr, ids, other, CNT, OUT_I, OUT_V, ROOM: tl.constexpr, AXIS: tl.constexpr):
-    """Append (other, score) of every entry with score <= thr to the list of its owner: row
-    ``ids[i]`` of OUT_I / OUT_V [*, ROOM] for AXIS 1, column ``ids[j]`` for AXIS 0. One atomic
-    per owner reserves its entries' places (CNT counts past ROOM, so overflow is seen).
+def _emit(score, hit, ids, other, CNT, OUT_I, OUT_V, ROOM: tl.constexpr, AXIS: tl.constexpr):
+    """Append (other, score) of every entry of ``hit`` to the list of its owner: row ``ids[i]``
+    of OUT_I / OUT_V [*, ROOM] for AXIS 1, column ``ids[j]`` for AXIS 0. One atomic per owner
+    reserves its entries' places (CNT counts past ROOM, so overflow is seen).
 
     Why not one atomic per entry: Triton 3.9 fails to compile that for a tile from tl.dot
     (RemoveLayoutConversions) when the owners are its rows."""
-    hit = (score <= thr) & (score < float("inf"))  # +inf: outside the tile
-    if tl.max(tl.max(hit.to(tl.int32), axis=1), axis=0) > 0:
-        h = hit.to(tl.int32)
-        n = tl.sum(h, axis=AXIS)
-        base = tl.atomic_add(CNT + ids, n, mask=n > 0, sem="relaxed")
-        if AXIS == 1:
-            at = base[:, None] + tl.cumsum(h, axis=1) - 1
-            dst = ids.to(tl.int64)[:, None] * ROOM + at
-        else:
-            at = base[None, :] + tl.cumsum(h, axis=0) - 1
-            dst = ids.to(tl.int64)[None, :] * ROOM + at
-        ok = hit & (at < ROOM)
-        tl.store(OUT_I + dst, other, mask=ok)
-        tl.store(OUT_V + dst, score, mask=ok)
+    h = hit.to(tl.int32)
+    n = tl.sum(h, axis=AXIS)
+    base = tl.atomic_add(CNT + ids, n, mask=n > 0, sem="relaxed")
+    if AXIS == 1:
+        at = base[:, None] + tl.cumsum(h, axis=1) - 1
+        dst = ids.to(tl.int64)[:, None] * ROOM + at
+    else:
+        at = base[None, :] + tl.cumsum(h, axis=0) - 1
+        dst = ids.to(tl.int64)[None, :] * ROOM + at
+    ok = hit & (at < ROOM)
+    tl.store(OUT_I + dst, other, mask=ok)
+    tl.store(OUT_V + dst, score, mask=ok)
 
 
 @triton.jit
@@ -294,14 +292,24 @@ def _emit_kernel(
         cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
         cost, neg_cos = _tile_scores(X, Y, NX, NY, IX, IY, rows, rmask, cols, cmask, nx, ix, D, sx, sy,
                                      BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, COS)
-        c2 = tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))
         tcc = tl.load(TCC + cols, mask=cmask, other=float("-inf"))
-        _emit(cost, trc[:, None], rows, c2, NRC, RCI, RCV, ROOM, 1)
-        _emit(cost, tcc[None, :], cols, r2, NCC, CCI, CCV, ROOM, 0)
+        inside = cost < float("inf")  # +inf: outside the tile
+        h_rc = (cost <= trc[:, None]) & inside
+        h_cc = (cost <= tcc[None, :]) & inside
+        hits = h_rc | h_cc
         if COS:
             tcs = tl.load(TCS + cols, mask=cmask, other=float("-inf"))
-            _emit(neg_cos, trs[:, None], rows, c2, NRS, RSI, RSV, ROOM, 1)
-            _emit(neg_cos, tcs[None, :], cols, r2, NCS, CSI, CSV, ROOM, 0)
+            h_rs = (neg_cos <= trs[:, None]) & inside
+            h_cs = (neg_cos <= tcs[None, :]) & inside
+            hits = hits | h_rs | h_cs
+        # One test for all four lists: most tiles of a large problem hold no entry for any.
+        if tl.max(tl.max(hits.to(tl.int32), axis=1), axis=0) > 0:
+            c2 = tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))
+            _emit(cost, h_rc, rows, c2, NRC, RCI, RCV, ROOM, 1)
+            _emit(cost, h_cc, cols, r2, NCC, CCI, CCV, ROOM, 0)
+            if COS:
+                _emit(neg_cos, h_rs, rows, c2, NRS, RSI, RSV, ROOM, 1)
+                _emit(neg_cos, h_cs, cols, r2, NCS, CSI, CSV, ROOM, 0)
 
 
 @triton.jit
