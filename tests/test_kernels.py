@@ -439,6 +439,7 @@ EMIT_CASES = [
     (200, 237, 24, torch.float32, 2, 2, None, "random"),
     (200, 210, 40, torch.bfloat16, 3, 1, 3, "random"),
     (140, 260, 24, torch.float32, 2, 0, None, "random"),
+    (200, 220, 40, torch.float16, 2, 2, 2, "random"),
     (150, 180, 24, torch.float32, 2, 2, None, "sorted"),  # cheap columns first: many within
     (150, 180, 24, torch.float32, 2, 2, None, "ties"),  # blocks of equal columns
 ]
