@@ -256,13 +256,43 @@ public:
         rc_.assign(n_, -1);
         cr_.assign(M_, -1);
         if (M_ > n_) g_.prepare_columns();
-        init_prices();
+        // A warm start with the automatic schedule tries shortest paths first too (the exact
+        // loop's restarts: most repair a few rows, 10 ms; some free a thousand rows whose paths
+        // are long, make_stack F = 16384: 1036 paths, 1.6 s, against 0.29 s for an auction
+        // from the worst violation). The schedule's passes wait until the paths give up.
+        const bool warm_trial = opt_.init_row_to_col != nullptr && opt_.init_v != nullptr &&
+                                opt_.eps_start == 0.0 && opt_.sap_budget > 0.0;
+        init_prices(warm_trial);
         shift_prices();
         if (opt_.init_row_to_col != nullptr) {
             init_assignment();
-            if (eps0_ > 0.0 && opt_.eps_start == 0.0 && !skip_idle_phases()) return Status::INTERRUPTED;
+            if (!warm_trial && eps0_ > 0.0 && opt_.eps_start == 0.0 && !skip_idle_phases())
+                return Status::INTERRUPTED;
         }
         if (poll_.check()) return Status::INTERRUPTED;
+        if (warm_trial) {
+            const std::vector<double> p0 = p_, rcost0 = rcost_;
+            const std::vector<int64_t> rc0 = rc_, cr0 = cr_;
+            sap_limit_ = int64_t(opt_.sap_budget * double(g_.total_work(n_)));
+            const Status st = finish();
+            sap_limit_ = -1;
+            if (st == Status::INTERRUPTED || poll_.stopped()) return Status::INTERRUPTED;
+            if (!over_budget_) {
+                out_.sap_trial = 1;
+                if (st != Status::OK) return st;
+                write_output();
+                return poll_.stopped() ? Status::INTERRUPTED : Status::OK;
+            }
+            out_.sap_trial = 2;
+            over_budget_ = false;
+            p_ = p0;
+            rcost_ = rcost0;
+            rc_ = rc0;
+            cr_ = cr0;
+            init_prices(false);  // the same prices, and now the epsilon schedule
+            shift_prices();
+            if (eps0_ > 0.0 && !skip_idle_phases()) return Status::INTERRUPTED;
+        }
         if (eps0_ > 0.0 && opt_.sap_budget > 0.0 && opt_.eps_start == 0.0 && opt_.init_v == nullptr &&
             opt_.init_row_to_col == nullptr) {
             // Shortest paths first (see SolveOptions::sap_budget). Measured, 2048-4096 rows:
@@ -361,11 +391,11 @@ private:
     // Initial prices: warm-start duals, or column reduction (p_j = -min_i c_ij) for square
     // problems, or 0; then the value scale, the epsilon schedule and the cap on the bid
     // increment of rows whose second best is missing.
-    void init_prices() {
+    void init_prices(bool prices_only = false) {
         double cmin = kInf, cmax = -kInf;
         bool integral = true;
         const bool reduce = opt_.init_v == nullptr && M_ == n_;  // column reduction needs colmin
-        if (opt_.eps_start < 0.0 && !reduce) {
+        if ((opt_.eps_start < 0.0 || prices_only) && !reduce) {
             // Shortest paths only: no epsilon schedule, so no pass over the costs for it (a
             // third of a warm restart that repairs a few rows of a large graph).
             if (opt_.init_v != nullptr)

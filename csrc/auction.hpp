@@ -66,20 +66,21 @@ struct SolveOptions {
     double eps_start = 0.0;
     double eps_final = 0.0;          // last epsilon before the exact finish; 0 = automatic
     double eps_factor = 0.0;         // epsilon ratio between phases; 0 = automatic
-    // Cold solves (no warm start, automatic eps_start) first try shortest augmenting paths
-    // alone, from column reduction and augmenting row reduction (Jonker & Volgenant 1987), and
-    // give up for the auction once the paths have scanned this many times the arcs. 0 = always
-    // the auction. (Costs with one clear best column per row need a few short paths: 10x faster
+    // Solves with the automatic eps_start first try shortest augmenting paths alone (cold: from
+    // column reduction and augmenting row reduction, Jonker & Volgenant 1987; warm: from the
+    // warm start), and give up for the auction once the paths have scanned this many times the
+    // arcs. 0 = always the auction. (Costs with one clear best column per row need a few short paths: 10x faster
     // than the auction; weakly related features make long paths: 10x slower. See auction.cpp.)
     double sap_budget = 1.0;
     // Threads for the passes over every row whose rows are independent (checks, the release
     // of rows off their best, the duals u); bids and augmenting paths stay sequential.
     int threads = 1;
     bool check_feasible = true;      // sparse only: Hopcroft-Karp before solving
-    // Sparse warm starts (init_v, init_row_to_col from one earlier solve, eps_start < 0): the
+    // Sparse warm starts (init_v, init_row_to_col from one earlier solve, eps_start <= 0): the
     // rows whose arcs changed since that solve, the only ones checked for a column better than
     // their own before the paths (the others were tight then: one pass over their arcs saved
-    // per restart, ~a third of a restart that repairs a few rows). nullptr: every row.
+    // per restart, ~a third of a restart that repairs a few rows). nullptr: every row. After
+    // auction phases (eps_start = 0 and the paths over budget) every row is checked.
     const int64_t* changed_rows = nullptr;
     int64_t n_changed = 0;
     PollFn poll = nullptr;

@@ -230,8 +230,8 @@ py::dict solve_sparse_py(const py::array& indptr, const py::array& indices,
     opt.check_feasible = check_feasible;
     py::array changed;
     if (!changed_rows.is_none()) {
-        if (init_r2c.is_none() || init_v.is_none() || eps_start >= 0.0)
-            throw py::value_error("changed_rows needs a warm start (init_v, init_row_to_col) with eps_start < 0");
+        if (init_r2c.is_none() || init_v.is_none() || eps_start > 0.0)
+            throw py::value_error("changed_rows needs a warm start (init_v, init_row_to_col) with eps_start <= 0");
         changed = py::array::ensure(changed_rows);
         const int64_t* rows = require<int64_t>(changed, "changed_rows", 1);
         opt.n_changed = changed.shape(0);
@@ -738,7 +738,7 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("check_feasible") = true, py::arg("sap_budget") = 1.0, py::arg("threads") = 1,
           py::arg("changed_rows") = py::none(),
           "Min-cost assignment of every row of a CSR graph (int64 indptr, int32/int64 indices, "
-          "float32/float64 costs). changed_rows (warm starts with eps_start < 0): the rows whose arcs "
+          "float32/float64 costs). changed_rows (warm starts with eps_start <= 0): the rows whose arcs "
           "changed since the solve that gave init_v and init_row_to_col (default: all).");
     m.def("max_matching", &max_matching_py, py::arg("indptr"), py::arg("indices"), py::arg("n"),
           py::arg("m"), "Maximum bipartite matching (Hopcroft-Karp): (size, row_to_col).");

@@ -759,7 +759,9 @@ def _warm(raw: dict, dummies: Optional[np.ndarray], m: int) -> tuple:
     if dummies is not None:
         un = r2c < 0
         r2c[un] = m + np.flatnonzero(un)
-    return init_v, r2c, -1.0  # -1: no auction phase, shortest augmenting paths only
+    # 0: the automatic schedule, which for a warm start tries shortest augmenting paths from it
+    # first and runs the auction from the worst violation if they grow long (auction.hpp)
+    return init_v, r2c, 0.0
 
 
 def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
@@ -798,7 +800,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
         # Feasibility was settled above (slack columns otherwise), and arcs are only ever added.
         # A warm restart checks only the rows given new arcs for a better column (the others
         # were tight at these prices): at F = 65536, 10M arcs, a third of each restart.
-        changed = changed_rows if init_v is not None and eps_start < 0 else None
+        changed = changed_rows if init_v is not None and eps_start <= 0 else None
         raw = _auction.solve_sparse(g.indptr, g.indices, g.costs, n, m, unmatched_cost=dummies,
                                     init_v=init_v, init_row_to_col=init_r2c, eps_start=eps_start,
                                     check_feasible=False, threads=_threads(), changed_rows=changed)

@@ -823,7 +823,9 @@ def test_sap_first_gives_up_on_long_paths(sparse, lam):
 @pytest.mark.parametrize("sparse", [False, True])
 def test_warm_start_at_the_optimum_runs_no_phase(sparse):
     """A complete warm start with every row at its best column skips the auction; one that is
-    only close starts the epsilon schedule at its largest violation. Both stay optimal."""
+    only close is repaired by shortest paths from it (the first try of the automatic schedule)
+    or, with the paths ruled out, starts the epsilon schedule at its largest violation. All
+    stay optimal."""
     C = np.random.default_rng(7).random((300, 300))
     opt = _native(C, None, sparse, sap_budget=0.0)
     again = _native(C, None, sparse, init_v=opt["v"], init_row_to_col=opt["row_to_col"])
@@ -832,8 +834,23 @@ def test_warm_start_at_the_optimum_runs_no_phase(sparse):
     r2c = opt["row_to_col"].copy()
     r2c[[0, 1]] = r2c[[1, 0]]  # two rows swapped: no longer optimal, still complete
     near = _native(C, None, sparse, init_v=opt["v"], init_row_to_col=r2c)
-    assert near["phases"] > 0
+    assert near["sap_trial"] == 1 and near["phases"] == 0 and near["augmentations"] >= 1
     _check_native(near, C, None)
+    near = _native(C, None, sparse, init_v=opt["v"], init_row_to_col=r2c, sap_budget=0.0)
+    assert near["sap_trial"] == 0 and near["phases"] > 0
+    _check_native(near, C, None)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_warm_start_far_off_gives_up_the_paths(sparse):
+    """A warm start far from the optimum (the assignment of other costs) makes long paths: the
+    warm trial stops at its budget and the auction finishes from the warm start; optimal."""
+    rng = np.random.default_rng(9)
+    C = np.exp(2 * rng.normal(size=(400, 400)))
+    other = _native(np.exp(2 * rng.normal(size=(400, 400))), None, sparse)
+    far = _native(C, None, sparse, init_v=other["v"], init_row_to_col=other["row_to_col"], sap_budget=0.05)
+    assert far["sap_trial"] == 2 and far["phases"] > 0
+    _check_native(far, C, None)
 
 
 @pytest.mark.parametrize("sparse", [False, True])
