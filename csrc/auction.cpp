@@ -271,24 +271,8 @@ public:
         }
         if (poll_.check()) return Status::INTERRUPTED;
         if (warm_trial) {
-            const std::vector<double> p0 = p_, rcost0 = rcost_;
-            const std::vector<int64_t> rc0 = rc_, cr0 = cr_;
-            sap_limit_ = int64_t(opt_.sap_budget * double(g_.total_work(n_)));
-            const Status st = finish();
-            sap_limit_ = -1;
-            if (st == Status::INTERRUPTED || poll_.stopped()) return Status::INTERRUPTED;
-            if (!over_budget_) {
-                out_.sap_trial = 1;
-                if (st != Status::OK) return st;
-                write_output();
-                return poll_.stopped() ? Status::INTERRUPTED : Status::OK;
-            }
-            out_.sap_trial = 2;
-            over_budget_ = false;
-            p_ = p0;
-            rcost_ = rcost0;
-            rc_ = rc0;
-            cr_ = cr0;
+            Status st;
+            if (paths_within_budget(st)) return st;
             init_prices(false);  // the same prices, and now the epsilon schedule
             shift_prices();
             if (eps0_ > 0.0 && !skip_idle_phases()) return Status::INTERRUPTED;
@@ -300,23 +284,8 @@ public:
             // row reduction and take 0.005 s vs 0.037 s (16384: 0.028 vs 0.26 s); MiniLM's
             // weakly related layers leave 23 % free and their paths scan ~90x the arcs
             // (0.17 vs 0.019 s): the budget (1x the arcs, with the pace check) stops them at 5-10 %.
-            const std::vector<double> p0 = p_;
-            sap_limit_ = int64_t(opt_.sap_budget * double(g_.total_work(n_)));
-            const Status st = finish();
-            sap_limit_ = -1;
-            if (st == Status::INTERRUPTED || poll_.stopped()) return Status::INTERRUPTED;
-            if (!over_budget_) {
-                out_.sap_trial = 1;
-                if (st != Status::OK) return st;
-                write_output();
-                return poll_.stopped() ? Status::INTERRUPTED : Status::OK;
-            }
-            out_.sap_trial = 2;
-            over_budget_ = false;
-            p_ = p0;
-            std::fill(rc_.begin(), rc_.end(), -1);
-            std::fill(cr_.begin(), cr_.end(), -1);
-            std::fill(rcost_.begin(), rcost_.end(), 0.0);
+            Status st;
+            if (paths_within_budget(st)) return st;
         }
         if (eps0_ > 0.0) {
             for (double eps = eps0_;; eps = std::max(eps / factor_, eps_final_)) {
@@ -339,6 +308,37 @@ public:
     }
 
 private:
+    // Shortest augmenting paths alone from the current state, under the work budget
+    // (SolveOptions::sap_budget). True: they finished, or were interrupted, and st is the
+    // solve's status (the output written). False: over budget; prices and assignment are back
+    // where they were, for the auction.
+    bool paths_within_budget(Status& st) {
+        const std::vector<double> p0 = p_, rcost0 = rcost_;
+        const std::vector<int64_t> rc0 = rc_, cr0 = cr_;
+        sap_limit_ = int64_t(opt_.sap_budget * double(g_.total_work(n_)));
+        st = finish();
+        sap_limit_ = -1;
+        if (st == Status::INTERRUPTED || poll_.stopped()) {
+            st = Status::INTERRUPTED;
+            return true;
+        }
+        if (!over_budget_) {
+            out_.sap_trial = 1;
+            if (st == Status::OK) {
+                write_output();
+                if (poll_.stopped()) st = Status::INTERRUPTED;
+            }
+            return true;
+        }
+        out_.sap_trial = 2;
+        over_budget_ = false;
+        p_ = p0;
+        rcost_ = rcost0;
+        rc_ = rc0;
+        cr_ = cr0;
+        return false;
+    }
+
     // After an auction: the least prices under which every row still takes its column (prices
     // never below the lowest one, where the free columns sit). Epsilon bids leave prices higher
     // than the assignment needs, and the exact loop's bounds c_ij - u_i - v_j over the pairs a
