@@ -768,7 +768,8 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
                 rebuild=None, feasible=False) -> Assignment:
     """Solve on g; bound the pairs left out (candidate bounds, and per-row bounds from earlier
     pricing); price the rows whose bound is < 0; add the pairs returned; warm-restart
-    (shortest augmenting paths from the previous prices and assignment) until pricing finds
+    (shortest augmenting paths from the previous prices and assignment, the auction where they
+    grow long; only the rows given arcs are checked for a better column) until pricing finds
     no pair of negative reduced cost left out. Slack columns cover infeasible graphs; a cold
     re-solve covers duals that lost float64 resolution (see `_ill_conditioned`)."""
     t_start = time.perf_counter() - timings.get("candidates", 0.0)
