@@ -552,7 +552,7 @@ def _dense_exact(c: np.ndarray, k: int) -> Assignment:
     # No `rebuild` here: with the matrix in memory, pricing every row costs one cheap pass.
     n, m = c.shape
     return _exact_loop(n, m, g, price, None, 100, 16,
-                       timings={"candidates": time.perf_counter() - t0})
+                       timings={"candidates": time.perf_counter() - t0}, warm_budget=_WARM_SAP_BUDGET["dense"])
 
 
 def _threads() -> int:
@@ -749,6 +749,15 @@ def _ill_conditioned(raw: dict) -> bool:
     return raw["price_scale"] > 1e6 * raw["cost_scale"] + 1e-300
 
 
+# Work budget (x the arcs) of a warm restart's shortest paths before the auction takes over,
+# by caller. The auction's restarts change the rounds that follow, so each was measured end to
+# end: match's loop (assign_exact) on make_stack F = 65536, 1x: 158 s, 8 rounds; 16x: 178 s,
+# 17 rounds (F = 16384: native solver 1.35 vs 1.09 s). assign()'s loop on a dense matrix
+# (_dense_exact), SAE-like 4096 / 8192: 1x 0.37 / 0.86 s, 16x 0.29 / 0.56 s (paths alone:
+# 0.28 / 0.65 s).
+_WARM_SAP_BUDGET = {"assign_exact": 1.0, "dense": 16.0}
+
+
 def _warm(raw: dict, dummies: Optional[np.ndarray], m: int) -> tuple:
     """Warm start (init_v, init_row_to_col, eps_start) from a solve, unless ill-conditioned
     (see _exact_loop): then a cold start."""
@@ -765,7 +774,7 @@ def _warm(raw: dict, dummies: Optional[np.ndarray], m: int) -> tuple:
 
 
 def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
-                rebuild=None, feasible=False) -> Assignment:
+                rebuild=None, feasible=False, warm_budget=_WARM_SAP_BUDGET["assign_exact"]) -> Assignment:
     """Solve on g; bound the pairs left out (candidate bounds, and per-row bounds from earlier
     pricing); price the rows whose bound is < 0; add the pairs returned; warm-restart
     (shortest augmenting paths from the previous prices and assignment, the auction where they
@@ -804,7 +813,8 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
         changed = changed_rows if init_v is not None and eps_start <= 0 else None
         raw = _auction.solve_sparse(g.indptr, g.indices, g.costs, n, m, unmatched_cost=dummies,
                                     init_v=init_v, init_row_to_col=init_r2c, eps_start=eps_start,
-                                    check_feasible=False, threads=_threads(), changed_rows=changed)
+                                    check_feasible=False, threads=_threads(), changed_rows=changed,
+                                    sap_budget=warm_budget if init_v is not None else 1.0)
         timings["solve"] += time.perf_counter() - t0
         for key in ("phases", "bids", "reverse_bids", "augmentations"):
             stats[key] += int(raw[key])
