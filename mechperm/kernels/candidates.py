@@ -694,14 +694,17 @@ def solver_graph(g: CandidateGraph, A: Tensor, B: Tensor):
     Euclidean bound (see there)."""
     from mechperm import assign
 
-    # int32 columns where they fit: the solver's passes and merges read a third less (and a
-    # CUDA graph's copy to the host is smaller)
-    indices = g.indices.to(torch.int32) if g.shape[1] < 2**31 else g.indices
     return assign.CandidateGraph(
-        indptr=g.indptr.cpu().numpy(), indices=indices.cpu().numpy(), costs=g.costs.cpu().numpy(),
+        indptr=g.indptr.cpu().numpy(), indices=_solver_columns(g), costs=g.costs.cpu().numpy(),
         row_bound=g.row_kth.cpu().double().numpy(), col_bound=g.col_kth.cpu().double().numpy(),
         **_cosine_bounds(g, A, B),
     )
+
+
+def _solver_columns(g: CandidateGraph) -> np.ndarray:
+    """The graph's columns for the solver, on the host: int32 where they fit (its passes and
+    merges then read a third less, and a CUDA graph's copy to the host is smaller)."""
+    return (g.indices.to(torch.int32) if g.shape[1] < 2**31 else g.indices).cpu().numpy()
 
 
 def _cosine_bounds(g: CandidateGraph, A: Tensor, B: Tensor) -> dict:

@@ -41,6 +41,7 @@ from mechperm.kernels.candidates import (
     _Scratch,
     _select,
     _selection_graph,
+    _solver_columns,
     row_sq_norms,
 )
 
@@ -309,9 +310,7 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
     g = _selection_graph((Fa, Fb), rows_c, cols_c, rows_s, cols_s, k, k_cos)
 
     rows = g.row_ids().numpy()
-    cols = g.indices.numpy()
-    if g.shape[1] < 2**31:  # int32 columns for the solver (as kernels.solver_graph)
-        cols = cols.astype(np.int32)
+    cols = _solver_columns(g)
     costs = sv.exact(rows, cols)
     mu_a, K_a = _error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
     mu_b, K_b = _error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)

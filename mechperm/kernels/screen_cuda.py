@@ -40,6 +40,7 @@ from mechperm.kernels.candidates import (
     _check_vectors,
     _cosine_bounds,
     _reprice_weak,
+    _solver_columns,
     row_sq_norms,
 )
 
@@ -150,9 +151,7 @@ def solver_graph(sv: ScreenedVectorsGPU, k: int, k_cos: int | None = None):
     for name, mu, norm in (("row_cos", mu_a, y), ("col_cos", mu_b, x)):
         if name in cos:
             bounds[name] = cos[name] + np.where(norm > 0, mu / (2.0 * np.where(norm > 0, norm, 1.0)), 0.0)
-    indices = g.indices.to(torch.int32) if g.shape[1] < 2**31 else g.indices  # as kernels.solver_graph
-    graph = assign.CandidateGraph(indptr=g.indptr.cpu().numpy(), indices=indices.cpu().numpy(), costs=costs,
-                                  **bounds)
+    graph = assign.CandidateGraph(indptr=g.indptr.cpu().numpy(), indices=_solver_columns(g), costs=costs, **bounds)
     return graph, g.stats
 
 
