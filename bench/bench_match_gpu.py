@@ -95,6 +95,57 @@ def test_match_vectors_at_scale(benchmark, F: int) -> None:
     assert out["certified"]
 
 
+def _trace_phases() -> None:
+    """Print each phase of ``match_vectors`` as it starts and ends, and every pricing pass, on
+    stderr (a run cut off at its limit still says where its time went); a SIGTERM (``timeout``)
+    dumps the stacks."""
+    import faulthandler
+    import signal
+
+    from mechperm import assign as solver
+    from mechperm import kernels
+    from mechperm.kernels import screen, screen_cuda
+
+    faulthandler.register(signal.SIGTERM, all_threads=True)
+    t_start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"  [{time.perf_counter() - t_start:8.2f} s] {msg}", file=sys.stderr, flush=True)
+
+    def wrap(owner, name: str, inner=None):
+        f = getattr(owner, name)
+
+        def traced(*a, **kw):
+            t0 = time.perf_counter()
+            say(f"{name} ...")
+            out = f(*a, **kw)
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+            say(f"{name} done in {time.perf_counter() - t0:.3f} s")
+            return inner(out) if inner else out
+
+        setattr(owner, name, traced)
+
+    def traced_pricer(pricer):
+        def priced(rows, u, v):
+            t0 = time.perf_counter()
+            out = pricer(rows, u, v)
+            say(f"  pricing pass: {len(rows)} rows in {time.perf_counter() - t0:.3f} s")
+            return out
+
+        return priced
+
+    for mod in (screen, screen_cuda):
+        wrap(mod, "prepare")
+        wrap(mod, "solver_graph")
+        wrap(mod, "row_pricer", traced_pricer)
+    wrap(kernels, "candidates")
+    wrap(kernels, "solver_graph")
+    wrap(kernels, "row_pricer", traced_pricer)
+    wrap(match_module, "_complete")
+    wrap(solver, "assign_exact")
+
+
 def main() -> None:
     """Table on stderr, one line per run as it finishes; JSON on stdout (and, rewritten after
     every run, in the file named by ``--json``, so a run cut short keeps what it finished)."""
@@ -111,7 +162,10 @@ def main() -> None:
     ap.add_argument("--emit-topk", action="store_true", help="MECHPERM_EMIT_TOPK=1 (candidates by thresholds and emission)")
     ap.add_argument("--d", type=int, default=D, help="vector width (CPU dry runs of the solver side: a small d)")
     ap.add_argument("--candidates-k", type=int, help="match_vectors(candidates_k=...) (default: match's, 64)")
+    ap.add_argument("--trace", action="store_true", help="print each phase and pricing pass as it happens")
     args = ap.parse_args()
+    if args.trace:
+        _trace_phases()
     dtype = getattr(torch, args.dtype)
     if args.fused_pricing:
         os.environ["MECHPERM_FUSED_PRICING"] = "1"

@@ -28,20 +28,20 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
     grep -E "${GREP:-.}" "$OUT/$name.log" | tail -n "${TAIL:-25}"
     tar czf "$ARCHIVE.tmp" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"
 }
-stage tests "${T_TESTS:-100}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py \
+stage tests "${T_TESTS:-90}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py \
     tests/test_screen_cuda.py
 # A tile stage first (T_TILES, F = 16384, the first two tile shapes, --emit): the candidate
-# kernels' TFLOP/s, running top-k vs thresholds and emission (MECHPERM_EMIT_TOPK, never run on
-# a GPU yet). Default runs: the default path at three sizes; every opt-in (emission, fused
-# pricer, GPU screen: their first measurements) at the same sizes; then 1M with all of them and
-# candidates_k = 32 (the issue's 30 s goal; ~19 GB of float32 vectors).
+# kernels' TFLOP/s, running top-k vs thresholds and emission (MECHPERM_EMIT_TOPK). Default
+# runs: every opt-in (emission, fused pricer, GPU screen) at three sizes; the default path at
+# two (the baseline); then 1M with all of them and candidates_k = 32 (the issue's 30 s goal;
+# ~19 GB of float32 vectors). --trace logs each phase and pricing pass as it happens, and the
+# stacks when a stage's limit kills it, so a run cut short still says where its time went.
 # A run may start with "T=seconds:" to set its own limit (default T_MATCH). The defaults fit one
-# 600 s call: build (~60 s), tests 100 (more Triton compiles since session 6), tiles 90, runs
-# 100 + 90 + 150 s.
-GREP="what=" stage tiles "${T_TILES:-90}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
-    --budget $(( ${T_TILES:-90} - 45 )) --configs "${TILE_CONFIGS:-2}" --emit
+# 600 s call: build (~60 s), tests 90, tiles 75, runs 110 + 50 + 200 s.
+GREP="what=" stage tiles "${T_TILES:-75}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
+    --budget $(( ${T_TILES:-75} - 45 )) --configs "${TILE_CONFIGS:-2}" --emit
 cd bench
-IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=100:--sizes 16384,65536,262144|T=90:--sizes 16384,65536,262144 --emit-topk --fused-pricing --gpu-screen|T=150:--sizes 1048576 --emit-topk --fused-pricing --gpu-screen --candidates-k 32}"
+IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=110:--sizes 16384,65536,262144 --emit-topk --fused-pricing --gpu-screen --trace|T=50:--sizes 16384,65536 --trace|T=200:--sizes 1048576 --emit-topk --fused-pricing --gpu-screen --candidates-k 32 --trace}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))
@@ -52,7 +52,7 @@ for args in "${runs[@]}"; do
         args=${args#*:}
     fi
     # shellcheck disable=SC2086  # the run's arguments are meant to split
-    GREP="F=" stage "match$i" "$limit" python3 bench_match_gpu.py $args --json "$OUT/match$i.json"
+    GREP="F=|Error|error" stage "match$i" "$limit" python3 bench_match_gpu.py $args --json "$OUT/match$i.json"
 done
 GREP="F=" stage crossover "${T_CROSS:-0}" python3 bench_match_gpu.py --crossover --json "$OUT/crossover.json"
 cd ..
