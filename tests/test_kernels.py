@@ -151,6 +151,20 @@ def test_normalize_and_norms() -> None:
     assert torch.equal(n, row_sq_norms(v))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_row_sq_norms_are_float64_sums_rounded_once(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The canonical norms do not depend on summation order (MKL's and CUDA's differ): each is
+    the float64 sum of exact squares, rounded once, whatever block the row is summed in."""
+    cand = sys.modules["mechperm.kernels.candidates"]  # the package's attribute is the function
+    X = (torch.randn(300, 2304, generator=torch.Generator().manual_seed(3)) * torch.rand(300, 1) * 10).to(dtype)
+    x = X.float().numpy().astype(np.float64)
+    ref = np.array([np.float32(np.sum(r * r)) for r in x])  # numpy's pairwise sum, not torch's
+    np.testing.assert_array_equal(row_sq_norms(X).numpy(), ref)
+    monkeypatch.setattr(cand, "_NORM_BLOCK_ELEMENTS", 2304 * 7)  # blocks of 7 rows
+    np.testing.assert_array_equal(row_sq_norms(X).numpy(), ref)
+    assert row_sq_norms(X).dtype == torch.float32
+
+
 def test_matching_vectors_rejects_bad_arguments() -> None:
     sae = random_sae(d=8, F=6)
     with pytest.raises(ValueError, match="choose 'decoder', 'encoder' or 'both'"):

@@ -78,6 +78,7 @@ def test_graph_bounds_hold_for_every_pair_left_out(gpu_screen, sigma: float, k: 
     out[rows, g.indices] = False
     i, j = np.nonzero(out)
     assert (C[i, j] >= g.row_bound[i]).all() and (C[i, j] >= g.col_bound[j]).all()
+    assert (C[i, j] >= g.row_bound[i] + g.row_slope[i] * (g.col_norm.max() - g.col_norm[j])).all()
     a, b = A.cpu().double().numpy(), B.cpu().double().numpy()
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     cos = (a @ b.T) / np.maximum(na[:, None] * nb[None, :], 1e-300)

@@ -9,7 +9,7 @@ the one dispatcher (Triton for CUDA tensors, torch otherwise; ``MECHPERM_KERNELS
 
 Arithmetic, shared by all three so that the same pair gets the same float32 cost everywhere::
 
-    n_i  = Σ_d a_id²                                   (row_sq_norms: float32, rows upcast)
+    n_i  = fl32(Σ_d a_id²)                             (row_sq_norms: float64 sum, rounded once)
     c_ij = max(0, fl(fl(−2·⟨a_i, b_j⟩ + n_i) + m_j))   (m_j: the same for B)
 
 with ⟨a_i, b_j⟩ a float32 GEMM (float32 accumulation) and −2 applied to A first (exact). On the
@@ -105,17 +105,20 @@ def _check_norms(name: str, n: Tensor) -> None:
 
 # ---------------------------------------------------------------------------------- arithmetic
 def row_sq_norms(X: Tensor) -> Tensor:
-    """Squared row norms ``[F]`` float32: ``Σ_d x_d²`` over float32-upcast rows, in row blocks.
+    """Squared row norms ``[F]`` float32: ``Σ_d x_d²`` summed in float64, rounded once.
 
-    The canonical norms of the cost formula (the module docstring); a row's value does not
-    depend on the block it is summed in.
+    The canonical norms of the cost formula (the module docstring). Why float64: a float32 sum
+    depends on its order, which differs between MKL and CUDA (the H100 gave norms 1 ulp apart
+    from the CPU's for most rows, so the GPU screen's "exact" costs were not the CPU's). Squares
+    of float32 values are exact in float64 and the sum's error (< D·2^-53 relative) almost never
+    reaches a float32 rounding boundary: the same value on every device and in every block.
     """
     _check_vectors(X)
     out = torch.empty(X.shape[0], dtype=torch.float32, device=X.device)
     step = max(1, _NORM_BLOCK_ELEMENTS // max(1, X.shape[1]))
     for r0 in range(0, X.shape[0], step):
-        blk = X[r0 : r0 + step].float()
-        torch.sum(blk * blk, dim=1, out=out[r0 : r0 + step])
+        blk = X[r0 : r0 + step].double()
+        out[r0 : r0 + step] = torch.sum(blk * blk, dim=1)
     return out
 
 

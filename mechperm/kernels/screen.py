@@ -264,6 +264,18 @@ def _error_terms(own: np.ndarray, other: np.ndarray, gamma: float, abs_slack: fl
     return mu, K
 
 
+def _row_error_bounds(kth: np.ndarray, mu: np.ndarray, K: np.ndarray, x: np.ndarray,
+                      bsq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row_bound, row_slope) of :class:`mechperm.assign.CandidateGraph` from each row's k-th
+    screened cost: a pair left out has c_ij >= kth_i − (mu_i x_j + 1e-6 |b_j|² + K_i)
+    (:func:`_error_terms`), which is >= row_bound_i + row_slope_i (X − x_j) with X = max x_j,
+    row_bound_i = kth_i − mu_i X − 1e-6 X² − K_i and row_slope_i = mu_i + 1e-6 X (X² − x_j² >=
+    X (X − x_j); 0.999 of it covers the square root's rounding)."""
+    X = float(x.max(initial=0.0))
+    row_bound = kth - (mu * X + 1e-6 * float(bsq.max(initial=0.0)) + K)
+    return row_bound, mu + 0.999e-6 * X
+
+
 def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block_rows: int = 1024,
                  block_cols: int = 8192):
     """The candidate graph of the sparse path, screened: per row and per column the k cheapest
@@ -314,10 +326,10 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
     costs = sv.exact(rows, cols)
     mu_a, K_a = _error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
     mu_b, K_b = _error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
-    e_row = mu_a * float(x.max(initial=0.0)) + 1e-6 * float(sv.b_stats[3].max(initial=0.0)) + K_a
+    row_bound, row_slope = _row_error_bounds(g.row_kth.double().numpy(), mu_a, K_a, x, sv.b_stats[3])
     e_col = mu_b * float(y.max(initial=0.0)) + 1e-6 * float(sv.a_stats[3].max(initial=0.0)) + K_b
     bounds = {
-        "row_bound": g.row_kth.double().numpy() - e_row,
+        "row_bound": row_bound, "row_slope": row_slope,
         "col_bound": g.col_kth.double().numpy() - e_col,
         "row_norm": y, "col_norm": x,
     }
