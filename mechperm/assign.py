@@ -152,20 +152,18 @@ class CandidateGraph:
     1e-5 covering float32 rounding of the costs; far tighter than the k-th cost where norms are
     heavy-tailed (F = 4096, d = 2304 folded decoders: 2955 priced rows → 1283).
 
-    ``row_slope`` (with ``col_norm``): the pairs left out also satisfy
-    ``c_ij >= row_bound[i] + row_slope[i] · (max(col_norm) − col_norm[j])``. The screens' error
-    grows with |b_j|, so their ``row_bound`` holds at the largest column norm and is loose for
-    the rest; the loop splits each row's columns by norm and bounds the small ones by this line,
-    the large ones by the Euclidean bound (F = 65536, d = 2304 on the CPU screen: see
-    :func:`_sloped_bounds`).
+    ``col_base`` and ``col_slope`` (with ``row_norm``): the pairs left out also satisfy
+    ``c_ij >= col_base[j] − col_slope[j] · row_norm[i]``: a column's k-th cost less an error
+    that grows with the row's norm (the screens' bf16 error, ~2^-8 |a_i| |b_j|), which a single
+    ``col_bound`` must take at the largest row norm.
 
     Attributes
     ----------
     indptr : np.ndarray, int64 [n + 1]
     indices : np.ndarray, int32 or int64 [nnz]
     costs : np.ndarray, float32 or float64 [nnz]
-    row_bound, row_offset, row_norm, row_cos, row_slope : np.ndarray or None, float64 [n]
-    col_bound, col_offset, col_norm, col_cos : np.ndarray or None, float64 [m]
+    row_bound, row_offset, row_norm, row_cos : np.ndarray or None, float64 [n]
+    col_bound, col_offset, col_norm, col_cos, col_base, col_slope : np.ndarray or None, float64 [m]
     """
 
     indptr: np.ndarray
@@ -179,7 +177,8 @@ class CandidateGraph:
     col_norm: Optional[np.ndarray] = None
     row_cos: Optional[np.ndarray] = None
     col_cos: Optional[np.ndarray] = None
-    row_slope: Optional[np.ndarray] = None
+    col_base: Optional[np.ndarray] = None
+    col_slope: Optional[np.ndarray] = None
 
     def with_arcs(self, rows: np.ndarray, cols: np.ndarray, costs: np.ndarray) -> "CandidateGraph":
         """The graph plus the arcs not in it yet (CSR sorted by row, then column; bounds kept)."""
@@ -516,19 +515,18 @@ def assign_exact(
     g = candidates if isinstance(candidates, CandidateGraph) else CandidateGraph(*candidates)
     indptr, indices, costs, _, _ = _check_csr(g.indptr, g.indices, g.costs, (n, m))
     extra = ("row_bound", "col_bound", "row_offset", "col_offset", "row_norm", "col_norm", "row_cos", "col_cos",
-             "row_slope")
+             "col_base", "col_slope")
     # float32 costs stay float32: every pass of the solver and every merge reads a third less.
     g = CandidateGraph(indptr, indices, costs,
                        **{f: None if getattr(g, f) is None else np.asarray(getattr(g, f), np.float64)
                           for f in extra})
-    for f, size in (("row_norm", n), ("row_cos", n), ("col_norm", m), ("col_cos", m), ("row_slope", n)):
+    for f, size in (("row_norm", n), ("row_cos", n), ("col_norm", m), ("col_cos", m), ("col_base", m),
+                    ("col_slope", m)):
         x = getattr(g, f)
         if x is not None and x.shape != (size,):
             raise ValueError(f"candidates.{f} must have shape ({size},), got {x.shape}")
-    if g.row_slope is not None and (g.row_bound is None or g.row_norm is None or g.col_norm is None):
-        raise ValueError("candidates.row_slope needs row_bound, row_norm and col_norm")
-    if g.row_slope is not None and not (g.row_slope >= 0).all():
-        raise ValueError("candidates.row_slope must be >= 0 (the bound falls as col_norm grows)")
+    if (g.col_slope is None) != (g.col_base is None) or (g.col_slope is not None and g.row_norm is None):
+        raise ValueError("candidates.col_base and col_slope go together, with row_norm")
     lam = _unmatched(unmatched_cost, n, False)
     return _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new_per_row, timings={},
                        rebuild=rebuild, feasible=_feasible)
@@ -588,49 +586,19 @@ def _lower_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Option
     lb = _rank_bounds(g, u, v, cache)
     if g.row_norm is not None and g.col_norm is not None:
         lb = np.maximum(lb, _euclidean_bounds(g, u, v, cache))
-        if g.row_slope is not None:
-            lb = np.maximum(lb, _sloped_bounds(g, u, v, cache))
+    if g.col_slope is not None:
+        lb = np.maximum(lb, _column_line_bounds(g, u, v, cache))
     return lb
 
 
-def _sloped_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Optional[dict] = None) -> np.ndarray:
-    """Per row, a lower bound on c_ij − u_i − v_j over the pairs left out, from both
-    f1(x_j) = row_bound_i + s_i (X − x_j) (falls with the column norm x_j; X its maximum) and
-    f2(x_j) = (1 − slack)(y_i² + x_j²) − 2 y_i x_j κ_i (rises beyond its vertex; κ_i = row_cos
-    or 1). Split the columns at T_i >= the vertex (where f1 meets f2): those with x_j <= T_i are
-    bounded by f1(T_i), the others by f2(T_i), each less the largest v_j of its side
-    (columns sorted by norm once; prefix and suffix maxima of v each round).
-
-    Why: the screens' k-th-cost bound must hold for the column of largest norm (its error is
-    ~2^-8 |a_i| |b_j|), and with lognormal norms that column is far from typical: F = 1048576
-    on an H100 priced 527695 rows in round 1 against 5630 unscreened."""
-    y, x, s = g.row_norm, g.col_norm, g.row_slope
-    n, m = len(u), len(v)
-    if m == 0:
-        return np.full(n, np.inf)
-    if not (np.isfinite(x).all() and np.isfinite(y).all() and np.isfinite(s).all()):
-        return np.full(n, -np.inf)
-    keep = 1.0 - _EUCLID_SLACK
-    kappa = np.minimum(g.row_cos, 1.0) if g.row_cos is not None else np.ones(n)
-    order = _cached(cache, "slope_x", (x,), lambda: np.argsort(x, kind="stable"))
-    xs = _cached(cache, "sorted_x", (x,), lambda: x[order])
-    with np.errstate(invalid="ignore", over="ignore"):
-        P = g.row_bound + s * xs[-1]  # f1(x) = P − s x
-        x0 = np.maximum(y * kappa / keep, 0.0)  # f2's vertex
-        bq = 2.0 * y * kappa - s  # f1 = f2: keep x² − bq x + (keep y² − P) = 0
-        disc = bq * bq - 4.0 * keep * (keep * y * y - P)
-        root = (bq + np.sqrt(np.maximum(disc, 0.0))) / (2.0 * keep)
-        T = np.where(disc > 0, np.maximum(root, x0), x0)
-        idx = np.searchsorted(xs, T, side="right")  # columns order[:idx] have x_j <= T_i
-        vs = v[order]
-        pre = np.concatenate(([-np.inf], np.maximum.accumulate(vs)))
-        suf = np.concatenate((np.maximum.accumulate(vs[::-1])[::-1], [-np.inf]))
-        f1 = P - s * T
-        f2 = keep * (y * y + T * T) - 2.0 * y * T * kappa
-        lb = np.minimum(f1 - pre[idx], f2 - suf[idx]) - u
-    lb[np.isposinf(g.row_bound)] = np.inf
-    lb[np.isnan(lb)] = -np.inf
-    return lb
+def _column_line_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Optional[dict] = None) -> np.ndarray:
+    """Per row, min_j (col_base_j − col_slope_j · y_i − v_j) − u_i over every column: one lower
+    envelope of lines in y_i (the row norm), with each column's own dual."""
+    w = g.col_base - v
+    if not (np.isfinite(w).all() and np.isfinite(g.col_slope).all() and np.isfinite(g.row_norm).all()):
+        return np.full(len(u), -np.inf)
+    by = _cached(cache, "col_slope", (g.col_slope,), lambda: np.argsort(g.col_slope, kind="stable"))
+    return _auction.envelope_min(w, g.col_slope, g.row_norm, by_slope=by) - u
 
 
 def _cached(cache: Optional[dict], key: str, arrays: tuple, make: Callable[[], Any]) -> Any:

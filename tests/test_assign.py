@@ -1104,61 +1104,58 @@ def test_csr_edits_reject_bad_pairs() -> None:
     assert ip.tolist() == [0, 2, 4] and ix.tolist() == [0, 1, 0, 1] and w.tolist() == [1.0, 6.0, 5.0, 1.0]
 
 
-# ---- sloped row bounds (the screens' error grows with the column norm) ---------------------------
+# ---- column lines (a column's bound falls with the row's norm: the screens' error) ---------------
 
 
-def _sloped_graph(A, B, k, slope_scale, *, with_cos=True):
-    """The k cheapest columns per row, with the largest valid row_bound for a given slope:
-    row_bound_i = min over the pairs left out of c_ij − s_i (X − x_j)."""
+def _column_line_graph(A, B, k, slope_scale):
+    """The k cheapest rows per column, and per column the highest line col_base − col_slope · y_i
+    (slope given) under the costs of the pairs left out."""
     C = np.maximum((A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2 * A @ B.T, 0)
     y, x = np.linalg.norm(A, axis=1), np.linalg.norm(B, axis=1)
     n, m = C.shape
     in_graph = np.zeros((n, m), bool)
-    in_graph[np.arange(n)[:, None], np.argsort(C, axis=1)[:, :k]] = True
-    s = slope_scale * y
-    row_bound = np.where(in_graph, np.inf, C - s[:, None] * (x.max() - x)[None, :]).min(1)
-    cos = (A @ B.T) / np.maximum(y[:, None] * x[None, :], 1e-300)
-    row_cos = np.where(in_graph, -np.inf, cos).max(1) if with_cos else None
+    in_graph[np.argsort(C, axis=0)[:k, :], np.arange(m)[None, :]] = True
+    slope = slope_scale * x
+    base = np.where(in_graph, np.inf, C + slope[None, :] * y[:, None]).min(0)
     rows, cols = np.nonzero(in_graph)
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    g = CandidateGraph(indptr, cols.astype(np.int64), C[rows, cols], row_bound=row_bound, row_norm=y,
-                       col_norm=x, row_cos=row_cos, row_slope=s)
+    g = CandidateGraph(indptr, cols.astype(np.int64), C[rows, cols], row_norm=y, col_norm=x,
+                       col_base=base, col_slope=slope)
     return C, in_graph, g
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("with_cos", [True, False])
-def test_sloped_bound_is_a_lower_bound(seed, with_cos):
+def test_column_line_bound_is_a_lower_bound(seed):
     """Against the reduced costs of every pair left out, under random duals (heavy-tailed norms,
-    slopes from none to steep); and tighter than the same row_bound alone somewhere."""
-    from mechperm.assign import _lower_bounds, _sloped_bounds
+    slopes from none to steep); and tighter than the same lines at the largest row norm."""
+    from mechperm.assign import _column_line_bounds, _lower_bounds
 
     rng = np.random.default_rng(seed)
     _, A, B = sae_like(150, d=16, seed=seed, sigma=2.0)
     tighter = 0
     for slope_scale in (0.0, 0.01, 0.3, 3.0):
-        C, in_graph, g = _sloped_graph(A, B, 3, slope_scale, with_cos=with_cos)
+        C, in_graph, g = _column_line_graph(A, B, 3, slope_scale)
         cache: dict = {}
         for _ in range(4):
             u = C.min(1) + rng.normal(size=150) * C.mean() * 0.1
             v = rng.normal(size=150) * C.mean() * 0.1
             red = np.where(in_graph, np.inf, C - u[:, None] - v[None, :]).min(1)
             tol = 1e-9 * np.abs(C).max()
-            for lb in (_sloped_bounds(g, u, v), _sloped_bounds(g, u, v, cache), _lower_bounds(g, u, v, cache)):
+            for lb in (_column_line_bounds(g, u, v), _column_line_bounds(g, u, v, cache), _lower_bounds(g, u, v, cache)):
                 assert np.all(lb <= red + tol)
-            flat = g.row_bound - u + (-v).min()
-            tighter += int((_sloped_bounds(g, u, v) > flat + tol).sum())
+            flat = (g.col_base - g.col_slope * g.row_norm.max() - v).min() - u
+            tighter += int((_column_line_bounds(g, u, v) > flat + tol).sum())
     assert tighter > 0
 
 
-def test_sloped_bound_arguments_are_checked():
+def test_column_line_arguments_are_checked():
     _, A, B = sae_like(20, d=8, seed=1, sigma=1.0)
-    _, _, g = _sloped_graph(A, B, 3, 0.1)
+    _, _, g = _column_line_graph(A, B, 3, 0.1)
     price = lambda rows, u, v: (np.empty(0, np.int64),) * 2 + (np.empty(0),)  # noqa: E731
-    with pytest.raises(ValueError, match="row_slope must have shape"):
-        assign_exact(20, 20, dataclasses.replace(g, row_slope=g.row_slope[:5]), price)
-    with pytest.raises(ValueError, match="row_slope needs row_bound, row_norm and col_norm"):
-        assign_exact(20, 20, dataclasses.replace(g, col_norm=None), price)
-    with pytest.raises(ValueError, match="must be >= 0"):
-        assign_exact(20, 20, dataclasses.replace(g, row_slope=-g.row_slope - 1), price)
+    with pytest.raises(ValueError, match="col_slope must have shape"):
+        assign_exact(20, 20, dataclasses.replace(g, col_slope=g.col_slope[:5]), price)
+    with pytest.raises(ValueError, match="col_base and col_slope go together"):
+        assign_exact(20, 20, dataclasses.replace(g, col_base=None), price)
+    with pytest.raises(ValueError, match="col_base and col_slope go together"):
+        assign_exact(20, 20, dataclasses.replace(g, row_norm=None), price)

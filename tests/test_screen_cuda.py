@@ -77,8 +77,8 @@ def test_graph_bounds_hold_for_every_pair_left_out(gpu_screen, sigma: float, k: 
     out = np.ones(C.shape, bool)
     out[rows, g.indices] = False
     i, j = np.nonzero(out)
-    assert (C[i, j] >= g.row_bound[i]).all() and (C[i, j] >= g.col_bound[j]).all()
-    assert (C[i, j] >= g.row_bound[i] + g.row_slope[i] * (g.col_norm.max() - g.col_norm[j])).all()
+    assert (C[i, j] >= g.row_bound[i] + g.col_offset[j]).all() and (C[i, j] >= g.col_bound[j] + g.row_offset[i]).all()
+    assert (C[i, j] >= g.col_base[j] - g.col_slope[j] * g.row_norm[i]).all()
     a, b = A.cpu().double().numpy(), B.cpu().double().numpy()
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     cos = (a @ b.T) / np.maximum(na[:, None] * nb[None, :], 1e-300)
@@ -134,7 +134,8 @@ def test_screened_path_on_emitted_candidates(gpu_screen, monkeypatch: pytest.Mon
     out = np.ones(C.shape, bool)
     out[rows, g.indices] = False
     i, j = np.nonzero(out)
-    assert (C[i, j] >= g.row_bound[i]).all() and (C[i, j] >= g.col_bound[j]).all()
+    assert (C[i, j] >= g.row_bound[i] + g.col_offset[j]).all() and (C[i, j] >= g.col_bound[j] + g.row_offset[i]).all()
+    assert (C[i, j] >= g.col_base[j] - g.col_slope[j] * g.row_norm[i]).all()
     res = match_vectors(A, B, dense_limit=0, candidates_k=1)
     r, c = linear_sum_assignment(C)
     assert res.certified

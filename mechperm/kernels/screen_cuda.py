@@ -141,16 +141,11 @@ def solver_graph(sv: ScreenedVectorsGPU, k: int, k_cos: int | None = None):
     y, x = np.sqrt(sv.a_stats[3]), np.sqrt(sv.b_stats[3])
     mu_a, K_a = screen._error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
     mu_b, K_b = screen._error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
-    e_col = mu_b * float(y.max(initial=0.0)) + 1e-6 * float(sv.a_stats[3].max(initial=0.0)) + K_b
     # least screened cosines held (from the edges' screened costs, with the float32 norms)
     cos = _cosine_bounds(g, sv.A32, sv.B32)
-    # the slope's line is in the graph's col_norm: its largest value must be the X of row_bound
-    xs = np.maximum(x, cos["col_norm"])
-    row_bound, row_slope = screen._row_error_bounds(g.row_kth.cpu().double().numpy(), mu_a, K_a, xs,
-                                                    np.maximum(sv.b_stats[3], xs * xs))
-    bounds = {"row_bound": row_bound, "row_slope": row_slope,
-              "col_bound": g.col_kth.cpu().double().numpy() - e_col,
-              "row_norm": cos["row_norm"], "col_norm": cos["col_norm"]}
+    bounds = screen._capped_bounds(g.row_kth.cpu().double().numpy(), g.col_kth.cpu().double().numpy(),
+                                   sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
+    bounds.update(row_norm=cos["row_norm"], col_norm=cos["col_norm"])
     for name, mu, norm in (("row_cos", mu_a, y), ("col_cos", mu_b, x)):
         if name in cos:
             bounds[name] = cos[name] + np.where(norm > 0, mu / (2.0 * np.where(norm > 0, norm, 1.0)), 0.0)
