@@ -46,7 +46,7 @@ def _constants(name: str, dtype: str) -> tuple[dict, int, int]:
     elif name == "_slot_min_kernel":
         c = dict(S=tc.EMIT_SLOTS_PER_K * 32, COS=True, **tile)
     elif name == "_emit_kernel":
-        c = dict(ROOM=tc.EMIT_ROOM_PER_K * 32 + tc.EMIT_ROOM_EXTRA, COS=True, **tile)
+        c = dict(COS=True, **tile)  # ROOM is a runtime value
     elif name == "_pair_kernel":
         c, stages = dict(BLOCK_P=64, BLOCK_D=bd, FP64=False), 3
     elif name == "_dense_kernel":

@@ -250,7 +250,7 @@ def _slot_min_kernel(
 
 
 @triton.jit
-def _emit(score, hit, ids, other, CNT, OUT_I, OUT_V, ROOM: tl.constexpr, AXIS: tl.constexpr):
+def _emit(score, hit, ids, other, CNT, OUT_I, OUT_V, ROOM, AXIS: tl.constexpr):
     """Append (other, score) of every entry of ``hit`` to the list of its owner: row ``ids[i]``
     of OUT_I / OUT_V [*, ROOM] for AXIS 1, column ``ids[j]`` for AXIS 0. One atomic per owner
     reserves its entries' places (CNT counts past ROOM, so overflow is seen).
@@ -279,7 +279,7 @@ def _emit_kernel(
     RCI, RCV, RSI, RSV,             # [M, ROOM] int32 columns and float32 scores per row (cost, −cos)
     CCI, CCV, CSI, CSV,             # [N, ROOM] int32 rows and float32 scores per column
     M, N, D, cols_per_split, sx, sy,
-    ROOM: tl.constexpr, COS: tl.constexpr,
+    ROOM, COS: tl.constexpr,        # ROOM a runtime value: one compile for every tile stride
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
