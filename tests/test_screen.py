@@ -221,18 +221,22 @@ def test_screened_graph_bounds_hold_for_every_pair_left_out() -> None:
 
 def test_screened_pricer_bound_covers_every_pair_not_returned() -> None:
     """q = 1 and duals that leave many pairs negative: rows are re-priced with 4q until the
-    bound is >= 0, and every pair not returned has an exact reduced cost >= the bound."""
+    bound is >= 0 or their pairs hold a violation (the loop prices those again after adding
+    them), and every pair not returned has an exact reduced cost >= the bound."""
     A, B = _vectors(60, 24, 5, heavy=1.0), _vectors(90, 24, 6, heavy=1.0)
     sv = screen.prepare(A, B)
     C = screen.exact_dense_costs(A, B).double().numpy()
     rng = np.random.default_rng(0)
-    u = C.min(axis=1) + rng.uniform(0, 0.5, 60) * C.std()
+    u = C.min(axis=1) + rng.uniform(-0.5, 0.5, 60) * C.std()  # about half the rows violate
     v = np.zeros(90)
     rows = np.arange(0, 60, 2)
     r, c, w, bound = screen.row_pricer(sv, 1)(rows, u, v)
-    assert (bound >= 0).all() and (np.bincount(r, minlength=60)[rows] >= 1).all()
+    assert (np.bincount(r, minlength=60)[rows] >= 1).all()
     np.testing.assert_allclose(w, C[r, c], rtol=1e-6, atol=1e-6)
     red = C - u[:, None] - v[None, :]
+    violating = np.isin(rows, r[red[r, c] < -1e-6 * (np.abs(C[r, c]) + np.abs(u[r]))])
+    assert (bound[~violating] >= 0).all() and violating.any() and (~violating).any()
+    assert (bound[violating] < 0).any()  # not priced on to a bound >= 0
     returned = np.zeros(C.shape, bool)
     returned[r, c] = True
     for t, i in enumerate(rows):

@@ -155,7 +155,7 @@ def test_pricer_falls_back_to_exact_rows(gpu_screen, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(gpu_screen, "price_rows_topq", useless_bounds)
     C = screen.exact_dense_costs(A.cpu(), B.cpu()).double().numpy()
-    u, v = C.min(axis=1) + 0.5, np.zeros(150)
+    u, v = C.min(axis=1) - 0.01, np.zeros(150)  # no violation: only the bound can settle the rows
     rows = np.array([5, 0, 39])
     out = screen_cuda.row_pricer(sv, 3)(rows, u, v)
     assert seen == [3, 12, 48, 128]
@@ -165,6 +165,9 @@ def test_pricer_falls_back_to_exact_rows(gpu_screen, monkeypatch: pytest.MonkeyP
         order = np.sort(red[i])
         assert len(got) == 3 and np.allclose(np.sort(red[i, got]), order[:3])
         assert out.bound[t] == pytest.approx(order[3], rel=1e-12)
+    seen.clear()  # rows whose pairs violate are left to the loop: no second pricing
+    out = screen_cuda.row_pricer(sv, 3)(rows, C.min(axis=1) + 0.5, v)
+    assert seen == [3] and (out.bound < 0).all()
 
 
 def test_screened_sparse_path_partial_mode(gpu_screen) -> None:

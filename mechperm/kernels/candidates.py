@@ -798,13 +798,13 @@ def _fused_row_pricer(A: Tensor, B: Tensor, q: int):
         rows_t = torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(dev)
         u_t, v_t = torch.from_numpy(u).to(dev), torch.from_numpy(v).to(dev)
         out = _reprice_weak(lambda ids, qq: triton_candidates.price_rows_topq(A, B, u_t, v_t, ids, qq),
-                            rows_t, u_t, q, B.shape[0])
+                            rows_t, u_t, q, B.shape[0], v=v_t)
         return assign.PricedRows(*(x.cpu().numpy() for x in out))
 
     return price_rows
 
 
-def _reprice_weak(price, rows: Tensor, u: Tensor, q: int, m: int, exact=None):
+def _reprice_weak(price, rows: Tensor, u: Tensor, q: int, m: int, exact=None, v: Tensor | None = None):
     """Price ``rows`` with ``price(rows, q) -> (rows, cols, costs, bound)``; rows whose bound is
     below the exact loop's tolerance are priced again keeping 4× as many (up to 128), then, if
     ``exact(rows)`` is given and they are still below, by it. Returns the merged answer.
@@ -812,13 +812,18 @@ def _reprice_weak(price, rows: Tensor, u: Tensor, q: int, m: int, exact=None):
     Why: a bound below 0 proves nothing (the loop would price the row again with the same q):
     it happens where the Q-th pair ties with the row's own arc at ~0, where the graph's cost of a
     pair differs from the tile's by float32 rounding, or where more than Q pairs lie within a
-    screen's error."""
+    screen's error. With ``v``, a row whose returned pairs already hold a violation (reduced
+    cost below −1e-6 of its terms, far beyond rounding) is not priced again: the loop adds its
+    pairs, solves again and prices it again anyway (the H100's F = 1M run priced whole rows
+    exactly for such rows)."""
     from mechperm import assign
 
     r, c, w, bound = price(rows, q)
     qq = max(q, 2)
     while True:
         weak = bound < -assign._REL_TOL * u[rows].abs()
+        if v is not None and bool(weak.any()):
+            weak &= ~_violating_rows(rows, r, c, w, u, v)
         if not bool(weak.any()):
             break
         again = rows[weak]
@@ -834,3 +839,18 @@ def _reprice_weak(price, rows: Tensor, u: Tensor, q: int, m: int, exact=None):
         r, c, w = torch.cat([r[keep], r2]), torch.cat([c[keep], c2]), torch.cat([w[keep], w2])
         bound[weak] = b2
     return r, c, w, bound
+
+
+VIOLATION_REL = 1e-6  # a returned pair violates beyond any float32 rounding of its cost
+
+
+def _violating_rows(rows, r, c, w, u, v):
+    """Per entry of ``rows``: whether one of its returned pairs (r, c, w) has a reduced cost
+    below −VIOLATION_REL (|w| + |u_r| + |v_c|). torch tensors or numpy arrays alike."""
+    if isinstance(rows, np.ndarray):
+        red = (w.astype(np.float64) - u[r]) - v[c]
+        bad = red < -VIOLATION_REL * (np.abs(w) + np.abs(u[r]) + np.abs(v[c]))
+        return np.isin(rows, r[bad])
+    red = (w.double() - u[r]) - v[c]
+    bad = red < -VIOLATION_REL * (w.double().abs() + u[r].abs() + v[c].abs())
+    return torch.isin(rows, r[bad])

@@ -169,7 +169,7 @@ def row_pricer(sv: ScreenedVectorsGPU, q: int):
         rows_t = torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(dev)
         u_t, v_t = torch.from_numpy(u).to(dev), torch.from_numpy(v).to(dev)
         out = _reprice_weak(lambda ids, qq: tc.price_rows_topq(sv.A16, sv.B16, u_t, v_t, ids, qq, screen=sv),
-                            rows_t, u_t, q, m, exact=lambda ids: _exact_rows_topq(sv, ids, u_t, v_t, q))
+                            rows_t, u_t, q, m, exact=lambda ids: _exact_rows_topq(sv, ids, u_t, v_t, q), v=v_t)
         return assign.PricedRows(*(x.cpu().numpy() for x in out))
 
     return price_rows
