@@ -587,18 +587,23 @@ def _lower_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Option
     if g.row_norm is not None and g.col_norm is not None:
         lb = np.maximum(lb, _euclidean_bounds(g, u, v, cache))
     if g.col_slope is not None:
-        lb = np.maximum(lb, _column_line_bounds(g, u, v, cache))
+        open_rows = np.flatnonzero(~(lb >= 0.0))  # the envelope's queries only where they can help
+        if len(open_rows):
+            lb[open_rows] = np.maximum(lb[open_rows], _column_line_bounds(g, u, v, cache, open_rows))
     return lb
 
 
-def _column_line_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Optional[dict] = None) -> np.ndarray:
-    """Per row, min_j (col_base_j − col_slope_j · y_i − v_j) − u_i over every column: one lower
-    envelope of lines in y_i (the row norm), with each column's own dual."""
+def _column_line_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Optional[dict] = None,
+                        rows: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per row (of ``rows``, default all), min_j (col_base_j − col_slope_j · y_i − v_j) − u_i
+    over every column: one lower envelope of lines in y_i (the row norm), with each column's
+    own dual."""
+    rows = np.arange(len(u)) if rows is None else rows
     w = g.col_base - v
     if not (np.isfinite(w).all() and np.isfinite(g.col_slope).all() and np.isfinite(g.row_norm).all()):
-        return np.full(len(u), -np.inf)
+        return np.full(len(rows), -np.inf)
     by = _cached(cache, "col_slope", (g.col_slope,), lambda: np.argsort(g.col_slope, kind="stable"))
-    return _auction.envelope_min(w, g.col_slope, g.row_norm, by_slope=by) - u
+    return _auction.envelope_min(w, g.col_slope, np.ascontiguousarray(g.row_norm[rows]), by_slope=by) - u[rows]
 
 
 def _cached(cache: Optional[dict], key: str, arrays: tuple, make: Callable[[], Any]) -> Any:

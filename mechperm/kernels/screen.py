@@ -347,8 +347,8 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
     rows = g.row_ids().numpy()
     cols = _solver_columns(g)
     costs = sv.exact(rows, cols)
-    mu_a, K_a = _error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
-    mu_b, K_b = _error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
+    mu_a, _ = _error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)  # for the cosine bounds
+    mu_b, _ = _error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
     bounds = _capped_bounds(g.row_kth.double().numpy(), g.col_kth.double().numpy(), sv.a_stats, sv.b_stats,
                             sv.gamma, sv.abs_slack)
     bounds.update(row_norm=y, col_norm=x)

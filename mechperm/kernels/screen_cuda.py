@@ -139,8 +139,8 @@ def solver_graph(sv: ScreenedVectorsGPU, k: int, k_cos: int | None = None):
     g = tc.candidates(sv.A16, sv.B16, k=k, k_cos=k_cos, norms=(sv.na, sv.nb))
     costs = sv.exact(g.row_ids(), g.indices).cpu().numpy()
     y, x = np.sqrt(sv.a_stats[3]), np.sqrt(sv.b_stats[3])
-    mu_a, K_a = screen._error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
-    mu_b, K_b = screen._error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
+    mu_a, _ = screen._error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)  # for the cosine bounds
+    mu_b, _ = screen._error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
     # least screened cosines held (from the edges' screened costs, with the float32 norms)
     cos = _cosine_bounds(g, sv.A32, sv.B32)
     bounds = screen._capped_bounds(g.row_kth.cpu().double().numpy(), g.col_kth.cpu().double().numpy(),
