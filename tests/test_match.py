@@ -221,8 +221,9 @@ def test_solver_graph_bounds_hold_for_every_pair_left_out(stack) -> None:
 
 
 def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack) -> None:
-    """The sparse path's pricing callback: per requested row, exactly the q pairs of smallest
-    reduced cost (c - u) - v, whatever their sign, with the candidate graph's float32 costs."""
+    """The sparse path's pricing callback: per requested row the q pairs of smallest reduced
+    cost (c - u) - v, whatever their sign (selected in float32: up to its rounding), with the
+    candidate graph's float32 costs, and a bound under every pair it leaves out."""
     A, B = kernels.matching_vectors(stack.saes[0]), kernels.matching_vectors(stack.saes[1])
     C = kernels.dense_costs(A, B)
     rng = np.random.default_rng(0)
@@ -231,11 +232,17 @@ def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack) -> None:
     rows = np.sort(rng.choice(A.shape[0], size=40, replace=False))
     q = 7
     # max_tile of 16 rows: three blocks, the last one of 8 rows (padded for the GEMM)
-    r, c, w = kernels.row_pricer(A, B, q, max_tile=16 * B.shape[0])(rows, u, v)
+    r, c, w, bound = kernels.row_pricer(A, B, q, max_tile=16 * B.shape[0])(rows, u, v)
     red = (C.double().numpy() - u[:, None]) - v[None, :]
     assert np.array_equal(np.unique(r), rows) and np.bincount(r, minlength=A.shape[0])[rows].tolist() == [q] * 40
-    for i in rows:
-        assert set(c[r == i].tolist()) == set(np.argsort(red[i], kind="stable")[:q].tolist()), f"row {i}"
+    for t, i in enumerate(rows):
+        left = np.ones(B.shape[0], bool)
+        left[c[r == i]] = False
+        ulp = 2.0**-22 * (np.abs(C[i].double().numpy()).max() + abs(u[i]) + np.abs(v).max())
+        assert red[i, ~left].max() <= red[i, left].min() + ulp, f"row {i}: not the q smallest"
+        na, nb = kernels.row_sq_norms(A).double().numpy(), kernels.row_sq_norms(B).double().numpy()
+        margin = 2.0**-20 * (2 * (na[i] + nb.max()) + abs(u[i]) + np.abs(v).max())  # the documented one
+        assert np.sort(red[i])[q] - 2 * margin <= bound[t] <= red[i, left].min(), f"row {i}"
     assert np.array_equal(w, C.numpy()[r, c]), "pricing costs differ from the dense costs"
     assert (red[r, c] < 0).any() and (red[r, c] >= 0).any()  # both signs are returned
     g = kernels.candidates(A, B, k=4)
@@ -247,10 +254,25 @@ def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack) -> None:
 def test_row_pricer_edge_cases() -> None:
     A, B = torch.randn(5, 8), torch.randn(3, 8)
     price = kernels.row_pricer(A, B, q=64)  # q > F_b: every column of the row
-    r, c, w = price(np.array([1, 4]), np.zeros(5), np.zeros(3))
+    r, c, w, bound = price(np.array([1, 4]), np.zeros(5), np.zeros(3))
     assert sorted(zip(r.tolist(), c.tolist())) == [(i, j) for i in (1, 4) for j in range(3)]
-    r, c, w = price(np.array([], dtype=np.int64), np.zeros(5), np.zeros(3))
+    assert np.isposinf(bound).all()  # nothing left out
+    r, c, w, bound = price(np.array([], dtype=np.int64), np.zeros(5), np.zeros(3))
     assert r.dtype == np.int64 and c.dtype == np.int64 and w.dtype == np.float32 and r.size == c.size == w.size == 0
+    assert bound.size == 0
+
+
+def test_row_pricer_settles_ties_at_zero_exactly() -> None:
+    """More than q pairs at reduced cost ~0 (within the float32 margin) and none violating:
+    the float32 bound would be below 0, so the row is selected again in float64 (exact bound)."""
+    A = torch.zeros(3, 8)
+    A[:, 0] = torch.tensor([1.0, 2.0, 3.0])
+    B = A[[0, 0, 0, 0, 1, 2]].clone()  # row 0 has four columns at cost 0
+    price = kernels.row_pricer(A, B, q=2)
+    C = kernels.dense_costs(A, B).double().numpy()
+    u, v = np.zeros(3), np.zeros(6)
+    r, c, w, bound = price(np.array([0]), u, v)
+    assert len(r) == 2 and (C[0, c] == 0).all() and bound[0] == 0.0
 
 
 def test_sparse_path_heavy_tails_and_partial() -> None:
