@@ -1135,12 +1135,17 @@ int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, in
                 dist[i] = kFar;
             }
         }
+        // Layers up to the first that reaches a free column: deeper rows are left out of this
+        // phase (they were searched whole before: at F = 1M, ~100M arcs, every phase).
+        int64_t limit = kFar;
         while (qh < qt) {
             const int64_t i = queue[qh++];
+            if (dist[i] >= limit) break;  // BFS order: every later row is as deep
             for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a) {
                 const int64_t i2 = mc[idx[a]];
                 if (i2 < 0) {
                     found = true;
+                    limit = dist[i] + 1;
                 } else if (dist[i2] == kFar) {
                     dist[i2] = dist[i] + 1;
                     queue[qt++] = i2;
@@ -1148,6 +1153,8 @@ int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, in
             }
         }
         if (!found) break;
+        for (int64_t t = 0; t < qt; ++t)  // rows queued beyond the shortest paths' layer
+            if (dist[queue[t]] >= limit) dist[queue[t]] = kFar;
         for (int64_t i = 0; i < n; ++i) it[i] = ptr[i];
         for (int64_t r = 0; r < n; ++r) {
             if (mr[r] >= 0) continue;

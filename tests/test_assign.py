@@ -491,6 +491,30 @@ def test_scalar_and_simd_kernels_agree():
     assert runs[0] == runs[1]
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_max_matching_size_equals_scipys(seed):
+    """Hopcroft-Karp against scipy's maximum_bipartite_matching: sizes, and a valid matching on
+    arcs of the graph (sparse, dense, unbalanced, with empty rows; int32 and int64 columns)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+    deg = rng.integers(0, int(rng.integers(1, 6)) + 1, n)
+    rows = np.repeat(np.arange(n), deg)
+    cols = rng.integers(0, m, len(rows)) if seed % 2 else (rows * 7 + rng.integers(-3, 4, len(rows))) % m
+    M = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, m))
+    M.sum_duplicates()
+    M.sort_indices()
+    ref = int((maximum_bipartite_matching(M, perm_type="column") >= 0).sum())
+    idx = M.indices.astype(np.int32 if seed % 3 else np.int64)
+    size, r2c = _auction.max_matching(M.indptr.astype(np.int64), idx, n, m)
+    assert size == ref == int((r2c >= 0).sum())
+    matched = np.flatnonzero(r2c >= 0)
+    assert len(set(r2c[matched].tolist())) == len(matched)
+    assert all(r2c[i] in M.indices[M.indptr[i] : M.indptr[i + 1]] for i in matched)
+
+
 def test_assign_exact_infeasible_candidates_are_repaired():
     # the k = 1 row picks of a heavy-tailed instance pile onto a few columns
     C, A, B = sae_like(200, sigma=3.0, seed=4)
