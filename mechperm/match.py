@@ -457,8 +457,9 @@ def _nearest(A: Tensor, B: Tensor, k: int, block_rows: int = 1024) -> tuple[Tens
     """Costs and indices [F_a, k] of each row's k cheapest columns, streamed by row blocks."""
     k = min(k, B.shape[0])
     costs, idx = [], []
+    na, nb = kernels.row_sq_norms(A), kernels.row_sq_norms(B)  # once, not per block
     for r0 in range(0, A.shape[0], block_rows):
-        tile = kernels.dense_costs(A[r0 : r0 + block_rows], B)
+        tile = kernels.dense_costs(A[r0 : r0 + block_rows], B, norms=(na[r0 : r0 + block_rows], nb))
         c, i = torch.topk(tile, k, dim=1, largest=False, sorted=True)
         costs.append(c.cpu())
         idx.append(i.cpu())

@@ -192,6 +192,17 @@ def test_dense_costs_clamp_cancellation_to_zero() -> None:
     assert dense_costs(A[:0], A).shape == (0, 20) and dense_costs(A, A[:0]).shape == (20, 0)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_dense_costs_with_given_norms(backend: str, tc) -> None:
+    """norms= (the pricers' once-computed norms) gives the same costs; wrong shapes are refused."""
+    A, B = randn(40, 24, seed=5).to(TRITON_DEVICE), randn(30, 24, seed=6).to(TRITON_DEVICE)
+    norms = (row_sq_norms(A), row_sq_norms(B))
+    same = dense_costs(A[5:17], B, backend=backend, norms=(norms[0][5:17], norms[1]))
+    assert torch.equal(same, dense_costs(A[5:17], B, backend=backend))
+    with pytest.raises(ValueError, match=r"norms must have shapes \(12,\) and \(30,\)"):
+        dense_costs(A[5:17], B, backend=backend, norms=norms)
+
+
 # ---------------------------------------------------------------------------------- candidates
 @pytest.mark.parametrize("kind", ["random", "heavy"])
 @pytest.mark.parametrize("k, k_cos", [(5, None), (3, 7), (4, 0)])

@@ -115,7 +115,10 @@ def row_sq_norms(X: Tensor) -> Tensor:
     """
     _check_vectors(X)
     out = torch.empty(X.shape[0], dtype=torch.float32, device=X.device)
-    step = max(1, _NORM_BLOCK_ELEMENTS // max(1, X.shape[1]))
+    # blocks of 2 MiB of float64 on a CPU (cache); 128 MiB on a GPU, where each block is a
+    # few kernel launches (F = 1M, d = 2304: 9280 blocks of 2^18 took ~0.15 s)
+    per = _NORM_BLOCK_ELEMENTS if X.device.type == "cpu" else _NORM_BLOCK_ELEMENTS << 6
+    step = max(1, per // max(1, X.shape[1]))
     for r0 in range(0, X.shape[0], step):
         blk = X[r0 : r0 + step].double()
         out[r0 : r0 + step] = torch.sum(blk * blk, dim=1)
@@ -152,7 +155,8 @@ def _col_blocks(B: Tensor, block_cols: int):
         yield c0, c1, blk
 
 
-def dense_costs(A: Tensor, B: Tensor, *, block_rows: int = 1024, backend: str | None = None) -> Tensor:
+def dense_costs(A: Tensor, B: Tensor, *, block_rows: int = 1024, backend: str | None = None,
+                norms: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """All squared distances ``[F_a, F_b]`` float32 (for small F; clamped at 0).
 
     Parameters
@@ -163,14 +167,23 @@ def dense_costs(A: Tensor, B: Tensor, *, block_rows: int = 1024, backend: str | 
         Rows per GEMM (memory only; the values do not depend on it).
     backend : {"torch", "triton"} or None
         None: Triton for CUDA tensors, torch otherwise (``$MECHPERM_KERNELS`` overrides).
+    norms : (Tensor [F_a], Tensor [F_b]), optional
+        :func:`row_sq_norms` of A and B, where the caller has them: a caller taking row blocks
+        of A against the same B (the pricers) would otherwise pass over all of B each call
+        (F = 1M on an H100: ~0.18 s a call, most of a pricing pass).
     """
     _check_vectors(A, B)
     _check_k("block_rows", block_rows, 1)
+    if norms is not None:
+        norms = tuple(x.to(A.device, torch.float32) for x in norms)
+        if norms[0].shape != (A.shape[0],) or norms[1].shape != (B.shape[0],):
+            raise ValueError(f"norms must have shapes ({A.shape[0]},) and ({B.shape[0]},), got "
+                             f"{tuple(norms[0].shape)} and {tuple(norms[1].shape)}")
     if _backend(A, B, backend=backend) == "triton":
         from mechperm.kernels import triton_candidates
 
-        return triton_candidates.dense_costs(A, B)
-    na, nb = row_sq_norms(A), row_sq_norms(B)
+        return triton_candidates.dense_costs(A, B, norms)
+    na, nb = norms if norms is not None else (row_sq_norms(A), row_sq_norms(B))
     _check_norms("A", na)
     _check_norms("B", nb)
     Fa, Fb = A.shape[0], B.shape[0]
@@ -764,7 +777,8 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
         max_tile = 1 << (27 if A.device.type == "cuda" else 24)  # would idle it
     block = max(16, min(1024, max_tile // max(B.shape[0], 1)))
     m = B.shape[0]
-    nb_max = float(row_sq_norms(B).max()) if m else 0.0
+    nb = row_sq_norms(B)  # once: not per block (see dense_costs)
+    nb_max = float(nb.max()) if m else 0.0
 
     def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
         from mechperm import assign
@@ -776,12 +790,14 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
         out_r, out_c, out_w, out_b = [], [], [], []
         for s0 in range(0, rows_t.numel() if kq else 0, block):
             ids = rows_t[s0 : s0 + block]
-            tile = dense_costs(A[ids], B)  # [b, F_b] float32
+            Ablk = A[ids]
+            na = row_sq_norms(Ablk)
+            tile = dense_costs(Ablk, B, norms=(na, nb))  # [b, F_b] float32
             k1 = min(kq + 1, m)
             vals, cols = torch.topk(tile - v32[None, :], k1, dim=1, largest=False, sorted=True)
             uu = u_t[ids]
             if k1 > kq:
-                margin = 2.0**-20 * (2.0 * (row_sq_norms(A[ids]).double() + nb_max) + uu.abs() + v_max)
+                margin = 2.0**-20 * (2.0 * (na.double() + nb_max) + uu.abs() + v_max)
                 bound = (vals[:, kq].double() - uu) - margin
             else:
                 bound = torch.full((ids.numel(),), float("inf"), dtype=torch.float64, device=A.device)
@@ -826,12 +842,13 @@ def _fused_row_pricer(A: Tensor, B: Tensor, q: int):
     from mechperm.kernels import triton_candidates
 
     q = min(q, 64)  # a row's best live in registers: 128 slots would double them (64 as on the GPU runs)
+    norms = (row_sq_norms(A), row_sq_norms(B))  # once, not per pass
 
     def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
         dev = A.device
         rows_t = torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(dev)
         u_t, v_t = torch.from_numpy(u).to(dev), torch.from_numpy(v).to(dev)
-        out = _reprice_weak(lambda ids, qq: triton_candidates.price_rows_topq(A, B, u_t, v_t, ids, qq),
+        out = _reprice_weak(lambda ids, qq: triton_candidates.price_rows_topq(A, B, u_t, v_t, ids, qq, norms=norms),
                             rows_t, u_t, q, B.shape[0], v=v_t)
         return assign.PricedRows(*(x.cpu().numpy() for x in out))
 

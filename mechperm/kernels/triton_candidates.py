@@ -448,9 +448,11 @@ def _topq_kernel(
 
 
 # ---------------------------------------------------------------------------------- host side
-def _prep(A: Tensor, B: Tensor):
+def _prep(A: Tensor, B: Tensor, norms: tuple[Tensor, Tensor] | None = None):
+    """Contiguous A, B, their float32 squared norms (``norms`` if given: a pricer computes them
+    once, not per pass over B) and the tile depth."""
     A, B = A.contiguous(), B.contiguous()
-    na, nb = ref.row_sq_norms(A), ref.row_sq_norms(B)
+    na, nb = norms if norms is not None else (ref.row_sq_norms(A), ref.row_sq_norms(B))
     ref._check_norms("A", na)
     ref._check_norms("B", nb)
     return A, B, na, nb, (BD_FP32 if A.dtype == torch.float32 else BD_16)
@@ -648,9 +650,9 @@ def candidates(A: Tensor, B: Tensor, *, k: int, k_cos: int, splits: int | None =
     return ref._assemble((Fa, Fb), parts, row_cost[:, -1].contiguous(), col_cost[:, -1].contiguous(), k, k_cos)
 
 
-def dense_costs(A: Tensor, B: Tensor) -> Tensor:
+def dense_costs(A: Tensor, B: Tensor, norms: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Triton implementation of :func:`mechperm.kernels.candidates.dense_costs`."""
-    A, B, na, nb, bd = _prep(A, B)
+    A, B, na, nb, bd = _prep(A, B, norms)
     M, N = A.shape[0], B.shape[0]
     out = torch.empty(M, N, dtype=torch.float32, device=A.device)
     if M and N:
@@ -695,7 +697,8 @@ def price(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, tol: float, 
 
 
 def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q: int, *,
-                    chunk: int = 1 << 16, splits: int | None = None, screen=None):
+                    chunk: int = 1 << 16, splits: int | None = None, screen=None,
+                    norms: tuple[Tensor, Tensor] | None = None):
     """Per row of ``rows``, the columns of smallest reduced cost ``(c − u) − v`` (c the tile
     costs of :func:`dense_costs`), and a lower bound on the reduced cost of every column it
     leaves out. The backend of :func:`mechperm.kernels.candidates.row_pricer` on CUDA: one pass
@@ -711,6 +714,7 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
     red ≥ r − 2⁻²⁴|r|; ``r − 2⁻²³|r|`` is returned. Costs of the returned pairs come from
     :func:`pair_costs` (float32 rounding of the tile's).
 
+    ``norms``: the float32 squared norms of A and B (else computed here, a pass over both).
     ``screen``: a :class:`mechperm.kernels.screen_cuda.ScreenedVectorsGPU`, whose bf16 rows
     are ``A``, ``B``: ranks by lower bounds on the exact reduced costs (screened cost less its
     error bound, in the kernel), and the returned costs are its exact ones.
@@ -718,7 +722,7 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
     Returns (rows [P], cols [P], costs [P] float32, bound [len(rows)] float64).
     """
     if screen is None:
-        A, B, na, nb, bd = _prep(A, B)
+        A, B, na, nb, bd = _prep(A, B, norms)
         sa = sb = A.new_zeros(1, dtype=torch.float64)
         gamma = slack = 0.0
     else:
