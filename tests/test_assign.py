@@ -969,6 +969,14 @@ def test_large_sae_like_8192():
 # ---- Euclidean bounds (norms and cosine caps of the pairs left out) ------------------------------
 
 
+def _mask_graph(C, in_graph, **bounds):
+    """The CandidateGraph of the True entries of a boolean mask over C, with these bounds."""
+    rows, cols = np.nonzero(in_graph)
+    indptr = np.zeros(in_graph.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=in_graph.shape[0]), out=indptr[1:])
+    return CandidateGraph(indptr, cols.astype(np.int64), C[rows, cols], **bounds)
+
+
 def _euclid_graph(A, B, k_cos):
     """Graph of each row's and column's k_cos most cosine-similar partners, with the norms and
     the least cosine held per row/column: the setting of CandidateGraph's Euclidean bound."""
@@ -982,12 +990,7 @@ def _euclid_graph(A, B, k_cos):
     in_graph = by_row | by_col
     row_cos = np.where(by_row, cos, np.inf).min(1)  # each row's k_cos-th largest cosine
     col_cos = np.where(by_col, cos, np.inf).min(0)
-    rows, cols = np.nonzero(in_graph)
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    g = CandidateGraph(indptr, cols.astype(np.int64), C[rows, cols], row_norm=y, col_norm=x,
-                       row_cos=row_cos, col_cos=col_cos)
-    return C, in_graph, g
+    return C, in_graph, _mask_graph(C, in_graph, row_norm=y, col_norm=x, row_cos=row_cos, col_cos=col_cos)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -1141,12 +1144,7 @@ def _column_line_graph(A, B, k, slope_scale):
     in_graph[np.argsort(C, axis=0)[:k, :], np.arange(m)[None, :]] = True
     slope = slope_scale * x
     base = np.where(in_graph, np.inf, C + slope[None, :] * y[:, None]).min(0)
-    rows, cols = np.nonzero(in_graph)
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    g = CandidateGraph(indptr, cols.astype(np.int64), C[rows, cols], row_norm=y, col_norm=x,
-                       col_base=base, col_slope=slope)
-    return C, in_graph, g
+    return C, in_graph, _mask_graph(C, in_graph, row_norm=y, col_norm=x, col_base=base, col_slope=slope)
 
 
 @pytest.mark.parametrize("seed", range(4))
