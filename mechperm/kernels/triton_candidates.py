@@ -449,12 +449,15 @@ def _topq_kernel(
 
 # ---------------------------------------------------------------------------------- host side
 def _prep(A: Tensor, B: Tensor, norms: tuple[Tensor, Tensor] | None = None):
-    """Contiguous A, B, their float32 squared norms (``norms`` if given: a pricer computes them
-    once, not per pass over B) and the tile depth."""
+    """Contiguous A, B, their float32 squared norms (``norms`` if given: a pricer computes and
+    checks them once, not per pass over B) and the tile depth."""
     A, B = A.contiguous(), B.contiguous()
-    na, nb = norms if norms is not None else (ref.row_sq_norms(A), ref.row_sq_norms(B))
-    ref._check_norms("A", na)
-    ref._check_norms("B", nb)
+    if norms is not None:  # the caller's, checked once there
+        na, nb = norms
+    else:
+        na, nb = ref.row_sq_norms(A), ref.row_sq_norms(B)
+        ref._check_norms("A", na)
+        ref._check_norms("B", nb)
     return A, B, na, nb, (BD_FP32 if A.dtype == torch.float32 else BD_16)
 
 
