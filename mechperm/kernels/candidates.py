@@ -180,13 +180,16 @@ def dense_costs(A: Tensor, B: Tensor, *, block_rows: int = 1024, backend: str | 
         if norms[0].shape != (A.shape[0],) or norms[1].shape != (B.shape[0],):
             raise ValueError(f"norms must have shapes ({A.shape[0]},) and ({B.shape[0]},), got "
                              f"{tuple(norms[0].shape)} and {tuple(norms[1].shape)}")
+        _check_norms("A", norms[0])  # B's: the caller's, once
     if _backend(A, B, backend=backend) == "triton":
         from mechperm.kernels import triton_candidates
 
         return triton_candidates.dense_costs(A, B, norms)
-    na, nb = norms if norms is not None else (row_sq_norms(A), row_sq_norms(B))
-    _check_norms("A", na)
-    if norms is None:
+    if norms is not None:
+        na, nb = norms
+    else:
+        na, nb = row_sq_norms(A), row_sq_norms(B)
+        _check_norms("A", na)
         _check_norms("B", nb)
     Fa, Fb = A.shape[0], B.shape[0]
     out = torch.empty(Fa, Fb, dtype=torch.float32, device=A.device)
@@ -809,8 +812,7 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
             r = ids[:, None].expand_as(cols)
             open_rows = bound < 0
             if bool(open_rows.any()):  # the margin leaves these open: exact unless they violate
-                red = (w.double() - uu[:, None]) - v_t[cols]
-                viol = (red < -VIOLATION_REL * (w.double().abs() + uu.abs()[:, None] + v_t[cols].abs())).any(1)
+                viol = _violating_rows(ids, r.reshape(-1), cols.reshape(-1), w.reshape(-1), u_t, v_t)
                 redo = open_rows & ~viol
                 if bool(redo.any()):
                     t = tile[redo]
