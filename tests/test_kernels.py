@@ -457,6 +457,32 @@ def test_triton_candidates_match_torch(tc, Fa, Fb, D, dtype, k, k_cos, splits) -
 
 
 
+# The GEMM-block path (MECHPERM_GEMM_CANDIDATES=1): dots from torch.mm, the selection kernel
+# over them; (F_a, F_b, D, dtype, k, k_cos, splits, block rows, ordering of B's rows). Blocks of
+# 64 rows (the selection's tile) make the columns' selections continue across blocks.
+GEMM_CASES = [
+    (70, 45, 40, torch.float32, 4, 4, None, None, "random"),
+    (150, 130, 100, torch.bfloat16, 5, 3, None, 64, "random"),
+    (100, 200, 100, torch.float32, 8, 0, 2, 64, "random"),
+    (40, 70, 20, torch.float16, 64, 2, None, None, "random"),
+    (200, 180, 24, torch.float32, 3, 2, 3, 64, "ties"),  # equal columns: ties broken by index
+    (130, 150, 24, torch.float32, 2, 2, None, 64, "sorted"),
+]
+
+
+@pytest.mark.parametrize("Fa, Fb, D, dtype, k, k_cos, splits, block, ordering", GEMM_CASES)
+def test_triton_gemm_selection_matches_torch(tc, monkeypatch: pytest.MonkeyPatch, Fa, Fb, D, dtype, k, k_cos,
+                                             splits, block, ordering) -> None:
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
+    if block is not None:
+        monkeypatch.setattr(tc, "GEMM_BLOCK_BYTES", 4 * Fb * block)
+    A, B = _emit_inputs(Fa, Fb, D, dtype, ordering, seed=Fa + 3 * Fb)
+    tc.LAST_GEMM.clear()
+    gt = tc.candidates(A.to(TRITON_DEVICE), B.to(TRITON_DEVICE), k=k, k_cos=k_cos, splits=splits)
+    assert tc.LAST_GEMM["blocks"] == (1 if block is None else -(-Fa // block))  # the GEMM path ran
+    assert_same_graph(gt.to("cpu"), candidates(A, B, k=k, k_cos=k_cos))
+
+
 # The threshold-and-emit selection (MECHPERM_EMIT_TOPK=1) with 16 x 16 tiles, so that these
 # sizes have the 4k tile groups per row and column it needs: (F_a, F_b, D, dtype, k, k_cos,
 # splits, ordering of B's rows).
@@ -608,13 +634,21 @@ def test_triton_price_relaunches_when_the_buffer_overflows(tc) -> None:
     torch.testing.assert_close(cost, dense_costs(A, B)[r, c], rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("q, splits, chunk, dtype", [(5, None, 1 << 16, torch.float32), (8, 2, 16, torch.float32),
-                                                     (3, 3, 7, torch.bfloat16), (1, None, 1 << 16, torch.float32),
-                                                     (200, None, 1 << 16, torch.float32)])
-def test_triton_topq_pricer(tc, q: int, splits, chunk: int, dtype) -> None:
+@pytest.mark.parametrize("q, splits, chunk, dtype, gemm", [
+    (5, None, 1 << 16, torch.float32, False), (8, 2, 16, torch.float32, False),
+    (3, 3, 7, torch.bfloat16, False), (1, None, 1 << 16, torch.float32, False),
+    (200, None, 1 << 16, torch.float32, False),
+    (5, 2, 1 << 16, torch.float32, True), (3, None, 7, torch.bfloat16, True), (200, None, 1 << 16, torch.float32, True),
+])
+def test_triton_topq_pricer(tc, monkeypatch: pytest.MonkeyPatch, q: int, splits, chunk: int, dtype, gemm: bool) -> None:
     """The fused pricer returns, per row, the least reduced costs of the kernel's own tile
     costs (max(q, 2) − 1 of them), and its bound lies under every reduced cost it left out
-    (checked on all pairs)."""
+    (checked on all pairs). ``gemm``: the kernel reads dots from torch.mm (MECHPERM_GEMM_CANDIDATES,
+    in blocks of 8 rows) and the tile arithmetic is dense_costs' GEMM path."""
+    if gemm:
+        monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
+        monkeypatch.setattr(tc, "GEMM_BLOCK_BYTES", 4 * 75 * 8)
+        monkeypatch.setattr(tc, "SEL_BM", 8)
     A, B = heavy_tailed(90, 40, sigma=1.0, seed=71)
     A, B = A.to(dtype), B[:75].to(dtype)  # F_b = 75: q = 200 returns every column
     g = np.random.default_rng(72)
@@ -645,9 +679,11 @@ def test_triton_topq_pricer(tc, q: int, splits, chunk: int, dtype) -> None:
         assert float(red[i, got].max()) <= float(red[i, left].min()) + 1e-6 * float(red[i].abs().max())
 
 
-def test_fused_pricer_through_match(tc, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("gemm", ["0", "1"])
+def test_fused_pricer_through_match(tc, monkeypatch: pytest.MonkeyPatch, gemm: str) -> None:
     """match_vectors' sparse path with the fused pricer (q = 1 forces many priced rows) reaches
-    the optimum of the dense matrix of the same kernel costs."""
+    the optimum of the dense matrix of the same kernel costs; also with every GEMM from
+    torch.mm (MECHPERM_GEMM_CANDIDATES: candidates, pricer and dense costs)."""
     from scipy.optimize import linear_sum_assignment
 
     from mechperm import assign
@@ -657,6 +693,7 @@ def test_fused_pricer_through_match(tc, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("MECHPERM_KERNELS", "triton")
     monkeypatch.setenv("MECHPERM_FUSED_PRICING", "1")
     monkeypatch.setenv("MECHPERM_SCREEN", "0")
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", gemm)
     monkeypatch.setattr(sys.modules["mechperm.match"], "PRICE_PER_ROW", 1)
     A, B = heavy_tailed(60, 24, sigma=1.5, seed=73)
     A, B = A.to(TRITON_DEVICE), B.to(TRITON_DEVICE)

@@ -182,3 +182,40 @@ def test_screened_sparse_path_partial_mode(gpu_screen) -> None:
     r, c = linear_sum_assignment(P)
     assert res.certified and 0 < int((res.perm >= 0).sum()) < n
     assert res.objective == pytest.approx(float(P[r, c].sum()), rel=1e-9)
+
+
+def test_screen_on_gemm_dots(gpu_screen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The screen with every bf16 GEMM from torch.mm (MECHPERM_GEMM_CANDIDATES; blocks of 16
+    rows): the graph's bounds hold for every pair left out, the pricer's for every pair it
+    leaves out, and the match is exact."""
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
+    monkeypatch.setattr(gpu_screen, "GEMM_BLOCK_BYTES", 4 * 90 * 16)
+    monkeypatch.setattr(gpu_screen, "SEL_BM", 16)
+    gpu_screen.LAST_GEMM.clear()
+    A, B = vectors(70, 40, seed=9, sigma=1.5, Fb=90)
+    sv = screen_cuda.prepare(A, B)
+    g, _ = screen_cuda.solver_graph(sv, 2)
+    assert gpu_screen.LAST_GEMM["blocks"] == 5
+    C = screen.exact_dense_costs(A.cpu(), B.cpu()).double().numpy()
+    rows = np.repeat(np.arange(70), np.diff(g.indptr))
+    np.testing.assert_array_equal(g.costs, C[rows, g.indices].astype(np.float32))
+    out = np.ones(C.shape, bool)
+    out[rows, g.indices] = False
+    i, j = np.nonzero(out)
+    assert (C[i, j] >= g.row_bound[i] + g.col_offset[j]).all() and (C[i, j] >= g.col_bound[j] + g.row_offset[i]).all()
+    assert (C[i, j] >= g.col_base[j] - g.col_slope[j] * g.row_norm[i]).all()
+    rng = np.random.default_rng(10)
+    u = C.min(axis=1) + rng.uniform(-1, 3, 70)
+    v = rng.uniform(-1, 1, 90)
+    prows = np.array([0, 3, 69, 17, 30, 31, 8, 50, 51, 52])
+    got = screen_cuda.row_pricer(sv, 4)(prows, u, v)
+    np.testing.assert_array_equal(got.costs, C[got.rows, got.cols].astype(np.float32))
+    red = C - u[:, None] - v[None, :]
+    for t, r in enumerate(prows):
+        left = np.ones(90, bool)
+        left[got.cols[got.rows == r]] = False
+        assert red[r, left].min() >= got.bound[t]
+    res = match_vectors(A, B, dense_limit=0, candidates_k=2)
+    r, c = linear_sum_assignment(C)
+    assert res.certified
+    assert res.objective == pytest.approx(float(C[r, c].sum()), rel=1e-9, abs=1e-9)

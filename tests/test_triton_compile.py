@@ -17,7 +17,7 @@ import sys
 import pytest
 
 # Pointer arguments by kernel (X and Y take the input dtype); other non-constexpr arguments are
-# int32 but for GAMMA and ABS (float).
+# int32 but for GAMMA and ABS (float). "name+variant": the kernel with other constexprs.
 POINTERS = {
     "_topk_kernel": dict(NX="fp32", NY="fp32", IX="fp32", IY="fp32", OUT_C="i64", OUT_S="i64"),
     "_slot_min_kernel": dict(NX="fp32", NY="fp32", IX="fp32", IY="fp32", RC="i32", RS="i32", CC="i32", CS="i32"),
@@ -28,7 +28,9 @@ POINTERS = {
     "_dense_kernel": dict(NX="fp32", NY="fp32", OUT="fp32"),
     "_price_kernel": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", ROWS="i64", TOL="fp64", OUT_R="i64",
                           OUT_C="i64", OUT_COST="fp32", COUNT="i32"),
-    "_topq_kernel": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", SX="fp64", SY="fp64", OUT="i64"),
+    "_select_dots_kernel": dict(DOTS="fp32", NX="fp32", NY="fp32", IX="fp32", IY="fp32", OUT_C="i64", OUT_S="i64"),
+    "_topq_kernel": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", SX="fp64", SY="fp64", OUT="i64", DOTS="fp32"),
+    "_topq_kernel+dots": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", SX="fp64", SY="fp64", OUT="i64", DOTS="fp32"),
 }
 
 
@@ -52,10 +54,13 @@ def _constants(name: str, dtype: str) -> tuple[dict, int, int]:
     elif name == "_dense_kernel":
         c = dict(BLOCK_M=tc.DENSE_BM, BLOCK_N=tc.DENSE_BN, BLOCK_D=bd, PRECISION=prec)
         warps = tc.DENSE_WARPS
+    elif name == "_select_dots_kernel":  # reads float32 dots whatever the vectors' dtype
+        c = dict(KC=32, KS=32, KP=32, SWAP=True, INIT=True, BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN)
+        warps = tc.SEL_WARPS
     elif name == "_price_kernel":
         c = dict(**tile)
-    else:  # _topq_kernel, screened (its larger epilogue)
-        c = dict(Q=64, KP=64, SCREEN=True, **tile)
+    else:  # _topq_kernel, screened (its larger epilogue); +dots: reading a GEMM's dots
+        c = dict(Q=64, KP=64, SCREEN=True, FROM_DOTS=name.endswith("+dots"), **tile)
     return c, warps, stages
 
 
@@ -67,7 +72,7 @@ def compile_one(name: str, dtype: str, arch: int = 90) -> int:
 
     from mechperm.kernels import triton_candidates as tc
 
-    fn = getattr(tc, name)
+    fn = getattr(tc, name.split("+")[0])  # "kernel+variant": other constexprs
     consts, warps, stages = _constants(name, dtype)
     ptrs = POINTERS[name]
     sig = {}

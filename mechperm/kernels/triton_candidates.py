@@ -34,6 +34,7 @@ exact in the float32 accumulator.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -63,6 +64,10 @@ DENSE_BM, DENSE_BN, DENSE_WARPS = 128, 128, 8
 # (overflowing rows are redone by _topk). Simulated on i.i.d. orderings, S = 4k leaves ~1.15 kP
 # pairs within the threshold (F = 1M, P = 4: mean 141, max of 30 rows 192 at k = 32).
 EMIT_SLOTS_PER_K, EMIT_STRIDE_MAX, EMIT_ROOM_PER_K, EMIT_ROOM_EXTRA = 4, 4, 2, 32
+# The GEMM-block path (_topk_gemm, MECHPERM_GEMM_CANDIDATES=1): float32 dots of a block of A's
+# rows against all of B (at most GEMM_BLOCK_BYTES), and the selection kernel's tiles.
+GEMM_BLOCK_BYTES = 8 << 30
+SEL_BM, SEL_BN, SEL_WARPS = 64, 64, 4
 EMIT_CHUNK = 1 << 16  # rows of the emitted lists selected at a time (bounds the temporaries)
 _INT32_MAX = 2**31 - 1
 
@@ -130,6 +135,51 @@ def _insert(best, thr, key, pos):
 
 
 @triton.jit
+def _key_score(thr):
+    """The float32 score of int64 keys (their high word); +inf for an empty slot's MAXKEY."""
+    hi = (thr >> 32).to(tl.int32)
+    f = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+    return tl.where(hi == 0x7FFFFFFF, float("inf"), f)
+
+
+@triton.jit
+def _insert_scores(best, thr, score, cols, valid, pos):
+    """:func:`_insert` of a tile of float32 scores [BM, BN] with columns ``cols`` (entries
+    outside ``valid`` ignored). A float minimum per row decides first: once the rows' K-th are
+    set most tiles hold no score at or below them, and build no int64 keys."""
+    m = tl.min(tl.where(valid, score, float("inf")), axis=1)
+    if tl.max((m <= _key_score(thr)).to(tl.int32), axis=0) > 0:
+        key = tl.where(valid, _pack(score, cols), 0x7FFFFFFFFFFFFFFF)
+        best, thr = _insert(best, thr, key, pos)
+    return best, thr
+
+
+@triton.jit
+def _empty_best(K: tl.constexpr, KP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """[BLOCK_M, KP] keys of empty selections: K slots MAXKEY, the rest MINKEY (never replaced)."""
+    pos = tl.arange(0, KP)
+    best = tl.where(pos[None, :] < K, 0x7FFFFFFFFFFFFFFF, -0x7FFFFFFFFFFFFFFF - 1).to(tl.int64)
+    return tl.broadcast_to(best, (BLOCK_M, KP))
+
+
+@triton.jit
+def _select_tile(acc, nx, ix, ny, iy, keycols, valid, best_c, thr_c, best_s, thr_s, pos,
+                 KS: tl.constexpr, SWAP: tl.constexpr):
+    """One tile of dot products into the running selections: costs (the (A, B) formula's order
+    also when SWAP puts B's rows first) and, with KS > 0, −cosines."""
+    if SWAP:  # X holds B, Y holds A: c = (−2⟨a,b⟩ + n_a) + n_b as in the (A, B) launch
+        cost = (acc * -2.0 + ny[None, :]) + nx[:, None]
+    else:
+        cost = (acc * -2.0 + nx[:, None]) + ny[None, :]
+    cost = tl.maximum(cost, 0.0)
+    best_c, thr_c = _insert_scores(best_c, thr_c, cost, keycols, valid, pos)
+    if KS > 0:
+        neg_cos = -((acc * ix[:, None]) * iy[None, :])
+        best_s, thr_s = _insert_scores(best_s, thr_s, neg_cos, keycols, valid, pos)
+    return best_c, thr_c, best_s, thr_s
+
+
+@triton.jit
 def _split_program(M, N, cols_per_split, BLOCK_M: tl.constexpr):
     """The rows of this program (grid axis 0), their mask, its column split (axis 1) as the
     range [n_lo, n_hi), and the number of splits: the layout of the per-row selection kernels."""
@@ -159,31 +209,65 @@ def _topk_kernel(
     nx = tl.load(NX + rows, mask=rmask, other=0.0)
     ix = tl.load(IX + rows, mask=rmask, other=0.0)
     pos = tl.arange(0, KP)
-    # slots >= K hold MINKEY: never the maximum, never replaced
-    best_c = tl.where(pos[None, :] < KC, 0x7FFFFFFFFFFFFFFF, -0x7FFFFFFFFFFFFFFF - 1).to(tl.int64)
-    best_c = tl.broadcast_to(best_c, (BLOCK_M, KP))
-    best_s = tl.broadcast_to(tl.where(pos[None, :] < KS, 0x7FFFFFFFFFFFFFFF, -0x7FFFFFFFFFFFFFFF - 1).to(tl.int64),
-                             (BLOCK_M, KP))
+    best_c, best_s = _empty_best(KC, KP, BLOCK_M), _empty_best(KS, KP, BLOCK_M)
     thr_c = tl.max(best_c, axis=1)
     thr_s = tl.max(best_s, axis=1)
     for n0 in range(n_lo, n_hi, BLOCK_N):
         cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
         acc = _dot_tile(X, Y, rows, cols, rmask, cmask, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
         ny = tl.load(NY + cols, mask=cmask, other=0.0)
-        if SWAP:  # X holds B, Y holds A: c = (−2⟨a,b⟩ + n_a) + n_b as in the (A, B) launch
-            cost = (acc * -2.0 + ny[None, :]) + nx[:, None]
-        else:
-            cost = (acc * -2.0 + nx[:, None]) + ny[None, :]
-        cost = tl.maximum(cost, 0.0)
-        valid = rmask[:, None] & cmask[None, :]
-        key = tl.where(valid, _pack(cost, cols), 0x7FFFFFFFFFFFFFFF)
-        best_c, thr_c = _insert(best_c, thr_c, key, pos)
+        iy = ny
         if KS > 0:
             iy = tl.load(IY + cols, mask=cmask, other=0.0)
-            neg_cos = -((acc * ix[:, None]) * iy[None, :])
-            key = tl.where(valid, _pack(neg_cos, cols), 0x7FFFFFFFFFFFFFFF)
-            best_s, thr_s = _insert(best_s, thr_s, key, pos)
+        best_c, thr_c, best_s, thr_s = _select_tile(acc, nx, ix, ny, iy, cols, rmask[:, None] & cmask[None, :],
+                                                    best_c, thr_c, best_s, thr_s, pos, KS, SWAP)
     base = rows.to(tl.int64)[:, None] * n_split + pid_s
+    tl.store(OUT_C + base * KC + pos[None, :], best_c, mask=rmask[:, None] & (pos[None, :] < KC))
+    if KS > 0:
+        tl.store(OUT_S + base * KS + pos[None, :], best_s, mask=rmask[:, None] & (pos[None, :] < KS))
+
+
+@triton.jit
+def _select_dots_kernel(
+    DOTS,            # float32 dot products of a block: ⟨x_i, y_j⟩ at DOTS[i * sdx + j * sdy]
+    NX, NY,          # [M], [N] float32 squared norms of the x and y items
+    IX, IY,          # [M], [N] float32 inverse norms; read when KS > 0
+    OUT_C, OUT_S,    # as _topk_kernel; with INIT (one split) they hold the running selections
+    M, N, cols_per_split, sdx, sdy, y_off,
+    KC: tl.constexpr, KS: tl.constexpr, KP: tl.constexpr, SWAP: tl.constexpr, INIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """``_topk_kernel``'s selection over dot products a GEMM wrote (``_topk_gemm``): per x item,
+    the KC cheapest and KS most similar y items, keyed by ``y + y_off``. Rows of A as x items
+    read the block along its rows (sdx = N); B's columns as x items read it down its columns
+    (sdx = 1, SWAP) and, with INIT, continue the selections of earlier blocks of rows."""
+    rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
+    nx = tl.load(NX + rows, mask=rmask, other=0.0)
+    ix = nx
+    if KS > 0:
+        ix = tl.load(IX + rows, mask=rmask, other=0.0)
+    pos = tl.arange(0, KP)
+    base = rows.to(tl.int64)[:, None] * n_split + pid_s
+    best_c, best_s = _empty_best(KC, KP, BLOCK_M), _empty_best(KS, KP, BLOCK_M)
+    if INIT:
+        kept = rmask[:, None] & (pos[None, :] < KC)
+        best_c = tl.where(kept, tl.load(OUT_C + base * KC + pos[None, :], mask=kept, other=0), best_c)
+        if KS > 0:
+            kept = rmask[:, None] & (pos[None, :] < KS)
+            best_s = tl.where(kept, tl.load(OUT_S + base * KS + pos[None, :], mask=kept, other=0), best_s)
+    thr_c = tl.max(best_c, axis=1)
+    thr_s = tl.max(best_s, axis=1)
+    xp = DOTS + rows.to(tl.int64)[:, None] * sdx
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
+        valid = rmask[:, None] & cmask[None, :]
+        acc = tl.load(xp + cols.to(tl.int64)[None, :] * sdy, mask=valid, other=0.0)
+        ny = tl.load(NY + cols, mask=cmask, other=0.0)
+        iy = ny
+        if KS > 0:
+            iy = tl.load(IY + cols, mask=cmask, other=0.0)
+        best_c, thr_c, best_s, thr_s = _select_tile(acc, nx, ix, ny, iy, cols + y_off, valid,
+                                                    best_c, thr_c, best_s, thr_s, pos, KS, SWAP)
     tl.store(OUT_C + base * KC + pos[None, :], best_c, mask=rmask[:, None] & (pos[None, :] < KC))
     if KS > 0:
         tl.store(OUT_S + base * KS + pos[None, :], best_s, mask=rmask[:, None] & (pos[None, :] < KS))
@@ -408,8 +492,9 @@ def _topq_kernel(
     SX, SY,          # [4, M] (gathered), [4, N] float64 screen statistics (read when SCREEN)
     GAMMA, ABS,      # float: the screen's accumulation bound and absolute slack
     OUT,             # [M, S, Q] int64 keys (float32 reduced cost, column): the Q least per row and split
+    DOTS,            # [M, N] float32 dot products of X and Y (read instead of X, Y when FROM_DOTS)
     M, N, D, cols_per_split, sx, sy,
-    Q: tl.constexpr, KP: tl.constexpr, SCREEN: tl.constexpr,
+    Q: tl.constexpr, KP: tl.constexpr, SCREEN: tl.constexpr, FROM_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
@@ -421,12 +506,15 @@ def _topq_kernel(
         af = tl.load(SX + 2 * M + rows, mask=rmask, other=0.0)
         asq = tl.load(SX + 3 * M + rows, mask=rmask, other=0.0)
     pos = tl.arange(0, KP)
-    best = tl.broadcast_to(tl.where(pos[None, :] < Q, 0x7FFFFFFFFFFFFFFF, -0x7FFFFFFFFFFFFFFF - 1).to(tl.int64),
-                           (BLOCK_M, KP))
+    best = _empty_best(Q, KP, BLOCK_M)
     thr = tl.max(best, axis=1)
     for n0 in range(n_lo, n_hi, BLOCK_N):
         cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
-        acc = _dot_tile(X, Y, rows, cols, rmask, cmask, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
+        if FROM_DOTS:
+            acc = tl.load(DOTS + rows.to(tl.int64)[:, None] * N + cols[None, :],
+                          mask=rmask[:, None] & cmask[None, :], other=0.0)
+        else:
+            acc = _dot_tile(X, Y, rows, cols, rmask, cmask, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
         ny = tl.load(NY + cols, mask=cmask, other=0.0)
         v = tl.load(V + cols, mask=cmask, other=0.0)
         cost = tl.maximum((acc * -2.0 + nx[:, None]) + ny[None, :], 0.0)  # as _dense_kernel
@@ -441,8 +529,7 @@ def _topq_kernel(
             red = ((cost.to(tl.float64) - err) - u[:, None]) - v[None, :]
         else:
             red = (cost.to(tl.float64) - u[:, None]) - v[None, :]
-        key = tl.where(rmask[:, None] & cmask[None, :], _pack(red.to(tl.float32), cols), 0x7FFFFFFFFFFFFFFF)
-        best, thr = _insert(best, thr, key, pos)
+        best, thr = _insert_scores(best, thr, red.to(tl.float32), cols, rmask[:, None] & cmask[None, :], pos)
     base = rows.to(tl.int64)[:, None] * n_split + pid_s
     tl.store(OUT + base * Q + pos[None, :], best, mask=rmask[:, None] & (pos[None, :] < Q))
 
@@ -497,6 +584,107 @@ def _topk(X, Y, nx, ny, ix, iy, kc: int, ks: int, swap: bool, bd: int, splits: i
     cost, cols_c = _unpack(keys_c)
     cols_s = torch.sort(out_s.view(M, -1), dim=1).values[:, :ks] & 0xFFFFFFFF if ks else None
     return cost, cols_c, cols_s
+
+
+def gemm_enabled() -> bool:
+    """``MECHPERM_GEMM_CANDIDATES=1``: candidates from cuBLAS GEMM blocks and a selection pass
+    over them (``_topk_gemm``; opt-in until measured on a GPU, checked against the running
+    top-k under TRITON_INTERPRET=1)."""
+    return os.environ.get("MECHPERM_GEMM_CANDIDATES", "0") == "1"
+
+
+# What the last _topk_gemm did (benchmarks print it).
+LAST_GEMM: dict = {}
+
+
+@contextlib.contextmanager
+def _full_precision_gemm():
+    """cuBLAS without TF32 for float32 operands and without reduced-precision split-K sums for
+    16-bit ones (user settings restored after): the dots must be float32 sums of exact products,
+    as the tile kernels' and the screen's bound assume."""
+    m = torch.backends.cuda.matmul
+    saved = m.allow_tf32, m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction
+    m.allow_tf32 = m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        m.allow_tf32, m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
+
+
+def _dots_against(Y: Tensor):
+    """(f, direct): ``f(X)`` is the float32 [len(X), len(Y)] matrix of dots ⟨x, y⟩ for rows X of
+    Y's dtype, by ``torch.mm`` (call it inside :func:`_full_precision_gemm`). 16-bit operands
+    take a float32 output where cuBLAS offers one (``direct``: ``out_dtype=``), else are
+    upcast (exactly; Y once), as on the CPU, where the tests run this."""
+    if Y.device.type == "cuda" and Y.dtype != torch.float32:
+        Yt = Y.t()
+        try:
+            torch.mm(Y[:1], Yt[:, :1], out_dtype=torch.float32)
+            return (lambda X: torch.mm(X, Yt, out_dtype=torch.float32)), True
+        except (RuntimeError, TypeError, NotImplementedError):
+            pass
+    Yt = Y.float().t()  # no copy for float32
+    return (lambda X: torch.mm(X.float(), Yt)), False
+
+
+def _block_rows(M: int, N: int, dev: torch.device) -> int:
+    """Rows of A per GEMM block: GEMM_BLOCK_BYTES of float32 dots (a third of the free device
+    memory at most), whole tiles of rows."""
+    budget = GEMM_BLOCK_BYTES
+    if dev.type == "cuda":
+        budget = min(budget, torch.cuda.mem_get_info(dev)[0] // 3)
+    r = budget // (4 * max(N, 1)) // SEL_BM * SEL_BM
+    return max(1, min(M, max(SEL_BM, r)))
+
+
+def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, splits: int | None):
+    """:func:`_topk` for the rows and the columns from blocks of dot products that cuBLAS
+    writes (``torch.mm``: 16-bit operands with a float32 output, float32 ones without TF32),
+    each read twice by ``_select_dots_kernel``: along its rows (complete for those rows) and
+    down its columns (merged on chip with the columns' selections of the blocks before).
+    The GEMM runs at cuBLAS's pace; the selections read 8 bytes a pair (two passes) where the
+    fused kernel's tiles are bound by their own GEMM loop. Same costs and keys as ``_topk``
+    (the dots summed in another order).
+
+    Returns (row_cost, row_cols, row_sim, col_cost, col_rows, col_sim) as the two ``_topk``."""
+    M, N, dev = A.shape[0], B.shape[0], A.device
+    dots_of, direct = _dots_against(B)
+    R = _block_rows(M, N, dev)
+    kp_r = max(2, triton.next_power_of_2(max(kr, kcr)))
+    kp_c = max(2, triton.next_power_of_2(max(kc, kcc)))
+    meta = dict(BLOCK_M=SEL_BM, BLOCK_N=SEL_BN, num_warps=SEL_WARPS)
+    big = torch.iinfo(torch.int64).max
+    col_c = torch.full((N, kc), big, dtype=torch.int64, device=dev)
+    col_s = torch.full((N, max(kcc, 1)), big, dtype=torch.int64, device=dev)
+    row_cost = torch.empty(M, kr, dtype=torch.float32, device=dev)
+    row_cols = torch.empty(M, kr, dtype=torch.int64, device=dev)
+    row_sim = torch.empty(M, kcr, dtype=torch.int64, device=dev) if kcr else None
+    col_tiles = -(-N // SEL_BN)
+    with _full_precision_gemm():
+        for r0 in range(0, M, R):
+            r1 = min(M, r0 + R)
+            m = r1 - r0
+            dots = dots_of(A[r0:r1])
+            s = splits or _n_splits(m, col_tiles, dev)
+            cps = -(-col_tiles // s) * SEL_BN
+            s = -(-N // cps)
+            out_c = torch.empty(m, s, kr, dtype=torch.int64, device=dev)
+            out_s = torch.empty(m, s, max(kcr, 1), dtype=torch.int64, device=dev)
+            _select_dots_kernel[(-(-m // SEL_BM), s)](
+                dots, na[r0:r1], nb, ia[r0:r1], ib, out_c, out_s, m, N, cps, N, 1, 0,
+                KC=kr, KS=kcr, KP=kp_r, SWAP=False, INIT=False, **meta)
+            row_cost[r0:r1], row_cols[r0:r1] = _unpack(torch.sort(out_c.view(m, -1), dim=1).values[:, :kr])
+            if kcr:
+                row_sim[r0:r1] = torch.sort(out_s.view(m, -1), dim=1).values[:, :kcr] & 0xFFFFFFFF
+            _select_dots_kernel[(-(-N // SEL_BM), 1)](
+                dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, N, m, m, 1, N, r0,
+                KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, **meta)
+            del dots
+    col_cost, col_rows = _unpack(torch.sort(col_c, dim=1).values)
+    col_sim = torch.sort(col_s, dim=1).values & 0xFFFFFFFF if kcc else None
+    LAST_GEMM.clear()
+    LAST_GEMM.update(block_rows=R, blocks=-(-M // R), float32_out=direct)
+    return row_cost, row_cols, row_sim, col_cost, col_rows, col_sim
 
 
 def emit_enabled() -> bool:
@@ -634,8 +822,11 @@ def candidates(A: Tensor, B: Tensor, *, k: int, k_cos: int, splits: int | None =
         )
     ia, ib = ref._inv_norms(na), ref._inv_norms(nb)
     S = EMIT_SLOTS_PER_K * max(kr, kc, kcr, kcc)
+    if gemm_enabled():
+        row_cost, row_cols, row_sim, col_cost, col_rows, col_sim = _topk_gemm(
+            A, B, na, nb, ia, ib, kr, kc, kcr, kcc, splits)
     # Every group needs a pair; 128-wide tiles abort Triton 3.9's compiler (LLVM) in _emit_kernel.
-    if emit_enabled() and -(-Fa // BM) >= S and -(-Fb // BN) >= S and BN <= 64:
+    elif emit_enabled() and -(-Fa // BM) >= S and -(-Fb // BN) >= S and BN <= 64:
         row_cost, row_cols, row_sim, col_cost, col_rows, col_sim = _topk_emit(
             A, B, na, nb, ia, ib, kr, kc, kcr, kcc, bd, splits)
     else:
@@ -657,6 +848,11 @@ def dense_costs(A: Tensor, B: Tensor, norms: tuple[Tensor, Tensor] | None = None
     """Triton implementation of :func:`mechperm.kernels.candidates.dense_costs`."""
     A, B, na, nb, bd = _prep(A, B, norms)
     M, N = A.shape[0], B.shape[0]
+    if gemm_enabled() and M and N:  # cuBLAS's GEMM, the same epilogue (−2·dot exact, two roundings)
+        dots_of, _ = _dots_against(B)
+        with _full_precision_gemm():
+            out = dots_of(A)
+        return out.mul_(-2.0).add_(na[:, None]).add_(nb[None, :]).clamp_min_(0.0)
     out = torch.empty(M, N, dtype=torch.float32, device=A.device)
     if M and N:
         _dense_kernel[(triton.cdiv(M, DENSE_BM), triton.cdiv(N, DENSE_BN))](
@@ -745,6 +941,10 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
     kp = max(2, triton.next_power_of_2(kq))
     col_tiles = -(-N // BN)
     out_r, out_c, out_w, out_b = [], [], [], []
+    gemm = gemm_enabled()
+    if gemm:  # the chunk's dots from cuBLAS, read by the kernel (GEMM_BLOCK_BYTES at a time)
+        dots_of, _ = _dots_against(B)
+        chunk = min(chunk, _block_rows(n_rows, N, dev))
     for s0 in range(0, n_rows, chunk):
         ids = rows[s0 : s0 + chunk]
         X, nx, ux = A[ids].contiguous(), na[ids].contiguous(), u[ids].contiguous()
@@ -754,12 +954,17 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
         cols_per_split = -(-col_tiles // s) * BN
         s = -(-N // cols_per_split)
         keys = torch.empty(M, s, kq, dtype=torch.int64, device=dev)
+        dots = nx
+        if gemm:
+            with _full_precision_gemm():
+                dots = dots_of(X)
         _topq_kernel[(-(-M // BM), s)](
-            X, B, nx, nb, ux, v, sx, sb, gamma, slack, keys, M, N, X.shape[1], cols_per_split,
-            X.stride(0), B.stride(0), Q=kq, KP=kp, SCREEN=screen is not None,
+            X, B, nx, nb, ux, v, sx, sb, gamma, slack, keys, dots, M, N, X.shape[1], cols_per_split,
+            X.stride(0), B.stride(0), Q=kq, KP=kp, SCREEN=screen is not None, FROM_DOTS=gemm,
             BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(X),
             num_warps=NUM_WARPS, num_stages=_stages(X),
         )
+        del dots
         red, cols = _unpack(torch.sort(keys.view(M, s * kq), dim=1).values[:, :kq])
         r = red[:, -1].double()
         out_b.append(r - r.abs() * 2.0**-23)
