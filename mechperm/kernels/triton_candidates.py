@@ -20,6 +20,12 @@ _slot_min_kernel / _emit_kernel
                  every P-th tile, P <= 4); the k-th of those is a threshold that k distinct
                  pairs meet; the second pass writes out every pair within it (~1.15 kP a row
                  where the columns come in no particular order): 1 + 1/P GEMMs in all
+_select_dots_kernel
+                 the running top-k's selection over float32 dots a cuBLAS GEMM wrote (opt-in,
+                 ``MECHPERM_GEMM_CANDIDATES=1``; see ``_topk_gemm``): blocks of A's rows against
+                 all of B, each read along its rows (their selections, complete) and down its
+                 columns (continuing the columns' selections from block to block): one GEMM at
+                 cuBLAS's pace where the fused kernels run two of their own
 _pair_kernel     costs of listed pairs (the cosine edges' costs; row-wise dot, so they agree
                  with tile costs to float32 rounding, not bit for bit)
 _dense_kernel    the full cost matrix
@@ -27,6 +33,10 @@ _price_kernel    pairs with (c − u) − v < −tol, float64; compacted through
 _topq_kernel     per listed row, the q pairs of smallest reduced cost (c − u) − v (float64 from
                  the tile's float32 cost), ranked by its float32 rounding in the same running
                  top-k as ``_topk_kernel``: the certificate's row pricer without a cost matrix
+                 (with ``MECHPERM_GEMM_CANDIDATES=1`` it reads the rows' dots from cuBLAS)
+
+Every selection tests a tile's float32 row minima against the rows' K-th first
+(``_insert_scores``): past the first tiles most hold nothing to insert and build no int64 keys.
 
 fp32 inputs use ``tl.dot(input_precision=$MECHPERM_DOT_PRECISION or "tf32x3")`` (3×TF32,
 float32-level accuracy on tensor cores; "ieee" is exact FMA, slower); bf16/fp16 products are
