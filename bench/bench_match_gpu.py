@@ -75,11 +75,16 @@ def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, **options) -> di
            "dtype": str(dtype).removeprefix("torch."), "price_per_row": match_module.PRICE_PER_ROW,
            "solver": res.stats.get("solver"), "fused_pricing": os.environ.get("MECHPERM_FUSED_PRICING") == "1",
            "gpu_screen": os.environ.get("MECHPERM_GPU_SCREEN") == "1",
-           "emit_topk": os.environ.get("MECHPERM_EMIT_TOPK") == "1"}
+           "emit_topk": os.environ.get("MECHPERM_EMIT_TOPK") == "1",
+           "gemm_candidates": os.environ.get("MECHPERM_GEMM_CANDIDATES") == "1"}
     if out["emit_topk"] and DEVICE == "cuda":
         from mechperm.kernels import triton_candidates
 
         out["emit"] = dict(triton_candidates.LAST_EMIT)  # pairs within the thresholds, rows redone
+    if out["gemm_candidates"] and DEVICE == "cuda":
+        from mechperm.kernels import triton_candidates
+
+        out["gemm"] = dict(triton_candidates.LAST_GEMM)  # block rows, blocks, float32 output from cuBLAS
     del A, B
     if DEVICE == "cuda":
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -160,6 +165,8 @@ def main() -> None:
     ap.add_argument("--fused-pricing", action="store_true", help="MECHPERM_FUSED_PRICING=1 (Triton row pricer)")
     ap.add_argument("--gpu-screen", action="store_true", help="MECHPERM_GPU_SCREEN=1 (bf16 screen, float32 vectors)")
     ap.add_argument("--emit-topk", action="store_true", help="MECHPERM_EMIT_TOPK=1 (candidates by thresholds and emission)")
+    ap.add_argument("--gemm", action="store_true",
+                    help="MECHPERM_GEMM_CANDIDATES=1 (cuBLAS GEMM blocks read by the selection and pricing kernels)")
     ap.add_argument("--d", type=int, default=D, help="vector width (CPU dry runs of the solver side: a small d)")
     ap.add_argument("--candidates-k", type=int, help="match_vectors(candidates_k=...) (default: match's, 64)")
     ap.add_argument("--trace", action="store_true", help="print each phase and pricing pass as it happens")
@@ -173,6 +180,8 @@ def main() -> None:
         os.environ["MECHPERM_GPU_SCREEN"] = "1"
     if args.emit_topk:
         os.environ["MECHPERM_EMIT_TOPK"] = "1"
+    if args.gemm:
+        os.environ["MECHPERM_GEMM_CANDIDATES"] = "1"
     if args.price_per_row:
         match_module.PRICE_PER_ROW = args.price_per_row
     if DEVICE is None:
@@ -191,12 +200,13 @@ def main() -> None:
         out = run(F, dtype, args.d, **options)
         rows.append(out)
         t = out["timings"]
-        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if args.gpu_screen else ''}{' emit' if args.emit_topk else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
+        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if args.gpu_screen else ''}{' emit' if args.emit_topk else ''}{' gemm' if args.gemm else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
               f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
               f"candidates {t.get('candidates', 0):.3f} s  graph {t.get('graph', 0):.3f} s  "
               f"assign {t.get('assign', 0):.3f} s  bounds {t.get('bounds', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "
               f"solve {t.get('solve', 0):.3f} s  priced rows {(out['solver'] or {}).get('priced_rows')}"
-              f"{'  emit ' + str(out['emit']) if out.get('emit') else ''}",
+              f"{'  emit ' + str(out['emit']) if out.get('emit') else ''}"
+              f"{'  gemm ' + str(out['gemm']) if out.get('gemm') else ''}",
               file=sys.stderr, flush=True)
         if args.json:
             with open(args.json + ".tmp", "w") as f:

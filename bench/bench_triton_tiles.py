@@ -5,10 +5,13 @@
 For each tile configuration (BM, BN, BD_fp32, BD_16, warps, stages) of
 ``mechperm.kernels.triton_candidates`` and each input type (fp32 through 3xTF32, bf16): the time of
 ``candidates(A, B, k=32)`` (two passes: rows, then columns; with ``--emit`` also the
-threshold-and-emission selection, two passes too), its TFLOP/s counting 2·2·F²·D useful flops, its ratio to one ``torch.mm`` of the same shape, and its agreement with the torch
+threshold-and-emission selection, two passes too), its TFLOP/s counting 2·2·F²·D useful flops,
+its ratio to one ``torch.mm`` of the same shape, and its agreement with the torch
 backend on the same device (share of equal edges, largest cost error over |a|² + |b|²). Median
 of 3 timed runs after a warm-up (which compiles). Benchmarks never assert speed; a
-configuration that fails to compile is reported and skipped.
+configuration that fails to compile is reported and skipped. ``--gemm`` first times the
+cuBLAS-block path (``MECHPERM_GEMM_CANDIDATES=1``: one GEMM, TFLOP/s counting 2·F²·D) for each
+selection tile of SEL_CONFIGS.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from mechperm.kernels.candidates import candidates
 D, K = 2304, 32
 # Dry run of this script on a CPU: TRITON_INTERPRET=1 python bench/bench_triton_tiles.py 200
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+SEL_CONFIGS = [(64, 64, 4), (64, 128, 4), (128, 64, 8), (32, 128, 4)]  # _select_dots_kernel: BM, BN, warps
 
 
 def sync() -> None:
@@ -119,6 +124,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=150.0)
     ap.add_argument("--configs", type=int, default=len(CONFIGS), help="sweep only the first N configurations")
     ap.add_argument("--emit", action="store_true", help="also the threshold-and-emission selection (MECHPERM_EMIT_TOPK)")
+    ap.add_argument("--gemm", action="store_true",
+                    help="first the cuBLAS-block selection (MECHPERM_GEMM_CANDIDATES) by selection tile")
     args = ap.parse_args()
     F, t_end = args.F, time.perf_counter() + args.budget
     flops = 2.0 * F * F * D
@@ -148,6 +155,24 @@ def main() -> None:
     for name, (A, B) in (("fp32", (A32, B32)), ("bf16", (A16, B16))):
         ref = candidates(A, B, k=K, backend="torch")
         scale = None
+        if args.gemm:  # cuBLAS blocks + the selection kernel, by selection tile (BM, BN, warps)
+            os.environ["MECHPERM_GEMM_CANDIDATES"] = "1"
+            for sel in SEL_CONFIGS:
+                if time.perf_counter() > t_end:
+                    break
+                tc.SEL_BM, tc.SEL_BN, tc.SEL_WARPS = sel
+                try:
+                    t = timed(lambda: candidates(A, B, k=K, backend="triton"))
+                    g = candidates(A, B, k=K, backend="triton")
+                except Exception as e:  # noqa: BLE001 - a config the compiler refuses is a result
+                    emit(what="candidates gemm", dtype=name, cfg=str(sel), error=f"{type(e).__name__}: {str(e)[:200]}")
+                    continue
+                same = float((g.indices == ref.indices).float().mean()) if torch.equal(g.indptr, ref.indptr) else 0.0
+                # one GEMM here: TFLOP/s count 2·F²·D
+                emit(what="candidates gemm", dtype=name, cfg=str(sel), F=F, seconds=t, tflops=flops / t / 1e12,
+                     ratio_to_mm_fp32=t / t_mm, ratio_to_mm_bf16=t / t_bf, same_edges=same, **tc.LAST_GEMM)
+            tc.SEL_BM, tc.SEL_BN, tc.SEL_WARPS = SEL_CONFIGS[0]
+            os.environ.pop("MECHPERM_GEMM_CANDIDATES", None)
         for cfg in CONFIGS[: args.configs]:
             if time.perf_counter() > t_end:
                 emit(what="budget spent", dtype=name)

@@ -30,20 +30,21 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
 }
 stage tests "${T_TESTS:-90}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py \
     tests/test_screen_cuda.py
-# A tile stage first (T_TILES, F = 16384, the first two tile shapes, --emit): the candidate
-# kernels' TFLOP/s, running top-k vs thresholds and emission (MECHPERM_EMIT_TOPK). Default
-# runs, each opt-in on its own (the H100 run of 2026-11-26 had them only together): the default
-# path, the GPU screen at three sizes; the screen with the fused pricer, the emission alone at
-# 262144; then 1M with all of them and candidates_k = 32 (the issue's 30 s goal; ~19 GB of
-# float32 vectors). --trace logs each phase and pricing pass as it happens, and the stacks
-# when a stage's limit kills it, so a run cut short still says where its time went.
+# A tile stage first (T_TILES, F = 16384): the cuBLAS-block selection (MECHPERM_GEMM_CANDIDATES,
+# one GEMM read by a selection kernel) by selection tile, then the fused kernels' first two tile
+# shapes, running top-k vs thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s. Then
+# match_vectors: the default path (the baseline), the GEMM blocks alone and with the GPU screen
+# at three sizes, and 1M with the GEMM blocks, the screen and the fused pricer at
+# candidates_k = 32 (the issue's 30 s goal; ~19 GB of float32 vectors). --trace logs each phase
+# and pricing pass as it happens, and the stacks when a stage's limit kills it, so a run cut
+# short still says where its time went.
 # A run may start with "T=seconds:" to set its own limit (default T_MATCH). The defaults fit one
-# 600 s call (H100, 2026-11-26: build 32 s, tests 50 s, tiles 35 s): 35 + 90 + 60 + 60 + 60 +
-# 45 + 45 + 180 s.
-GREP="what=" stage tiles "${T_TILES:-60}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
-    --budget $(( ${T_TILES:-60} - 35 )) --configs "${TILE_CONFIGS:-2}" --emit
+# 600 s call (H100, 2026-11-26: build 32 s, tests 50 s, tiles 35 s): 35 + 90 + 75 + 3 x 55 +
+# 150 s.
+GREP="what=" stage tiles "${T_TILES:-75}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
+    --budget $(( ${T_TILES:-75} - 35 )) --configs "${TILE_CONFIGS:-2}" --emit --gemm
 cd bench
-IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=60:--sizes 16384,65536,262144 --trace|T=60:--sizes 16384,65536,262144 --gpu-screen --trace|T=45:--sizes 262144 --gpu-screen --fused-pricing --trace|T=45:--sizes 262144 --emit-topk --trace|T=180:--sizes 1048576 --emit-topk --fused-pricing --gpu-screen --candidates-k 32 --trace}"
+IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=55:--sizes 16384,65536,262144 --trace|T=55:--sizes 16384,65536,262144 --gemm --trace|T=55:--sizes 16384,65536,262144 --gemm --gpu-screen --trace|T=150:--sizes 1048576 --gemm --gpu-screen --fused-pricing --candidates-k 32 --trace}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))
