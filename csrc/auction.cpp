@@ -1205,14 +1205,18 @@ Status sparse_impl(const int64_t* ptr, const I* idx, const T* cst, int64_t n, in
             return Status::BAD_INPUT;
         }
     const int64_t nnz = ptr[n];
-    const int64_t a = first_bad(nnz, opt.threads, [&](int64_t k) { return idx[k] < 0 || int64_t(idx[k]) >= m; });
+    // The exact loop's warm restarts skip the arcs' checks (two passes over every arc): it
+    // checked them once and checks only the arcs it adds (assign._ArcBuffer).
+    const int64_t a = !opt.check_arcs ? -1 : first_bad(nnz, opt.threads, [&](int64_t k) {
+        return idx[k] < 0 || int64_t(idx[k]) >= m;
+    });
     if (a >= 0) {
         out.message = "column index " + std::to_string(int64_t(idx[a])) + " at position " +
                       std::to_string(a) + " is out of range [0, " + std::to_string(m) + ")";
         return Status::BAD_INPUT;
     }
     int64_t where = 0;
-    if (!all_finite(cst, nnz, &where, opt.threads)) {
+    if (opt.check_arcs && !all_finite(cst, nnz, &where, opt.threads)) {
         out.message = "costs contain NaN or infinity at position " + std::to_string(where);
         return Status::BAD_INPUT;
     }

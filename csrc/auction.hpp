@@ -76,6 +76,7 @@ struct SolveOptions {
     // of rows off their best, the duals u); bids and augmenting paths stay sequential.
     int threads = 1;
     bool check_feasible = true;      // sparse only: Hopcroft-Karp before solving
+    bool check_arcs = true;          // sparse only: every column index in range, every cost finite
     // Sparse warm starts (init_v, init_row_to_col from one earlier solve, eps_start <= 0): the
     // rows whose arcs changed since that solve, the only ones checked for a column better than
     // their own before the paths (the others were tight then: one pass over their arcs saved

@@ -221,13 +221,14 @@ py::dict solve_sparse_py(const py::array& indptr, const py::array& indices,
                          const py::object& unmatched, const py::object& init_v,
                          const py::object& init_r2c, double eps_start, double eps_final,
                          double eps_factor, bool check_feasible, double sap_budget, int threads,
-                         const py::object& changed_rows) {
+                         const py::object& changed_rows, bool check_arcs) {
     if (n < 0 || m < 0) throw py::value_error("shape must be non-negative");
     check_csr(indptr, indices, costs, n);
     PollState poll;
     SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
                                     eps_factor, sap_budget, threads, poll);
     opt.check_feasible = check_feasible;
+    opt.check_arcs = check_arcs;
     py::array changed;
     if (!changed_rows.is_none()) {
         if (init_r2c.is_none() || init_v.is_none() || eps_start > 0.0)
@@ -736,10 +737,11 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("eps_start") = 0.0,
           py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0,
           py::arg("check_feasible") = true, py::arg("sap_budget") = 1.0, py::arg("threads") = 1,
-          py::arg("changed_rows") = py::none(),
+          py::arg("changed_rows") = py::none(), py::arg("check_arcs") = true,
           "Min-cost assignment of every row of a CSR graph (int64 indptr, int32/int64 indices, "
           "float32/float64 costs). changed_rows (warm starts with eps_start <= 0): the rows whose arcs "
-          "changed since the solve that gave init_v and init_row_to_col (default: all).");
+          "changed since the solve that gave init_v and init_row_to_col (default: all). check_arcs=False "
+          "skips the column-range and finite-cost checks of every arc (a caller that checked them).");
     m.def("max_matching", &max_matching_py, py::arg("indptr"), py::arg("indices"), py::arg("n"),
           py::arg("m"), "Maximum bipartite matching (Hopcroft-Karp): (size, row_to_col).");
     m.def("dense_candidates", &dense_candidates_py, py::arg("cost"), py::arg("k_row"),

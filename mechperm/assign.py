@@ -764,6 +764,19 @@ def _arc_positions(g: CandidateGraph, rows: np.ndarray, cols: np.ndarray) -> np.
                              np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(cols, np.int64))
 
 
+def _check_priced(rows: np.ndarray, cols: np.ndarray, costs: np.ndarray, n: int, m: int) -> None:
+    """What a ``price_rows`` callback returned: rows and columns in range, finite costs."""
+    if not (len(rows) == len(cols) == len(costs)):
+        raise ValueError(f"price_rows returned {len(rows)} rows, {len(cols)} cols and {len(costs)} costs")
+    for name, x, size in (("rows", rows, n), ("cols", cols, m)):
+        if len(x) and (x.min() < 0 or x.max() >= size):
+            bad = x[(x < 0) | (x >= size)][0]
+            raise ValueError(f"price_rows returned {name} index {int(bad)}, out of range [0, {size})")
+    if len(costs) and not np.isfinite(costs).all():
+        at = int(np.flatnonzero(~np.isfinite(costs))[0])
+        raise ValueError(f"price_rows returned a non-finite cost {costs[at]} for the pair ({int(rows[at])}, {int(cols[at])})")
+
+
 def _keep_most_negative(rows, cols, costs, red, per_row: int):
     order = np.lexsort((red, rows))
     rows, cols, costs, red = rows[order], cols[order], costs[order], red[order]
@@ -831,6 +844,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
     arcs = _ArcBuffer()
     changed_rows = np.empty(0, np.int64)  # rows given arcs since the last solve
     bounds_cache: dict = {}  # the bounds' sorts, fixed while g's bound arrays are
+    checked, g_checked = None, object()  # g_checked: a token, renewed when g's arcs come unchecked
     ref_v: dict = {}
     for rounds in range(1, max_rounds + 1):
         dummies = lam if lam is not None else slack
@@ -839,10 +853,15 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
         # A warm restart checks only the rows given new arcs for a better column (the others
         # were tight at these prices): at F = 65536, 10M arcs, a third of each restart.
         changed = changed_rows if init_v is not None and eps_start <= 0 else None
+        # Every arc is checked (column range, finite cost) in the first solve on a graph; the
+        # arcs added later were checked as priced (F = 131072, 22M arcs: 2 of a warm solve's
+        # ~5 passes over every arc).
         raw = _auction.solve_sparse(g.indptr, g.indices, g.costs, n, m, unmatched_cost=dummies,
                                     init_v=init_v, init_row_to_col=init_r2c, eps_start=eps_start,
                                     check_feasible=False, threads=_threads(), changed_rows=changed,
-                                    sap_budget=warm_budget if init_v is not None else 1.0)
+                                    sap_budget=warm_budget if init_v is not None else 1.0,
+                                    check_arcs=checked is not g_checked)
+        checked = g_checked
         timings["solve"] += time.perf_counter() - t0
         for key in ("phases", "bids", "reverse_bids", "augmentations"):
             stats[key] += int(raw[key])
@@ -860,6 +879,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
             rebuilds += 1
             before = len(g.indices)
             g = _union(g, rebuild(u, v), n)
+            g_checked = object()  # the rebuilt graph's arcs: checked by the next solve
             stats["added_edges"] += len(g.indices) - before
             stats["rebuilds"] = rebuilds
             timings["pricing"] += time.perf_counter() - t0
@@ -894,6 +914,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
             pr, pc = pr.astype(np.int64, copy=False), pc.astype(np.int64, copy=False)
             if pw.dtype != np.float32:  # float32 costs stay float32 (so does the graph, below)
                 pw = pw.astype(np.float64, copy=False)
+            _check_priced(pr, pc, pw, n, m)  # the warm solves do not check the arcs again
             # PricedRows.bound: per priced row, a lower bound on the reduced cost of every pair
             # it did not return (screened pricing, whose selection is approximate).
             explicit = np.asarray(out.bound, np.float64) if isinstance(out, PricedRows) else None

@@ -412,6 +412,44 @@ def test_assign_exact_with_rebuild():
     assert res.stats["rebuilds"] >= 1
 
 
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda r, c, w: (r, np.where(c == c[0], 700, c), w), r"cols index 700, out of range \[0, 600\)"),
+    (lambda r, c, w: (r - 1, c, w), r"rows index -1, out of range \[0, 600\)"),
+    (lambda r, c, w: (r, c, np.where(np.arange(len(w)) == 0, np.nan, w)), "non-finite cost nan for the pair"),
+    (lambda r, c, w: (r, c[:-1], w), "returned .* rows, .* cols and .* costs"),
+])
+def test_assign_exact_checks_what_price_rows_returns(corrupt, message):
+    """The warm solves no longer check every arc: the pairs a callback returns are checked
+    as they come (a clear error, not NaN costs in the graph)."""
+    rng = np.random.default_rng(4)
+    n = 600
+    X = rng.standard_normal((n, 8)) * np.exp(rng.standard_normal((n, 1)))
+    Y = X[rng.permutation(n)] + 0.5 * rng.standard_normal((n, 8))
+    C = ((X * X).sum(1)[:, None] + (Y * Y).sum(1)[None, :] - 2 * X @ Y.T).clip(0)
+    d = _auction.dense_candidates(C, 1, 1)
+    g = CandidateGraph(d["indptr"], d["indices"], d["costs"], d["row_bound"], d["col_bound"],
+                       d["row_offset"], d["col_offset"])
+
+    def price(rows, u, v):
+        r, c, w, _ = _auction.dense_price(C, np.ascontiguousarray(rows, np.int64), u, v, -np.inf, 4)
+        return corrupt(r, c, w)
+
+    with pytest.raises(ValueError, match=message):
+        assign_exact(n, n, g, price, max_new_per_row=4)
+
+
+def test_solve_sparse_check_arcs_flag():
+    """check_arcs=False skips the arcs' checks (the exact loop's warm solves); True, the default,
+    refuses a NaN cost or a column out of range."""
+    indptr, idx, cst = np.array([0, 2, 4]), np.array([0, 1, 0, 1], np.int32), np.array([1.0, 2.0, np.nan, 1.0])
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        _auction.solve_sparse(indptr, idx, cst, 2, 2)
+    with pytest.raises(ValueError, match="out of range"):
+        _auction.solve_sparse(indptr, np.array([0, 1, 0, 5], np.int32), np.ones(4), 2, 2)
+    ok = _auction.solve_sparse(indptr, idx, np.array([1.0, 2.0, 3.0, 1.0]), 2, 2, check_arcs=False)
+    assert list(ok["row_to_col"]) == [0, 1]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_candidate_bounds_hold_for_every_pair_left_out(dtype):
     rng = np.random.default_rng(0)
