@@ -483,6 +483,27 @@ def test_triton_gemm_selection_matches_torch(tc, monkeypatch: pytest.MonkeyPatch
     assert_same_graph(gt.to("cpu"), candidates(A, B, k=k, k_cos=k_cos))
 
 
+def test_gemm_dots_are_float32_sums_of_exact_products(tc) -> None:
+    """_dots_against: on the CPU, float32 dots of the upcast rows for every dtype; the CUDA
+    fallback's claim that TF32 (10 mantissa bits) holds every bf16 and fp16 value exactly,
+    subnormal fp16 ones included, so its products are those of the 16-bit operands."""
+    A, B = randn(20, 30, seed=1), randn(25, 30, seed=2)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        f, how = tc._dots_against(B.to(dtype))
+        assert how == "fp32"
+        assert torch.equal(f(A.to(dtype)), A.to(dtype).float() @ B.to(dtype).float().T)
+    vals = torch.cat([randn(10000, seed=3) * 10.0 ** torch.randint(-8, 5, (10000,)).float(),
+                      torch.tensor([6e-8, 1e-5, 65504.0])])
+    for dtype in (torch.bfloat16, torch.float16):
+        bits = vals.to(dtype).float().view(torch.int32)
+        assert ((bits & 0x1FFF) == 0).all()  # the 13 mantissa bits TF32 drops are zero
+    saved = torch.backends.cuda.matmul.allow_tf32
+    with tc._gemm_flags(True):
+        assert torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+    assert torch.backends.cuda.matmul.allow_tf32 == saved
+
+
 # The threshold-and-emit selection (MECHPERM_EMIT_TOPK=1) with 16 x 16 tiles, so that these
 # sizes have the 4k tile groups per row and column it needs: (F_a, F_b, D, dtype, k, k_cos,
 # splits, ordering of B's rows).

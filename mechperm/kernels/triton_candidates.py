@@ -608,13 +608,13 @@ LAST_GEMM: dict = {}
 
 
 @contextlib.contextmanager
-def _full_precision_gemm():
-    """cuBLAS without TF32 for float32 operands and without reduced-precision split-K sums for
-    16-bit ones (user settings restored after): the dots must be float32 sums of exact products,
-    as the tile kernels' and the screen's bound assume."""
+def _gemm_flags(tf32: bool):
+    """cuBLAS's precision switches for one GEMM (user settings restored after): TF32 as asked,
+    never reduced-precision split-K sums of 16-bit products."""
     m = torch.backends.cuda.matmul
     saved = m.allow_tf32, m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction
-    m.allow_tf32 = m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
+    m.allow_tf32 = tf32
+    m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
     try:
         yield
     finally:
@@ -622,19 +622,37 @@ def _full_precision_gemm():
 
 
 def _dots_against(Y: Tensor):
-    """(f, direct): ``f(X)`` is the float32 [len(X), len(Y)] matrix of dots ⟨x, y⟩ for rows X of
-    Y's dtype, by ``torch.mm`` (call it inside :func:`_full_precision_gemm`). 16-bit operands
-    take a float32 output where cuBLAS offers one (``direct``: ``out_dtype=``), else are
-    upcast (exactly; Y once), as on the CPU, where the tests run this."""
-    if Y.device.type == "cuda" and Y.dtype != torch.float32:
+    """(f, how): ``f(X)`` is the float32 [len(X), len(Y)] matrix of dots ⟨x, y⟩ for rows X of
+    Y's dtype by ``torch.mm``, float32 sums of exact products (what the tile kernels compute
+    and the screen's bound assumes), whichever way ``how`` says:
+
+    - "bf16->fp32" / "fp16->fp32": 16-bit operands with a float32 output (``out_dtype=``);
+    - "tf32": 16-bit operands upcast (B once) where cuBLAS offers no such output: TF32 holds
+      every bf16 and fp16 value exactly, so its products are exact too, at half the pace;
+    - "fp32": float32 operands, TF32 off; and every case on the CPU (the tests' upcasts).
+    """
+    cuda = Y.device.type == "cuda"
+    if cuda and Y.dtype != torch.float32:
         Yt = Y.t()
         try:
-            torch.mm(Y[:1], Yt[:, :1], out_dtype=torch.float32)
-            return (lambda X: torch.mm(X, Yt, out_dtype=torch.float32)), True
+            with _gemm_flags(False):
+                torch.mm(Y[:1], Yt[:, :1], out_dtype=torch.float32)
+
+            def direct(X: Tensor) -> Tensor:
+                with _gemm_flags(False):
+                    return torch.mm(X, Yt, out_dtype=torch.float32)
+
+            return direct, ("bf16" if Y.dtype == torch.bfloat16 else "fp16") + "->fp32"
         except (RuntimeError, TypeError, NotImplementedError):
             pass
+    tf32 = cuda and Y.dtype != torch.float32
     Yt = Y.float().t()  # no copy for float32
-    return (lambda X: torch.mm(X.float(), Yt)), False
+
+    def upcast(X: Tensor) -> Tensor:
+        with _gemm_flags(tf32):
+            return torch.mm(X.float(), Yt)
+
+    return upcast, ("tf32" if tf32 else "fp32")
 
 
 def _block_rows(M: int, N: int, dev: torch.device) -> int:
@@ -649,7 +667,7 @@ def _block_rows(M: int, N: int, dev: torch.device) -> int:
 
 def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, splits: int | None):
     """:func:`_topk` for the rows and the columns from blocks of dot products that cuBLAS
-    writes (``torch.mm``: 16-bit operands with a float32 output, float32 ones without TF32),
+    writes (``torch.mm``, see :func:`_dots_against`),
     each read twice by ``_select_dots_kernel``: along its rows (complete for those rows) and
     down its columns (merged on chip with the columns' selections of the blocks before).
     The GEMM runs at cuBLAS's pace; the selections read 8 bytes a pair (two passes) where the
@@ -658,7 +676,7 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
 
     Returns (row_cost, row_cols, row_sim, col_cost, col_rows, col_sim) as the two ``_topk``."""
     M, N, dev = A.shape[0], B.shape[0], A.device
-    dots_of, direct = _dots_against(B)
+    dots_of, how = _dots_against(B)
     R = _block_rows(M, N, dev)
     kp_r = max(2, triton.next_power_of_2(max(kr, kcr)))
     kp_c = max(2, triton.next_power_of_2(max(kc, kcc)))
@@ -670,30 +688,29 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
     row_cols = torch.empty(M, kr, dtype=torch.int64, device=dev)
     row_sim = torch.empty(M, kcr, dtype=torch.int64, device=dev) if kcr else None
     col_tiles = -(-N // SEL_BN)
-    with _full_precision_gemm():
-        for r0 in range(0, M, R):
-            r1 = min(M, r0 + R)
-            m = r1 - r0
-            dots = dots_of(A[r0:r1])
-            s = splits or _n_splits(m, col_tiles, dev)
-            cps = -(-col_tiles // s) * SEL_BN
-            s = -(-N // cps)
-            out_c = torch.empty(m, s, kr, dtype=torch.int64, device=dev)
-            out_s = torch.empty(m, s, max(kcr, 1), dtype=torch.int64, device=dev)
-            _select_dots_kernel[(-(-m // SEL_BM), s)](
-                dots, na[r0:r1], nb, ia[r0:r1], ib, out_c, out_s, m, N, cps, N, 1, 0,
-                KC=kr, KS=kcr, KP=kp_r, SWAP=False, INIT=False, **meta)
-            row_cost[r0:r1], row_cols[r0:r1] = _unpack(torch.sort(out_c.view(m, -1), dim=1).values[:, :kr])
-            if kcr:
-                row_sim[r0:r1] = torch.sort(out_s.view(m, -1), dim=1).values[:, :kcr] & 0xFFFFFFFF
-            _select_dots_kernel[(-(-N // SEL_BM), 1)](
-                dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, N, m, m, 1, N, r0,
-                KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, **meta)
-            del dots
+    for r0 in range(0, M, R):
+        r1 = min(M, r0 + R)
+        m = r1 - r0
+        dots = dots_of(A[r0:r1])
+        s = splits or _n_splits(m, col_tiles, dev)
+        cps = -(-col_tiles // s) * SEL_BN
+        s = -(-N // cps)
+        out_c = torch.empty(m, s, kr, dtype=torch.int64, device=dev)
+        out_s = torch.empty(m, s, max(kcr, 1), dtype=torch.int64, device=dev)
+        _select_dots_kernel[(-(-m // SEL_BM), s)](
+            dots, na[r0:r1], nb, ia[r0:r1], ib, out_c, out_s, m, N, cps, N, 1, 0,
+            KC=kr, KS=kcr, KP=kp_r, SWAP=False, INIT=False, **meta)
+        row_cost[r0:r1], row_cols[r0:r1] = _unpack(torch.sort(out_c.view(m, -1), dim=1).values[:, :kr])
+        if kcr:
+            row_sim[r0:r1] = torch.sort(out_s.view(m, -1), dim=1).values[:, :kcr] & 0xFFFFFFFF
+        _select_dots_kernel[(-(-N // SEL_BM), 1)](
+            dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, N, m, m, 1, N, r0,
+            KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, **meta)
+        del dots
     col_cost, col_rows = _unpack(torch.sort(col_c, dim=1).values)
     col_sim = torch.sort(col_s, dim=1).values & 0xFFFFFFFF if kcc else None
     LAST_GEMM.clear()
-    LAST_GEMM.update(block_rows=R, blocks=-(-M // R), float32_out=direct)
+    LAST_GEMM.update(block_rows=R, blocks=-(-M // R), gemm=how)
     return row_cost, row_cols, row_sim, col_cost, col_rows, col_sim
 
 
@@ -859,9 +876,7 @@ def dense_costs(A: Tensor, B: Tensor, norms: tuple[Tensor, Tensor] | None = None
     A, B, na, nb, bd = _prep(A, B, norms)
     M, N = A.shape[0], B.shape[0]
     if gemm_enabled() and M and N:  # cuBLAS's GEMM, the same epilogue (−2·dot exact, two roundings)
-        dots_of, _ = _dots_against(B)
-        with _full_precision_gemm():
-            out = dots_of(A)
+        out = _dots_against(B)[0](A)
         return out.mul_(-2.0).add_(na[:, None]).add_(nb[None, :]).clamp_min_(0.0)
     out = torch.empty(M, N, dtype=torch.float32, device=A.device)
     if M and N:
@@ -966,8 +981,7 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
         keys = torch.empty(M, s, kq, dtype=torch.int64, device=dev)
         dots = nx
         if gemm:
-            with _full_precision_gemm():
-                dots = dots_of(X)
+            dots = dots_of(X)
         _topq_kernel[(-(-M // BM), s)](
             X, B, nx, nb, ux, v, sx, sb, gamma, slack, keys, dots, M, N, X.shape[1], cols_per_split,
             X.stride(0), B.stride(0), Q=kq, KP=kp, SCREEN=screen is not None, FROM_DOTS=gemm,
