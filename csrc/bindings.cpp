@@ -398,7 +398,7 @@ py::array_t<double> dense_margins_py(const py::array& cost, const py::array& row
 }
 
 py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, const py::array& s,
-                                    const py::object& by_slope) {
+                                    const py::object& by_slope, int threads) {
     const double* wp = require<double>(w, "w", 1);
     const int64_t m = w.shape(0);
     const double* xp = require<double>(x, "x", 1, m);
@@ -425,7 +425,7 @@ py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, cons
     double* o = out.mutable_data();
     {
         py::gil_scoped_release release;
-        envelope_min(wp, xp, m, sp, nq, o, order);
+        envelope_min(wp, xp, m, sp, nq, o, order, std::max(1, threads));
     }
     return out;
 }
@@ -748,9 +748,9 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("k_col"),
           "Candidate CSR graph of a dense array with the bounds on every pair left out.");
     m.def("envelope_min", &envelope_min_py, py::arg("w"), py::arg("x"), py::arg("s"),
-          py::arg("by_slope") = py::none(),
+          py::arg("by_slope") = py::none(), py::arg("threads") = 1,
           "out[q] = min_j (w[j] - x[j] * s[q]) (lower envelope of lines; O((m + q) log m)); by_slope: "
-          "argsort of x, reused across calls with the same x.");
+          "argsort of x, reused across calls with the same x; threads: for the queries.");
     m.def("dense_margins", &dense_margins_py, py::arg("cost"), py::arg("row_to_col"), py::arg("u"),
           py::arg("v"),
           "Per row, min over the other columns of c_ij - u_i - v_j (NaN where row_to_col = -1).");

@@ -5,11 +5,12 @@
 #include <vector>
 
 #include "auction.hpp"
+#include "parallel.hpp"
 
 namespace mechperm {
 
 void envelope_min(const double* w, const double* x, int64_t m, const double* s, int64_t nq,
-                  double* out, const int64_t* by_slope) {
+                  double* out, const int64_t* by_slope, int threads) {
     // Line j: y = w_j - x_j * s. Sorted by slope -x_j decreasing (x increasing); of equal
     // slopes only the lowest line can be minimal. by_slope: that order by x alone, given (the
     // exact loop's slopes are fixed while w moves with the duals every round).
@@ -47,19 +48,24 @@ void envelope_min(const double* w, const double* x, int64_t m, const double* s, 
     const int64_t h = int64_t(hull.size());
     std::vector<long double> bp(h > 1 ? h - 1 : 0);  // hull[t] is minimal on [bp[t-1], bp[t]]
     for (int64_t t = 0; t + 1 < h; ++t) bp[t] = cross(hull[t], hull[t + 1]);
-    for (int64_t q = 0; q < nq; ++q) {
-        if (h == 0) {
-            out[q] = INFINITY;
-            continue;
+    // Queries are independent binary searches: blocks of them on the threads (F = 1M rows:
+    // the exact loop asks two or three envelopes a round).
+    constexpr int64_t kBlock = 16384;
+    parallel_blocks((nq + kBlock - 1) / kBlock, threads, [&](int64_t b) {
+        for (int64_t q = b * kBlock, end = std::min(nq, q + kBlock); q < end; ++q) {
+            if (h == 0) {
+                out[q] = INFINITY;
+                continue;
+            }
+            const int64_t t =
+                std::upper_bound(bp.begin(), bp.end(), static_cast<long double>(s[q])) - bp.begin();
+            // The neighbours too: rounding in the breakpoints must not make the bound too high.
+            double best = INFINITY;
+            for (int64_t u = std::max<int64_t>(0, t - 1); u <= std::min(h - 1, t + 1); ++u)
+                best = std::min(best, w[hull[u]] - x[hull[u]] * s[q]);
+            out[q] = best;
         }
-        const int64_t t = std::upper_bound(bp.begin(), bp.end(), static_cast<long double>(s[q])) -
-                          bp.begin();
-        // The neighbours too: rounding in the breakpoints must not make the bound too high.
-        double best = INFINITY;
-        for (int64_t u = std::max<int64_t>(0, t - 1); u <= std::min(h - 1, t + 1); ++u)
-            best = std::min(best, w[hull[u]] - x[hull[u]] * s[q]);
-        out[q] = best;
-    }
+    });
 }
 
 }  // namespace mechperm

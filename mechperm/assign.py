@@ -603,7 +603,8 @@ def _column_line_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: 
     if not (np.isfinite(w).all() and np.isfinite(g.col_slope).all() and np.isfinite(g.row_norm).all()):
         return np.full(len(rows), -np.inf)
     by = _cached(cache, "col_slope", (g.col_slope,), lambda: np.argsort(g.col_slope, kind="stable"))
-    return _auction.envelope_min(w, g.col_slope, np.ascontiguousarray(g.row_norm[rows]), by_slope=by) - u[rows]
+    return _auction.envelope_min(w, g.col_slope, np.ascontiguousarray(g.row_norm[rows]), by_slope=by,
+                                 threads=_threads()) - u[rows]
 
 
 def _cached(cache: Optional[dict], key: str, arrays: tuple, make: Callable[[], Any]) -> Any:
@@ -672,11 +673,12 @@ def _euclidean_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Op
         return lb
     if g.row_cos is not None:  # min_j (w_j − x_j · 2 y_i κ_i)
         by_x = _cached(cache, "slope_x", (x,), lambda: np.argsort(x, kind="stable"))
-        lb = np.maximum(lb, base + _auction.envelope_min(w, x, 2.0 * y * g.row_cos, by_slope=by_x))
+        lb = np.maximum(lb, base + _auction.envelope_min(w, x, 2.0 * y * g.row_cos, by_slope=by_x,
+                                                                  threads=_threads()))
     if g.col_cos is not None:  # min_j (w_j − (2 κ_j x_j) · y_i)
         slope = _cached(cache, "slope_cx", (g.col_cos, x), lambda: 2.0 * g.col_cos * x)
         by_cx = _cached(cache, "order_cx", (g.col_cos, x), lambda: np.argsort(slope, kind="stable"))
-        lb = np.maximum(lb, base + _auction.envelope_min(w, slope, y, by_slope=by_cx))
+        lb = np.maximum(lb, base + _auction.envelope_min(w, slope, y, by_slope=by_cx, threads=_threads()))
     return lb
 
 

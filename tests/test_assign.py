@@ -499,7 +499,8 @@ def test_envelope_min_with_and_without_a_given_slope_order(seed):
     s = rng.normal(size=nq) * 3
     want = (w[None, :] - x[None, :] * s[:, None]).min(1)
     order = np.argsort(x, kind="stable")
-    for got in (_auction.envelope_min(w, x, s), _auction.envelope_min(w, x, s, by_slope=order)):
+    for got in (_auction.envelope_min(w, x, s), _auction.envelope_min(w, x, s, by_slope=order),
+                _auction.envelope_min(w, x, np.tile(s, 100), threads=3)[:nq]):  # query blocks on threads
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="by_slope"):
         _auction.envelope_min(w, x, s, by_slope=order[::-1].copy())
