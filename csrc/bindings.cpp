@@ -602,6 +602,65 @@ int64_t csr_insert_inplace_py(const py::array& indptr, const py::array& indices,
                : csr_insert_inplace_typed<int64_t, double>(p, indices, costs, n, r, c, new_costs, q);
 }
 
+template <class I, class T>
+int64_t csr_insert_into_typed(const py::array& indptr, const py::array& indices, const py::array& costs, int64_t n,
+                              const int64_t* r, const int64_t* c, const py::array& new_costs, int64_t q,
+                              const py::array& out_indptr, const py::array& out_indices, const py::array& out_costs,
+                              int threads) {
+    const T* w = require<T>(new_costs, "new_costs", 1, q);
+    if (!is_c_array<T>(costs) || !is_c_array<T>(out_costs))
+        throw py::value_error("costs, new_costs and out_costs must have one dtype");
+    if (!is_c_array<I>(out_indices)) throw py::value_error("indices and out_indices must have one dtype");
+    const int64_t* p = static_cast<const int64_t*>(indptr.data());
+    const I* ix = static_cast<const I*>(indices.data());
+    const T* cs = static_cast<const T*>(costs.data());
+    int64_t* op = static_cast<int64_t*>(const_cast<void*>(out_indptr.data()));
+    I* oix = static_cast<I*>(const_cast<void*>(out_indices.data()));
+    T* ocs = static_cast<T*>(const_cast<void*>(out_costs.data()));
+    py::gil_scoped_release release;
+    return csr_insert_into(p, ix, cs, n, r, c, w, q, op, oix, ocs, std::max(1, threads));
+}
+
+int64_t csr_insert_into_py(const py::array& indptr, const py::array& indices, const py::array& costs,
+                           const py::array& rows, const py::array& cols, const py::array& new_costs,
+                           const py::array& out_indptr, const py::array& out_indices, const py::array& out_costs,
+                           int threads) {
+    int64_t n, q;
+    const int64_t *r, *c;
+    csr_pairs(indptr, rows, cols, n, r, c, q);
+    const int64_t nnz = require<int64_t>(indptr, "indptr", 1, n + 1)[n];
+    require<int64_t>(out_indptr, "out_indptr", 1, n + 1);
+    if (!out_indptr.writeable() || !out_indices.writeable() || !out_costs.writeable())
+        throw py::value_error("csr_insert_into needs writeable out_indptr, out_indices and out_costs");
+    if (indices.ndim() != 1 || costs.ndim() != 1 || indices.shape(0) < nnz || costs.shape(0) < nnz)
+        throw py::value_error("indices and costs must hold indptr[-1] = " + std::to_string(nnz) + " arcs");
+    if (out_indices.ndim() != 1 || out_costs.ndim() != 1 || out_indices.shape(0) < nnz + q ||
+        out_costs.shape(0) < nnz + q)
+        throw py::value_error("out_indices and out_costs must have room for indptr[-1] + len(rows) = " +
+                              std::to_string(nnz + q) + " arcs");
+    auto overlaps = [](const py::array& a, const py::array& b) {
+        const char* a0 = static_cast<const char*>(a.data());
+        const char* b0 = static_cast<const char*>(b.data());
+        return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+    };
+    if (overlaps(indices, out_indices) || overlaps(costs, out_costs) || overlaps(indptr, out_indptr))
+        throw py::value_error("csr_insert_into writes other arrays than it reads (see csr_insert_inplace)");
+    const bool i32 = is_c_array<int32_t>(indices);
+    if (!i32) require<int64_t>(indices, "indices", 1);
+    if (i32)
+        for (int64_t t = 0; t < q; ++t)
+            if (c[t] > INT32_MAX) throw py::value_error("column " + std::to_string(c[t]) + " does not fit int32 indices");
+    if (is_c_array<float>(costs))
+        return i32 ? csr_insert_into_typed<int32_t, float>(indptr, indices, costs, n, r, c, new_costs, q, out_indptr,
+                                                           out_indices, out_costs, threads)
+                   : csr_insert_into_typed<int64_t, float>(indptr, indices, costs, n, r, c, new_costs, q, out_indptr,
+                                                           out_indices, out_costs, threads);
+    return i32 ? csr_insert_into_typed<int32_t, double>(indptr, indices, costs, n, r, c, new_costs, q, out_indptr,
+                                                        out_indices, out_costs, threads)
+               : csr_insert_into_typed<int64_t, double>(indptr, indices, costs, n, r, c, new_costs, q, out_indptr,
+                                                        out_indices, out_costs, threads);
+}
+
 // A selection's state (vals [owners, k] float32, idx [owners, k] int64, extra or None), checked.
 TopKHeaps topk_heaps(const py::object& o, const char* name, int64_t min_owners) {
     TopKHeaps h;
@@ -780,6 +839,11 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("rows"), py::arg("cols"), py::arg("new_costs"),
           "Add the arcs not in a column-sorted CSR graph yet (the first of duplicates), in place: indices and costs hold indptr[-1] arcs and room for len(rows) more; indptr is "
           "updated; returns the number of arcs added.");
+    m.def("csr_insert_into", &csr_insert_into_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"),
+          py::arg("rows"), py::arg("cols"), py::arg("new_costs"), py::arg("out_indptr"), py::arg("out_indices"),
+          py::arg("out_costs"), py::arg("threads") = 1,
+          "csr_insert_inplace into other arrays (out_indptr [n + 1]; out_indices and out_costs with room for "
+          "indptr[-1] + len(rows) arcs), rows merged on `threads` threads; returns the number of arcs added.");
     m.def("csr_margins", &csr_margins_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"),
           py::arg("row_to_col"), py::arg("u"), py::arg("v"), py::arg("threads") = 1,
           "Per row, max(0, least (c_ij - u_i) - v_j over its arcs but row_to_col[i]) (inf without one; NaN "

@@ -89,6 +89,40 @@ int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_
 }
 
 template <class I, class T>
+int64_t csr_insert_into(const int64_t* ptr, const I* idx, const T* cst, int64_t n, const int64_t* rows,
+                        const int64_t* cols, const T* costs, int64_t q, int64_t* out_ptr, I* out_idx, T* out_cst,
+                        int threads) {
+    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, rows, cols, q);
+    const int64_t nf = int64_t(fresh.size());
+    std::vector<int64_t> first(n + 1, 0);  // first[r]: fresh arcs in the rows before r
+    for (int64_t f : fresh) ++first[rows[f] + 1];
+    for (int64_t r = 0; r < n; ++r) first[r + 1] += first[r];
+    for (int64_t r = 0; r <= n; ++r) out_ptr[r] = ptr[r] + first[r];
+    constexpr int64_t kBlock = 4096;  // rows; the shared counter balances blocks of unequal arcs
+    parallel_blocks((n + kBlock - 1) / kBlock, threads, [&](int64_t b) {
+        for (int64_t r = b * kBlock, e = std::min(n, r + kBlock); r < e; ++r) {
+            int64_t a = ptr[r], w = out_ptr[r];
+            const int64_t a_end = ptr[r + 1];
+            for (int64_t f = first[r]; f < first[r + 1]; ++f) {  // fresh arcs by column
+                const int64_t c = cols[fresh[f]];
+                for (; a < a_end && int64_t(idx[a]) < c; ++a, ++w) {
+                    out_idx[w] = idx[a];
+                    out_cst[w] = cst[a];
+                }
+                out_idx[w] = I(c);
+                out_cst[w] = costs[fresh[f]];
+                ++w;
+            }
+            if (a < a_end) {
+                std::memcpy(out_idx + w, idx + a, sizeof(I) * (a_end - a));
+                std::memcpy(out_cst + w, cst + a, sizeof(T) * (a_end - a));
+            }
+        }
+    });
+    return nf;
+}
+
+template <class I, class T>
 int64_t csr_margins(const int64_t* ptr, const I* idx, const T* cst, int64_t n, int64_t m, const int64_t* r2c,
                     const double* u, const double* v, int threads, double* out) {
     constexpr int64_t kBlock = 1024;
@@ -122,6 +156,14 @@ MECHPERM_INPLACE(int32_t, double)
 MECHPERM_INPLACE(int64_t, float)
 MECHPERM_INPLACE(int64_t, double)
 #undef MECHPERM_INPLACE
+#define MECHPERM_INTO(I, T)                                                                               \
+    template int64_t csr_insert_into<I, T>(const int64_t*, const I*, const T*, int64_t, const int64_t*,     \
+                                           const int64_t*, const T*, int64_t, int64_t*, I*, T*, int);
+MECHPERM_INTO(int32_t, float)
+MECHPERM_INTO(int32_t, double)
+MECHPERM_INTO(int64_t, float)
+MECHPERM_INTO(int64_t, double)
+#undef MECHPERM_INTO
 #define MECHPERM_MARGINS(I, T)                                                                            \
     template int64_t csr_margins<I, T>(const int64_t*, const I*, const T*, int64_t, int64_t, const int64_t*, \
                                        const double*, const double*, int, double*);

@@ -22,6 +22,14 @@ template <class I, class T>
 int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_t* rows, const int64_t* cols,
                            const T* costs, int64_t q);
 
+// The same edit into other arrays: out_ptr [n + 1], out_idx and out_cst with room for ptr[n] + q
+// arcs; rows are merged in parallel (blocks of rows on `threads` threads), where the in-place
+// edit moves every arc on one thread. Returns the number of arcs added.
+template <class I, class T>
+int64_t csr_insert_into(const int64_t* ptr, const I* idx, const T* cst, int64_t n, const int64_t* rows,
+                        const int64_t* cols, const T* costs, int64_t q, int64_t* out_ptr, I* out_idx, T* out_cst,
+                        int threads);
+
 // out[i] = max(0, least (c_ij - u_i) - v_j over row i's arcs but its own, r2c[i]): how much
 // worse the best alternative is (+inf without one, NaN for an unassigned row, r2c[i] < 0).
 // Returns -1, or the position of an arc whose column is outside [0, m) (out is then partial).

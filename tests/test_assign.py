@@ -1125,26 +1125,28 @@ def test_merge_adds_new_arcs_in_order(n: int, m: int, seed: int, density: float,
     assert np.array_equal(got.costs, w) and got.costs.dtype == w.dtype
     assert got.indices.dtype == idx_dtype
     # In place (the exact loop's buffer), over three rounds: the first allocates, later ones
-    # insert into the room left or grow it.
-    buf, h, ref = A._ArcBuffer(), g, g
-    for t in range(3):
-        r2, c2 = rng.integers(0, n, extra * t), rng.integers(0, m, extra * t)
-        w2 = rng.random(extra * t).astype(new_dtype)
-        h = buf.merge(h, r2, c2, w2, n)
-        ref_ptr, ref_idx, ref_w = _merge_reference(ref, r2, c2, w2, n)
-        ref = A.CandidateGraph(ref_ptr, ref_idx, ref_w)
-        assert np.array_equal(h.indptr, ref_ptr) and np.array_equal(h.indices, ref_idx)
-        assert np.array_equal(h.costs, ref_w.astype(h.costs.dtype)) and h.indices.dtype == idx_dtype
+    # insert into the room left or grow it; with 4 threads the two sets of arrays take turns.
+    for threads in (1, 4):
+        buf, h, ref = A._ArcBuffer(threads), g, g
+        for t in range(4):
+            r2, c2 = rng.integers(0, n, extra * t), rng.integers(0, m, extra * t)
+            w2 = rng.random(extra * t).astype(new_dtype)
+            h = buf.merge(h, r2, c2, w2, n)
+            ref_ptr, ref_idx, ref_w = _merge_reference(ref, r2, c2, w2, n)
+            ref = A.CandidateGraph(ref_ptr, ref_idx, ref_w)
+            assert np.array_equal(h.indptr, ref_ptr) and np.array_equal(h.indices, ref_idx)
+            assert np.array_equal(h.costs, ref_w.astype(h.costs.dtype)) and h.indices.dtype == idx_dtype
     assert np.array_equal(g.indices, c) and np.array_equal(A._in_graph(g, r, c, m), np.ones(len(r), bool))
 
 
-def test_arc_buffer_grows_when_its_room_is_used_up() -> None:
+@pytest.mark.parametrize("threads", [1, 4])
+def test_arc_buffer_grows_when_its_room_is_used_up(threads: int) -> None:
     import mechperm.assign as A
 
     rng = np.random.default_rng(1)
     n, m = 50, 400
     g = A.CandidateGraph(np.zeros(n + 1, np.int64), np.empty(0, np.int32), np.empty(0))
-    buf, ref, sizes = A._ArcBuffer(), g, set()
+    buf, ref, sizes = A._ArcBuffer(threads), g, set()
     for _ in range(8):
         r, c, w = rng.integers(0, n, 900), rng.integers(0, m, 900), rng.random(900)
         g = buf.merge(g, r, c, w, n)
@@ -1168,6 +1170,16 @@ def test_csr_edits_reject_bad_pairs() -> None:
     ip, ix, w = indptr.copy(), np.resize(indices, 4), np.resize(costs, 4)
     assert _auction.csr_insert_inplace(ip, ix, w, np.array([1, 0]), np.array([0, 1]), np.array([5.0, 6.0])) == 2
     assert ip.tolist() == [0, 2, 4] and ix.tolist() == [0, 1, 0, 1] and w.tolist() == [1.0, 6.0, 5.0, 1.0]
+    op, ox, ow = np.empty(3, np.int64), np.empty(5, np.int32), np.empty(5)
+    assert _auction.csr_insert_into(indptr, indices, costs, np.array([1, 0, 1]), np.array([0, 1, 1]),
+                                    np.array([5.0, 6.0, 7.0]), op, ox, ow, threads=2) == 2  # (1, 1) is an arc
+    assert op.tolist() == [0, 2, 4] and ox[:4].tolist() == [0, 1, 0, 1] and ow[:4].tolist() == [1.0, 6.0, 5.0, 1.0]
+    with pytest.raises(ValueError, match="room for"):
+        _auction.csr_insert_into(indptr, indices, costs, np.array([0]), np.array([1]), np.ones(1), op, ox[:2], ow)
+    with pytest.raises(ValueError, match="writes other arrays"):
+        _auction.csr_insert_into(indptr, ix, w, np.array([0]), np.array([1]), np.ones(1), op, ix, ow)
+    with pytest.raises(ValueError, match="out of range"):
+        _auction.csr_insert_into(indptr, indices, costs, np.array([0]), np.array([-1]), np.ones(1), op, ox, ow)
 
 
 # ---- column lines (a column's bound falls with the row's norm: the screens' error) ---------------
