@@ -239,18 +239,19 @@ def _topk_kernel(
 
 @triton.jit
 def _select_dots_kernel(
-    DOTS,            # float32 dot products of a block: ⟨x_i, y_j⟩ at DOTS[i * sdx + j * sdy]
+    DOTS,            # float32 dot products of a block, row-major with ``ld`` columns
     NX, NY,          # [M], [N] float32 squared norms of the x and y items
     IX, IY,          # [M], [N] float32 inverse norms; read when KS > 0
     OUT_C, OUT_S,    # as _topk_kernel; with INIT (one split) they hold the running selections
-    M, N, cols_per_split, sdx, sdy, y_off,
+    M, N, cols_per_split, ld, y_off,
     KC: tl.constexpr, KS: tl.constexpr, KP: tl.constexpr, SWAP: tl.constexpr, INIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """``_topk_kernel``'s selection over dot products a GEMM wrote (``_topk_gemm``): per x item,
     the KC cheapest and KS most similar y items, keyed by ``y + y_off``. Rows of A as x items
-    read the block along its rows (sdx = N); B's columns as x items read it down its columns
-    (sdx = 1, SWAP) and, with INIT, continue the selections of earlier blocks of rows."""
+    read the block along its rows (⟨x, y⟩ at x · ld + y); B's columns as x items (SWAP) read it
+    down its columns (at x + y · ld: consecutive x items are adjacent, so the loads coalesce
+    across them) and, with INIT, continue the selections of earlier blocks of rows."""
     rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
     nx = tl.load(NX + rows, mask=rmask, other=0.0)
     ix = nx
@@ -267,11 +268,13 @@ def _select_dots_kernel(
             best_s = tl.where(kept, tl.load(OUT_S + base * KS + pos[None, :], mask=kept, other=0), best_s)
     thr_c = tl.max(best_c, axis=1)
     thr_s = tl.max(best_s, axis=1)
-    xp = DOTS + rows.to(tl.int64)[:, None] * sdx
     for n0 in range(n_lo, n_hi, BLOCK_N):
         cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
         valid = rmask[:, None] & cmask[None, :]
-        acc = tl.load(xp + cols.to(tl.int64)[None, :] * sdy, mask=valid, other=0.0)
+        if SWAP:  # the strides as literals: the compiler sees which way the tile is contiguous
+            acc = tl.load(DOTS + rows[:, None] + cols.to(tl.int64)[None, :] * ld, mask=valid, other=0.0)
+        else:
+            acc = tl.load(DOTS + rows.to(tl.int64)[:, None] * ld + cols[None, :], mask=valid, other=0.0)
         ny = tl.load(NY + cols, mask=cmask, other=0.0)
         iy = ny
         if KS > 0:
@@ -698,13 +701,13 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
         out_c = torch.empty(m, s, kr, dtype=torch.int64, device=dev)
         out_s = torch.empty(m, s, max(kcr, 1), dtype=torch.int64, device=dev)
         _select_dots_kernel[(-(-m // SEL_BM), s)](
-            dots, na[r0:r1], nb, ia[r0:r1], ib, out_c, out_s, m, N, cps, N, 1, 0,
+            dots, na[r0:r1], nb, ia[r0:r1], ib, out_c, out_s, m, N, cps, N, 0,
             KC=kr, KS=kcr, KP=kp_r, SWAP=False, INIT=False, **meta)
         row_cost[r0:r1], row_cols[r0:r1] = _unpack(torch.sort(out_c.view(m, -1), dim=1).values[:, :kr])
         if kcr:
             row_sim[r0:r1] = torch.sort(out_s.view(m, -1), dim=1).values[:, :kcr] & 0xFFFFFFFF
         _select_dots_kernel[(-(-N // SEL_BM), 1)](
-            dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, N, m, m, 1, N, r0,
+            dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, N, m, m, N, r0,
             KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, **meta)
         del dots
     col_cost, col_rows = _unpack(torch.sort(col_c, dim=1).values)
