@@ -1232,3 +1232,24 @@ def test_column_line_arguments_are_checked():
         assign_exact(20, 20, dataclasses.replace(g, col_base=None), price)
     with pytest.raises(ValueError, match="col_base and col_slope go together"):
         assign_exact(20, 20, dataclasses.replace(g, row_norm=None), price)
+
+
+@pytest.mark.parametrize("per_row", [1, 3, 50])
+def test_keep_most_negative_keeps_each_rows_least(per_row: int) -> None:
+    """Per row, the per_row pairs of least reduced cost (rows that have no more are kept whole,
+    without the sort)."""
+    import mechperm.assign as A
+
+    rng = np.random.default_rng(per_row)
+    rows = rng.integers(0, 40, 600)
+    cols, costs, red = rng.permutation(600), rng.random(600), rng.standard_normal(600)
+    r, c, w, d = A._keep_most_negative(rows, cols, costs, red, per_row)
+    got = {(int(a), int(b)) for a, b in zip(r, c)}
+    want = set()
+    for i in np.unique(rows):
+        at = np.flatnonzero(rows == i)
+        at = at[np.argsort(red[at], kind="stable")][:per_row]
+        want |= {(int(i), int(cols[t])) for t in at}
+    assert got == want and len(r) == len(want)
+    pos = {(int(a), int(b), float(x)): float(y) for a, b, x, y in zip(rows, cols, red, costs)}
+    assert all(pos[(int(a), int(b), float(x))] == float(y) for a, b, x, y in zip(r, c, d, w))  # pairs kept whole
