@@ -194,8 +194,20 @@ void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, c
         for (int64_t t = blk * kChunk; t < t1; ++t) {
             const float* x = a + rows[t] * d;
             const float* y = b + cols[t] * d;
+            // The next pair's row of B, a cache line per 16 floats, fetched while this one is
+            // summed (its rows are random: 400k pairs, F = 16384, d = 2304, 1 thread: 0.57 -> 0.37 s).
+            const char* y_next = reinterpret_cast<const char*>(b + cols[t + 1 < t1 ? t + 1 : t] * d);
             double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
             int64_t k = 0;
+            for (; k + 16 <= d; k += 16) {
+                __builtin_prefetch(y_next + k * sizeof(float));
+                for (int64_t j = k; j < k + 16; j += 4) {
+                    s0 += double(x[j]) * double(y[j]);
+                    s1 += double(x[j + 1]) * double(y[j + 1]);
+                    s2 += double(x[j + 2]) * double(y[j + 2]);
+                    s3 += double(x[j + 3]) * double(y[j + 3]);
+                }
+            }
             for (; k + 4 <= d; k += 4) {
                 s0 += double(x[k]) * double(y[k]);
                 s1 += double(x[k + 1]) * double(y[k + 1]);
