@@ -687,7 +687,8 @@ TopKHeaps topk_heaps(const py::object& o, const char* name, int64_t min_owners) 
 }
 
 void topk_tile_py(const py::array& tile, const py::object& cos_obj, int64_t r0, int64_t c0, const py::object& rows_c,
-                  const py::object& cols_c, const py::object& rows_s, const py::object& cols_s, int threads) {
+                  const py::object& cols_c, const py::object& rows_s, const py::object& cols_s, int threads,
+                  const py::object& cos_factors) {
     if (tile.ndim() != 2 || !py::isinstance<py::array_t<float>>(tile))
         throw py::value_error("tile must be a 2-D float32 array, got " + dtype_name(tile));
     const int64_t n = tile.shape(0), m = tile.shape(1);
@@ -701,12 +702,24 @@ void topk_tile_py(const py::array& tile, const py::object& cos_obj, int64_t r0, 
         cos = require<float>(c, "cos", 2, n);
         if (c.shape(1) != m) throw py::value_error("cos must have the tile's shape");
     }
+    CosFactors cf;
+    py::tuple factors;
+    if (!cos_factors.is_none()) {
+        if (cos != nullptr) throw py::value_error("give cos or cos_factors, not both");
+        factors = cos_factors.cast<py::tuple>();
+        if (factors.size() != 4) throw py::value_error("cos_factors must be (na, nb, half_inv_a, inv_b)");
+        const int64_t want[4] = {n, m, n, m};
+        const char* names[4] = {"cos_factors na", "cos_factors nb", "cos_factors half_inv_a", "cos_factors inv_b"};
+        const float* p[4];
+        for (int t = 0; t < 4; ++t) p[t] = require<float>(factors[t].cast<py::array>(), names[t], 1, want[t]);
+        cf = CosFactors{p[0], p[1], p[2], p[3]};
+    }
     if (r0 < 0 || c0 < 0) throw py::value_error("r0 and c0 must be >= 0");
     const TopKHeaps rc = topk_heaps(rows_c, "rows_c", r0 + n), cc = topk_heaps(cols_c, "cols_c", c0 + m);
     const TopKHeaps rs = topk_heaps(rows_s, "rows_s", r0 + n), cs = topk_heaps(cols_s, "cols_s", c0 + m);
     const float* tp = static_cast<const float*>(tile.data());
     py::gil_scoped_release release;
-    topk_tile(tp, ld, cos, n, m, r0, c0, rc, cc, rs, cs, std::max(1, threads));
+    topk_tile(tp, ld, cos, n, m, r0, c0, rc, cc, rs, cs, std::max(1, threads), cos_factors.is_none() ? nullptr : &cf);
 }
 
 void topk_finish_py(const py::object& heaps, int threads) {
@@ -829,7 +842,10 @@ PYBIND11_MODULE(_auction, m) {
           "non-finite row or -1.");
     m.def("topk_tile", &topk_tile_py, py::arg("tile"), py::arg("cos"), py::arg("r0"), py::arg("c0"),
           py::arg("rows_c"), py::arg("cols_c"), py::arg("rows_s"), py::arg("cols_s"), py::arg("threads") = 1,
-          "Offer a cost tile (and -cosine tile) to running top-k heaps (csrc/topk.hpp).");
+          py::arg("cos_factors") = py::none(),
+          "Offer a cost tile (and -cosine tile, or the factors (na, nb, half_inv_a, inv_b) [tile rows / columns] "
+          "that make -cosines of the costs, ((c - na) - nb) * half_inv_a * inv_b) to running top-k heaps "
+          "(csrc/topk.hpp).");
     m.def("topk_finish", &topk_finish_py, py::arg("heaps"), py::arg("threads") = 1,
           "Sort each owner's heap ascending by (value, index).");
     m.def("csr_find", &csr_find_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"), py::arg("cols"),

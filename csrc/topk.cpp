@@ -72,16 +72,26 @@ inline void scan_row(const float* x, const float* cost_of, int64_t m, int64_t c0
     }
 }
 
+// s[j] = -cosine of (row i, column j0 + j) of the tile, j < w, from the costs t[j] (CosFactors).
+inline void cos_scores(const float* t, const CosFactors& cf, int64_t i, int64_t j0, int64_t w, float* s) {
+    const float na = cf.na[i], hiy = cf.hiy[i];
+    const float* nb = cf.nb + j0;
+    const float* ix = cf.ix + j0;
+    for (int64_t j = 0; j < w; ++j) s[j] = (((t[j] - na) - nb[j]) * hiy) * ix[j];
+}
+
 }  // namespace
 
 void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64_t m, int64_t r0, int64_t c0,
-               TopKHeaps rows_c, TopKHeaps cols_c, TopKHeaps rows_s, TopKHeaps cols_s, int threads) {
+               TopKHeaps rows_c, TopKHeaps cols_c, TopKHeaps rows_s, TopKHeaps cols_s, int threads,
+               const CosFactors* cf) {
     if (n <= 0 || m <= 0) return;
-    const bool with_cos = cos != nullptr;
+    const bool with_cos = cos != nullptr || cf != nullptr;
     // Rows: each owner's heap root is its admission threshold; most entries fail it.
     if (rows_c.k > 0 || (with_cos && rows_s.k > 0)) {
         parallel_blocks((n + 15) / 16, threads, [&](int64_t blk) {
             const int64_t i1 = std::min(n, (blk + 1) * 16);
+            std::vector<float> row_s(cf != nullptr && rows_s.k > 0 ? m : 0);  // a row's -cosines
             for (int64_t i = blk * 16; i < i1; ++i) {
                 const float* t = tile + i * ld;
                 if (rows_c.k > 0) {
@@ -90,7 +100,9 @@ void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64
                 }
                 if (with_cos && rows_s.k > 0) {
                     const int64_t o = (r0 + i) * rows_s.k;
-                    scan_row(cos + i * m, t, m, c0, rows_s.vals + o, rows_s.idx + o,
+                    const float* s = cos != nullptr ? cos + i * m : row_s.data();
+                    if (cos == nullptr) cos_scores(t, *cf, i, 0, m, row_s.data());
+                    scan_row(s, t, m, c0, rows_s.vals + o, rows_s.idx + o,
                              rows_s.extra ? rows_s.extra + o : nullptr, rows_s.k);
                 }
             }
@@ -102,7 +114,7 @@ void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64
         constexpr int64_t kW = 256, kSub = 16;  // column ranges per task; checked 16 at a time
         parallel_blocks((m + kW - 1) / kW, threads, [&](int64_t blk) {
             const int64_t j0 = blk * kW, j1 = std::min(m, j0 + kW), w = j1 - j0;
-            float tv[kW], sv[kW];
+            float tv[kW], sv[kW], own[kW];  // own: this range's -cosines of one row (with cf)
             int64_t ti[kW], si[kW];
             for (int64_t j = 0; j < w; ++j) {
                 if (cols_c.k > 0) {
@@ -130,7 +142,8 @@ void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64
                         }
                     }
                 }
-                const float* s = with_cos ? cos + i * m + j0 : nullptr;
+                const float* s = cos != nullptr ? cos + i * m + j0 : own;
+                if (cos == nullptr && with_cos && cols_s.k > 0) cos_scores(t, *cf, i, j0, w, own);
                 for (int64_t b0 = 0; with_cos && cols_s.k > 0 && b0 < w; b0 += kSub) {
                     const int64_t b1 = std::min(w, b0 + kSub);
                     if (!any_at_or_below(s + b0, false, sv + b0, b1 - b0)) continue;

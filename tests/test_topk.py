@@ -54,6 +54,44 @@ def test_tiles_streamed_equal_one_lexsort(n: int, m: int, k: int, parts: int, se
         np.testing.assert_array_equal(h[2][ok], clamped[r, c])
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 600), st.integers(1, 9), st.integers(1, 4), st.integers(0, 10**6),
+       st.integers(1, 3))
+def test_cosines_from_factors_equal_the_cosine_tile(n: int, m: int, k: int, parts: int, seed: int,
+                                                    threads: int) -> None:
+    """cos_factors (the screen's −cosines computed while scanning) select exactly as the tile
+    of ((c − na) − nb) · half_inv_a · inv_b computed by numpy in float32, over any tiling
+    (column ranges wider than the native scan's 256)."""
+    rng = np.random.default_rng(seed)
+    cost = (rng.random((n, m)) * 10 - 1).astype(np.float32)
+    na, nb = rng.random(n).astype(np.float32) * 5, rng.random(m).astype(np.float32) * 5
+    hiy, ix = rng.random(n).astype(np.float32), rng.random(m).astype(np.float32)
+    cos = ((((cost - na[:, None]) - nb[None, :]) * hiy[:, None]) * ix[None, :]).astype(np.float32)
+    got = heaps(n, k), heaps(m, k), heaps(n, k, True), heaps(m, k, True)
+    want = heaps(n, k), heaps(m, k), heaps(n, k, True), heaps(m, k, True)
+    cuts = np.unique(np.r_[0, np.sort(rng.integers(0, m, parts - 1)), m])
+    for c0, c1 in zip(cuts[:-1], cuts[1:]):
+        tile = np.ascontiguousarray(cost[:, c0:c1])
+        _auction.topk_tile(tile, None, 0, int(c0), *got, threads=threads,
+                           cos_factors=(na, np.ascontiguousarray(nb[c0:c1]), hiy, np.ascontiguousarray(ix[c0:c1])))
+        _auction.topk_tile(tile, np.ascontiguousarray(cos[:, c0:c1]), 0, int(c0), *want, threads=threads)
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+
+
+def test_cos_factors_checked() -> None:
+    tile = np.zeros((3, 4), np.float32)
+    f = (np.zeros(3, np.float32), np.zeros(4, np.float32), np.zeros(3, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="cos or cos_factors"):
+        _auction.topk_tile(tile, np.zeros((3, 4), np.float32), 0, 0, heaps(3, 2), heaps(4, 2), heaps(3, 2, True),
+                           heaps(4, 2, True), cos_factors=f)
+    with pytest.raises(ValueError, match="cos_factors nb"):
+        _auction.topk_tile(tile, None, 0, 0, heaps(3, 2), heaps(4, 2), heaps(3, 2, True), heaps(4, 2, True),
+                           cos_factors=(f[0], f[0], f[2], f[3]))
+
+
 def test_row_offsets_and_strided_tiles() -> None:
     rng = np.random.default_rng(1)
     full = rng.random((10, 12)).astype(np.float32)

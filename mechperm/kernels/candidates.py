@@ -315,15 +315,25 @@ def _order_bits(x: Tensor) -> Tensor:
     return torch.where(b >= 0, b + (1 << 31), ~b)
 
 
-def _select(tile: Tensor, cos: Tensor | None, r0: int, c0: int, rows_c, cols_c, rows_s, cols_s, scratch) -> None:
+def _select(tile: Tensor, cos: Tensor | None, r0: int, c0: int, rows_c, cols_c, rows_s, cols_s, scratch,
+            cos_of=None) -> None:
     """Offer one tile to the four running top-k's: one mask (entries below any threshold), one
-    nonzero, then each criterion takes its own entries from that short list."""
+    nonzero, then each criterion takes its own entries from that short list.
+
+    ``cos_of`` (instead of ``cos``): the float32 factors (na, nb, half_inv_a, inv_b) of the tile's
+    rows and columns whose −cosines are ((c − na) − nb) · half_inv_a · inv_b; the native
+    selection computes them as it scans (no −cosine tile: four passes over it, in memory)."""
     n, m = tile.shape
     if rows_c.native:
         _auction.topk_tile(tile.numpy(), None if cos is None else cos.numpy(), r0, c0, rows_c.state(),
                            cols_c.state(), None if rows_s is None else rows_s.state(),
-                           None if cols_s is None else cols_s.state(), threads=torch.get_num_threads())
+                           None if cols_s is None else cols_s.state(), threads=torch.get_num_threads(),
+                           cos_factors=None if cos_of is None else tuple(x.numpy() for x in cos_of))
         return
+    if cos_of is not None:  # the same arithmetic as the native scan, as a tile
+        na, nb, hiy, ix = cos_of
+        cos = scratch.get("cos", tile.shape)
+        torch.sub(tile, na[:, None], out=cos).sub_(nb[None, :]).mul_(hiy[:, None]).mul_(ix[None, :])
     tr, tc = rows_c.admit(tile, 1, r0), cols_c.admit(tile, 0, c0)
     mask, tmp = scratch.get("mask", (n, m), torch.bool), scratch.get("tmp", (n, m), torch.bool)
     torch.lt(tile, tr[:, None], out=mask)

@@ -336,12 +336,9 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
             c1 = min(c0 + block_cols, Fb)
             buf = scratch.get("tile", (r1 - r0, c1 - c0)).numpy()
             tile = torch.from_numpy(sv.packed.costs(bits, na_blk, threads=sv.threads, out=buf, c0=c0, c1=c1))
-            cos = None
-            if rows_s is not None:  # −cos~ = (c~ − |a|² − |b|²) · ½/|a| / |b|
-                cos = scratch.get("cos", tile.shape)
-                torch.sub(tile, na[r0:r1, None], out=cos).sub_(nb[None, c0:c1])
-                cos.mul_(half_iy[r0:r1, None]).mul_(ix[None, c0:c1])
-            _select(tile, cos, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch)
+            # −cos~ = (c~ − |a|² − |b|²) · ½/|a| / |b|, computed by the selection as it scans
+            cos_of = (na[r0:r1], nb[c0:c1], half_iy[r0:r1], ix[c0:c1]) if rows_s is not None else None
+            _select(tile, None, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch, cos_of=cos_of)
     g = _selection_graph((Fa, Fb), rows_c, cols_c, rows_s, cols_s, k, k_cos)
 
     rows = g.row_ids().numpy()
