@@ -10,6 +10,14 @@
 #include <thread>
 #include <vector>
 
+// AVX2 / AVX-512 clones of the scans (their compares and the -cosines' float32 arithmetic,
+// the same values whichever runs); the wheel's baseline is SSE2.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MECHPERM_TOPK_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MECHPERM_TOPK_CLONES
+#endif
+
 namespace mechperm {
 namespace {
 
@@ -80,6 +88,85 @@ inline void cos_scores(const float* t, const CosFactors& cf, int64_t i, int64_t 
     for (int64_t j = 0; j < w; ++j) s[j] = (((t[j] - na) - nb[j]) * hiy) * ix[j];
 }
 
+// Rows [16 blk, 16 blk + 16) of a tile into the rows' selections.
+MECHPERM_TOPK_CLONES void rows_block(const float* tile, int64_t ld, const float* cos, const CosFactors* cf,
+                                     int64_t n, int64_t m, int64_t r0, int64_t c0, const TopKHeaps& rows_c,
+                                     const TopKHeaps& rows_s, int64_t blk) {
+    const bool with_cos = cos != nullptr || cf != nullptr;
+    const int64_t i1 = std::min(n, (blk + 1) * 16);
+    std::vector<float> row_s(cf != nullptr && rows_s.k > 0 ? m : 0);  // a row's -cosines
+    for (int64_t i = blk * 16; i < i1; ++i) {
+        const float* t = tile + i * ld;
+        if (rows_c.k > 0) {
+            const int64_t o = (r0 + i) * rows_c.k;
+            scan_row(t, nullptr, m, c0, rows_c.vals + o, rows_c.idx + o, nullptr, rows_c.k);
+        }
+        if (with_cos && rows_s.k > 0) {
+            const int64_t o = (r0 + i) * rows_s.k;
+            const float* s = cos != nullptr ? cos + i * m : row_s.data();
+            if (cos == nullptr) cos_scores(t, *cf, i, 0, m, row_s.data());
+            scan_row(s, t, m, c0, rows_s.vals + o, rows_s.idx + o, rows_s.extra ? rows_s.extra + o : nullptr,
+                     rows_s.k);
+        }
+    }
+}
+
+constexpr int64_t kW = 256, kSub = 16;  // column ranges per task; checked 16 at a time
+
+// Columns [kW blk, kW blk + kW) of a tile into the columns' selections: the roots are copied to
+// local thresholds so that the scan reads contiguous memory.
+MECHPERM_TOPK_CLONES void cols_block(const float* tile, int64_t ld, const float* cos, const CosFactors* cf,
+                                     int64_t n, int64_t m, int64_t r0, int64_t c0, const TopKHeaps& cols_c,
+                                     const TopKHeaps& cols_s, int64_t blk) {
+    const bool with_cos = cos != nullptr || cf != nullptr;
+    const int64_t j0 = blk * kW, j1 = std::min(m, j0 + kW), w = j1 - j0;
+    float tv[kW], sv[kW], own[kW];  // own: this range's -cosines of one row (with cf)
+    int64_t ti[kW], si[kW];
+    for (int64_t j = 0; j < w; ++j) {
+        if (cols_c.k > 0) {
+            tv[j] = cols_c.vals[(c0 + j0 + j) * cols_c.k];
+            ti[j] = cols_c.idx[(c0 + j0 + j) * cols_c.k];
+        }
+        if (with_cos && cols_s.k > 0) {
+            sv[j] = cols_s.vals[(c0 + j0 + j) * cols_s.k];
+            si[j] = cols_s.idx[(c0 + j0 + j) * cols_s.k];
+        }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        const float* t = tile + i * ld + j0;
+        const int64_t other = r0 + i;
+        for (int64_t b0 = 0; cols_c.k > 0 && b0 < w; b0 += kSub) {
+            const int64_t b1 = std::min(w, b0 + kSub);
+            if (!any_at_or_below(t + b0, true, tv + b0, b1 - b0)) continue;
+            for (int64_t j = b0; j < b1; ++j) {
+                const float v = clamp0(t[j]);
+                if (less(v, other, tv[j], ti[j])) {
+                    const int64_t o = (c0 + j0 + j) * cols_c.k;
+                    replace_root(cols_c.vals + o, cols_c.idx + o, nullptr, cols_c.k, v, other, 0.0f);
+                    tv[j] = cols_c.vals[o];
+                    ti[j] = cols_c.idx[o];
+                }
+            }
+        }
+        if (!with_cos || cols_s.k <= 0) continue;
+        const float* s = cos != nullptr ? cos + i * m + j0 : own;
+        if (cos == nullptr) cos_scores(t, *cf, i, j0, w, own);
+        for (int64_t b0 = 0; b0 < w; b0 += kSub) {
+            const int64_t b1 = std::min(w, b0 + kSub);
+            if (!any_at_or_below(s + b0, false, sv + b0, b1 - b0)) continue;
+            for (int64_t j = b0; j < b1; ++j) {
+                if (less(s[j], other, sv[j], si[j])) {
+                    const int64_t o = (c0 + j0 + j) * cols_s.k;
+                    replace_root(cols_s.vals + o, cols_s.idx + o, cols_s.extra ? cols_s.extra + o : nullptr,
+                                 cols_s.k, s[j], other, clamp0(t[j]));
+                    sv[j] = cols_s.vals[o];
+                    si[j] = cols_s.idx[o];
+                }
+            }
+        }
+    }
+}
+
 }  // namespace
 
 void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64_t m, int64_t r0, int64_t c0,
@@ -88,78 +175,15 @@ void topk_tile(const float* tile, int64_t ld, const float* cos, int64_t n, int64
     if (n <= 0 || m <= 0) return;
     const bool with_cos = cos != nullptr || cf != nullptr;
     // Rows: each owner's heap root is its admission threshold; most entries fail it.
-    if (rows_c.k > 0 || (with_cos && rows_s.k > 0)) {
+    if (rows_c.k > 0 || (with_cos && rows_s.k > 0))
         parallel_blocks((n + 15) / 16, threads, [&](int64_t blk) {
-            const int64_t i1 = std::min(n, (blk + 1) * 16);
-            std::vector<float> row_s(cf != nullptr && rows_s.k > 0 ? m : 0);  // a row's -cosines
-            for (int64_t i = blk * 16; i < i1; ++i) {
-                const float* t = tile + i * ld;
-                if (rows_c.k > 0) {
-                    const int64_t o = (r0 + i) * rows_c.k;
-                    scan_row(t, nullptr, m, c0, rows_c.vals + o, rows_c.idx + o, nullptr, rows_c.k);
-                }
-                if (with_cos && rows_s.k > 0) {
-                    const int64_t o = (r0 + i) * rows_s.k;
-                    const float* s = cos != nullptr ? cos + i * m : row_s.data();
-                    if (cos == nullptr) cos_scores(t, *cf, i, 0, m, row_s.data());
-                    scan_row(s, t, m, c0, rows_s.vals + o, rows_s.idx + o,
-                             rows_s.extra ? rows_s.extra + o : nullptr, rows_s.k);
-                }
-            }
+            rows_block(tile, ld, cos, cf, n, m, r0, c0, rows_c, rows_s, blk);
         });
-    }
-    // Columns: ranges of columns per task, the tile read row by row; the roots are copied to
-    // local thresholds so that the scan reads contiguous memory.
-    if (cols_c.k > 0 || (with_cos && cols_s.k > 0)) {
-        constexpr int64_t kW = 256, kSub = 16;  // column ranges per task; checked 16 at a time
+    // Columns: ranges of columns per task, the tile read row by row.
+    if (cols_c.k > 0 || (with_cos && cols_s.k > 0))
         parallel_blocks((m + kW - 1) / kW, threads, [&](int64_t blk) {
-            const int64_t j0 = blk * kW, j1 = std::min(m, j0 + kW), w = j1 - j0;
-            float tv[kW], sv[kW], own[kW];  // own: this range's -cosines of one row (with cf)
-            int64_t ti[kW], si[kW];
-            for (int64_t j = 0; j < w; ++j) {
-                if (cols_c.k > 0) {
-                    tv[j] = cols_c.vals[(c0 + j0 + j) * cols_c.k];
-                    ti[j] = cols_c.idx[(c0 + j0 + j) * cols_c.k];
-                }
-                if (with_cos && cols_s.k > 0) {
-                    sv[j] = cols_s.vals[(c0 + j0 + j) * cols_s.k];
-                    si[j] = cols_s.idx[(c0 + j0 + j) * cols_s.k];
-                }
-            }
-            for (int64_t i = 0; i < n; ++i) {
-                const float* t = tile + i * ld + j0;
-                const int64_t other = r0 + i;
-                for (int64_t b0 = 0; cols_c.k > 0 && b0 < w; b0 += kSub) {
-                    const int64_t b1 = std::min(w, b0 + kSub);
-                    if (!any_at_or_below(t + b0, true, tv + b0, b1 - b0)) continue;
-                    for (int64_t j = b0; j < b1; ++j) {
-                        const float v = clamp0(t[j]);
-                        if (less(v, other, tv[j], ti[j])) {
-                            const int64_t o = (c0 + j0 + j) * cols_c.k;
-                            replace_root(cols_c.vals + o, cols_c.idx + o, nullptr, cols_c.k, v, other, 0.0f);
-                            tv[j] = cols_c.vals[o];
-                            ti[j] = cols_c.idx[o];
-                        }
-                    }
-                }
-                const float* s = cos != nullptr ? cos + i * m + j0 : own;
-                if (cos == nullptr && with_cos && cols_s.k > 0) cos_scores(t, *cf, i, j0, w, own);
-                for (int64_t b0 = 0; with_cos && cols_s.k > 0 && b0 < w; b0 += kSub) {
-                    const int64_t b1 = std::min(w, b0 + kSub);
-                    if (!any_at_or_below(s + b0, false, sv + b0, b1 - b0)) continue;
-                    for (int64_t j = b0; j < b1; ++j) {
-                        if (less(s[j], other, sv[j], si[j])) {
-                            const int64_t o = (c0 + j0 + j) * cols_s.k;
-                            replace_root(cols_s.vals + o, cols_s.idx + o, cols_s.extra ? cols_s.extra + o : nullptr,
-                                         cols_s.k, s[j], other, clamp0(t[j]));
-                            sv[j] = cols_s.vals[o];
-                            si[j] = cols_s.idx[o];
-                        }
-                    }
-                }
-            }
+            cols_block(tile, ld, cos, cf, n, m, r0, c0, cols_c, cols_s, blk);
         });
-    }
 }
 
 void topk_finish(TopKHeaps h, int64_t owners, int threads) {
