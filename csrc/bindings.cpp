@@ -566,6 +566,16 @@ py::array_t<double> csr_margins_py(const py::array& indptr, const py::array& ind
     return out;
 }
 
+// Whether the graph's column indices are int32 (else int64, checked), the new columns fitting them.
+bool int32_columns(const py::array& indices, const int64_t* c, int64_t q) {
+    const bool i32 = is_c_array<int32_t>(indices);
+    if (!i32) require<int64_t>(indices, "indices", 1);
+    if (i32)
+        for (int64_t t = 0; t < q; ++t)
+            if (c[t] > INT32_MAX) throw py::value_error("column " + std::to_string(c[t]) + " does not fit int32 indices");
+    return i32;
+}
+
 template <class I, class T>
 int64_t csr_insert_inplace_typed(int64_t* p, const py::array& indices, const py::array& costs, int64_t n,
                                  const int64_t* r, const int64_t* c, const py::array& new_costs, int64_t q) {
@@ -590,11 +600,7 @@ int64_t csr_insert_inplace_py(const py::array& indptr, const py::array& indices,
     if (indices.ndim() != 1 || costs.ndim() != 1 || indices.shape(0) < nnz + q || costs.shape(0) < nnz + q)
         throw py::value_error("indices and costs must have room for indptr[-1] + len(rows) = " +
                               std::to_string(nnz + q) + " arcs");
-    const bool i32 = is_c_array<int32_t>(indices);
-    if (!i32) require<int64_t>(indices, "indices", 1);
-    if (i32)
-        for (int64_t t = 0; t < q; ++t)
-            if (c[t] > INT32_MAX) throw py::value_error("column " + std::to_string(c[t]) + " does not fit int32 indices");
+    const bool i32 = int32_columns(indices, c, q);
     if (is_c_array<float>(costs))
         return i32 ? csr_insert_inplace_typed<int32_t, float>(p, indices, costs, n, r, c, new_costs, q)
                    : csr_insert_inplace_typed<int64_t, float>(p, indices, costs, n, r, c, new_costs, q);
@@ -645,11 +651,7 @@ int64_t csr_insert_into_py(const py::array& indptr, const py::array& indices, co
     };
     if (overlaps(indices, out_indices) || overlaps(costs, out_costs) || overlaps(indptr, out_indptr))
         throw py::value_error("csr_insert_into writes other arrays than it reads (see csr_insert_inplace)");
-    const bool i32 = is_c_array<int32_t>(indices);
-    if (!i32) require<int64_t>(indices, "indices", 1);
-    if (i32)
-        for (int64_t t = 0; t < q; ++t)
-            if (c[t] > INT32_MAX) throw py::value_error("column " + std::to_string(c[t]) + " does not fit int32 indices");
+    const bool i32 = int32_columns(indices, c, q);
     if (is_c_array<float>(costs))
         return i32 ? csr_insert_into_typed<int32_t, float>(indptr, indices, costs, n, r, c, new_costs, q, out_indptr,
                                                            out_indices, out_costs, threads)

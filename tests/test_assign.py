@@ -393,15 +393,21 @@ def _reduced_cost_graph(C: np.ndarray, k: int, v: np.ndarray, u: np.ndarray) -> 
                           d["row_offset"], d["col_offset"])
 
 
-def test_assign_exact_with_rebuild():
-    rng = np.random.default_rng(3)
-    n = 600
-    X = rng.standard_normal((n, 8)) * np.exp(2.0 * rng.standard_normal((n, 1)))
+def _noisy_match(seed: int, n: int, spread: float, k: int):
+    """(C, g): squared distances of lognormal-norm points and a noisy shuffled copy, and their
+    dense candidate graph with k per row and column (bounds and offsets)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 8)) * np.exp(spread * rng.standard_normal((n, 1)))
     Y = X[rng.permutation(n)] + 0.5 * rng.standard_normal((n, 8))
     C = ((X * X).sum(1)[:, None] + (Y * Y).sum(1)[None, :] - 2 * X @ Y.T).clip(0)
-    d = _auction.dense_candidates(C, 2, 2)
-    g = CandidateGraph(d["indptr"], d["indices"], d["costs"], d["row_bound"], d["col_bound"],
-                       d["row_offset"], d["col_offset"])
+    d = _auction.dense_candidates(C, k, k)
+    return C, CandidateGraph(d["indptr"], d["indices"], d["costs"], d["row_bound"], d["col_bound"],
+                             d["row_offset"], d["col_offset"])
+
+
+def test_assign_exact_with_rebuild():
+    n = 600
+    C, g = _noisy_match(3, n, 2.0, 2)
 
     def price(rows, u, v):
         return _auction.dense_price(C, np.ascontiguousarray(rows, np.int64), u, v, -np.inf, 4)
@@ -421,14 +427,8 @@ def test_assign_exact_with_rebuild():
 def test_assign_exact_checks_what_price_rows_returns(corrupt, message):
     """The warm solves no longer check every arc: the pairs a callback returns are checked
     as they come (a clear error, not NaN costs in the graph)."""
-    rng = np.random.default_rng(4)
     n = 600
-    X = rng.standard_normal((n, 8)) * np.exp(rng.standard_normal((n, 1)))
-    Y = X[rng.permutation(n)] + 0.5 * rng.standard_normal((n, 8))
-    C = ((X * X).sum(1)[:, None] + (Y * Y).sum(1)[None, :] - 2 * X @ Y.T).clip(0)
-    d = _auction.dense_candidates(C, 1, 1)
-    g = CandidateGraph(d["indptr"], d["indices"], d["costs"], d["row_bound"], d["col_bound"],
-                       d["row_offset"], d["col_offset"])
+    C, g = _noisy_match(4, n, 1.0, 1)
 
     def price(rows, u, v):
         r, c, w, _ = _auction.dense_price(C, np.ascontiguousarray(rows, np.int64), u, v, -np.inf, 4)
