@@ -219,6 +219,21 @@ def test_screened_graph_bounds_hold_for_every_pair_left_out() -> None:
         assert (C[out] >= euclid[out]).all()
 
 
+def test_screened_graph_same_with_the_torch_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MECHPERM_NATIVE_TOPK=0 (torch's selection, the −cosine tile made from the same factors)
+    selects as the native one (which computes the −cosines as it scans): the same k-th costs
+    and least cosines, bit for bit. (The two selections keep different sets of tied edges:
+    they did before the −cosines moved into the scan as well.)"""
+    st = make_stack(2, d=40, F=300, seed=14, heavy_tail=1.5)
+    A, B = (kernels.matching_vectors(s) for s in st.saes)
+    sv = screen.prepare(A, B)
+    native, _ = screen.solver_graph(sv, 4, block_rows=128, block_cols=96)
+    monkeypatch.setenv("MECHPERM_NATIVE_TOPK", "0")
+    plain, _ = screen.solver_graph(sv, 4, block_rows=128, block_cols=96)
+    for name in ("row_bound", "col_bound", "row_offset", "col_offset", "row_cos", "col_cos"):
+        assert np.array_equal(getattr(native, name), getattr(plain, name)), name
+
+
 def test_screened_pricer_bound_covers_every_pair_not_returned() -> None:
     """q = 1 and duals that leave many pairs negative: rows are re-priced with 4q until the
     bound is >= 0 or their pairs hold a violation (the loop prices those again after adding
