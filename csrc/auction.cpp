@@ -1206,7 +1206,7 @@ Status sparse_impl(const int64_t* ptr, const I* idx, const T* cst, int64_t n, in
         }
     const int64_t nnz = ptr[n];
     // The exact loop's warm restarts skip the arcs' checks (two passes over every arc): it
-    // checked them once and checks only the arcs it adds (assign._ArcBuffer).
+    // checked them once and checks the pairs it adds as they are priced (assign._check_priced).
     const int64_t a = !opt.check_arcs ? -1 : first_bad(nnz, opt.threads, [&](int64_t k) {
         return idx[k] < 0 || int64_t(idx[k]) >= m;
     });
