@@ -418,6 +418,26 @@ def test_assign_exact_with_rebuild():
     assert res.stats["rebuilds"] >= 1
 
 
+def test_assign_exact_with_the_parallel_merge(monkeypatch: pytest.MonkeyPatch):
+    """With 4+ solver threads the loop's merges take turns between two arc buffers: the same
+    optimum, certified, as scipy's (a pricer with few pairs a row forces many rounds)."""
+    import mechperm.assign as A
+
+    monkeypatch.setattr(A, "_threads", lambda: 4)
+    merges = []
+    real = _auction.csr_insert_into
+    monkeypatch.setattr(_auction, "csr_insert_into", lambda *a, **k: merges.append(k["threads"]) or real(*a, **k))
+    n = 600
+    C, g = _noisy_match(5, n, 1.5, 1)
+
+    def price(rows, u, v):
+        return _auction.dense_price(C, np.ascontiguousarray(rows, np.int64), u, v, -np.inf, 2)
+
+    res = assign_exact(n, n, g, price, max_new_per_row=2)
+    assert close(res.objective, scipy_objective(C), 1e-9) and res.certified
+    assert res.rounds >= 3 and res.stats["added_edges"] > 0 and merges and set(merges) == {4}
+
+
 @pytest.mark.parametrize("corrupt, message", [
     (lambda r, c, w: (r, np.where(c == c[0], 700, c), w), r"cols index 700, out of range \[0, 600\)"),
     (lambda r, c, w: (r - 1, c, w), r"rows index -1, out of range \[0, 600\)"),
