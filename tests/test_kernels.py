@@ -497,11 +497,13 @@ def test_gemm_dots_are_float32_sums_of_exact_products(tc) -> None:
     for dtype in (torch.bfloat16, torch.float16):
         bits = vals.to(dtype).float().view(torch.int32)
         assert ((bits & 0x1FFF) == 0).all()  # the 13 mantissa bits TF32 drops are zero
-    saved = torch.backends.cuda.matmul.allow_tf32
+    saved = torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
     with tc._gemm_flags(True):
-        assert torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
         assert not torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
-    assert torch.backends.cuda.matmul.allow_tf32 == saved
+    with tc._gemm_flags(False):
+        assert torch.get_float32_matmul_precision() == "highest"
+    assert (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction) == saved
 
 
 # The threshold-and-emit selection (MECHPERM_EMIT_TOPK=1) with 16 x 16 tiles, so that these

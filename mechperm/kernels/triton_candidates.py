@@ -612,16 +612,25 @@ LAST_GEMM: dict = {}
 
 @contextlib.contextmanager
 def _gemm_flags(tf32: bool):
-    """cuBLAS's precision switches for one GEMM (user settings restored after): TF32 as asked,
-    never reduced-precision split-K sums of 16-bit products."""
+    """cuBLAS's switches for one GEMM, set only where they differ from what it needs and
+    restored after: TF32 as asked (through the global float32 matmul precision, the switch
+    every torch version honours; the per-backend ones of torch >= 2.9 refuse a mix of old and
+    new), and no reduced-precision split-K sums of 16-bit products."""
     m = torch.backends.cuda.matmul
-    saved = m.allow_tf32, m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction
-    m.allow_tf32 = tf32
-    m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
+    want = "high" if tf32 else "highest"
+    precision = torch.get_float32_matmul_precision()
+    reduced = m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction
+    if precision != want:
+        torch.set_float32_matmul_precision(want)
+    if any(reduced):
+        m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
     try:
         yield
     finally:
-        m.allow_tf32, m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
+        if precision != want:
+            torch.set_float32_matmul_precision(precision)
+        if any(reduced):
+            m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = reduced
 
 
 def _dots_against(Y: Tensor):
