@@ -138,13 +138,13 @@ def main() -> None:
 
     A32, B32 = setup(F, torch.float32)
     out = torch.empty(F, F, device=DEV)
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")  # the switch the GEMM path sets too (one API)
     t_mm = timed(lambda: torch.mm(A32, B32.T, out=out))
     emit(what="torch.mm fp32 (ieee)", F=F, seconds=t_mm, tflops=flops / t_mm / 1e12)
-    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
     t = timed(lambda: torch.mm(A32, B32.T, out=out))
     emit(what="torch.mm fp32 (tf32)", F=F, seconds=t, tflops=flops / t / 1e12)
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
     A16, B16 = A32.bfloat16(), B32.bfloat16()
     t_bf = timed(lambda: torch.mm(A16, B16.T))
     emit(what="torch.mm bf16", F=F, seconds=t_bf, tflops=flops / t_bf / 1e12)
