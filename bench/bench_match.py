@@ -15,7 +15,8 @@ decoder rows, CPU):
 Goals (CPU): match ≤ 1.3× mm; ≥ 2× faster than naive at F = 16384 with the same objective (both
 permutations scored in float64, Σ |a_i − b_perm(i)|²: each is optimal for its own float32
 rounding of the costs, so they agree to float32 rounding, asserted 1e-6 relative and reported);
-F = 65536 within 4 GB peak RSS beyond the SAEs' own bytes (``test_memory``: a fresh process, VmHWM).
+F = 65536 within 4 GB peak RSS, the two SAEs' own 2.4 GB included (``test_memory``: a fresh
+process, VmHWM; "beyond the SAEs" is reported too).
 
     python -m pytest bench/bench_match.py -q                          # quick: F = 4096
     MECHPERM_BENCH_MAX_N=16384 MECHPERM_BENCH_THREADS=1 \\
@@ -54,7 +55,7 @@ D = 2304
 SIZES = sizes(4096, 16384, 65536) or [int(os.environ.get("MECHPERM_BENCH_MAX_N", "4096"))]
 PROVIDERS = ["mm", "mm_bf16", "match", "match_sparse", "naive"]
 MEMORY_LIMIT = 4e9
-"""Bytes match() may hold at its peak beyond the SAEs' own (the F = 65536 goal)."""
+"""Peak RSS in bytes of a process holding two F = 65536 SAEs and matching them (the goal)."""
 THREADS = int(os.environ["MECHPERM_BENCH_THREADS"]) if os.environ.get("MECHPERM_BENCH_THREADS") else None
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -271,7 +272,7 @@ def test_memory(benchmark, F: int) -> None:
     benchmark.extra_info.update(out, threads=THREADS or torch.get_num_threads())
     assert out["certified"]
     if F >= 65536:
-        assert out["beyond_saes"] <= MEMORY_LIMIT, out
+        assert out["peak_rss"] <= MEMORY_LIMIT, out
 
 
 # ---------------------------------------------------------------------------------- table

@@ -474,7 +474,8 @@ py::tuple screen_side_py(const py::array& x, const py::array& sq_norm, int threa
 }
 
 py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const py::array& rows,
-                                 const py::array& cols, int threads) {
+                                 const py::array& cols, int threads, const py::object& a_scale,
+                                 const py::object& b_scale) {
     const float* ap = require<float>(a, "a", 2);
     const float* bp = require<float>(b, "b", 2);
     const int64_t d = a.shape(1);
@@ -488,11 +489,13 @@ py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const p
         if (r[t] < 0 || r[t] >= a.shape(0) || c[t] < 0 || c[t] >= b.shape(0))
             throw py::value_error("pair " + std::to_string(t) + " (" + std::to_string(r[t]) + ", " +
                                   std::to_string(c[t]) + ") is out of range");
+    const float* sa = a_scale.is_none() ? nullptr : require<float>(a_scale.cast<py::array>(), "a_scale", 1, a.shape(0));
+    const float* sb = b_scale.is_none() ? nullptr : require<float>(b_scale.cast<py::array>(), "b_scale", 1, b.shape(0));
     py::array_t<double> out(count);
     double* o = out.mutable_data();
     {
         py::gil_scoped_release release;
-        pair_dots(ap, bp, d, r, c, count, o, std::max(1, threads));
+        pair_dots(ap, bp, d, r, c, count, o, std::max(1, threads), sa, sb);
     }
     return out;
 }
@@ -867,8 +870,9 @@ PYBIND11_MODULE(_auction, m) {
           "Per row, max(0, least (c_ij - u_i) - v_j over its arcs but row_to_col[i]) (inf without one; NaN "
           "where row_to_col[i] < 0).");
     m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
-          py::arg("threads") = 1,
-          "float64 dots of the pairs (a[rows[t]], b[cols[t]]) of float32 rows.");
+          py::arg("threads") = 1, py::arg("a_scale") = py::none(), py::arg("b_scale") = py::none(),
+          "float64 dots of the pairs (a[rows[t]], b[cols[t]]) of float32 rows; with a_scale / b_scale "
+          "(float32, one per row) of the rows fl32(a_scale[i] * a[i]) and fl32(b_scale[j] * b[j]).");
     py::class_<ScreenB>(m, "ScreenB", "B's bf16 rows packed once for screened costs and pricing.")
         .def(py::init(&make_screen_b), py::arg("b16"), py::arg("nb"), py::arg("threads") = 1)
         .def_property_readonly("m", &ScreenB::m)

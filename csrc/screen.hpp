@@ -42,9 +42,12 @@ private:
 int64_t screen_side(const float* x, int64_t F, int64_t D, int64_t dp, const float* sq_norm,
                     uint16_t* bits, double* stats, int threads);
 
-// dots[t] = sum_k a[rows[t], k] b[cols[t], k] in float64 (float32 rows [n, d] and [m, d]).
+// dots[t] = sum_k a[rows[t], k] b[cols[t], k] in float64 (float32 rows [n, d] and [m, d]); with
+// a_scale / b_scale (per row, float32), of the rows fl32(a_scale[i] * a[i]) and likewise b: the
+// folded decoder rows, bit for bit, without a folded copy of the decoder.
 void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, const int64_t* cols,
-               int64_t count, double* dots, int threads = 1);
+               int64_t count, double* dots, int threads = 1, const float* a_scale = nullptr,
+               const float* b_scale = nullptr);
 
 // Per-row statistics of one side, float64: |x~| (bf16 row), |x~ - x|, |x|, |x|^2 (as the cost
 // kernels compute it, float32).

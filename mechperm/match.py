@@ -20,6 +20,7 @@ from mechperm import kernels
 from mechperm.kernels import screen, screen_cuda
 from mechperm.kernels.candidates import _check_vectors
 from mechperm.kernels.features import On
+from mechperm.kernels.rows import ScaledRows
 from mechperm.result import MatchResult
 from mechperm.sae import SAE
 
@@ -126,8 +127,13 @@ def match(
     _check_options(sae_a, sae_b, on, metric, mode, k, threshold)
     t_start = time.perf_counter()
     device = torch.device(device) if device is not None else sae_a.device
-    A = kernels.matching_vectors(sae_a, on=on, fold=fold, normalize=metric == "cosine", device=device)
-    B = kernels.matching_vectors(sae_b, on=on, fold=fold, normalize=metric == "cosine", device=device)
+    A = B = None
+    if on == "decoder" and metric == "mse":  # the SAEs' own decoders, rounded as read (no copies)
+        A = kernels.decoder_rows(sae_a, fold=fold, device=device)
+        B = kernels.decoder_rows(sae_b, fold=fold, device=device)
+    if A is None or B is None:
+        A = kernels.matching_vectors(sae_a, on=on, fold=fold, normalize=metric == "cosine", device=device)
+        B = kernels.matching_vectors(sae_b, on=on, fold=fold, normalize=metric == "cosine", device=device)
     t_features = time.perf_counter() - t_start
     res = match_vectors(A, B, mode=mode, k=k, threshold=threshold, candidates_k=candidates_k,
                         dense_limit=dense_limit, progress=progress)
@@ -141,8 +147,8 @@ def match(
 
 
 def match_vectors(
-    A: Tensor,
-    B: Tensor,
+    A: Tensor | ScaledRows,
+    B: Tensor | ScaledRows,
     *,
     mode: Mode = "bijective",
     k: int | None = None,
@@ -157,8 +163,10 @@ def match_vectors(
 
     Parameters
     ----------
-    A, B : Tensor [F_a, D], [F_b, D]
+    A, B : Tensor [F_a, D], [F_b, D], or :class:`~mechperm.kernels.ScaledRows`
         float32 / bfloat16 / float16 on one device (the cost kernels run there; Triton on CUDA).
+        ``ScaledRows`` (a base matrix and a per-row scale, e.g. ``kernels.decoder_rows``) are
+        read without a whole copy by the CPU's screened sparse path and built whole elsewhere.
     mode, k, threshold, candidates_k, dense_limit, progress
         As in :func:`match` (``mode="identity"`` pairs row i with row i).
 
@@ -175,6 +183,11 @@ def match_vectors(
     options = dict(mode=mode, k=k, threshold=threshold, candidates_k=candidates_k, device=str(A.device))
     stats: dict = {"F_a": Fa, "F_b": Fb, "D": int(A.shape[1])}
 
+    if dense_limit is None:
+        dense_limit = DENSE_LIMIT_CUDA if A.device.type == "cuda" else DENSE_LIMIT
+    if not (mode in ("bijective", "partial") and Fa * Fb > dense_limit and screen.available(A, B)):
+        A, B = kernels.materialize(A), kernels.materialize(B)  # only the screened sparse path reads rows as needed
+
     neighbors = neighbor_costs = None
     margin = torch.full((Fa,), float("nan"))
     if mode == "identity":
@@ -190,8 +203,6 @@ def match_vectors(
     else:
         lam = float(threshold) if mode == "partial" else None
         t0 = time.perf_counter()
-        if dense_limit is None:
-            dense_limit = DENSE_LIMIT_CUDA if A.device.type == "cuda" else DENSE_LIMIT
         if Fa * Fb <= dense_limit:
             res, margin = _solve_dense(A, B, lam)
         else:
@@ -477,8 +488,7 @@ def _pair_values(A: Tensor, B: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
         return cost, cosine
     cols = perm[rows]
     if A.device.type == "cpu":
-        dot = torch.from_numpy(_auction.pair_dots(screen._float_rows(A), screen._float_rows(B),
-                                                  rows.numpy(), cols.numpy(), threads=torch.get_num_threads()))
+        dot = torch.from_numpy(screen.pair_dots(A, B, rows.numpy(), cols.numpy()))
     else:
         dev = A.device
         dot = torch.cat([

@@ -206,7 +206,12 @@ def test_dense_costs_with_given_norms(backend: str, tc) -> None:
 # ---------------------------------------------------------------------------------- candidates
 @pytest.mark.parametrize("kind", ["random", "heavy"])
 @pytest.mark.parametrize("k, k_cos", [(5, None), (3, 7), (4, 0)])
-def test_candidates_match_brute_force(kind: str, k: int, k_cos: int | None) -> None:
+@pytest.mark.parametrize("pack", [True, False], ids=["packed-keys", "sort-with-index"])
+def test_candidates_match_brute_force(monkeypatch, kind: str, k: int, k_cos: int | None, pack: bool) -> None:
+    # the union's two sorts: keys with positions in place (CPU) and keys with an index (CUDA);
+    # its passes over the sorted keys in chunks of 7 edges (pairs' copies straddle chunks)
+    monkeypatch.setattr(importlib.import_module("mechperm.kernels.candidates"), "_PACK_KEYS", pack)
+    monkeypatch.setattr(importlib.import_module("mechperm.kernels.candidates"), "_UNION_CHUNK", 7)
     if kind == "random":
         A, B = randn(90, 24, seed=11), randn(70, 24, seed=12)
     else:

@@ -335,3 +335,62 @@ def test_match_vectors_is_matchs_engine(stack) -> None:
         match_vectors(A[0], B)
     with pytest.raises(ValueError, match="mode="):
         match_vectors(A, B, mode="greedy")
+
+
+@pytest.mark.parametrize("activation", ["jumprelu", "relu", "topk"])
+@pytest.mark.parametrize("fold", [True, False])
+def test_decoder_rows_are_the_matching_vectors_bit_for_bit(activation: str, fold: bool) -> None:
+    """ScaledRows over W_dec read as the materialised vectors: whole, by slices, by index arrays."""
+    sae = random_sae(d=37, F=300, activation=activation, seed=5, theta_scale=3.0)
+    if activation == "topk":  # TopK folds only with equal decoder norms
+        sae = dataclasses.replace(sae, W_dec=sae.W_dec * 1.7)
+    rows = kernels.decoder_rows(sae, fold=fold)
+    ref = kernels.matching_vectors(sae, fold=fold)
+    assert rows is not None and rows.shape == ref.shape and rows.dtype == torch.float32
+    assert torch.equal(rows.tensor(), ref)
+    assert torch.equal(rows[17:123], ref[17:123])
+    idx = np.array([299, 0, 5, 5, 150])
+    assert torch.equal(rows[idx], ref[torch.from_numpy(idx)])
+    assert torch.equal(kernels.row_sq_norms(rows), kernels.row_sq_norms(ref))
+    assert torch.equal(kernels.decoder_rows(sae.fold()).tensor(), kernels.matching_vectors(sae.fold()))
+    # decoders that cannot serve as the base: the vectors are built as before
+    assert kernels.decoder_rows(random_sae(d=8, F=16, dtype=torch.bfloat16)) is None
+    assert kernels.decoder_rows(dataclasses.replace(sae, W_dec=sae.W_dec.T.contiguous().T)) is None
+    with pytest.raises(ValueError, match="float32"):
+        kernels.ScaledRows(sae.W_dec, torch.ones(300, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[300\]"):
+        kernels.ScaledRows(sae.W_dec, torch.ones(299))
+
+
+@pytest.mark.parametrize("Fa, Fb, mode", [(700, 700, "bijective"), (700, 520, "bijective"), (640, 700, "partial")])
+def test_screened_sparse_path_reads_the_decoders_in_place(monkeypatch, Fa: int, Fb: int, mode: str) -> None:
+    """match() on the CPU's screened sparse path never builds the folded decoders (no 2 x F x d
+    copy) and returns what the materialised vectors give, bit for bit: the same rounding of
+    every row, so the same costs, optimum, duals and certificate."""
+    from mechperm import match_vectors
+
+    monkeypatch.setenv("MECHPERM_SCREEN", "1")
+    a = make_stack(2, d=96, F=Fa, seed=4).saes[0]
+    b = make_stack(2, d=96, F=Fb, seed=4).saes[1]
+    A, B = kernels.matching_vectors(a), kernels.matching_vectors(b)
+    kw = dict(dense_limit=0, mode=mode, threshold=0.3 if mode == "partial" else None)
+    ref = match_vectors(A, B, **kw)
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("matching_vectors called: the decoders were copied")
+
+    monkeypatch.setattr(kernels, "matching_vectors", no_copies)
+    r = match(a, b, **kw)
+    assert r.certified and ref.certified
+    assert torch.equal(r.perm, ref.perm) and r.objective == ref.objective and r.gap == ref.gap
+    assert torch.allclose(r.cost, ref.cost, rtol=0, atol=0, equal_nan=True)
+    assert torch.allclose(r.cosine, ref.cosine, rtol=0, atol=0, equal_nan=True)
+    assert torch.allclose(r.margin, ref.margin, rtol=0, atol=0, equal_nan=True)
+    if mode == "partial":
+        assert int((r.perm < 0).sum()) > 0  # the threshold leaves some features unmatched
+    # Other paths need whole matrices: ScaledRows builds them (the same optimum).
+    dense = match(a, b, **{**kw, "dense_limit": None})
+    assert dense.certified and dense.objective == pytest.approx(ref.objective, rel=1e-12)
+    monkeypatch.setenv("MECHPERM_SCREEN", "0")
+    unscreened = match(a, b, **kw)
+    assert unscreened.certified and unscreened.objective == pytest.approx(ref.objective, rel=1e-6)

@@ -268,3 +268,32 @@ def test_screen_is_the_same_on_any_number_of_threads() -> None:
     r1, r3 = screen.row_pricer(sv1, 5)(np.arange(150), u, v), screen.row_pricer(sv3, 5)(np.arange(150), u, v)
     for x, y in zip(r1, r3):
         assert np.array_equal(x, y)
+
+
+@settings(max_examples=60, deadline=None)
+@given(d=st.integers(1, 70), n=st.integers(1, 9), m=st.integers(1, 9), seed=st.integers(0, 2**31 - 1),
+       spread=st.sampled_from([0.0, 1.0, 3.0]))
+def test_pair_dots_of_scaled_rows_are_those_of_the_scaled_copies(d, n, m, seed, spread) -> None:
+    """pair_dots(a, b, a_scale=s, b_scale=t) = pair_dots(fl32(s·a), fl32(t·b)) bit for bit (the
+    screened path's exact costs of ScaledRows), and both within float64 rounding of numpy's dots;
+    unit scales change nothing."""
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal((n, d)) * np.exp(spread * rng.standard_normal((n, 1)))).astype(np.float32)
+    b = (rng.standard_normal((m, d)) * np.exp(spread * rng.standard_normal((m, 1)))).astype(np.float32)
+    a[rng.random((n, d)) < 0.1] = np.float32(1e-41)  # subnormal entries
+    s = np.exp(rng.uniform(-10, 10, n)).astype(np.float32)
+    t = np.exp(rng.uniform(-10, 10, m)).astype(np.float32)
+    rows, cols = rng.integers(0, n, 40), rng.integers(0, m, 40)
+    scaled = _auction.pair_dots(a, b, rows, cols, a_scale=s, b_scale=t, threads=2)
+    copies = _auction.pair_dots(a * s[:, None], b * t[:, None], rows, cols)
+    assert np.array_equal(scaled, copies)
+    ref = np.einsum("td,td->t", (a * s[:, None]).astype(np.float64)[rows], (b * t[:, None]).astype(np.float64)[cols])
+    mag = np.einsum("td,td->t", np.abs(a * s[:, None]).astype(np.float64)[rows],
+                    np.abs(b * t[:, None]).astype(np.float64)[cols])
+    assert np.all(np.abs(scaled - ref) <= 4 * d * 2.0**-53 * mag)
+    ones = _auction.pair_dots(a, b, rows, cols, a_scale=np.ones(n, np.float32), b_scale=np.ones(m, np.float32))
+    assert np.array_equal(ones, _auction.pair_dots(a, b, rows, cols))
+    with pytest.raises(ValueError, match="a_scale"):
+        _auction.pair_dots(a, b, rows, cols, a_scale=np.ones(n + 1, np.float32))
+    with pytest.raises(ValueError, match="b_scale"):
+        _auction.pair_dots(a, b, rows, cols, b_scale=np.ones(m, np.float64))

@@ -19,7 +19,8 @@ from mechperm.kernels.candidates import (
     row_sq_norms,
     solver_graph,
 )
-from mechperm.kernels.features import fold_scale, matching_vectors
+from mechperm.kernels.features import decoder_rows, fold_scale, matching_vectors
+from mechperm.kernels.rows import ScaledRows, materialize
 
 __all__ = [
     "CandidateGraph",
@@ -29,10 +30,13 @@ __all__ = [
     "COL_COST",
     "ROW_COS",
     "COL_COS",
+    "ScaledRows",
     "candidates",
+    "decoder_rows",
     "dense_costs",
     "fold_scale",
     "matching_vectors",
+    "materialize",
     "price",
     "row_pricer",
     "row_sq_norms",

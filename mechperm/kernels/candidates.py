@@ -31,10 +31,13 @@ import torch
 from torch import Tensor
 
 from mechperm import _auction
+from mechperm.kernels.rows import ScaledRows
 
 Backend = Literal["torch", "triton"]
 _MIN_GEMM_ROWS = 16
 _NORM_BLOCK_ELEMENTS = 1 << 18
+_PACK_KEYS = True  # _assemble's in-place sort of keys with positions (CPU); tests switch it off
+_UNION_CHUNK = 1 << 20  # edges per step of _assemble's passes over the sorted keys (tests: small)
 # Sources of an edge (bits of CandidateGraph.sources); cost sources come first so that a pair
 # found by several keeps a cost-source value (they only differ on CUDA, by rounding).
 ROW_COST, COL_COST, ROW_COS, COL_COS = 1, 2, 4, 8
@@ -71,6 +74,8 @@ def _check_vectors(A: Tensor, B: Tensor | None = None) -> None:
     for name, X in (("A", A), ("B", B)):
         if X is None:
             continue
+        if isinstance(X, ScaledRows):  # float32 on the CPU, checked when made
+            continue
         if not isinstance(X, Tensor):
             raise ValueError(f"{name} is a {type(X).__name__}; expected a torch.Tensor [F, D]")
         if X.ndim != 2:
@@ -104,7 +109,7 @@ def _check_norms(name: str, n: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------------- arithmetic
-def row_sq_norms(X: Tensor) -> Tensor:
+def row_sq_norms(X: Tensor | ScaledRows) -> Tensor:
     """Squared row norms ``[F]`` float32: ``Σ_d x_d²`` summed in float64, rounded once.
 
     The canonical norms of the cost formula (the module docstring). Why float64: a float32 sum
@@ -459,25 +464,70 @@ def _assemble(
     """
     Fa, Fb = shape
     device = row_kth.device
-    rows = torch.cat([p[0].reshape(-1) for p in parts])
-    cols = torch.cat([p[1].reshape(-1) for p in parts])
-    costs = torch.cat([p[2].reshape(-1) for p in parts])
-    bits = torch.cat(
-        [torch.full((p[0].numel(),), b, dtype=torch.int32, device=device) for b, p in zip(_SOURCE_BITS, parts)]
-    )
-    # Stable: within a pair the parts' order (cost sources first) survives, so the first copy wins.
-    key, order = torch.sort(rows * Fb + cols, stable=True)
-    first = torch.ones_like(key, dtype=torch.bool)
-    torch.ne(key[1:], key[:-1], out=first[1:])
-    uid = torch.cumsum(first, 0).sub_(1)
-    keep = order[first.nonzero().squeeze(1)]
-    sources = torch.zeros(keep.numel(), dtype=torch.int32, device=device).scatter_add_(0, uid, bits[order])
-    indptr = torch.zeros(Fa + 1, dtype=torch.int64, device=device)
-    indptr[1:] = torch.cumsum(torch.bincount(rows[keep], minlength=Fa), 0)
-    sources = sources.to(torch.uint8)
+    # One int64 key per edge, (row · F_b + col) · 4 + part: sorted, a pair's copies are adjacent
+    # with the cost sources first (the first copy's cost wins), and no rows / cols / bits arrays
+    # of every edge are needed beside it. On the CPU the edge's position fits in the key's low
+    # bits too (F_a · F_b · 4 · E < 2^63), so one array is sorted in place, without an index
+    # array (F = 65536, k = 64: 16.8M edges; this step's peak fell from ~0.65 GB to ~0.3 GB
+    # beyond the selections, which is where match() peaked at that size).
+    sizes = [p[0].numel() for p in parts]
+    E = sum(sizes)
+    pos_bits = max(1, (E - 1).bit_length())
+    packed = _PACK_KEYS and device.type == "cpu" and (Fa * Fb * 4 - 1).bit_length() + pos_bits <= 63
+    key = torch.empty(E, dtype=torch.int64, device=device)
+    s0 = 0
+    for part, (p, n) in enumerate(zip(parts, sizes)):
+        blk = (p[0].reshape(-1) * Fb + p[1].reshape(-1)) * 4 + part
+        if packed:
+            blk = blk.bitwise_left_shift_(pos_bits).bitwise_or_(torch.arange(s0, s0 + n))
+        key[s0 : s0 + n] = blk
+        s0 += n
+    del blk
+    if packed:
+        key.numpy().sort()  # in place
+        order, low = None, pos_bits
+    else:
+        key, order = torch.sort(key)
+        low = 0
+    # Chunks of _UNION_CHUNK edges: no int64 temporary of every edge beside the keys.
+    step = _UNION_CHUNK if device.type == "cpu" else _UNION_CHUNK << 4
+
+    def pair_at(lo: int, hi: int) -> Tensor:
+        return key[lo:hi] >> (low + 2)
+
+    bit = torch.empty(E, dtype=torch.uint8, device=device)  # the part of each copy, as a bit
+    one = torch.ones((), dtype=torch.uint8, device=device)
+    for c0 in range(0, E, step):
+        bit[c0 : c0 + step] = torch.bitwise_left_shift(one, ((key[c0 : c0 + step] >> low) & 3).to(torch.uint8))
+    first = torch.ones(E, dtype=torch.bool, device=device)  # the first copy of each pair
+    for c0 in range(1, E, step):
+        c1 = min(c0 + step, E)
+        torch.ne(pair_at(c0, c1), pair_at(c0 - 1, c1 - 1), out=first[c0:c1])
+    sources = bit.clone()
+    for shift in range(1, len(parts)):  # a pair has at most one copy per part: OR the next ones in
+        for c0 in range(0, E - shift, step):
+            c1 = min(c0 + step, E - shift)
+            same = pair_at(c0 + shift, c1 + shift) == pair_at(c0, c1)
+            sources[c0:c1] |= torch.where(same, bit[c0 + shift : c1 + shift], 0)
+    del bit
+    sources = sources[first]
+    pair = key[first]
+    del key
+    if packed:
+        keep = pair & ((1 << pos_bits) - 1)
+    else:
+        keep = order[first]
+        del order
+    del first
+    pair >>= low + 2
+    costs = torch.cat([p[2].reshape(-1) for p in parts])[keep]
+    del keep
+    # pairs are sorted: row i's edges start at the first pair >= i · F_b
+    indptr = torch.searchsorted(pair, torch.arange(Fa + 1, device=device) * Fb)
+    cols = pair.remainder_(Fb)
     cos_only = int(((sources & (ROW_COST | COL_COST)) == 0).sum())
-    stats = CandidateStats(keep.numel(), *(int(p[0].numel()) for p in parts), cos_only=cos_only)
-    return CandidateGraph(indptr, cols[keep], costs[keep], sources, row_kth, col_kth, shape, k, k_cos, stats)
+    stats = CandidateStats(cols.numel(), *sizes, cos_only=cos_only)
+    return CandidateGraph(indptr, cols, costs, sources, row_kth, col_kth, shape, k, k_cos, stats)
 
 
 def _no_edges(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

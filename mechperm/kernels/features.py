@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from mechperm.kernels.candidates import row_sq_norms
+from mechperm.kernels.rows import ScaledRows
 from mechperm.sae import SAE
 
 On = Literal["decoder", "encoder", "both"]
@@ -113,3 +114,16 @@ def matching_vectors(
     if return_norms:  # float64 vectors: norms of their float32 rounding (what the kernels use)
         return out, row_sq_norms(out if dtype != torch.float64 else out.float())
     return out
+
+
+def decoder_rows(sae: SAE, *, fold: bool = True, device: torch.device | str | None = None) -> ScaledRows | None:
+    """The decoder's matching vectors (``matching_vectors(sae, on="decoder", fold=fold)``, bit for
+    bit) as :class:`ScaledRows` over the SAE's own ``W_dec``: no copy of the decoder. None where
+    the SAE's decoder cannot serve as the base (not float32, not C-contiguous, or not on the CPU
+    ``device``); build the vectors with :func:`matching_vectors` there."""
+    device = torch.device(device) if device is not None else sae.device
+    W = sae.W_dec
+    if device.type != "cpu" or W.device.type != "cpu" or W.dtype != torch.float32 or not W.is_contiguous():
+        return None
+    scale = fold_scale(sae) if fold and not sae.folded else None
+    return ScaledRows(W, scale)

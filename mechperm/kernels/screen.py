@@ -45,6 +45,7 @@ from mechperm.kernels.candidates import (
     _violating_rows,
     row_sq_norms,
 )
+from mechperm.kernels.rows import ScaledRows
 
 
 
@@ -100,20 +101,44 @@ def _float_rows(X: Tensor) -> np.ndarray:
     return np.ascontiguousarray(X.detach().float().numpy())
 
 
-def _sides(A: Tensor, B: Tensor, threads: int, *, keep_a_bits: bool) -> list[tuple]:
-    """(float32 rows, bf16 bits or None, stats [4, F]) of A and of B; refuses what cannot be
-    screened."""
+def _sides(A: Tensor | ScaledRows, B: Tensor | ScaledRows, threads: int, *, keep_a_bits: bool) -> list[tuple]:
+    """(float32 rows, their scale or None, bf16 bits or None, stats [4, F]) of A and of B;
+    refuses what cannot be screened. :class:`ScaledRows` are rounded by row blocks as read."""
     sides = []
     for name, X in (("A", A), ("B", B)):
-        x32 = _float_rows(X)
+        x32, scale = X.numpy_parts() if isinstance(X, ScaledRows) else (_float_rows(X), None)
         sq = row_sq_norms(X)
         _check_norms(name, sq)  # the cost kernels' message for NaN, inf and overflowing norms
-        bits, stats, bad = _auction.screen_side(x32, sq.numpy(), threads)
+        keep = keep_a_bits or name == "B"
+        if scale is None:
+            bits, stats, bad = _auction.screen_side(x32, sq.numpy(), threads)
+        else:
+            bits, stats, bad = _scaled_side(x32, scale, sq.numpy(), threads, keep)
         if bad >= 0:
             raise ValueError(f"{name} row {bad} is not finite (or overflows bfloat16); cannot screen it")
-        sides.append((x32, bits if keep_a_bits or name == "B" else None, stats))
+        sides.append((x32, scale, bits if keep else None, stats))
         del bits
     return sides
+
+
+def _scaled_side(x32: np.ndarray, scale: np.ndarray, sq: np.ndarray, threads: int,
+                 keep_bits: bool) -> tuple[np.ndarray | None, np.ndarray, int]:
+    """``screen_side`` of the rows fl32(scale[i] · x32[i]), made a block at a time."""
+    F, D = x32.shape
+    step = max(256 * threads, (1 << 22) // max(1, D))
+    bits, stats, bad = None, np.empty((4, F)), -1
+    for r0 in range(0, max(F, 1), step):
+        r1 = min(r0 + step, F)
+        blk = x32[r0:r1] * scale[r0:r1, None]
+        b, st, bad_blk = _auction.screen_side(blk, np.ascontiguousarray(sq[r0:r1]), threads)
+        if bad < 0 <= bad_blk:
+            bad = r0 + bad_blk
+        stats[:, r0:r1] = st
+        if keep_bits:
+            if bits is None:
+                bits = np.empty((F, b.shape[1]), np.uint16)
+            bits[r0:r1] = b
+    return bits, stats, bad
 
 
 def _accumulation_bounds(d: int) -> tuple[float, float]:
@@ -134,7 +159,7 @@ def screened_costs(A: Tensor, B: Tensor, *, threads: int | None = None) -> Scree
     if A.device.type != "cpu" or B.device.type != "cpu":
         raise ValueError(f"screened_costs runs on the CPU; got tensors on {A.device} and {B.device}")
     threads = threads or torch.get_num_threads()
-    (_, a_bits, a_stats), (_, b_bits, b_stats) = _sides(A, B, threads, keep_a_bits=True)
+    (_, _, a_bits, a_stats), (_, _, b_bits, b_stats) = _sides(A, B, threads, keep_a_bits=True)
     na = a_stats[3].astype(np.float32)
     packed = _auction.ScreenB(b_bits, b_stats[3].astype(np.float32), threads=threads)
     costs = packed.costs(a_bits, na, threads=threads, out=_large_empty((a_bits.shape[0], b_bits.shape[0])))
@@ -161,14 +186,23 @@ def lower_bounds(sc: ScreenedCosts, u: np.ndarray, v: np.ndarray, tau: float = 0
 
 
 def exact_costs(A: np.ndarray, B: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                na: np.ndarray, nb: np.ndarray) -> np.ndarray:
-    """float32 costs of the pairs (rows[t], cols[t]) of float32 rows ``A``, ``B``:
-    |a|^2 + |b|^2 - 2 a.b with the dot in float64 and the squared norms ``na``, ``nb`` of the
-    screened matrix; clamped at 0."""
+                na: np.ndarray, nb: np.ndarray, a_scale: np.ndarray | None = None,
+                b_scale: np.ndarray | None = None) -> np.ndarray:
+    """float32 costs of the pairs (rows[t], cols[t]) of float32 rows ``A``, ``B`` (scaled as
+    :class:`ScaledRows` where a scale is given): |a|^2 + |b|^2 - 2 a.b with the dot in float64
+    and the squared norms ``na``, ``nb`` of the screened matrix; clamped at 0."""
     rows = np.ascontiguousarray(rows, np.int64)
     cols = np.ascontiguousarray(cols, np.int64)
-    dot = _auction.pair_dots(A, B, rows, cols, threads=torch.get_num_threads())
+    dot = _auction.pair_dots(A, B, rows, cols, threads=torch.get_num_threads(), a_scale=a_scale, b_scale=b_scale)
     return np.maximum(na[rows] + nb[cols] - 2.0 * dot, 0.0).astype(np.float32)
+
+
+def pair_dots(A: Tensor | ScaledRows, B: Tensor | ScaledRows, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float64 dots of the pairs (A[rows[t]], B[cols[t]]) of CPU rows (exact products of float32
+    values, as :func:`exact_costs` sums them)."""
+    (a, sa), (b, sb) = (X.numpy_parts() if isinstance(X, ScaledRows) else (_float_rows(X), None) for X in (A, B))
+    return _auction.pair_dots(a, b, np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(cols, np.int64),
+                              threads=torch.get_num_threads(), a_scale=sa, b_scale=sb)
 
 
 def exact_rows(A: np.ndarray, B: np.ndarray, rows: np.ndarray, na: np.ndarray, nb: np.ndarray,
@@ -202,7 +236,8 @@ class ScreenedVectors:
     """Both sides prepared for screening: float32 rows (exact dots), statistics (as in
     :class:`ScreenedCosts`), and B packed once for every row block and pricing pass. A's bf16
     rows are made per block when needed (:meth:`a_bits`): kept whole they would add 0.3 GB at
-    F = 65536, d = 2304, against the 4 GB budget."""
+    F = 65536, d = 2304, against the 4 GB budget. Rows given as :class:`ScaledRows` keep their
+    base and scale (``a_scale``, ``b_scale``) and are rounded as they are read."""
 
     A32: np.ndarray
     B32: np.ndarray
@@ -212,6 +247,8 @@ class ScreenedVectors:
     gamma: float
     abs_slack: float
     threads: int
+    a_scale: np.ndarray | None = None
+    b_scale: np.ndarray | None = None
     na: np.ndarray = dataclasses.field(init=False)
     """float32 squared norms of A's rows (the cost formula's; made once, read per block)."""
     nb: np.ndarray = dataclasses.field(init=False)
@@ -222,25 +259,35 @@ class ScreenedVectors:
 
     def a_bits(self, rows: slice | np.ndarray) -> np.ndarray:
         """bf16 bits [r, D'] of these rows of A (the rounding of :func:`screened_costs`)."""
-        return _auction.screen_side(np.ascontiguousarray(self.A32[rows]), self.na[rows], 1)[0]
+        x = self.A32[rows]
+        if self.a_scale is not None:
+            x = x * self.a_scale[rows][:, None]
+        return _auction.screen_side(np.ascontiguousarray(x), self.na[rows], 1)[0]
 
     def exact(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Exact costs of the pairs (see :func:`exact_costs`)."""
-        return exact_costs(self.A32, self.B32, rows, cols, self.a_stats[3], self.b_stats[3])
+        """Exact costs of the pairs (see :func:`exact_costs`), 2^20 pairs at a time (a graph's
+        ~10M arcs would otherwise take ~0.4 GB of float64 and int64 temporaries at once)."""
+        out = np.empty(len(rows), np.float32)
+        step = 1 << 20
+        for s0 in range(0, len(rows), step):
+            out[s0 : s0 + step] = exact_costs(self.A32, self.B32, rows[s0 : s0 + step], cols[s0 : s0 + step],
+                                              self.a_stats[3], self.b_stats[3], self.a_scale, self.b_scale)
+        return out
 
 
-def prepare(A: Tensor, B: Tensor, *, threads: int | None = None) -> ScreenedVectors:
-    """bf16 bits and statistics of both sides, B packed (CPU tensors; see :func:`screened_costs`)."""
+def prepare(A: Tensor | ScaledRows, B: Tensor | ScaledRows, *, threads: int | None = None) -> ScreenedVectors:
+    """bf16 bits and statistics of both sides, B packed (CPU tensors or :class:`ScaledRows`;
+    see :func:`screened_costs`)."""
     _check_vectors(A, B)
     if A.device.type != "cpu" or B.device.type != "cpu":
         raise ValueError(f"screening runs on the CPU; got tensors on {A.device} and {B.device}")
     threads = threads or torch.get_num_threads()
-    (A32, _, a_stats), (B32, b_bits, b_stats) = _sides(A, B, threads, keep_a_bits=False)
+    (A32, a_scale, _, a_stats), (B32, b_scale, b_bits, b_stats) = _sides(A, B, threads, keep_a_bits=False)
     gamma, abs_slack = _accumulation_bounds(b_bits.shape[1])
     packed = _auction.ScreenB(b_bits, b_stats[3].astype(np.float32), threads=threads)
     del b_bits  # the packed copy is all the kernel reads
     return ScreenedVectors(A32, B32, a_stats, b_stats, packed, gamma=gamma, abs_slack=abs_slack,
-                           threads=threads)
+                           threads=threads, a_scale=a_scale, b_scale=b_scale)
 
 
 def _error_terms(own: np.ndarray, other: np.ndarray, gamma: float, abs_slack: float) -> tuple[np.ndarray, np.ndarray]:
@@ -340,24 +387,30 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
             cos_of = (na[r0:r1], nb[c0:c1], half_iy[r0:r1], ix[c0:c1]) if rows_s is not None else None
             _select(tile, None, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch, cos_of=cos_of)
     g = _selection_graph((Fa, Fb), rows_c, cols_c, rows_s, cols_s, k, k_cos)
+    # the least screened cosine each row and column holds; then the selections go (0.2 GB at
+    # F = 65536, k = 64), before the exact costs' temporaries
+    least_cos = [None if own is None else -own.vals[:, -1].double().numpy() for own in (rows_s, cols_s)]
+    del rows_c, cols_c, rows_s, cols_s, scratch
 
-    rows = g.row_ids().numpy()
+    indptr, stats = g.indptr.numpy(), g.stats
+    row_kth, col_kth = g.row_kth.double().numpy(), g.col_kth.double().numpy()
     cols = _solver_columns(g)
+    del g  # its int64 columns
+    rows = np.repeat(np.arange(Fa, dtype=np.int32), np.diff(indptr))  # int32: exact() widens by chunks
     costs = sv.exact(rows, cols)
+    del rows
     mu_a, _ = _error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)  # for the cosine bounds
     mu_b, _ = _error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
-    bounds = _capped_bounds(g.row_kth.double().numpy(), g.col_kth.double().numpy(), sv.a_stats, sv.b_stats,
-                            sv.gamma, sv.abs_slack)
+    bounds = _capped_bounds(row_kth, col_kth, sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
     bounds.update(row_norm=y, col_norm=x)
-    for name, own, mu, norm in (("row_cos", rows_s, mu_a, y), ("col_cos", cols_s, mu_b, x)):
-        if own is None:
+    for name, least, mu, norm in (("row_cos", least_cos[0], mu_a, y), ("col_cos", least_cos[1], mu_b, x)):
+        if least is None:
             continue
-        kappa = -own.vals[:, -1].double().numpy()  # the least screened cosine held
-        kappa = kappa + np.where(norm > 0, mu / (2.0 * np.where(norm > 0, norm, 1.0)), 0.0)
+        kappa = least + np.where(norm > 0, mu / (2.0 * np.where(norm > 0, norm, 1.0)), 0.0)
         if np.isfinite(kappa).all():
             bounds[name] = kappa
-    graph = assign.CandidateGraph(indptr=g.indptr.numpy(), indices=cols, costs=costs, **bounds)
-    return graph, g.stats
+    graph = assign.CandidateGraph(indptr=indptr, indices=cols, costs=costs, **bounds)
+    return graph, stats
 
 
 def row_pricer(sv: ScreenedVectors, q: int, *, block: int = 1024):
