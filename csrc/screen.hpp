@@ -44,10 +44,11 @@ int64_t screen_side(const float* x, int64_t F, int64_t D, int64_t dp, const floa
 
 // dots[t] = sum_k a[rows[t], k] b[cols[t], k] in float64 (float32 rows [n, d] and [m, d]); with
 // a_scale / b_scale (per row, float32), of the rows fl32(a_scale[i] * a[i]) and likewise b: the
-// folded decoder rows, bit for bit, without a folded copy of the decoder.
+// folded decoder rows, bit for bit, without a folded copy of the decoder. The same bits with
+// every instruction set; isa (tests) picks one: 0 scalar, 1 AVX2, 2 AVX-512, -1 the widest.
 void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, const int64_t* cols,
                int64_t count, double* dots, int threads = 1, const float* a_scale = nullptr,
-               const float* b_scale = nullptr);
+               const float* b_scale = nullptr, int isa = -1);
 
 // Per-row statistics of one side, float64: |x~| (bf16 row), |x~ - x|, |x|, |x|^2 (as the cost
 // kernels compute it, float32).

@@ -333,32 +333,18 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
         A, B = B, A
     n, m = A.shape[0], B.shape[0]
     t_kernels = None
+    cand_bar = None
+    if progress and A.device.type == "cpu":  # a CPU's candidate pass is most of the time (F = 65536: ~75 s)
+        from tqdm.auto import tqdm
+
+        cand_bar = tqdm(total=n, desc=f"candidates ({n}×{m})", unit="row", leave=False)
+    on_rows = cand_bar.update if cand_bar is not None else None
     t0 = time.perf_counter()
-    if screen.available(A, B):  # bf16 candidates and pricing, exact costs where they matter
-        sv = screen.prepare(A, B)
-        graph, cand_stats = screen.solver_graph(sv, k)
-        pricer = screen.row_pricer(sv, PRICE_PER_ROW)
-
-        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-            return sv.exact(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
-    elif screen_cuda.available(A, B):  # the same on a GPU: bf16 tensor-core tiles (opt-in)
-        svg = screen_cuda.prepare(A, B)
-        graph, cand_stats = screen_cuda.solver_graph(svg, k)
-        pricer = screen_cuda.row_pricer(svg, PRICE_PER_ROW)
-
-        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-            return svg.exact_np(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
-    else:
-        g = kernels.candidates(A, B, k=k)
-        if g.indices.is_cuda:  # the kernels' time apart from the graph's trip to the host
-            torch.cuda.synchronize(g.indices.device)
-        t_kernels = time.perf_counter() - t0
-        graph, cand_stats = kernels.solver_graph(g, A, B), g.stats
-        pricer = kernels.row_pricer(A, B, PRICE_PER_ROW)
-
-        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-            dev = A.device
-            return kernels.dense_costs(A[torch.from_numpy(r).to(dev)], B[torch.from_numpy(c).to(dev)]).cpu().numpy()
+    try:
+        graph, cand_stats, pricer, block_costs, t_kernels = _candidate_graph(A, B, k, on_rows)
+    finally:
+        if cand_bar is not None:
+            cand_bar.close()
     t_cand = time.perf_counter() - t0
     graph, zero_arcs = _zero_vector_arcs(graph, A, B, k)
     completion = 0
@@ -395,6 +381,39 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
         res.u, res.v = res.v, res.u
         margin = torch.full((m,), float("nan"))  # margins were computed for B's features
     return res, margin, graph_stats
+
+
+def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_rows):
+    """(graph, stats, pricer, block_costs, kernel seconds or None) of the sparse path on this
+    device: screened on CPUs with AVX-512 BF16 (and CUDA, opt-in), the cost kernels elsewhere."""
+    t_kernels = None
+    t0 = time.perf_counter()
+    if screen.available(A, B):  # bf16 candidates and pricing, exact costs where they matter
+        sv = screen.prepare(A, B)
+        graph, cand_stats = screen.solver_graph(sv, k, on_rows=on_rows)
+        pricer = screen.row_pricer(sv, PRICE_PER_ROW)
+
+        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            return sv.exact(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
+    elif screen_cuda.available(A, B):  # the same on a GPU: bf16 tensor-core tiles (opt-in)
+        svg = screen_cuda.prepare(A, B)
+        graph, cand_stats = screen_cuda.solver_graph(svg, k)
+        pricer = screen_cuda.row_pricer(svg, PRICE_PER_ROW)
+
+        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            return svg.exact_np(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
+    else:
+        g = kernels.candidates(A, B, k=k, on_rows=on_rows)
+        if g.indices.is_cuda:  # the kernels' time apart from the graph's trip to the host
+            torch.cuda.synchronize(g.indices.device)
+        t_kernels = time.perf_counter() - t0
+        graph, cand_stats = kernels.solver_graph(g, A, B), g.stats
+        pricer = kernels.row_pricer(A, B, PRICE_PER_ROW)
+
+        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            dev = A.device
+            return kernels.dense_costs(A[torch.from_numpy(r).to(dev)], B[torch.from_numpy(c).to(dev)]).cpu().numpy()
+    return graph, cand_stats, pricer, block_costs, t_kernels
 
 
 def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor, block_costs) -> tuple[solver.CandidateGraph, int]:

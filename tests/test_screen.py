@@ -275,8 +275,8 @@ def test_screen_is_the_same_on_any_number_of_threads() -> None:
        spread=st.sampled_from([0.0, 1.0, 3.0]))
 def test_pair_dots_of_scaled_rows_are_those_of_the_scaled_copies(d, n, m, seed, spread) -> None:
     """pair_dots(a, b, a_scale=s, b_scale=t) = pair_dots(fl32(s·a), fl32(t·b)) bit for bit (the
-    screened path's exact costs of ScaledRows), and both within float64 rounding of numpy's dots;
-    unit scales change nothing."""
+    screened path's exact costs of ScaledRows), with every instruction set, and within float64
+    rounding of numpy's dots; unit scales change nothing."""
     rng = np.random.default_rng(seed)
     a = (rng.standard_normal((n, d)) * np.exp(spread * rng.standard_normal((n, 1)))).astype(np.float32)
     b = (rng.standard_normal((m, d)) * np.exp(spread * rng.standard_normal((m, 1)))).astype(np.float32)
@@ -293,6 +293,12 @@ def test_pair_dots_of_scaled_rows_are_those_of_the_scaled_copies(d, n, m, seed, 
     assert np.all(np.abs(scaled - ref) <= 4 * d * 2.0**-53 * mag)
     ones = _auction.pair_dots(a, b, rows, cols, a_scale=np.ones(n, np.float32), b_scale=np.ones(m, np.float32))
     assert np.array_equal(ones, _auction.pair_dots(a, b, rows, cols))
+    one_side = _auction.pair_dots(a, b * t[:, None], rows, cols, a_scale=s)
+    assert np.array_equal(one_side, copies)
+    # the same bits from the scalar, AVX2 and AVX-512 versions (those this CPU has)
+    for isa in (0, 1, 2):
+        assert np.array_equal(_auction.pair_dots(a, b, rows, cols, a_scale=s, b_scale=t, isa=isa), copies)
+        assert np.array_equal(_auction.pair_dots(a * s[:, None], b * t[:, None], rows, cols, isa=isa), copies)
     with pytest.raises(ValueError, match="a_scale"):
         _auction.pair_dots(a, b, rows, cols, a_scale=np.ones(n + 1, np.float32))
     with pytest.raises(ValueError, match="b_scale"):

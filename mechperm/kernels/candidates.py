@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -550,6 +550,7 @@ def candidates(
     block_rows: int = 1024,
     block_cols: int = 2048,
     backend: str | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> CandidateGraph:
     """Sparse candidate graph: per row and per column, the k cheapest and the k_cos most similar.
 
@@ -570,6 +571,10 @@ def candidates(
         Tile shape of the torch path (the values do not depend on it).
     backend : {"torch", "triton"} or None
         None: Triton for CUDA tensors, torch otherwise (``$MECHPERM_KERNELS`` overrides).
+
+    on_rows : callable, optional
+        Called with the number of rows of A done after each row block (a progress bar's
+        ``update``; the torch backend's loop; the Triton kernels run as one launch).
 
     Returns
     -------
@@ -609,6 +614,8 @@ def candidates(
                 cos.mul_(ib[None, c0:c1])
             _add_norms(tile, na[r0:r1], nb[c0:c1])  # clamped at 0 where entries are taken
             _select(tile, cos, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch)
+        if on_rows is not None:
+            on_rows(r1 - r0)
     return _selection_graph((Fa, Fb), rows_c, cols_c, rows_s, cols_s, k, k_cos)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
+from typing import Callable
 
 import numpy as np
 import torch
@@ -347,7 +348,7 @@ def _capped_bounds(row_kth: np.ndarray, col_kth: np.ndarray, a_stats: np.ndarray
 
 
 def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block_rows: int = 1024,
-                 block_cols: int = 8192):
+                 block_cols: int = 8192, on_rows: Callable[[int], None] | None = None):
     """The candidate graph of the sparse path, screened: per row and per column the k cheapest
     and the k_cos most cosine-similar partners by screened cost, with exact costs, and bounds
     that hold for the exact costs of every pair left out (:class:`mechperm.assign.CandidateGraph`).
@@ -355,7 +356,8 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
     Selection by screened values keeps the graph's purpose (an optimum close to the true one);
     the bounds absorb the screen's error: the k-th screened cost minus the largest error of the
     row, and the least screened cosine plus mu_i / (2 |a_i|) (the error per unit |b_j|; see
-    :func:`_error_terms`). Returns the graph and the :class:`CandidateStats`.
+    :func:`_error_terms`). Returns the graph and the :class:`CandidateStats`. ``on_rows`` is
+    called with the number of rows done after each row block (a progress bar's ``update``).
     """
     from mechperm import assign
 
@@ -386,6 +388,8 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
             # −cos~ = (c~ − |a|² − |b|²) · ½/|a| / |b|, computed by the selection as it scans
             cos_of = (na[r0:r1], nb[c0:c1], half_iy[r0:r1], ix[c0:c1]) if rows_s is not None else None
             _select(tile, None, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch, cos_of=cos_of)
+        if on_rows is not None:
+            on_rows(r1 - r0)
     g = _selection_graph((Fa, Fb), rows_c, cols_c, rows_s, cols_s, k, k_cos)
     # the least screened cosine each row and column holds; then the selections go (0.2 GB at
     # F = 65536, k = 64), before the exact costs' temporaries
