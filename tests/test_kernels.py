@@ -731,3 +731,37 @@ def test_fused_pricer_through_match(tc, monkeypatch: pytest.MonkeyPatch, gemm: s
     i, j = linear_sum_assignment(C)
     assert res.certified and res.stats["solver"]["priced_rows"] > 0
     assert res.objective == pytest.approx(float(C[i, j].sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("pack", [True, False], ids=["packed-keys", "sort-with-index"])
+def test_union_of_int32_ids_on_a_large_shape(monkeypatch, pack: bool) -> None:
+    """_assemble with int32 row / column ids (the Triton kernels' lists) where row · F_b
+    overflows int32: the same graph as from int64 ids, every pair once, costs of the first copy."""
+    cand = importlib.import_module("mechperm.kernels.candidates")
+    monkeypatch.setattr(cand, "_PACK_KEYS", pack)
+    Fa = Fb = 70000
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, Fa, (4, 300), generator=g)
+    cols = torch.randint(0, Fb, (4, 300), generator=g)
+    cols[1, :100], rows[1, :100] = cols[0, :100], rows[0, :100]  # shared by two sources
+    costs = torch.rand(4, 300, generator=g)
+    kth = torch.zeros(Fa)
+
+    def graph(dtype):
+        parts = [(rows[p].to(dtype), cols[p].to(dtype), costs[p]) for p in range(4)]
+        return cand._assemble((Fa, Fb), parts, kth, kth, 1, 1)
+
+    g64, g32 = graph(torch.int64), graph(torch.int32)
+    for f in ("indptr", "indices", "costs", "sources"):
+        assert torch.equal(getattr(g64, f), getattr(g32, f)), f
+    keys = {(int(r), int(c)) for r, c in zip(rows.reshape(-1), cols.reshape(-1))}
+    got = list(zip(g64.row_ids().tolist(), g64.indices.tolist()))
+    assert len(got) == len(keys) and set(got) == keys and got == sorted(got)
+    first = {}
+    for p in range(4):
+        for r, c, w in zip(rows[p].tolist(), cols[p].tolist(), costs[p].tolist()):
+            first.setdefault((r, c), (w, 0))
+            first[(r, c)] = (first[(r, c)][0], first[(r, c)][1] | (1 << p))
+    want_w = torch.tensor([first[e][0] for e in got])
+    want_s = torch.tensor([first[e][1] for e in got], dtype=torch.uint8)
+    assert torch.equal(g64.costs, want_w) and torch.equal(g64.sources, want_s)

@@ -477,7 +477,7 @@ def _assemble(
     key = torch.empty(E, dtype=torch.int64, device=device)
     s0 = 0
     for part, (p, n) in enumerate(zip(parts, sizes)):
-        blk = (p[0].reshape(-1) * Fb + p[1].reshape(-1)) * 4 + part
+        blk = (p[0].reshape(-1).long() * Fb + p[1].reshape(-1)) * 4 + part  # int64 (Triton's ids may be int32)
         if packed:
             blk = blk.bitwise_left_shift_(pos_bits).bitwise_or_(torch.arange(s0, s0 + n))
         key[s0 : s0 + n] = blk
