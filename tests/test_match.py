@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -419,3 +420,34 @@ def test_progress_bars_cover_candidates_and_pricing(monkeypatch, capsys, screene
     assert "candidates (1500×1500)" in err and "certificate pricing" in err
     assert sum(seen) == 1500 and len(seen) > 1
     assert torch.equal(loud.perm, quiet.perm) and loud.objective == quiet.objective
+
+
+@pytest.mark.parametrize("screened", ["0", "1"])
+def test_sparse_path_exact_where_norms_span_many_decades(monkeypatch, screened: str) -> None:
+    """The sparse path's optimum equals scipy's where some vectors are 10^4 times shorter than
+    others (their cosines cannot be read back from float32 costs; the bounds' own test is
+    kernels' test_cosine_bounds_hold_where_norms_span_many_decades, the slow test below the
+    case where it went wrong)."""
+    from mechperm import match_vectors
+
+    monkeypatch.setenv("MECHPERM_SCREEN", screened)
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(400, 48, generator=g) * torch.exp(2.0 * torch.randn(400, 1, generator=g))
+    B = A[torch.randperm(400, generator=g)] + 0.3 * torch.randn(400, 48, generator=g) * A.norm(dim=1).mean()
+    B[::3] *= 1e-4
+    A[1::5] *= 1e-4
+    r = match_vectors(A, B, dense_limit=0, candidates_k=4)
+    c = _reference_costs(A, B).double().numpy()
+    rows, cols = linear_sum_assignment(c)
+    assert r.certified and r.objective == pytest.approx(float(c[rows, cols].sum()), rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MECHPERM_RUN_SLOW") != "1", reason="set MECHPERM_RUN_SLOW=1")
+def test_unscreened_sparse_path_on_the_heavy_tailed_stack_8192(monkeypatch) -> None:
+    """The case that found the cosine bounds read from float32 costs wrong: the unscreened
+    sparse path matched 7.6e-6 above the dense optimum, certified (F = 8192, d = 2304)."""
+    monkeypatch.setenv("MECHPERM_SCREEN", "0")
+    a, b = make_stack(2, d=2304, F=8192, seed=0, heavy_tail=2.5).saes
+    sparse, dense = match(a, b, dense_limit=0), match(a, b, dense_limit=8192 * 8192)
+    assert sparse.certified and sparse.objective == pytest.approx(dense.objective, rel=1e-9)

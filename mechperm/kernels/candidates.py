@@ -796,24 +796,31 @@ def _solver_columns(g: CandidateGraph) -> np.ndarray:
 
 
 def _cosine_bounds(g: CandidateGraph, A: Tensor, B: Tensor) -> dict:
-    """Norms and, per row and per column, the least cosine among the partners the graph holds
-    for being most cosine-similar: every pair left out has a cosine at most that (the
-    Euclidean bound of :class:`assign.CandidateGraph`). Cosines from the edges' own costs,
-    (|a|² + |b|² − c) / (2 |a| |b|); a clamped cost only overstates them (a weaker bound).
+    """Norms and, per row and per column, a bound on the cosine of every pair left out: the
+    least cosine among the partners the graph holds for being most cosine-similar, plus twice
+    the selection's error (the Euclidean bound of :class:`assign.CandidateGraph`).
 
-    float64 on the graph's device: a CUDA graph is not copied to the host for it (at F = 1M the
-    graph holds ~200M edges; on the CPU this took 0.6 s at F = 65536, 12.5M edges)."""
+    Why twice: the kernels compared float32 cosines, each within ``eps`` of the true one
+    (:func:`_cosine_error`), so a pair left out has cos <= its float32 cosine + eps <= the row's
+    k-th float32 cosine + eps <= the least true cosine held + 2 eps. The held cosines are
+    computed again from the vectors (float64 dots on the CPU, float32 on a GPU: one more eps),
+    not from the edges' costs: (|a|² + |b|² − c) / (2|a||b|) loses all precision where |b| is
+    tiny next to |a| (heavy-tailed folded decoders: an F = 8192 pair matched 7.6e-6 above the
+    optimum, certified, with bounds from costs).
+
+    float64 on the graph's device: a CUDA graph is not copied to the host for it."""
     dev = g.indices.device
     na_np, nb_np = row_sq_norms(A).double().cpu().numpy(), row_sq_norms(B).double().cpu().numpy()
     out = {"row_norm": np.sqrt(na_np), "col_norm": np.sqrt(nb_np)}  # numpy's sqrt: correctly rounded
-    na, nb = torch.from_numpy(na_np).to(dev), torch.from_numpy(nb_np).to(dev)
     y, x = torch.from_numpy(out["row_norm"]).to(dev), torch.from_numpy(out["col_norm"]).to(dev)
     # Only the edges kept for their cosine (~2 k_cos per row of the ~6 k edges): the rest never
     # enter a bound.
     keep = ((g.sources & (ROW_COS | COL_COS)) != 0).nonzero().squeeze(1)
     rows, cols, sources = g.row_ids()[keep], g.indices[keep], g.sources[keep]
-    denom = 2.0 * y[rows] * x[cols]
-    cos = torch.where(denom > 0, (na[rows] + nb[cols] - g.costs[keep].double()) / denom.where(denom > 0, 1.0), 0.0)
+    dots, eps_dot = _edge_dots(A, B, rows, cols)
+    denom = y[rows] * x[cols]
+    cos = torch.where(denom > 0, dots / denom.where(denom > 0, 1.0), 0.0)
+    eps = 2.0 * _cosine_error(A.shape[1]) + eps_dot
     for name, bit, owner, size in (("row_cos", ROW_COS, rows, len(y)), ("col_cos", COL_COS, cols, len(x))):
         sel = (sources & bit) != 0
         if not bool(sel.any()):
@@ -825,9 +832,32 @@ def _cosine_bounds(g: CandidateGraph, A: Tensor, B: Tensor) -> dict:
             kappa.scatter_reduce_(0, owner[sel], cos[sel], reduce="amin")
         if bool(torch.isinf(kappa).any()):
             continue
-        out[name] = kappa.cpu().numpy()
+        out[name] = (kappa + eps).cpu().numpy()
     return out
 
+
+def _cosine_error(D: int) -> float:
+    """A bound on |float32 cosine − cosine| of the kernels' selections: a float32 dot of D
+    terms is within gamma_D |a||b| of the true one (any order; products of bf16 / fp16 values
+    exact), and scaling by 1/|a| and 1/|b| (float32 norms) adds a few roundings. Doubled for
+    tensor cores' truncating accumulation."""
+    u = 2.0**-24
+    return 2.0 * (D * u / (1.0 - D * u)) + 16.0 * u
+
+
+def _edge_dots(A: Tensor, B: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, float]:
+    """Dots of the pairs (A[rows[t]], B[cols[t]]) as float64 on the pairs' device, and a bound on
+    their error relative to |a||b| (0: float64 sums of exact products, on the CPU)."""
+    if rows.device.type == "cpu":
+        from mechperm.kernels import screen
+
+        return torch.from_numpy(screen.pair_dots(A, B, rows.numpy(), cols.numpy())), 0.0
+    out = torch.empty(rows.numel(), dtype=torch.float64, device=rows.device)
+    step = max(1, (1 << 27) // max(1, A.shape[1]))  # ~0.5 GiB of float32 rows per operand and step
+    for s0 in range(0, rows.numel(), step):
+        r, c = rows[s0 : s0 + step], cols[s0 : s0 + step]
+        out[s0 : s0 + step] = (A[r].float() * B[c].float()).sum(dim=1).double()
+    return out, _cosine_error(A.shape[1])
 
 def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
     """``price_rows`` callback of :func:`assign.assign_exact`: the ``q`` pairs of smallest reduced

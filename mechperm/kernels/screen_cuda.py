@@ -141,11 +141,13 @@ def solver_graph(sv: ScreenedVectorsGPU, k: int, k_cos: int | None = None):
     y, x = np.sqrt(sv.a_stats[3]), np.sqrt(sv.b_stats[3])
     mu_a, _ = screen._error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)  # for the cosine bounds
     mu_b, _ = screen._error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
-    # least screened cosines held (from the edges' screened costs, with the float32 norms)
-    cos = _cosine_bounds(g, sv.A32, sv.B32)
+    # Bounds on the bf16 vectors' cosines of the pairs left out (those the selection compared;
+    # the least held, recomputed, plus the selection's error), then mu / 2|a| per unit |b| for
+    # the step to the float32 vectors, as in screen.solver_graph.
+    cos = _cosine_bounds(g, sv.A16, sv.B16)
     bounds = screen._capped_bounds(g.row_kth.cpu().double().numpy(), g.col_kth.cpu().double().numpy(),
                                    sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
-    bounds.update(row_norm=cos["row_norm"], col_norm=cos["col_norm"])
+    bounds.update(row_norm=y, col_norm=x)
     for name, mu, norm in (("row_cos", mu_a, y), ("col_cos", mu_b, x)):
         if name in cos:
             bounds[name] = cos[name] + np.where(norm > 0, mu / (2.0 * np.where(norm > 0, norm, 1.0)), 0.0)
