@@ -9,7 +9,9 @@ decoder rows, CPU):
 - ``mm_bf16``: the same GEMM on bfloat16 copies (oneDNN; 4x faster where the CPU has AVX-512
   BF16): the floor of what match() does where it screens (kernels.screen).
 - ``match``: ``match(sae_a, sae_b)`` as a user calls it (dense path up to ``DENSE_LIMIT``).
-- ``match_sparse``: ``match(..., dense_limit=0)``, where ``match`` would take the dense path.
+- ``match_other``: ``match()`` forced onto the other path: sparse (``dense_limit=0``) where it
+  would take the dense path, dense where it would take the sparse one and the matrix fits
+  (F ≤ ``OTHER_DENSE_MAX_N`` = 16384: 1 GiB of float32 costs).
 - ``naive``: numpy GEMM for the squared distances, then scipy's ``linear_sum_assignment``.
 
 Goals (CPU): match ≤ 1.3× mm; ≥ 2× faster than naive at F = 16384 with the same objective (both
@@ -53,7 +55,8 @@ from mechperm.synthetic import make_stack
 
 D = 2304
 SIZES = sizes(4096, 16384, 65536) or [int(os.environ.get("MECHPERM_BENCH_MAX_N", "4096"))]
-PROVIDERS = ["mm", "mm_bf16", "match", "match_sparse", "naive"]
+PROVIDERS = ["mm", "mm_bf16", "match", "match_other", "naive"]
+OTHER_DENSE_MAX_N = 16384
 MEMORY_LIMIT = 4e9
 """Peak RSS in bytes of a process holding two F = 65536 SAEs and matching them (the goal)."""
 THREADS = int(os.environ["MECHPERM_BENCH_THREADS"]) if os.environ.get("MECHPERM_BENCH_THREADS") else None
@@ -124,8 +127,19 @@ def bf16_copies(F: int) -> tuple[torch.Tensor, torch.Tensor]:
     return A.bfloat16(), B.bfloat16()
 
 
-def run_match(sae_a, sae_b, sparse: bool):
-    return match(sae_a, sae_b, **({"dense_limit": 0} if sparse else {}))
+def run_match(sae_a, sae_b, other: bool):
+    """match() as a user calls it, or forced onto the path it would not take."""
+    if not other:
+        return match(sae_a, sae_b)
+    n = sae_a.d_sae * sae_b.d_sae
+    return match(sae_a, sae_b, dense_limit=0 if n <= DENSE_LIMIT else n)
+
+
+def other_path(F: int) -> str | None:
+    """The path ``match_other`` takes at F (None: not run)."""
+    if F * F <= DENSE_LIMIT:
+        return "sparse"
+    return "dense" if F <= OTHER_DENSE_MAX_N else None
 
 
 def naive_costs(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -182,8 +196,8 @@ def match_info(res) -> dict:
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("F", SIZES)
 def test_match(benchmark, F: int, provider: str) -> None:
-    if provider == "match_sparse" and F * F > DENSE_LIMIT:
-        pytest.skip("match() takes the sparse path here already")
+    if provider == "match_other" and other_path(F) is None:
+        pytest.skip(f"the dense path beyond F = {OTHER_DENSE_MAX_N}")
     if provider == "naive" and F > PEER_MAX_N:
         pytest.skip(f"naive beyond MECHPERM_BENCH_PEER_MAX_N={PEER_MAX_N}")
     sae_a, sae_b, A, B = instance(F)
@@ -201,12 +215,13 @@ def test_match(benchmark, F: int, provider: str) -> None:
         out = mm_buffer(F, X.dtype)
         benchmark.pedantic(timed, args=(run_mm, X, Y, out), rounds=3 if F <= 4096 else 1, iterations=1)
         del out
-    elif provider in ("match", "match_sparse"):
+    elif provider in ("match", "match_other"):
         reset = _reset_peak()
         rss0 = _status("VmRSS")
-        res = benchmark.pedantic(timed, args=(run_match, sae_a, sae_b, provider == "match_sparse"),
+        res = benchmark.pedantic(timed, args=(run_match, sae_a, sae_b, provider == "match_other"),
                                  rounds=1, iterations=1)
-        info.update(match_info(res), path="dense" if F * F <= DENSE_LIMIT and provider == "match" else "sparse")
+        default = "dense" if F * F <= DENSE_LIMIT else "sparse"
+        info.update(match_info(res), path=other_path(F) if provider == "match_other" else default)
         if reset:  # in-process: what match() added on top of what the benchmark holds
             info["peak_added_gb"] = (_status("VmHWM") - rss0) / 1e9
         info["perm"] = res.perm.numpy()
@@ -215,7 +230,7 @@ def test_match(benchmark, F: int, provider: str) -> None:
     else:
         out = benchmark.pedantic(timed, args=(run_naive, A.numpy(), B.numpy()), rounds=1, iterations=1)
         info.update(gemm_s=out["gemm_s"], lsa_s=out["lsa_s"], objective=scored(out["C"], out["perm"]))
-        ref = RESULTS.get((F, "match")) or RESULTS.get((F, "match_sparse"))
+        ref = RESULTS.get((F, "match")) or RESULTS.get((F, "match_other"))
         perm = ref["perm"] if ref else match(sae_a, sae_b).perm.numpy()
         info["match_objective_on_naive_costs"] = scored(out["C"], perm)
         info["exact_objective_naive"] = theirs = exact_objective(A, B, out["perm"])
@@ -231,7 +246,7 @@ def test_match(benchmark, F: int, provider: str) -> None:
     if mm is not None and provider != "mm":
         info["ratio_to_mm"] = info["seconds"] / mm["seconds"]
     naive = RESULTS.get((F, "naive"))
-    for p in ("match", "match_sparse"):
+    for p in ("match", "match_other"):
         if naive is not None and (F, p) in RESULTS:
             RESULTS[(F, p)]["speedup_vs_naive"] = naive["seconds"] / RESULTS[(F, p)]["seconds"]
     benchmark.extra_info.update({k: v for k, v in info.items() if k != "perm"})
@@ -281,7 +296,7 @@ def main() -> None:
     rows = []
     for F in SIZES:
         sae_a, sae_b, A, B = instance(F)
-        provs = [p for p in PROVIDERS if not (p == "match_sparse" and F * F > DENSE_LIMIT)
+        provs = [p for p in PROVIDERS if not (p == "match_other" and other_path(F) is None)
                  and not (p == "naive" and F > PEER_MAX_N)]
         reps = 3 if F <= 4096 else 1
         best = {p: float("inf") for p in provs}
@@ -298,7 +313,7 @@ def main() -> None:
                 elif p == "naive":
                     out[p] = run_naive(A.numpy(), B.numpy())
                 else:
-                    out[p] = run_match(sae_a, sae_b, p == "match_sparse")
+                    out[p] = run_match(sae_a, sae_b, p == "match_other")
                 best[p] = min(best[p], time.perf_counter() - t)
         del buf, buf16, A16, B16
         bf16_copies.cache_clear()
@@ -306,9 +321,10 @@ def main() -> None:
         row = {"F": F, "d": D, "threads": torch.get_num_threads(), "seconds": best,
                "peak_rss_gb": mem["peak_rss"] / 1e9, "sae_gb": mem["sae_bytes"] / 1e9,
                "beyond_saes_gb": (mem["peak_rss"] - mem["sae_bytes"]) / 1e9}
-        for p in ("match", "match_sparse"):
+        for p in ("match", "match_other"):
             if p in out:
                 row[p] = match_info(out[p])
+                row[p]["path"] = other_path(F) if p == "match_other" else ("dense" if F * F <= DENSE_LIMIT else "sparse")
                 row[p]["ratio_to_mm"] = best[p] / best["mm"]
                 row[p]["ratio_to_mm_bf16"] = best[p] / best["mm_bf16"]
         if "naive" in out:
@@ -322,10 +338,10 @@ def main() -> None:
         rows.append(row)
         print(f"F={F:6d} threads={row['threads']}  mm {best['mm']:8.2f} s  mm_bf16 {best['mm_bf16']:8.2f} s",
               file=sys.stderr)
-        for p in ("match", "match_sparse"):
+        for p in ("match", "match_other"):
             if p in row:
                 r = row[p]
-                print(f"   {p:13s} {best[p]:8.2f} s  {r['ratio_to_mm']:5.2f}x mm  "
+                print(f"   {p:11s} {r['path']:6s} {best[p]:8.2f} s  {r['ratio_to_mm']:5.2f}x mm  "
                       f"{r['ratio_to_mm_bf16']:5.2f}x mm_bf16  gap {r['gap']:.1e}  "
                       f"certified {r['certified']}  rounds {r['rounds']}  edges {r['edges']}", file=sys.stderr)
         if "naive" in row:

@@ -27,11 +27,14 @@ from mechperm.sae import SAE
 Metric = Literal["mse", "cosine"]
 Mode = Literal["bijective", "partial", "topk", "identity"]
 
-DENSE_LIMIT = 16384 * 16384
-"""F_a · F_b up to which the dense cost matrix is built (1 GiB of float32: a Gemma Scope 16k
-pair). Measured on ``make_stack(2, d=2304)``, CPU, 1 thread, dense vs sparse end to end:
-F = 8192 5.5 s vs 7.7 s; F = 16384 22.3 s (1.6× one GEMM) vs 38.4 s. Beyond it the sparse
-path holds O(F·k) plus a tile, whatever F."""
+DENSE_LIMIT = 8192 * 8192
+"""F_a · F_b up to which the dense cost matrix is built (256 MiB of float32). Measured on
+``make_stack(2, d=2304, seed=0)``, CPU (AVX-512 BF16: both paths screened), 1 thread, dense vs
+sparse end to end, two runs each (session 9): F = 8192 3.0 vs 3.45 s (heavy-tailed stack,
+``heavy_tail=2.5``: 8.5 vs 5.4 s); F = 16384 11.4 vs 10.1-10.9 s (heavy-tailed: 44.1 vs 19.7 s;
+unscreened, ``MECHPERM_SCREEN=0``: 19.2-20.5 vs 20.2-20.3 s), and the sparse path needs no
+1 GiB matrix. (Session 1, before the screen: 16384 22.3 vs 38.4 s.) Beyond it the sparse path
+holds O(F·k) plus a tile, whatever F."""
 DENSE_LIMIT_CUDA = 1024 * 1024
 """The same on CUDA, where the GEMM is cheap and the CPU auction on the dense matrix (plus its
 copy to the host) is what costs. Measured on an H200 (``bench/bench_match_gpu.py --crossover``,
