@@ -218,7 +218,8 @@ def test_solver_graph_bounds_hold_for_every_pair_left_out(stack) -> None:
     assert np.all(cos[out] <= np.broadcast_to(sg.col_cos[None, :], C.shape)[out] + 1e-5)
     bound = np.maximum(sg.row_bound[:, None], sg.col_bound[None, :])
     assert np.all(C[out] >= bound[out] - slack[out])
-    np.testing.assert_allclose(np.sort(sg.row_cos), np.sort(np.sort(cos, axis=1)[:, -5]), atol=1e-5)
+    # tight: the k-th cosine plus three times the selection's float32 error (1.4e-5 at D = 32)
+    np.testing.assert_allclose(np.sort(sg.row_cos), np.sort(np.sort(cos, axis=1)[:, -5]), atol=2e-5)
 
 
 def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack) -> None:

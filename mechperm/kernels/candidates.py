@@ -802,7 +802,8 @@ def _cosine_bounds(g: CandidateGraph, A: Tensor, B: Tensor) -> dict:
 
     Why twice: the kernels compared float32 cosines, each within ``eps`` of the true one
     (:func:`_cosine_error`), so a pair left out has cos <= its float32 cosine + eps <= the row's
-    k-th float32 cosine + eps <= the least true cosine held + 2 eps. The held cosines are
+    k-th float32 cosine + eps <= the least true cosine held + 2 eps; a third eps covers the
+    float32 rounding of the costs the bound is compared with (any D, worst case). The held cosines are
     computed again from the vectors (float64 dots on the CPU, float32 on a GPU: one more eps),
     not from the edges' costs: (|a|² + |b|² − c) / (2|a||b|) loses all precision where |b| is
     tiny next to |a| (heavy-tailed folded decoders: an F = 8192 pair matched 7.6e-6 above the
@@ -820,7 +821,10 @@ def _cosine_bounds(g: CandidateGraph, A: Tensor, B: Tensor) -> dict:
     dots, eps_dot = _edge_dots(A, B, rows, cols)
     denom = y[rows] * x[cols]
     cos = torch.where(denom > 0, dots / denom.where(denom > 0, 1.0), 0.0)
-    eps = 2.0 * _cosine_error(A.shape[1]) + eps_dot
+    # + one more: the float32 costs the bound is compared with are themselves within
+    # 2 gamma_D |a||b| (+ roundings of |a|² + |b|², in the solver's 1e-5 slack) of the true
+    # ones, so raising every cosine bound by that much keeps the Euclidean bound below them
+    eps = 3.0 * _cosine_error(A.shape[1]) + eps_dot
     for name, bit, owner, size in (("row_cos", ROW_COS, rows, len(y)), ("col_cos", COL_COS, cols, len(x))):
         sel = (sources & bit) != 0
         if not bool(sel.any()):
