@@ -335,7 +335,6 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
         # c(b, a), equal to c(a, b) up to float32 rounding of the GEMM)
         A, B = B, A
     n, m = A.shape[0], B.shape[0]
-    t_kernels = None
     cand_bar = None
     if progress and A.device.type == "cpu":  # a CPU's candidate pass is most of the time (F = 65536: ~75 s)
         from tqdm.auto import tqdm
