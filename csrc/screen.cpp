@@ -278,7 +278,9 @@ using DotFn = double (*)(const float*, const float*, int64_t, float, float, cons
 template <bool kScaled>
 DotFn dot_function(int isa) {
 #ifdef MECHPERM_SCREEN_X86
-    static const int best = __builtin_cpu_supports("avx512f") ? 2
+    // MECHPERM_NO_SIMD (README): the scalar version, as for the screen's other kernels
+    static const int best = std::getenv("MECHPERM_NO_SIMD") != nullptr ? 0
+                            : __builtin_cpu_supports("avx512f")           ? 2
                             : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1
                                                                                                 : 0;
     const int level = isa < 0 ? best : std::min(isa, best);
