@@ -343,7 +343,7 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
     on_rows = cand_bar.update if cand_bar is not None else None
     t0 = time.perf_counter()
     try:
-        graph, cand_stats, pricer, block_costs, t_kernels = _candidate_graph(A, B, k, on_rows)
+        graph, cand_stats, pricer, pair_costs, block_costs, t_kernels = _candidate_graph(A, B, k, on_rows)
     finally:
         if cand_bar is not None:
             cand_bar.close()
@@ -370,7 +370,7 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
 
     try:
         res = solver.assign_exact(n, m, graph, pricer, unmatched_cost=lam, max_new_per_row=PRICE_PER_ROW,
-                                  _feasible=lam is None)  # _complete made it so
+                                  price_pairs=pair_costs, _feasible=lam is None)  # _complete made it so
     finally:
         if bar is not None:
             bar.close()
@@ -386,14 +386,16 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
 
 
 def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_rows):
-    """(graph, stats, pricer, block_costs, kernel seconds or None) of the sparse path on this
-    device: screened on CPUs with AVX-512 BF16 (and CUDA, opt-in), the cost kernels elsewhere."""
+    """(graph, stats, pricer, pair_costs, block_costs, kernel seconds or None) of the sparse path
+    on this device: screened on CPUs with AVX-512 BF16 (and CUDA, opt-in), the cost kernels
+    elsewhere."""
     t_kernels = None
     t0 = time.perf_counter()
     if screen.available(A, B):  # bf16 candidates and pricing, exact costs where they matter
         sv = screen.prepare(A, B)
         graph, cand_stats = screen.solver_graph(sv, k, on_rows=on_rows)
         pricer = screen.row_pricer(sv, PRICE_PER_ROW)
+        pair_costs = sv.exact
 
         def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
             return sv.exact(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
@@ -401,6 +403,7 @@ def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_
         svg = screen_cuda.prepare(A, B)
         graph, cand_stats = screen_cuda.solver_graph(svg, k)
         pricer = screen_cuda.row_pricer(svg, PRICE_PER_ROW)
+        pair_costs = svg.exact_np
 
         def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
             return svg.exact_np(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
@@ -411,11 +414,12 @@ def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_
         t_kernels = time.perf_counter() - t0
         graph, cand_stats = kernels.solver_graph(g, A, B), g.stats
         pricer = kernels.row_pricer(A, B, PRICE_PER_ROW)
+        pair_costs = kernels.pair_pricer(A, B)
 
         def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
             dev = A.device
             return kernels.dense_costs(A[torch.from_numpy(r).to(dev)], B[torch.from_numpy(c).to(dev)]).cpu().numpy()
-    return graph, cand_stats, pricer, block_costs, t_kernels
+    return graph, cand_stats, pricer, pair_costs, block_costs, t_kernels
 
 
 def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor, block_costs) -> tuple[solver.CandidateGraph, int]:

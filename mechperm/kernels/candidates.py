@@ -937,6 +937,44 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
     return price_rows
 
 
+def pair_pricer(A: Tensor, B: Tensor):
+    """``price_pairs`` callback of :func:`assign.assign_exact`: ``(rows, cols) -> costs``, the
+    float32 costs of the pairs (A[rows[t]], B[cols[t]]) by the cost formula of :func:`dense_costs`
+    (the dot rounded once, not by a GEMM's blocking: within that GEMM's float32 rounding of the
+    graph's and the pricers' values). Norms once, not per call."""
+    norms = row_sq_norms(A), row_sq_norms(B)
+    _check_norms("A", norms[0])
+    _check_norms("B", norms[1])
+    prepped = None
+    if _backend(A, B) == "triton":
+        from mechperm.kernels import triton_candidates as tc
+
+        prepped = tc._prep(A, B, norms)
+
+    def price_pairs(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, np.int64)
+        cols = np.ascontiguousarray(cols, np.int64)
+        if len(rows) == 0:
+            return np.empty(0, np.float32)
+        r, c = (torch.from_numpy(x).to(A.device) for x in (rows, cols))
+        if prepped is not None:
+            Ac, Bc, na, nb, bd = prepped
+            return tc.pair_costs(Ac, Bc, na, nb, r, c, bd).cpu().numpy()
+        if A.device.type == "cpu" and A.dtype == B.dtype == torch.float32:  # float64 sums in C++
+            from mechperm.kernels import screen
+
+            dot = torch.from_numpy(screen.pair_dots(A, B, rows, cols)).float()
+        else:  # row gathers, ~0.5 GiB of float32 per operand and step
+            step = max(1, (1 << 27) // max(1, A.shape[1]))
+            dot = torch.cat([(A[r[s0 : s0 + step]].float() * B[c[s0 : s0 + step]].float()).sum(dim=1)
+                             for s0 in range(0, len(rows), step)])
+        # (−2⟨a, b⟩ + n_a) + n_b in float32, as _add_norms orders it
+        cost = (dot * -2.0).add_(norms[0][r]).add_(norms[1][c]).clamp_min_(0.0)
+        return cost.cpu().numpy()
+
+    return price_pairs
+
+
 def _fused_row_pricer(A: Tensor, B: Tensor, q: int):
     """:func:`row_pricer` with the selection in the Triton kernel
     (:func:`triton_candidates.price_rows_topq`): no [rows, F] tile in memory, the bound of each
