@@ -897,6 +897,18 @@ def _recheck_moved_columns(need, g, u, v, m, ref_round, ref_m, ref_u, ref_v, pri
     return np.setdiff1d(need, rows, assume_unique=True), (pr[bad], pc[bad], pw[bad]), len(np.unique(pr[bad]))
 
 
+def _partners(row_to_col: np.ndarray, cols: list, priced: list, m: int) -> np.ndarray:
+    """The rows matched now to any of ``cols`` (arrays), less those in ``priced`` (arrays)."""
+    if not cols:
+        return np.empty(0, np.int64)
+    col_to_row = np.full(m, -1, np.int64)
+    matched = np.flatnonzero(row_to_col >= 0)
+    col_to_row[row_to_col[matched]] = matched
+    rows = np.unique(col_to_row[np.concatenate(cols)])
+    rows = rows[rows >= 0]
+    return np.setdiff1d(rows, np.concatenate(priced), assume_unique=True) if priced else rows
+
+
 def _ill_conditioned(raw: dict) -> bool:
     """Prices far larger than the assigned costs: float64 lost their resolution."""
     return raw["price_scale"] > 1e6 * raw["cost_scale"] + 1e-300
@@ -939,8 +951,8 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
     timings = {"candidates": timings.get("candidates", 0.0), "solve": 0.0, "bounds": 0.0,
                "pricing": 0.0}
     stats = {"phases": 0, "bids": 0, "reverse_bids": 0, "augmentations": 0, "sap_trial": 0,
-             "priced_rows": 0, "deferred_rows": 0, "rechecked_rows": 0, "rechecked_pairs": 0, "added_edges": 0,
-             "rebuilds": 0, "slack": 0}
+             "priced_rows": 0, "deferred_rows": 0, "rechecked_rows": 0, "rechecked_pairs": 0, "partner_rows": 0,
+             "added_edges": 0, "rebuilds": 0, "slack": 0}
     slack = None
     if lam is None and not feasible:
         size, _ = _auction.max_matching(g.indptr, g.indices, n, m)
@@ -1016,6 +1028,8 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
             lb[known] = np.maximum(lb[known], ref_m[known] + (ref_u[known] - u[known]) + shift)
             need = np.flatnonzero(~(lb >= 0.0))
         found: list = []  # pairs priced this round and left out of the graph
+        violating_cols: list = []  # the columns of the violating pairs among them
+        priced_now: list = []
         violations = 0
         if price_pairs is not None and ref_v and len(need):
             # A few columns moving against a priced row's bound (a warm restart's augmenting
@@ -1024,6 +1038,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
                 need, g, u, v, m, ref_round, ref_m, ref_u, ref_v, price_pairs, lb, clean, stats)
             if len(rechecked[0]):
                 found.append(rechecked)
+                violating_cols.append(rechecked[1])
         low = lb.copy()
 
         def price(rows: np.ndarray) -> int:
@@ -1063,6 +1078,8 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
             ref_v = {r: ref_v[r] for r in np.unique(ref_round[ref_round >= 0])}
             stats["priced_rows"] += len(rows)
             found.append((pr[~inside], pc[~inside], pw[~inside]))
+            violating_cols.append(pc[bad])
+            priced_now.append(rows)
             # A bound below 0 (beyond the tolerance that decides a violation) proves nothing
             # about the pairs it did not return: count the row as violating and price it again.
             # The tolerance matters where the q-th pair is the row's own arc at ~0 (q = 1).
@@ -1082,6 +1099,17 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
                 violations = price(later)
             elif len(later):
                 stats["deferred_rows"] += len(later)
+        if violations:
+            # A violating pair (i, j) will take column j from the row matched to it now, which
+            # then needs arcs to move to: found by its bound failing next round, its partner's
+            # the round after (a Hungarian tree grown one layer a round). Priced now, its best
+            # pairs are in the next solve's graph (GPU-like stand-in, F = 16384, d = 2304: 7 ->
+            # 2 rounds; F = 65536, d = 128: 8 -> 3). Not where many rows violate (make_stack F
+            # = 16384, round 1: 5109 partners for 2145 violating rows, pricing twice as long).
+            partners = _partners(raw["row_to_col"], violating_cols, priced_now, m)
+            if 0 < len(partners) <= n // 64:
+                stats["partner_rows"] += len(partners)
+                violations += price(partners)
         slack_used = slack is not None and bool(np.any(raw["row_to_col"] < 0))
         if found and (violations or slack_used or (not polished and _ill_conditioned(raw))):
             # Another round follows: add every pair returned, the non-negative ones too. They
