@@ -427,6 +427,11 @@ class CandidateGraph:
     """Most cosine-similar partners kept per row and per column (0: none)."""
     stats: CandidateStats
     """Edge counts per source."""
+    row_kth_cos: Tensor | None = None
+    """float32 [F_a]: the k_cos-th largest cosine of row i as the selection computed it (every pair
+    left out of its list has a computed cosine at most this); None without cosine lists."""
+    col_kth_cos: Tensor | None = None
+    """float32 [F_b]: the same per column."""
 
     @property
     def num_edges(self) -> int:
@@ -438,7 +443,8 @@ class CandidateGraph:
         return torch.repeat_interleave(torch.arange(self.shape[0], device=counts.device), counts)
 
     def to(self, device: torch.device | str) -> CandidateGraph:
-        move = {f: getattr(self, f).to(device) for f in ("indptr", "indices", "costs", "sources", "row_kth", "col_kth")}
+        move = {f: None if getattr(self, f) is None else getattr(self, f).to(device)
+                for f in ("indptr", "indices", "costs", "sources", "row_kth", "col_kth", "row_kth_cos", "col_kth_cos")}
         return CandidateGraph(**move, shape=self.shape, k=self.k, k_cos=self.k_cos, stats=self.stats)
 
     def to_scipy(self):
@@ -457,10 +463,13 @@ def _assemble(
     col_kth: Tensor,
     k: int,
     k_cos: int,
+    row_kth_cos: Tensor | None = None,
+    col_kth_cos: Tensor | None = None,
 ) -> CandidateGraph:
     """Union of the four sources ``(rows [E_s], cols [E_s], costs [E_s])`` into a CSR graph.
 
-    ``parts`` are in the order ROW_COST, COL_COST, ROW_COS, COL_COS (empty where unused).
+    ``parts`` are in the order ROW_COST, COL_COST, ROW_COS, COL_COS (empty where unused); the
+    k-th values are the graph's fields of the same names.
     """
     Fa, Fb = shape
     device = row_kth.device
@@ -527,7 +536,8 @@ def _assemble(
     cols = pair.remainder_(Fb)
     cos_only = int(((sources & (ROW_COST | COL_COST)) == 0).sum())
     stats = CandidateStats(cols.numel(), *sizes, cos_only=cos_only)
-    return CandidateGraph(indptr, cols, costs, sources, row_kth, col_kth, shape, k, k_cos, stats)
+    return CandidateGraph(indptr, cols, costs, sources, row_kth, col_kth, shape, k, k_cos, stats,
+                          row_kth_cos, col_kth_cos)
 
 
 def _no_edges(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -633,7 +643,9 @@ def _selection_graph(shape: tuple[int, int], rows_c: _RunningTopK, cols_c: _Runn
     inf = float("inf")
     row_kth = rows_c.vals[:, -1].clone() if rows_c.k else torch.full((shape[0],), inf, device=dev)
     col_kth = cols_c.vals[:, -1].clone() if cols_c.k else torch.full((shape[1],), inf, device=dev)
-    return _assemble(shape, parts, row_kth, col_kth, k, k_cos)
+    # the cosine lists' scores are -cos: their k-th largest cosine is minus the last score
+    kth_cos = [None if own is None else -own.vals[:, -1] for own in (rows_s, cols_s)]
+    return _assemble(shape, parts, row_kth, col_kth, k, k_cos, *kth_cos)
 
 
 # ---------------------------------------------------------------------------------- pricing
@@ -796,47 +808,29 @@ def _solver_columns(g: CandidateGraph) -> np.ndarray:
 
 
 def _cosine_bounds(g: CandidateGraph, A: Tensor, B: Tensor) -> dict:
-    """Norms and, per row and per column, a bound on the cosine of every pair left out: the
-    least cosine among the partners the graph holds for being most cosine-similar, plus twice
-    the selection's error (the Euclidean bound of :class:`assign.CandidateGraph`).
+    """Norms and, per row and per column, a bound on the cosine of every pair left out of its
+    cosine list: the k_cos-th largest cosine the selection computed (``row_kth_cos``), plus the
+    float32 error of those cosines twice (the Euclidean bound of :class:`assign.CandidateGraph`).
 
-    Why twice: the kernels compared float32 cosines, each within ``eps`` of the true one
-    (:func:`_cosine_error`), so a pair left out has cos <= its float32 cosine + eps <= the row's
-    k-th float32 cosine + eps <= the least true cosine held + 2 eps; a third eps covers the
-    float32 rounding of the costs the bound is compared with (any D, worst case). The held cosines are
-    computed again from the vectors (float64 dots on the CPU, float32 on a GPU: one more eps),
-    not from the edges' costs: (|a|² + |b|² − c) / (2|a||b|) loses all precision where |b| is
-    tiny next to |a| (heavy-tailed folded decoders: an F = 8192 pair matched 7.6e-6 above the
-    optimum, certified, with bounds from costs).
-
-    float64 on the graph's device: a CUDA graph is not copied to the host for it."""
-    dev = g.indices.device
+    Why that: the selection compared float32 cosines, each within ``eps`` of the true one
+    (:func:`_cosine_error`), so a pair left out has cos <= its float32 cosine + eps <= the k-th
+    float32 cosine + eps; a second eps covers the float32 rounding of the costs the bound is
+    compared with (any D, worst case). Not from the edges' costs: (|a|² + |b|² − c) / (2|a||b|)
+    loses all precision where |b| is tiny next to |a| (heavy-tailed folded decoders: an F =
+    8192 pair matched 7.6e-6 above the optimum, certified, with bounds from costs). And not
+    from the held partners' cosines computed again (session 9: ~2 k_cos F pair dots, 0.22 s of
+    0.3 s here at F = 16384, d = 2304): the selection's own values need none, and where it
+    scaled by other norms than the vectors' (the GPU screen: bf16 vectors, float32 norms) they
+    are what its order guarantees."""
     na_np, nb_np = row_sq_norms(A).double().cpu().numpy(), row_sq_norms(B).double().cpu().numpy()
     out = {"row_norm": np.sqrt(na_np), "col_norm": np.sqrt(nb_np)}  # numpy's sqrt: correctly rounded
-    y, x = torch.from_numpy(out["row_norm"]).to(dev), torch.from_numpy(out["col_norm"]).to(dev)
-    # Only the edges kept for their cosine (~2 k_cos per row of the ~6 k edges): the rest never
-    # enter a bound.
-    keep = ((g.sources & (ROW_COS | COL_COS)) != 0).nonzero().squeeze(1)
-    rows, cols, sources = g.row_ids()[keep], g.indices[keep], g.sources[keep]
-    dots, eps_dot = _edge_dots(A, B, rows, cols)
-    denom = y[rows] * x[cols]
-    cos = torch.where(denom > 0, dots / denom.where(denom > 0, 1.0), 0.0)
-    # + one more: the float32 costs the bound is compared with are themselves within
-    # 2 gamma_D |a||b| (+ roundings of |a|² + |b|², in the solver's 1e-5 slack) of the true
-    # ones, so raising every cosine bound by that much keeps the Euclidean bound below them
-    eps = 3.0 * _cosine_error(A.shape[1]) + eps_dot
-    for name, bit, owner, size in (("row_cos", ROW_COS, rows, len(y)), ("col_cos", COL_COS, cols, len(x))):
-        sel = (sources & bit) != 0
-        if not bool(sel.any()):
+    eps = 2.0 * _cosine_error(A.shape[1])
+    for name, kth in (("row_cos", g.row_kth_cos), ("col_cos", g.col_kth_cos)):
+        if kth is None or kth.numel() == 0:
             continue
-        kappa = torch.full((size,), float("inf"), dtype=torch.float64, device=dev)  # no such edge: no bound
-        if dev.type == "cpu":  # numpy's minimum.at is ~2x torch's CPU scatter here
-            np.minimum.at(kappa.numpy(), owner[sel].numpy(), cos[sel].numpy())
-        else:
-            kappa.scatter_reduce_(0, owner[sel], cos[sel], reduce="amin")
-        if bool(torch.isinf(kappa).any()):
-            continue
-        out[name] = (kappa + eps).cpu().numpy()
+        kappa = kth.double().cpu().numpy() + eps
+        if np.isfinite(kappa).all():  # a list short of k_cos (never when k_cos <= F) bounds nothing
+            out[name] = kappa
     return out
 
 
@@ -848,20 +842,6 @@ def _cosine_error(D: int) -> float:
     u = 2.0**-24
     return 2.0 * (D * u / (1.0 - D * u)) + 16.0 * u
 
-
-def _edge_dots(A: Tensor, B: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, float]:
-    """Dots of the pairs (A[rows[t]], B[cols[t]]) as float64 on the pairs' device, and a bound on
-    their error relative to |a||b| (0: float64 sums of exact products, on the CPU)."""
-    if rows.device.type == "cpu":
-        from mechperm.kernels import screen
-
-        return torch.from_numpy(screen.pair_dots(A, B, rows.numpy(), cols.numpy())), 0.0
-    out = torch.empty(rows.numel(), dtype=torch.float64, device=rows.device)
-    step = max(1, (1 << 27) // max(1, A.shape[1]))  # ~0.5 GiB of float32 rows per operand and step
-    for s0 in range(0, rows.numel(), step):
-        r, c = rows[s0 : s0 + step], cols[s0 : s0 + step]
-        out[s0 : s0 + step] = (A[r].float() * B[c].float()).sum(dim=1).double()
-    return out, _cosine_error(A.shape[1])
 
 def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
     """``price_rows`` callback of :func:`assign.assign_exact`: the ``q`` pairs of smallest reduced

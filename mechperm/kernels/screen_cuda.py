@@ -141,9 +141,9 @@ def solver_graph(sv: ScreenedVectorsGPU, k: int, k_cos: int | None = None):
     y, x = np.sqrt(sv.a_stats[3]), np.sqrt(sv.b_stats[3])
     mu_a, _ = screen._error_terms(sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)  # for the cosine bounds
     mu_b, _ = screen._error_terms(sv.b_stats, sv.a_stats, sv.gamma, sv.abs_slack)
-    # Bounds on the bf16 vectors' cosines of the pairs left out (those the selection compared;
-    # the least held, recomputed, plus the selection's error), then mu / 2|a| per unit |b| for
-    # the step to the float32 vectors, as in screen.solver_graph.
+    # Bounds on what the selection compared for the pairs left out (bf16 dots over the float32
+    # vectors' norms: its k-th value plus its error), then mu / 2|a| per unit |b| for the step
+    # to the float32 vectors' dots, as in screen.solver_graph.
     cos = _cosine_bounds(g, sv.A16, sv.B16)
     bounds = screen._capped_bounds(g.row_kth.cpu().double().numpy(), g.col_kth.cpu().double().numpy(),
                                    sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)

@@ -578,7 +578,8 @@ def _n_splits(rows: int, col_tiles: int, device: torch.device) -> int:
 
 
 def _topk(X, Y, nx, ny, ix, iy, kc: int, ks: int, swap: bool, bd: int, splits: int | None):
-    """Per row of X: (costs [M, kc], cols [M, kc]) cheapest, and cols [M, ks] most similar."""
+    """Per row of X: (costs [M, kc], cols [M, kc]) cheapest, and the keys [M, ks] (−cos, column)
+    of the most similar, sorted."""
     M, N = X.shape[0], Y.shape[0]
     kp = max(2, triton.next_power_of_2(max(kc, ks)))
     bn = BN
@@ -595,8 +596,8 @@ def _topk(X, Y, nx, ny, ix, iy, kc: int, ks: int, swap: bool, bd: int, splits: i
     )
     keys_c = torch.sort(out_c.view(M, s * kc), dim=1).values[:, :kc]
     cost, cols_c = _unpack(keys_c)
-    cols_s = torch.sort(out_s.view(M, -1), dim=1).values[:, :ks] & 0xFFFFFFFF if ks else None
-    return cost, cols_c, cols_s
+    keys_s = torch.sort(out_s.view(M, -1), dim=1).values[:, :ks] if ks else None
+    return cost, cols_c, keys_s
 
 
 def gemm_enabled() -> bool:
@@ -736,13 +737,13 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
             KC=kr, KS=kcr, KP=kp_r, SWAP=False, INIT=False, **meta)
         row_cost[r0:r1], row_cols[r0:r1] = _unpack(torch.sort(out_c.view(m, -1), dim=1).values[:, :kr])
         if kcr:
-            row_sim[r0:r1] = torch.sort(out_s.view(m, -1), dim=1).values[:, :kcr] & 0xFFFFFFFF
+            row_sim[r0:r1] = torch.sort(out_s.view(m, -1), dim=1).values[:, :kcr]
         _select_dots_kernel[(-(-N // SEL_BM), 1)](
             dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, N, m, m, N, r0,
             KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, **meta)
         del dots
     col_cost, col_rows = _unpack(torch.sort(col_c, dim=1).values)
-    col_sim = torch.sort(col_s, dim=1).values & 0xFFFFFFFF if kcc else None
+    col_sim = torch.sort(col_s, dim=1).values if kcc else None
     LAST_GEMM.clear()
     LAST_GEMM.update(block_rows=R, blocks=-(-M // R), gemm=how)
     return row_cost, row_cols, row_sim, col_cost, col_rows, col_sim
@@ -766,15 +767,15 @@ def _thresholds(slots: Tensor, k: int) -> Tensor:
     return torch.where(key == _INT32_MAX, float("inf"), out)
 
 
-def _emitted(count: Tensor, idx: Tensor, val: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The k least (score, index) per row of the emitted lists, and which rows must be redone.
+def _emitted(count: Tensor, idx: Tensor, val: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The keys (score, index) of the k least per row of the emitted lists, sorted, and which
+    rows must be redone.
 
     A row is exact when its list holds at least k pairs and did not overflow: every pair with a
     score within the threshold is in it, and k of them are, so the k least overall are too
     (ties broken by index, as the running top-k does)."""
     n, room = idx.shape
-    score = torch.empty(n, k, dtype=torch.float32, device=idx.device)
-    index = torch.empty(n, k, dtype=torch.int64, device=idx.device)
+    keys = torch.empty(n, k, dtype=torch.int64, device=idx.device)
     big = torch.iinfo(torch.int64).max
     for r0 in range(0, n, EMIT_CHUNK):
         r1 = min(n, r0 + EMIT_CHUNK)
@@ -784,8 +785,8 @@ def _emitted(count: Tensor, idx: Tensor, val: Tensor, k: int) -> tuple[Tensor, T
         key.masked_fill_(~used, big)
         if room < k:  # lists shorter than k (only when configured so): every row is redone
             key = torch.cat([key, key.new_full((r1 - r0, k - room), big)], 1)
-        score[r0:r1], index[r0:r1] = _unpack(torch.topk(key, k, dim=1, largest=False, sorted=True).values)
-    return score, index, (count < k) | (count > room)
+        keys[r0:r1] = torch.topk(key, k, dim=1, largest=False, sorted=True).values
+    return keys, (count < k) | (count > room)
 
 
 def _topk_emit(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, bd: int, splits: int | None):
@@ -825,14 +826,16 @@ def _topk_emit(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, bd: i
         idx[1], idx[3], val[1], val[3] = idx[0], idx[2], val[0], val[2]
     bufs = [x for pair in zip(idx, val) for x in pair]
     _emit_kernel[grid](A, B, na, nb, ia, ib, *thr, *counts, *bufs, *geo, ROOM=room, COS=cos, **meta)
-    row_cost, row_cols, redo_r = _emitted(counts[0], idx[0], val[0], kr)
-    col_cost, col_rows, redo_c = _emitted(counts[2], idx[2], val[2], kc)
+    keys, redo_r = _emitted(counts[0], idx[0], val[0], kr)
+    row_cost, row_cols = _unpack(keys)
+    keys, redo_c = _emitted(counts[2], idx[2], val[2], kc)
+    col_cost, col_rows = _unpack(keys)
     row_sim = col_sim = None
     if kcr:
-        _, row_sim, bad = _emitted(counts[1], idx[1], val[1], kcr)
+        row_sim, bad = _emitted(counts[1], idx[1], val[1], kcr)
         redo_r |= bad
     if kcc:
-        _, col_sim, bad = _emitted(counts[3], idx[3], val[3], kcc)
+        col_sim, bad = _emitted(counts[3], idx[3], val[3], kcc)
         redo_c |= bad
     LAST_EMIT.clear()
     LAST_EMIT.update(per_row=float(counts[0].float().mean()), per_col=float(counts[2].float().mean()),
@@ -896,13 +899,18 @@ def candidates(A: Tensor, B: Tensor, *, k: int, k_cos: int, splits: int | None =
     ids_a = torch.arange(Fa, device=A.device)[:, None]
     ids_b = torch.arange(Fb, device=A.device)[:, None]
     parts = [(ids_a.expand(Fa, kr), row_cols, row_cost), (col_rows, ids_b.expand(Fb, kc), col_cost)]
-    for ids, sim, by_row in ((ids_a, row_sim, True), (ids_b, col_sim, False)):
-        if sim is None:
+    kth_cos = []
+    for ids, keys, by_row in ((ids_a, row_sim, True), (ids_b, col_sim, False)):
+        if keys is None:
             parts.append(ref._no_edges(A.device))
+            kth_cos.append(None)
             continue
+        neg_cos, sim = _unpack(keys)
+        kth_cos.append(-neg_cos[:, -1].contiguous())  # the lists' least cosine, as computed
         r, c = (ids.expand_as(sim), sim) if by_row else (sim, ids.expand_as(sim))
         parts.append((r, c, pair_costs(A, B, na, nb, r.reshape(-1), c.reshape(-1), bd).view(sim.shape)))
-    return ref._assemble((Fa, Fb), parts, row_cost[:, -1].contiguous(), col_cost[:, -1].contiguous(), k, k_cos)
+    return ref._assemble((Fa, Fb), parts, row_cost[:, -1].contiguous(), col_cost[:, -1].contiguous(), k, k_cos,
+                         *kth_cos)
 
 
 def dense_costs(A: Tensor, B: Tensor, norms: tuple[Tensor, Tensor] | None = None) -> Tensor:
