@@ -921,24 +921,31 @@ def pair_pricer(A: Tensor, B: Tensor):
     """``price_pairs`` callback of :func:`assign.assign_exact`: ``(rows, cols) -> costs``, the
     float32 costs of the pairs (A[rows[t]], B[cols[t]]) by the cost formula of :func:`dense_costs`
     (the dot rounded once, not by a GEMM's blocking: within that GEMM's float32 rounding of the
-    graph's and the pricers' values). Norms once, not per call."""
-    norms = row_sq_norms(A), row_sq_norms(B)
-    _check_norms("A", norms[0])
-    _check_norms("B", norms[1])
-    prepped = None
-    if _backend(A, B) == "triton":
-        from mechperm.kernels import triton_candidates as tc
+    graph's and the pricers' values). The norms on the first call (many matches never make
+    one), once."""
+    state: dict = {}
 
-        prepped = tc._prep(A, B, norms)
+    def prepare() -> dict:
+        norms = row_sq_norms(A), row_sq_norms(B)
+        _check_norms("A", norms[0])
+        _check_norms("B", norms[1])
+        state["norms"] = norms
+        if _backend(A, B) == "triton":
+            from mechperm.kernels import triton_candidates as tc
+
+            state["triton"] = tc, tc._prep(A, B, norms)
+        return state
 
     def price_pairs(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         rows = np.ascontiguousarray(rows, np.int64)
         cols = np.ascontiguousarray(cols, np.int64)
         if len(rows) == 0:
             return np.empty(0, np.float32)
+        st = state or prepare()
+        na, nb = st["norms"]
         r, c = (torch.from_numpy(x).to(A.device) for x in (rows, cols))
-        if prepped is not None:
-            Ac, Bc, na, nb, bd = prepped
+        if "triton" in st:
+            tc, (Ac, Bc, _, _, bd) = st["triton"]
             return tc.pair_costs(Ac, Bc, na, nb, r, c, bd).cpu().numpy()
         if A.device.type == "cpu" and A.dtype == B.dtype == torch.float32:  # float64 sums in C++
             from mechperm.kernels import screen
@@ -949,7 +956,7 @@ def pair_pricer(A: Tensor, B: Tensor):
             dot = torch.cat([(A[r[s0 : s0 + step]].float() * B[c[s0 : s0 + step]].float()).sum(dim=1)
                              for s0 in range(0, len(rows), step)])
         # (−2⟨a, b⟩ + n_a) + n_b in float32, as _add_norms orders it
-        cost = (dot * -2.0).add_(norms[0][r]).add_(norms[1][c]).clamp_min_(0.0)
+        cost = (dot * -2.0).add_(na[r]).add_(nb[c]).clamp_min_(0.0)
         return cost.cpu().numpy()
 
     return price_pairs
