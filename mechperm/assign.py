@@ -147,7 +147,8 @@ class CandidateGraph:
     Squared Euclidean costs ``c_ij = |a_i|² + |b_j|² − 2 |a_i| |b_j| cos_ij`` may also give
     ``row_norm`` (|a_i|), ``col_norm`` (|b_j|) and upper bounds on the cosine of the pairs left
     out: ``cos_ij <= row_cos[i]`` (the graph holds each row's most cosine-similar columns and
-    ``row_cos`` is the least of their cosines) and ``cos_ij <= col_cos[j]`` (likewise per column).
+    ``row_cos`` is the k-th of their cosines, plus its rounding error) and ``cos_ij <= col_cos[j]``
+    (likewise per column).
     The loop then also bounds ``c_ij >= (1 − 1e-5)(|a_i|² + |b_j|²) − 2 |a_i| |b_j| cos``, the
     1e-5 covering float32 rounding of the costs; far tighter than the k-th cost where norms are
     heavy-tailed (F = 4096, d = 2304 folded decoders: 2955 priced rows → 1283).

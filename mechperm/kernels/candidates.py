@@ -790,8 +790,8 @@ def _price_torch(A, B, u, v, rows_t, tol, max_pairs, block_rows, block_cols):
 # ---------------------------------------------------------------------------------- solver glue
 def solver_graph(g: CandidateGraph, A: Tensor, B: Tensor):
     """The graph as :class:`mechperm.assign.CandidateGraph` (numpy, CPU) with every bound it
-    certifies: the k-th costs per row and column, and the norms and least cosines of the
-    Euclidean bound (see there)."""
+    certifies: the k-th costs per row and column, and the norms and the cosine lists' k-th
+    cosines of the Euclidean bound (:func:`_cosine_bounds`)."""
     from mechperm import assign
 
     return assign.CandidateGraph(
