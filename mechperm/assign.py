@@ -827,7 +827,7 @@ def _keep_most_negative(rows, cols, costs, red, per_row: int):
 def _recheck_columns(m: int) -> int:
     """Columns per row up to which a priced row whose bound broke is re-checked pair by pair
     rather than priced whole. Measured on the CPU's screened path (make_stack, d = 2304): F =
-    16384, 256: 10 -> 6 rounds, priced rows 5212 -> 3886, exact loop 3.1 -> 2.0 s (1024: 3526
+    16384, 256: 10 -> 6 rounds, priced rows 5212 -> 3886, exact loop 2.7-3.3 -> 2.0 s (1024: 3526
     rows); F = 65536, 256: priced rows 25.8k -> 22.8k, pricing 15.2 -> 14.4 s; 1024: 19.8k,
     13.3 s (7.4M pairs costed)."""
     return max(256, m // 64)
