@@ -391,22 +391,17 @@ def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_
     elsewhere."""
     t_kernels = None
     t0 = time.perf_counter()
+    block_costs = None
     if screen.available(A, B):  # bf16 candidates and pricing, exact costs where they matter
         sv = screen.prepare(A, B)
         graph, cand_stats = screen.solver_graph(sv, k, on_rows=on_rows)
         pricer = screen.row_pricer(sv, PRICE_PER_ROW)
         pair_costs = sv.exact
-
-        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-            return sv.exact(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
     elif screen_cuda.available(A, B):  # the same on a GPU: bf16 tensor-core tiles (opt-in)
         svg = screen_cuda.prepare(A, B)
         graph, cand_stats = screen_cuda.solver_graph(svg, k)
         pricer = screen_cuda.row_pricer(svg, PRICE_PER_ROW)
         pair_costs = svg.exact_np
-
-        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-            return svg.exact_np(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
     else:
         g = kernels.candidates(A, B, k=k, on_rows=on_rows)
         if g.indices.is_cuda:  # the kernels' time apart from the graph's trip to the host
@@ -416,9 +411,13 @@ def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_
         pricer = kernels.row_pricer(A, B, PRICE_PER_ROW)
         pair_costs = kernels.pair_pricer(A, B)
 
-        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:  # a GEMM, as the graph's costs
             dev = A.device
             return kernels.dense_costs(A[torch.from_numpy(r).to(dev)], B[torch.from_numpy(c).to(dev)]).cpu().numpy()
+    if block_costs is None:  # the screens' exact costs are per pair whatever the blocking
+
+        def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            return pair_costs(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
     return graph, cand_stats, pricer, pair_costs, block_costs, t_kernels
 
 
