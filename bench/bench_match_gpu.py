@@ -59,6 +59,15 @@ def sae_like_pair(F: int, d: int = D, *, seed: int = 0, device: str = "cuda", ch
     return A, B, truth
 
 
+def _gemm_candidates() -> bool:
+    """Whether this run's kernels read cuBLAS GEMM blocks (the CUDA default)."""
+    if DEVICE != "cuda":
+        return False
+    from mechperm.kernels import triton_candidates
+
+    return triton_candidates.gemm_enabled(torch.device(DEVICE))
+
+
 def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, **options) -> dict:
     A, B, truth = sae_like_pair(F, d, device=DEVICE)
     if dtype != torch.float32:
@@ -76,7 +85,7 @@ def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, **options) -> di
            "solver": res.stats.get("solver"), "fused_pricing": os.environ.get("MECHPERM_FUSED_PRICING") == "1",
            "gpu_screen": os.environ.get("MECHPERM_GPU_SCREEN") == "1",
            "emit_topk": os.environ.get("MECHPERM_EMIT_TOPK") == "1",
-           "gemm_candidates": os.environ.get("MECHPERM_GEMM_CANDIDATES") == "1"}
+           "gemm_candidates": _gemm_candidates()}
     if out["emit_topk"] and DEVICE == "cuda":
         from mechperm.kernels import triton_candidates
 
@@ -166,7 +175,10 @@ def main() -> None:
     ap.add_argument("--gpu-screen", action="store_true", help="MECHPERM_GPU_SCREEN=1 (bf16 screen, float32 vectors)")
     ap.add_argument("--emit-topk", action="store_true", help="MECHPERM_EMIT_TOPK=1 (candidates by thresholds and emission)")
     ap.add_argument("--gemm", action="store_true",
-                    help="MECHPERM_GEMM_CANDIDATES=1 (cuBLAS GEMM blocks read by the selection and pricing kernels)")
+                    help="MECHPERM_GEMM_CANDIDATES=1 (cuBLAS GEMM blocks read by the selection and pricing "
+                         "kernels; the default on CUDA)")
+    ap.add_argument("--no-gemm", action="store_true",
+                    help="MECHPERM_GEMM_CANDIDATES=0 (the fused Triton kernels: their own GEMM loops)")
     ap.add_argument("--d", type=int, default=D, help="vector width (CPU dry runs of the solver side: a small d)")
     ap.add_argument("--candidates-k", type=int, help="match_vectors(candidates_k=...) (default: match's, 64)")
     ap.add_argument("--trace", action="store_true", help="print each phase and pricing pass as it happens")
@@ -180,8 +192,8 @@ def main() -> None:
         os.environ["MECHPERM_GPU_SCREEN"] = "1"
     if args.emit_topk:
         os.environ["MECHPERM_EMIT_TOPK"] = "1"
-    if args.gemm:
-        os.environ["MECHPERM_GEMM_CANDIDATES"] = "1"
+    if args.gemm or args.no_gemm:
+        os.environ["MECHPERM_GEMM_CANDIDATES"] = "1" if args.gemm else "0"
     if args.price_per_row:
         match_module.PRICE_PER_ROW = args.price_per_row
     if DEVICE is None:
@@ -200,7 +212,7 @@ def main() -> None:
         out = run(F, dtype, args.d, **options)
         rows.append(out)
         t = out["timings"]
-        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if args.gpu_screen else ''}{' emit' if args.emit_topk else ''}{' gemm' if args.gemm else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
+        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if args.gpu_screen else ''}{' emit' if args.emit_topk else ''}{' gemm' if out['gemm_candidates'] else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
               f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
               f"candidates {t.get('candidates', 0):.3f} s  graph {t.get('graph', 0):.3f} s  "
               f"assign {t.get('assign', 0):.3f} s  bounds {t.get('bounds', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "

@@ -91,7 +91,17 @@ def tc():
     """
     if TRITON_DEVICE == "cuda":
         pytest.importorskip("triton")
-        yield importlib.import_module("mechperm.kernels.triton_candidates")
+        # The fused kernels, which CUDA tensors skip by default for cuBLAS blocks
+        # (triton_candidates.gemm_enabled): tests of the GEMM path set it to 1 themselves.
+        gemm = os.environ.get("MECHPERM_GEMM_CANDIDATES")
+        os.environ["MECHPERM_GEMM_CANDIDATES"] = "0"
+        try:
+            yield importlib.import_module("mechperm.kernels.triton_candidates")
+        finally:
+            if gemm is None:
+                os.environ.pop("MECHPERM_GEMM_CANDIDATES", None)
+            else:
+                os.environ["MECHPERM_GEMM_CANDIDATES"] = gemm
         return
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"

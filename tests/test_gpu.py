@@ -98,14 +98,20 @@ def test_dense_costs_and_price_on_cuda() -> None:
     assert all(ref[i, j] - u[i] < 1e-3 for i, j in got)
 
 
-@pytest.mark.parametrize("F, dense_limit, fused, gpu_screen, emit", [
-    (1500, 1500 * 1500, "0", "0", "0"), (3000, None, "0", "0", "0"), (3000, None, "1", "0", "0"),
-    (3000, None, "0", "1", "0"), (3000, None, "1", "1", "1")])
-def test_match_vectors_on_cuda_is_optimal(F: int, dense_limit, fused: str, gpu_screen: str, emit: str,
+@pytest.mark.parametrize("F, dense_limit, fused, gpu_screen, emit, gemm", [
+    (1500, 1500 * 1500, "0", "0", "0", None), (1500, 1500 * 1500, "0", "0", "0", "0"),
+    (3000, None, "0", "0", "0", None), (3000, None, "0", "0", "0", "0"), (3000, None, "1", "0", "0", None),
+    (3000, None, "1", "0", "0", "0"), (3000, None, "0", "1", "0", None), (3000, None, "1", "1", "1", "0")])
+def test_match_vectors_on_cuda_is_optimal(F: int, dense_limit, fused: str, gpu_screen: str, emit: str, gemm,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Dense path, sparse path, sparse path with the fused Triton pricer (MECHPERM_FUSED_PRICING),
     with the bf16 screen on the GPU (MECHPERM_GPU_SCREEN), with all opt-ins and the candidates
-    by emission (MECHPERM_EMIT_TOPK; 16-wide tiles give F = 3000 the tile groups it needs)."""
+    by emission (MECHPERM_EMIT_TOPK; 16-wide tiles give F = 3000 the tile groups it needs); each
+    with the default GEMM (cuBLAS blocks on CUDA) and, where ``gemm`` is "0", the fused kernels'."""
+    if gemm is None:
+        monkeypatch.delenv("MECHPERM_GEMM_CANDIDATES", raising=False)
+    else:
+        monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", gemm)
     monkeypatch.setenv("MECHPERM_FUSED_PRICING", fused)
     monkeypatch.setenv("MECHPERM_GPU_SCREEN", gpu_screen)
     monkeypatch.setenv("MECHPERM_EMIT_TOPK", emit)

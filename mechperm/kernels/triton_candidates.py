@@ -21,8 +21,9 @@ _slot_min_kernel / _emit_kernel
                  pairs meet; the second pass writes out every pair within it (~1.15 kP a row
                  where the columns come in no particular order): 1 + 1/P GEMMs in all
 _select_dots_kernel
-                 the running top-k's selection over float32 dots a cuBLAS GEMM wrote (opt-in,
-                 ``MECHPERM_GEMM_CANDIDATES=1``; see ``_topk_gemm``): blocks of A's rows against
+                 the running top-k's selection over float32 dots a cuBLAS GEMM wrote (the
+                 default for CUDA tensors, ``MECHPERM_GEMM_CANDIDATES=0`` turns it off; see
+                 ``_topk_gemm``): blocks of A's rows against
                  all of B, each read along its rows (their selections, complete) and down its
                  columns (continuing the columns' selections from block to block): one GEMM at
                  cuBLAS's pace where the fused kernels run two of their own
@@ -33,7 +34,7 @@ _price_kernel    pairs with (c − u) − v < −tol, float64; compacted through
 _topq_kernel     per listed row, the q pairs of smallest reduced cost (c − u) − v (float64 from
                  the tile's float32 cost), ranked by its float32 rounding in the same running
                  top-k as ``_topk_kernel``: the certificate's row pricer without a cost matrix
-                 (with ``MECHPERM_GEMM_CANDIDATES=1`` it reads the rows' dots from cuBLAS)
+                 (on CUDA it reads the rows' dots from cuBLAS: ``gemm_enabled``)
 
 Every selection tests a tile's float32 row minima against the rows' K-th first
 (``_insert_scores``): past the first tiles most hold nothing to insert and build no int64 keys.
@@ -600,11 +601,17 @@ def _topk(X, Y, nx, ny, ix, iy, kc: int, ks: int, swap: bool, bd: int, splits: i
     return cost, cols_c, keys_s
 
 
-def gemm_enabled() -> bool:
-    """``MECHPERM_GEMM_CANDIDATES=1``: candidates from cuBLAS GEMM blocks and a selection pass
-    over them (``_topk_gemm``; opt-in until measured on a GPU, checked against the running
-    top-k under TRITON_INTERPRET=1)."""
-    return os.environ.get("MECHPERM_GEMM_CANDIDATES", "0") == "1"
+def gemm_enabled(device: torch.device | None = None) -> bool:
+    """Whether the candidates, the fused pricer and the dense costs read cuBLAS GEMM blocks
+    (``_topk_gemm``): ``MECHPERM_GEMM_CANDIDATES=1`` / ``0`` forces it on / off; unset, it is on
+    for CUDA tensors. Measured on an H100 (2026-11-26, ``bench/gpu_check.sh``): ``match_vectors``
+    at F = 16384 0.14-0.16 s against 0.165 s with the fused kernels, 65536 1.13 against 1.59 s,
+    262144 11.8 s (the fused kernels: 23.1 s in session 7). Under ``TRITON_INTERPRET=1`` (CPU
+    tensors) the fused kernels stay the default: the tests check both."""
+    flag = os.environ.get("MECHPERM_GEMM_CANDIDATES")
+    if flag in ("0", "1"):
+        return flag == "1"
+    return device is not None and torch.device(device).type == "cuda"
 
 
 # What the last _topk_gemm did (benchmarks print it).
@@ -886,7 +893,7 @@ def candidates(A: Tensor, B: Tensor, *, k: int, k_cos: int, splits: int | None =
         )
     ia, ib = ref._inv_norms(na), ref._inv_norms(nb)
     S = EMIT_SLOTS_PER_K * max(kr, kc, kcr, kcc)
-    if gemm_enabled():
+    if gemm_enabled(A.device):
         row_cost, row_cols, row_sim, col_cost, col_rows, col_sim = _topk_gemm(
             A, B, na, nb, ia, ib, kr, kc, kcr, kcc, splits)
     # Every group needs a pair; 128-wide tiles abort Triton 3.9's compiler (LLVM) in _emit_kernel.
@@ -917,7 +924,7 @@ def dense_costs(A: Tensor, B: Tensor, norms: tuple[Tensor, Tensor] | None = None
     """Triton implementation of :func:`mechperm.kernels.candidates.dense_costs`."""
     A, B, na, nb, bd = _prep(A, B, norms)
     M, N = A.shape[0], B.shape[0]
-    if gemm_enabled() and M and N:  # cuBLAS's GEMM, the same epilogue (−2·dot exact, two roundings)
+    if gemm_enabled(A.device) and M and N:  # cuBLAS's GEMM, the same epilogue (−2·dot exact, two roundings)
         out = _dots_against(B)[0](A)
         return out.mul_(-2.0).add_(na[:, None]).add_(nb[None, :]).clamp_min_(0.0)
     out = torch.empty(M, N, dtype=torch.float32, device=A.device)
@@ -1008,7 +1015,7 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
     kp = max(2, triton.next_power_of_2(kq))
     col_tiles = -(-N // BN)
     out_r, out_c, out_w, out_b = [], [], [], []
-    gemm = gemm_enabled()
+    gemm = gemm_enabled(dev)
     if gemm:  # the chunk's dots from cuBLAS, read by the kernel (GEMM_BLOCK_BYTES at a time)
         dots_of, _ = _dots_against(B)
         chunk = min(chunk, _block_rows(n_rows, N, dev))
