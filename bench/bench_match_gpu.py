@@ -217,7 +217,7 @@ def main() -> None:
               f"candidates {t.get('candidates', 0):.3f} s  graph {t.get('graph', 0):.3f} s  "
               f"assign {t.get('assign', 0):.3f} s  bounds {t.get('bounds', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "
               f"solve {t.get('solve', 0):.3f} s  priced rows {(out['solver'] or {}).get('priced_rows')}"
-              f" (partners {(out['solver'] or {}).get('partner_rows')}, re-checked {(out['solver'] or {}).get('rechecked_rows')})"
+              f" (partners {(out['solver'] or {}).get('partner_rows')}, re-checked {(out['solver'] or {}).get('rechecked_rows')}, shifted {(out['solver'] or {}).get('shifted_rows')})"
               f"{'  emit ' + str(out['emit']) if out.get('emit') else ''}"
               f"{'  gemm ' + str(out['gemm']) if out.get('gemm') else ''}",
               file=sys.stderr, flush=True)
