@@ -5,7 +5,7 @@
 # work folder and re-archived into $OUT/gpu_check.tgz after every stage (the device tool brings
 # back at most 8 files, and a call cut off at its limit still brings back the archive so far).
 # A stage whose limit is 0 is skipped; the crossover was measured on 2026-11-26 (H200).
-#   T_TESTS=100 T_MATCH=120 T_CROSS=0 T_TILES=0 \
+#   TESTS=tests/test_gpu.py T_TESTS=100 T_MATCH=120 T_CROSS=0 T_TILES=0 \
 #   MATCH_RUNS="--sizes 16384,65536|T=200:--sizes 65536 --dtype bfloat16" bash bench/gpu_check.sh
 set -u
 OUT=${OUT:-gpu_out}
@@ -28,8 +28,9 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
     grep -E "${GREP:-.}" "$OUT/$name.log" | tail -n "${TAIL:-25}"
     tar czf "$ARCHIVE.tmp" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"
 }
-stage tests "${T_TESTS:-90}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py \
-    tests/test_screen_cuda.py
+# shellcheck disable=SC2086  # TESTS (test files) is meant to split
+stage tests "${T_TESTS:-90}" python3 -m pytest -q -n 8 -p no:cacheprovider \
+    ${TESTS:-tests/test_gpu.py tests/test_kernels.py tests/test_screen_cuda.py}
 # A tile stage first (T_TILES, F = 16384): the cuBLAS-block selection (MECHPERM_GEMM_CANDIDATES,
 # one GEMM read by a selection kernel) by selection tile, then the fused kernels' first two tile
 # shapes, running top-k vs thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s. Then
