@@ -59,6 +59,13 @@ def sae_like_pair(F: int, d: int = D, *, seed: int = 0, device: str = "cuda", ch
     return A, B, truth
 
 
+def _gpu_screen(A: torch.Tensor, B: torch.Tensor) -> bool:
+    """Whether match_vectors screened these vectors on the GPU (the default from F = 262144)."""
+    from mechperm.kernels import screen_cuda
+
+    return DEVICE == "cuda" and screen_cuda.available(A, B)
+
+
 def _gemm_candidates() -> bool:
     """Whether this run's kernels read cuBLAS GEMM blocks (the CUDA default)."""
     if DEVICE != "cuda":
@@ -83,7 +90,7 @@ def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, **options) -> di
            "timings": res.timings, "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges"),
            "dtype": str(dtype).removeprefix("torch."), "price_per_row": match_module.PRICE_PER_ROW,
            "solver": res.stats.get("solver"), "fused_pricing": os.environ.get("MECHPERM_FUSED_PRICING") == "1",
-           "gpu_screen": os.environ.get("MECHPERM_GPU_SCREEN") == "1",
+           "gpu_screen": _gpu_screen(A, B),
            "emit_topk": os.environ.get("MECHPERM_EMIT_TOPK") == "1",
            "gemm_candidates": _gemm_candidates()}
     if out["emit_topk"] and DEVICE == "cuda":
@@ -172,7 +179,9 @@ def main() -> None:
     ap.add_argument("--price-per-row", type=int, help="override match.PRICE_PER_ROW (pairs per priced row)")
     ap.add_argument("--sizes", help="comma-separated F values (default: from MECHPERM_BENCH_MAX_N)")
     ap.add_argument("--fused-pricing", action="store_true", help="MECHPERM_FUSED_PRICING=1 (Triton row pricer)")
-    ap.add_argument("--gpu-screen", action="store_true", help="MECHPERM_GPU_SCREEN=1 (bf16 screen, float32 vectors)")
+    ap.add_argument("--gpu-screen", action="store_true",
+                    help="MECHPERM_GPU_SCREEN=1 (bf16 screen, float32 vectors; the default from F = 262144)")
+    ap.add_argument("--no-gpu-screen", action="store_true", help="MECHPERM_GPU_SCREEN=0")
     ap.add_argument("--emit-topk", action="store_true", help="MECHPERM_EMIT_TOPK=1 (candidates by thresholds and emission)")
     ap.add_argument("--gemm", action="store_true",
                     help="MECHPERM_GEMM_CANDIDATES=1 (cuBLAS GEMM blocks read by the selection and pricing "
@@ -188,8 +197,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     if args.fused_pricing:
         os.environ["MECHPERM_FUSED_PRICING"] = "1"
-    if args.gpu_screen:
-        os.environ["MECHPERM_GPU_SCREEN"] = "1"
+    if args.gpu_screen or args.no_gpu_screen:
+        os.environ["MECHPERM_GPU_SCREEN"] = "1" if args.gpu_screen else "0"
     if args.emit_topk:
         os.environ["MECHPERM_EMIT_TOPK"] = "1"
     if args.gemm or args.no_gemm:
@@ -212,7 +221,7 @@ def main() -> None:
         out = run(F, dtype, args.d, **options)
         rows.append(out)
         t = out["timings"]
-        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if args.gpu_screen else ''}{' emit' if args.emit_topk else ''}{' gemm' if out['gemm_candidates'] else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
+        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if out['gpu_screen'] else ''}{' emit' if args.emit_topk else ''}{' gemm' if out['gemm_candidates'] else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
               f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
               f"candidates {t.get('candidates', 0):.3f} s  graph {t.get('graph', 0):.3f} s  "
               f"assign {t.get('assign', 0):.3f} s  bounds {t.get('bounds', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "

@@ -39,6 +39,12 @@ def test_available_only_when_asked(gpu_screen, monkeypatch: pytest.MonkeyPatch) 
     assert not screen_cuda.available(A.bfloat16(), B.bfloat16())  # already bf16: nothing to screen
     monkeypatch.setenv("MECHPERM_GPU_SCREEN", "0")
     assert not screen_cuda.available(A, B)
+    # unset: on for CUDA tensors of at least AUTO_MIN_PAIRS pairs, never for CPU ones
+    monkeypatch.delenv("MECHPERM_GPU_SCREEN")
+    assert not screen_cuda.available(A, B)  # 20 x 20 pairs
+    monkeypatch.setattr(screen_cuda, "AUTO_MIN_PAIRS", 400)
+    assert screen_cuda.available(A, B) == A.is_cuda
+    assert not screen_cuda.available(A[:19], B)
 
 
 def test_statistics_equal_the_cpu_screen(gpu_screen) -> None:

@@ -21,8 +21,10 @@ of NVIDIA tensor cores", 2021) find exact products and sums truncated to float32
 addition of at most 2u, i.e. within ``2 gamma_D |a~||b~|``. Measured on an H200 (2026-11-26,
 4096 x 4096 bf16 tiles, d = 2304): at most 0.06 of that bound's dot and epilogue terms.
 
-Opt-in (``MECHPERM_GPU_SCREEN=1``) until it has run on a GPU: it is checked under
-``TRITON_INTERPRET=1`` (tests/test_screen_cuda.py), where the Triton dots are exact float32.
+On by default for float32 CUDA vectors from F_a · F_b >= ``AUTO_MIN_PAIRS`` (262144²), where it
+was measured faster; ``MECHPERM_GPU_SCREEN=1`` / ``0`` forces it on / off. Checked under
+``TRITON_INTERPRET=1`` (tests/test_screen_cuda.py), where the Triton dots are exact float32,
+and on an H100 (tests and ``bench/gpu_check.sh``).
 """
 from __future__ import annotations
 
@@ -47,13 +49,24 @@ from mechperm.kernels.candidates import (
 _TINY = 2.0**-126  # below it a bf16 value is subnormal: flushed, as on the CPU (csrc/screen.cpp)
 
 
+# Pairs from which CUDA vectors are screened by default. Measured on an H100 (2026-11-26, d =
+# 2304, bench_match_gpu): F = 262144 6.3 s screened against 10.5 s with float32 GEMM blocks, 1M
+# 41-46 s screened (float32 GEMMs at 52 TFLOP/s alone would take ~90 s); at 65536 the screen
+# was slower (2.5 against 1.1 s: 4 pricing rounds against 3) and at 16384 the same.
+AUTO_MIN_PAIRS = 262144 * 262144
+
+
 def available(A: Tensor, B: Tensor) -> bool:
-    """Whether the GPU screen runs: ``MECHPERM_GPU_SCREEN=1``, float32 vectors (bf16 ones need
-    no screen), and the Triton backend (CUDA tensors, or TRITON_INTERPRET=1 with
-    ``MECHPERM_KERNELS=triton`` on the CPU, as the tests run it)."""
-    if os.environ.get("MECHPERM_GPU_SCREEN", "0") != "1":
+    """Whether the GPU screen runs: float32 vectors (bf16 ones need no screen) on the Triton
+    backend (CUDA tensors, or TRITON_INTERPRET=1 with ``MECHPERM_KERNELS=triton`` on the CPU,
+    as the tests run it), when ``MECHPERM_GPU_SCREEN=1`` or, unset, for CUDA tensors of at
+    least ``AUTO_MIN_PAIRS`` pairs; ``MECHPERM_GPU_SCREEN=0`` turns it off."""
+    flag = os.environ.get("MECHPERM_GPU_SCREEN")
+    if flag == "0":
         return False
     if A.dtype != torch.float32 or B.dtype != torch.float32:
+        return False
+    if flag != "1" and not (A.is_cuda and A.shape[0] * B.shape[0] >= AUTO_MIN_PAIRS):
         return False
     try:
         return _backend(A, B) == "triton"
