@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import _thread
 import os
+import sys
 import threading
 import time
 
@@ -363,12 +364,17 @@ def test_dense_candidates_tiny_k_certified(k, dist):
     assert res.n_edges < C.size
 
 
+@pytest.mark.parametrize("force_shift", [False, True])
 @pytest.mark.parametrize("k", [1, 2, 8])
 @pytest.mark.parametrize("shape", [(300, 300), (250, 320)])
-def test_assign_exact_from_streamed_kernels(k, shape):
+def test_assign_exact_from_streamed_kernels(k, shape, force_shift, monkeypatch: pytest.MonkeyPatch):
     """The loop fed by mechperm.kernels (candidate graph with its bounds, row pricing by GEMM)
-    on heavy-tailed vectors: the optimum of the same float32 dense matrix, certified."""
+    on heavy-tailed vectors: the optimum of the same float32 dense matrix, certified; also with
+    the dual shift on whenever a row fails (rectangular: free columns keep their prices)."""
     from mechperm import kernels
+
+    if force_shift:
+        monkeypatch.setattr(sys.modules["mechperm.assign"], "_SHIFT_FAILING", 0)
 
     rng = np.random.default_rng(k)
     n, m = shape
