@@ -133,16 +133,17 @@ def _trace_phases() -> None:
     def say(msg: str) -> None:
         print(f"  [{time.perf_counter() - t_start:8.2f} s] {msg}", file=sys.stderr, flush=True)
 
-    def wrap(owner, name: str, inner=None):
+    def wrap(owner, name: str, inner=None, indent: str = ""):
         f = getattr(owner, name)
 
         def traced(*a, **kw):
             t0 = time.perf_counter()
-            say(f"{name} ...")
+            if not indent:
+                say(f"{name} ...")
             out = f(*a, **kw)
             if DEVICE == "cuda":
                 torch.cuda.synchronize()
-            say(f"{name} done in {time.perf_counter() - t0:.3f} s")
+            say(f"{indent}{name} done in {time.perf_counter() - t0:.3f} s")
             return inner(out) if inner else out
 
         setattr(owner, name, traced)
@@ -165,6 +166,14 @@ def _trace_phases() -> None:
     wrap(kernels, "row_pricer", traced_pricer)
     wrap(match_module, "_complete")
     wrap(solver, "assign_exact")
+    # Inside the phases (indented): the candidate kernels' parts, the graph's bounds, and each
+    # round of the exact loop (solve, bounds, dual shift), so a GPU run says where its time went.
+    from mechperm.kernels import triton_candidates as tc
+
+    for owner, name in ((tc, "_topk_gemm"), (tc, "_topk"), (tc, "pair_costs"), (screen_cuda, "_cosine_bounds"),
+                        (screen, "_capped_bounds"), (sys.modules["mechperm.kernels.candidates"], "_cosine_bounds"),
+                        (solver, "_lower_bounds"), (solver, "_shift_duals"), (solver._auction, "solve_sparse")):
+        wrap(owner, name, indent="    ")
 
 
 def main() -> None:
