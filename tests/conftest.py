@@ -1,6 +1,7 @@
 """Shared test fixtures: fixed seeds, the optional shared data folder, a small SAE factory."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import random
@@ -81,6 +82,20 @@ def _interpreted() -> bool:
     return type(std.max).__name__ == "InterpretedFunction"
 
 
+@contextlib.contextmanager
+def _environ(name: str, value: str):
+    """os.environ[name] = value inside the block, restored (or removed) after."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 @pytest.fixture(scope="module")
 def tc():
     """mechperm.kernels.triton_candidates: compiled on CUDA, else under the interpreter.
@@ -93,19 +108,10 @@ def tc():
         pytest.importorskip("triton")
         # The fused kernels, which CUDA tensors skip by default for cuBLAS blocks
         # (triton_candidates.gemm_enabled): tests of the GEMM path set it to 1 themselves.
-        gemm = os.environ.get("MECHPERM_GEMM_CANDIDATES")
-        os.environ["MECHPERM_GEMM_CANDIDATES"] = "0"
-        try:
+        with _environ("MECHPERM_GEMM_CANDIDATES", "0"):
             yield importlib.import_module("mechperm.kernels.triton_candidates")
-        finally:
-            if gemm is None:
-                os.environ.pop("MECHPERM_GEMM_CANDIDATES", None)
-            else:
-                os.environ["MECHPERM_GEMM_CANDIDATES"] = gemm
         return
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
+    with _environ("TRITON_INTERPRET", "1"):
         pytest.importorskip("triton")
         if not _interpreted():
             for name in ("triton.language.standard", "triton.language.random", "triton.language"):
@@ -114,8 +120,3 @@ def tc():
                 pytest.skip("triton was imported without TRITON_INTERPRET=1; run this module alone")
         sys.modules.pop("mechperm.kernels.triton_candidates", None)
         yield importlib.import_module("mechperm.kernels.triton_candidates")
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
