@@ -44,6 +44,7 @@ stage tests "${T_TESTS:-90}" python3 -m pytest -q -n 8 -p no:cacheprovider \
 GREP="what=" stage tiles "${T_TILES:-75}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
     --budget $(( ${T_TILES:-75} - 35 )) --configs "${TILE_CONFIGS:-2}" --emit --gemm
 cd bench
+export MECHPERM_PROFILE_GEMM=1  # the GEMM blocks' phases (GEMM, row and column selections) in the table
 IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=70:--sizes 16384,16384,16384,65536,262144 --trace|T=40:--sizes 262144 --gpu-screen --trace|T=150:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --trace}"
 i=0
 for args in "${runs[@]}"; do

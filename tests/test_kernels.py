@@ -477,6 +477,23 @@ GEMM_CASES = [
 ]
 
 
+def test_triton_gemm_selection_profile(tc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MECHPERM_PROFILE_GEMM=1: LAST_GEMM holds the seconds of each phase of the GEMM-block
+    selection, summed over the blocks, and the graph is the same as without it."""
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
+    monkeypatch.setattr(tc, "GEMM_BLOCK_BYTES", 4 * 90 * 64)  # two blocks of rows
+    A, B = _emit_inputs(100, 90, 24, torch.float32, "random", seed=9)
+    A, B = A.to(TRITON_DEVICE), B.to(TRITON_DEVICE)
+    plain = tc.candidates(A, B, k=3, k_cos=2).to("cpu")
+    assert "seconds" not in tc.LAST_GEMM
+    monkeypatch.setenv("MECHPERM_PROFILE_GEMM", "1")
+    timed = tc.candidates(A, B, k=3, k_cos=2).to("cpu")
+    assert tc.LAST_GEMM["blocks"] == 2
+    assert sorted(tc.LAST_GEMM["seconds"]) == ["cols", "gemm", "row_merge", "rows"]
+    assert all(t >= 0 for t in tc.LAST_GEMM["seconds"].values())
+    assert_same_graph(timed, plain, rtol=0.0)
+
+
 @pytest.mark.parametrize("Fa, Fb, D, dtype, k, k_cos, splits, block, ordering", GEMM_CASES)
 def test_triton_gemm_selection_matches_torch(tc, monkeypatch: pytest.MonkeyPatch, Fa, Fb, D, dtype, k, k_cos,
                                              splits, block, ordering) -> None:

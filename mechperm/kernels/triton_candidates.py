@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 
 import torch
 import triton
@@ -730,10 +731,13 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
     row_cols = torch.empty(M, kr, dtype=torch.int64, device=dev)
     row_sim = torch.empty(M, kcr, dtype=torch.int64, device=dev) if kcr else None
     col_tiles = -(-N // SEL_BN)
+    clock = _PhaseClock(dev, os.environ.get("MECHPERM_PROFILE_GEMM") == "1")
     for r0 in range(0, M, R):
         r1 = min(M, r0 + R)
         m = r1 - r0
+        clock.mark()
         dots = dots_of(A[r0:r1])
+        clock.mark("gemm")
         s = splits or _n_splits(m, col_tiles, dev)
         cps = -(-col_tiles // s) * SEL_BN
         s = -(-N // cps)
@@ -742,18 +746,53 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
         _select_dots_kernel[(-(-m // SEL_BM), s)](
             dots, na[r0:r1], nb, ia[r0:r1], ib, out_c, out_s, m, N, cps, N, 0,
             KC=kr, KS=kcr, KP=kp_r, SWAP=False, INIT=False, **meta)
+        clock.mark("rows")
         row_cost[r0:r1], row_cols[r0:r1] = _unpack(torch.sort(out_c.view(m, -1), dim=1).values[:, :kr])
         if kcr:
             row_sim[r0:r1] = torch.sort(out_s.view(m, -1), dim=1).values[:, :kcr]
+        clock.mark("row_merge")
         _select_dots_kernel[(-(-N // SEL_BM), 1)](
             dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, N, m, m, N, r0,
             KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, **meta)
+        clock.mark("cols")
         del dots
     col_cost, col_rows = _unpack(torch.sort(col_c, dim=1).values)
     col_sim = torch.sort(col_s, dim=1).values if kcc else None
     LAST_GEMM.clear()
     LAST_GEMM.update(block_rows=R, blocks=-(-M // R), gemm=how)
+    if clock.on:
+        LAST_GEMM["seconds"] = clock.totals()
     return row_cost, row_cols, row_sim, col_cost, col_rows, col_sim
+
+
+class _PhaseClock:
+    """Seconds per named phase of a loop of GPU work (``MECHPERM_PROFILE_GEMM=1``): CUDA events
+    between the phases, read once at the end (no synchronisation inside the loop); on the CPU,
+    wall time. Off, every call is a no-op."""
+
+    def __init__(self, dev: torch.device, on: bool):
+        self.on, self.cuda = on, dev.type == "cuda"
+        self.marks: list = []  # (phase ending here or None, event or time)
+
+    def mark(self, phase: str | None = None) -> None:
+        if not self.on:
+            return
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((phase, event))
+        else:
+            self.marks.append((phase, time.perf_counter()))
+
+    def totals(self) -> dict:
+        if self.cuda:
+            torch.cuda.synchronize()
+        out: dict = {}
+        for (_, t0), (phase, t1) in zip(self.marks, self.marks[1:]):
+            if phase is not None:
+                dt = t0.elapsed_time(t1) / 1e3 if self.cuda else t1 - t0
+                out[phase] = out.get(phase, 0.0) + dt
+        return {k: round(v, 4) for k, v in out.items()}
 
 
 def emit_enabled() -> bool:
