@@ -197,6 +197,8 @@ def main() -> None:
                          "kernels; the default on CUDA)")
     ap.add_argument("--no-gemm", action="store_true",
                     help="MECHPERM_GEMM_CANDIDATES=0 (the fused Triton kernels: their own GEMM loops)")
+    ap.add_argument("--gated", action="store_true",
+                    help="MECHPERM_GATED_SELECT=1 (the GEMM blocks' selections gated by group minima)")
     ap.add_argument("--d", type=int, default=D, help="vector width (CPU dry runs of the solver side: a small d)")
     ap.add_argument("--candidates-k", type=int, help="match_vectors(candidates_k=...) (default: match's, 64)")
     ap.add_argument("--trace", action="store_true", help="print each phase and pricing pass as it happens")
@@ -212,6 +214,8 @@ def main() -> None:
         os.environ["MECHPERM_EMIT_TOPK"] = "1"
     if args.gemm or args.no_gemm:
         os.environ["MECHPERM_GEMM_CANDIDATES"] = "1" if args.gemm else "0"
+    if args.gated:
+        os.environ["MECHPERM_GATED_SELECT"] = "1"
     if args.price_per_row:
         match_module.PRICE_PER_ROW = args.price_per_row
     if DEVICE is None:
@@ -230,7 +234,7 @@ def main() -> None:
         out = run(F, dtype, args.d, **options)
         rows.append(out)
         t = out["timings"]
-        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if out['gpu_screen'] else ''}{' emit' if args.emit_topk else ''}{' gemm' if out['gemm_candidates'] else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
+        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if out['gpu_screen'] else ''}{' emit' if args.emit_topk else ''}{' gemm' if out['gemm_candidates'] else ''}{' gated' if args.gated else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
               f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
               f"candidates {t.get('candidates', 0):.3f} s  graph {t.get('graph', 0):.3f} s  "
               f"assign {t.get('assign', 0):.3f} s  bounds {t.get('bounds', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "

@@ -11,7 +11,7 @@ backend on the same device (share of equal edges, largest cost error over |a|² 
 of 3 timed runs after a warm-up (which compiles). Benchmarks never assert speed; a
 configuration that fails to compile is reported and skipped. ``--gemm`` first times the
 cuBLAS-block path (``MECHPERM_GEMM_CANDIDATES=1``: one GEMM, TFLOP/s counting 2·F²·D) for each
-selection tile of SEL_CONFIGS.
+selection tile of SEL_CONFIGS, with the running top-k alone and gated (``MECHPERM_GATED_SELECT=1``).
 """
 from __future__ import annotations
 
@@ -161,18 +161,22 @@ def main() -> None:
                 if time.perf_counter() > t_end:
                     break
                 tc.SEL_BM, tc.SEL_BN, tc.SEL_WARPS = sel
-                try:
-                    t = timed(lambda: candidates(A, B, k=K, backend="triton"))
-                    g = candidates(A, B, k=K, backend="triton")
-                except Exception as e:  # noqa: BLE001 - a config the compiler refuses is a result
-                    emit(what="candidates gemm", dtype=name, cfg=str(sel), error=f"{type(e).__name__}: {str(e)[:200]}")
-                    continue
-                same = float((g.indices == ref.indices).float().mean()) if torch.equal(g.indptr, ref.indptr) else 0.0
-                # one GEMM here: TFLOP/s count 2·F²·D
-                emit(what="candidates gemm", dtype=name, cfg=str(sel), F=F, seconds=t, tflops=flops / t / 1e12,
-                     ratio_to_mm_fp32=t / t_mm, ratio_to_mm_bf16=t / t_bf, same_edges=same, **tc.LAST_GEMM)
+                for what, gated in (("candidates gemm", "0"), ("candidates gemm gated", "1")):
+                    os.environ["MECHPERM_GATED_SELECT"] = gated  # the running top-k / gated by group minima
+                    try:
+                        t = timed(lambda: candidates(A, B, k=K, backend="triton"))
+                        g = candidates(A, B, k=K, backend="triton")
+                    except Exception as e:  # noqa: BLE001 - a config the compiler refuses is a result
+                        emit(what=what, dtype=name, cfg=str(sel), error=f"{type(e).__name__}: {str(e)[:200]}")
+                        continue
+                    same = (float((g.indices == ref.indices).float().mean()) if torch.equal(g.indptr, ref.indptr)
+                            else 0.0)
+                    # one GEMM here: TFLOP/s count 2·F²·D
+                    emit(what=what, dtype=name, cfg=str(sel), F=F, seconds=t, tflops=flops / t / 1e12,
+                         ratio_to_mm_fp32=t / t_mm, ratio_to_mm_bf16=t / t_bf, same_edges=same, **tc.LAST_GEMM)
             tc.SEL_BM, tc.SEL_BN, tc.SEL_WARPS = SEL_CONFIGS[0]
             os.environ.pop("MECHPERM_GEMM_CANDIDATES", None)
+            os.environ.pop("MECHPERM_GATED_SELECT", None)
         for cfg in CONFIGS[: args.configs]:
             if time.perf_counter() > t_end:
                 emit(what="budget spent", dtype=name)

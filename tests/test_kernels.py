@@ -507,6 +507,85 @@ def test_triton_gemm_selection_matches_torch(tc, monkeypatch: pytest.MonkeyPatch
     assert_same_graph(gt.to("cpu"), candidates(A, B, k=k, k_cos=k_cos))
 
 
+# The gated selection (MECHPERM_GATED_SELECT=1): the same keys as the running top-k alone, and
+# gates that bound each row's and column's k-th from above without being open everywhere.
+GATED_CASES = [
+    (200, 180, 24, torch.float32, 3, 2, None, 64, "random"),  # 3 blocks, columns' caps carried
+    (150, 260, 40, torch.bfloat16, 5, 3, 2, None, "random"),  # one block, two column splits
+    (200, 180, 24, torch.float32, 3, 2, 3, 64, "ties"),
+    (130, 150, 24, torch.float32, 2, 2, None, 64, "sorted"),
+    (100, 140, 24, torch.float32, 4, 0, None, None, "zero"),  # zero rows: −0.0 scores, no cosines
+    (70, 45, 40, torch.float32, 4, 4, None, None, "random"),  # fewer groups than k: no gate
+]
+
+
+@pytest.mark.parametrize("Fa, Fb, D, dtype, k, k_cos, splits, block, ordering", GATED_CASES)
+def test_triton_gated_selection_equals_ungated(tc, monkeypatch: pytest.MonkeyPatch, Fa, Fb, D, dtype, k, k_cos,
+                                               splits, block, ordering) -> None:
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
+    if block is not None:
+        monkeypatch.setattr(tc, "GEMM_BLOCK_BYTES", 4 * Fb * block)
+    A, B = _emit_inputs(Fa, Fb, D, dtype, "random" if ordering == "zero" else ordering, seed=Fa + 5 * Fb)
+    if ordering == "zero":
+        A[::7] = 0
+        B[::5] = 0
+    A, B = A.to(TRITON_DEVICE), B.to(TRITON_DEVICE)
+    monkeypatch.setenv("MECHPERM_GATED_SELECT", "0")
+    plain = tc.candidates(A, B, k=k, k_cos=k_cos, splits=splits).to("cpu")
+    monkeypatch.setenv("MECHPERM_GATED_SELECT", "1")
+    gated = tc.candidates(A, B, k=k, k_cos=k_cos, splits=splits).to("cpu")
+    assert tc.LAST_GEMM["gated"] is True
+    assert_same_graph(gated, plain, rtol=0.0)
+    assert_same_graph(gated, candidates(A.cpu(), B.cpu(), k=k, k_cos=k_cos))
+
+
+def test_block_caps_bound_each_kth(tc) -> None:
+    """_block_caps on one block: every cap's score is at least the row's / column's k-th least
+    cost and −cosine (dense reference), and where a row sees >= k groups it is finite and within
+    the 2k-th (the gate is real, not MAXKEY); carried selections tighten the columns' caps."""
+    Fa, Fb, k = 256, 320, 3
+    A, B = _emit_inputs(Fa, Fb, 32, torch.float32, "random", seed=4)
+    A, B = A.to(TRITON_DEVICE), B.to(TRITON_DEVICE)
+    na, nb = (x.double().pow(2).sum(1).float() for x in (A, B))
+    ia, ib = CAND._inv_norms(na), CAND._inv_norms(nb)
+    dots = A @ B.T
+    cost = torch.clamp((dots * -2.0 + na[:, None]) + nb[None, :], min=0.0)
+    neg_cos = -((dots * ia[:, None]) * ib[None, :])
+    big = torch.iinfo(torch.int64).max
+    empty = torch.full((Fb, k), big, dtype=torch.int64)
+    cps = -(-Fb // tc.SEL_BN) * tc.SEL_BN
+    caps = tc._block_caps(dots, na, nb, ia, ib, empty, empty.clone(), k, k, k, k, True, 1, cps)
+    for cap, scores in zip(caps, (cost, neg_cos, cost.T, neg_cos.T)):
+        assert (cap != big).all()
+        bound = tc._key_scores(cap)
+        kth = scores.kthvalue(k, dim=1).values
+        assert (bound >= kth).all()
+        assert (bound <= scores.kthvalue(k * tc.SEL_BN, dim=1).values).all()
+    # a column whose carried selection holds k pairs at score -1: its cap is at -1 (widened)
+    carried = empty.clone()
+    carried[0] = (tc._caps(torch.full((1, 1), -1.0), 1) & ~0xFFFFFFFF) | torch.arange(k)
+    caps = tc._block_caps(dots, na, nb, ia, ib, carried, empty.clone(), k, k, k, k, True, 1, cps)
+    assert -1.0 < float(tc._key_scores(caps[2][:1])) < -0.999
+    # fewer groups than k: no gate
+    assert (tc._caps(torch.zeros(5, 2), 3) == big).all()
+
+
+def test_caps_keys_admit_their_scores() -> None:
+    """A cap admits every key of score <= its bound, −0.0 and +0.0 alike, and no larger score."""
+    from mechperm.kernels import triton_candidates as tcm
+
+    mins = torch.tensor([[-0.0, 5.0], [0.0, 1.0], [-2.5, 7.0], [float("inf"), float("inf")]])
+    caps = tcm._caps(mins, 1)
+    col = torch.tensor(123456)
+    for row, score in ((0, 0.0), (0, -0.0), (1, 0.0), (2, -2.5)):
+        b = torch.tensor([score]).view(torch.int32)
+        key = ((b ^ ((b >> 31) & 0x7FFFFFFF)).to(torch.int64) << 32) | col
+        assert int(key) < int(caps[row]), (row, score)
+    b = torch.tensor([-2.49]).view(torch.int32)
+    assert int(((b ^ ((b >> 31) & 0x7FFFFFFF)).to(torch.int64) << 32)) > int(caps[2])
+    assert int(caps[3]) == torch.iinfo(torch.int64).max
+
+
 def test_gemm_dots_are_float32_sums_of_exact_products(tc) -> None:
     """_dots_against: on the CPU, float32 dots of the upcast rows for every dtype; the CUDA
     fallback's claim that TF32 (10 mantissa bits) holds every bf16 and fp16 value exactly,

@@ -28,7 +28,12 @@ POINTERS = {
     "_dense_kernel": dict(NX="fp32", NY="fp32", OUT="fp32"),
     "_price_kernel": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", ROWS="i64", TOL="fp64", OUT_R="i64",
                           OUT_C="i64", OUT_COST="fp32", COUNT="i32"),
-    "_select_dots_kernel": dict(DOTS="fp32", NX="fp32", NY="fp32", IX="fp32", IY="fp32", OUT_C="i64", OUT_S="i64"),
+    "_select_dots_kernel": dict(DOTS="fp32", NX="fp32", NY="fp32", IX="fp32", IY="fp32", OUT_C="i64", OUT_S="i64",
+                                CAP_C="i64", CAP_S="i64"),
+    "_select_dots_kernel+gated": dict(DOTS="fp32", NX="fp32", NY="fp32", IX="fp32", IY="fp32", OUT_C="i64",
+                                      OUT_S="i64", CAP_C="i64", CAP_S="i64"),
+    "_group_min_kernel": dict(DOTS="fp32", NX="fp32", NY="fp32", IX="fp32", IY="fp32", RMIN_C="fp32",
+                              RMIN_S="fp32", CMIN_C="fp32", CMIN_S="fp32"),
     "_topq_kernel": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", SX="fp64", SY="fp64", OUT="i64", DOTS="fp32"),
     "_topq_kernel+dots": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", SX="fp64", SY="fp64", OUT="i64", DOTS="fp32"),
 }
@@ -54,9 +59,12 @@ def _constants(name: str, dtype: str) -> tuple[dict, int, int]:
     elif name == "_dense_kernel":
         c = dict(BLOCK_M=tc.DENSE_BM, BLOCK_N=tc.DENSE_BN, BLOCK_D=bd, PRECISION=prec)
         warps = tc.DENSE_WARPS
-    elif name == "_select_dots_kernel":  # reads float32 dots whatever the vectors' dtype
-        c = dict(KC=32, KS=32, KP=32, SWAP=True, INIT=True, BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN)
+    elif name.startswith("_select_dots_kernel"):  # reads float32 dots whatever the vectors' dtype
+        c = dict(KC=32, KS=32, KP=32, SWAP=True, INIT=True, GATED=name.endswith("+gated"), BLOCK_M=tc.SEL_BM,
+                 BLOCK_N=tc.SEL_BN)
         warps = tc.SEL_WARPS
+    elif name == "_group_min_kernel":
+        c, warps = dict(COS=True, BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN), tc.SEL_WARPS
     elif name == "_price_kernel":
         c = dict(**tile)
     else:  # _topq_kernel, screened (its larger epilogue); +dots: reading a GEMM's dots
