@@ -554,7 +554,7 @@ def test_block_caps_bound_each_kth(tc) -> None:
     big = torch.iinfo(torch.int64).max
     empty = torch.full((Fb, k), big, dtype=torch.int64)
     cps = -(-Fb // tc.SEL_BN) * tc.SEL_BN
-    caps = tc._block_caps(dots, na, nb, ia, ib, empty, empty.clone(), k, k, k, k, True, 1, cps)
+    caps = tc._block_caps(dots, na, nb, ia, ib, empty, empty.clone(), k, k, k, k, True, 1, cps, True)
     for cap, scores in zip(caps, (cost, neg_cos, cost.T, neg_cos.T)):
         assert (cap != big).all()
         bound = tc._key_scores(cap)
@@ -564,7 +564,8 @@ def test_block_caps_bound_each_kth(tc) -> None:
     # a column whose carried selection holds k pairs at score -1: its cap is at -1 (widened)
     carried = empty.clone()
     carried[0] = (tc._caps(torch.full((1, 1), -1.0), 1) & ~0xFFFFFFFF) | torch.arange(k)
-    caps = tc._block_caps(dots, na, nb, ia, ib, carried, empty.clone(), k, k, k, k, True, 1, cps)
+    caps = tc._block_caps(dots, na, nb, ia, ib, carried, empty.clone(), k, k, k, k, True, 1, cps, True)
+    assert (tc._block_caps(dots, na, nb, ia, ib, carried, empty, k, k, k, k, True, 1, cps, False)[2] == big).all()
     assert -1.0 < float(tc._key_scores(caps[2][:1])) < -0.999
     # fewer groups than k: no gate
     assert (tc._caps(torch.zeros(5, 2), 3) == big).all()

@@ -64,7 +64,7 @@ def _constants(name: str, dtype: str) -> tuple[dict, int, int]:
                  BLOCK_N=tc.SEL_BN)
         warps = tc.SEL_WARPS
     elif name == "_group_min_kernel":
-        c, warps = dict(COS=True, BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN), tc.SEL_WARPS
+        c, warps = dict(COS=True, COLS=True, BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN), tc.SEL_WARPS
     elif name == "_price_kernel":
         c = dict(**tile)
     else:  # _topq_kernel, screened (its larger epilogue); +dots: reading a GEMM's dots

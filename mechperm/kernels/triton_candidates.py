@@ -317,12 +317,13 @@ def _group_min_kernel(
     RMIN_C, RMIN_S,  # [M, ceil(N / BLOCK_N)] float32: per row, the least cost / −cos of each tile
     CMIN_C, CMIN_S,  # [N, ceil(M / BLOCK_M)]: per column, the same over each tile of rows
     M, N, cols_per_split, ld,
-    COS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    COS: tl.constexpr, COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Group minima of one block of dots, read once along its rows: a row's k-th least tile
     minimum is met by k distinct pairs, so it bounds the row's k-th least score from above (the
     gate of ``_select_dots_kernel``); the columns' minima do the same for the columns. Scores
-    as ``_select_tile`` (the costs bit for bit; the −cosines' products in the rows' order)."""
+    as ``_select_tile`` (the costs bit for bit; the −cosines' products in the rows' order).
+    COLS: the columns' minima too (else CMIN_* are not written)."""
     rows, rmask, n_lo, n_hi, _, _ = _split_program(M, N, cols_per_split, BLOCK_M)
     nx = tl.load(NX + rows, mask=rmask, other=0.0)
     ix = nx
@@ -338,13 +339,15 @@ def _group_min_kernel(
         cost = tl.where(valid, tl.maximum((acc * -2.0 + nx[:, None]) + ny[None, :], 0.0), float("inf"))
         tile = n0 // BLOCK_N
         tl.store(RMIN_C + rows.to(tl.int64) * n_col_tiles + tile, tl.min(cost, axis=1), mask=rmask)
-        tl.store(CMIN_C + cols.to(tl.int64) * n_row_tiles + tl.program_id(0), tl.min(cost, axis=0), mask=cmask)
+        if COLS:
+            tl.store(CMIN_C + cols.to(tl.int64) * n_row_tiles + tl.program_id(0), tl.min(cost, axis=0), mask=cmask)
         if COS:
             iy = tl.load(IY + cols, mask=cmask, other=0.0)
             neg_cos = tl.where(valid, -((acc * ix[:, None]) * iy[None, :]), float("inf"))
             tl.store(RMIN_S + rows.to(tl.int64) * n_col_tiles + tile, tl.min(neg_cos, axis=1), mask=rmask)
-            tl.store(CMIN_S + cols.to(tl.int64) * n_row_tiles + tl.program_id(0), tl.min(neg_cos, axis=0),
-                     mask=cmask)
+            if COLS:
+                tl.store(CMIN_S + cols.to(tl.int64) * n_row_tiles + tl.program_id(0), tl.min(neg_cos, axis=0),
+                         mask=cmask)
 
 
 @triton.jit
@@ -807,7 +810,11 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
         s = -(-N // cps)
         caps = [col_c[:, 0]] * 4  # unread placeholders when ungated
         if gated:
-            caps = _block_caps(dots, na[r0:r1], nb, ia[r0:r1], ib, col_c, col_s, kr, kc, kcr, kcc, cos, s, cps)
+            # the columns' gates in the first block only, where their selections start empty:
+            # later, what they carry gates them nearly as well (simulated at F = 1M: 2% fewer
+            # rounds for a minima pass and a merge per block; bench/sim_selection_rounds.py)
+            caps = _block_caps(dots, na[r0:r1], nb, ia[r0:r1], ib, col_c, col_s, kr, kc, kcr, kcc, cos, s, cps,
+                               cols=r0 == 0)
             clock.mark("minima")
         out_c = torch.empty(m, s, kr, dtype=torch.int64, device=dev)
         out_s = torch.empty(m, s, max(kcr, 1), dtype=torch.int64, device=dev)
@@ -836,9 +843,10 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
 def gated_enabled() -> bool:
     """``MECHPERM_GATED_SELECT=1``: the GEMM-block selections insert only pairs within a bound
     on each row's and column's k-th, found by one more read of the block (``_block_caps``).
-    Opt-in until measured on a GPU: simulated at F = 1M, k = 32, it cuts the rows' insertion
-    rounds ~11x (the running top-k's threshold starts at +inf in each of ~17 column splits);
-    the columns' (continued from block to block) ~1.7x."""
+    Opt-in until timed on a GPU. Modelled (``bench/sim_selection_rounds.py``, k = 32, cost and
+    −cos, rows' and columns' passes of one program): insertion rounds 3288 -> 1312 at F = 16384,
+    6290 -> 3503 at 65536, 54115 -> 13545 at 1M, where each of the rows' ~17 column splits starts
+    its running top-k at +inf (rows 44067 -> 3605)."""
     return os.environ.get("MECHPERM_GATED_SELECT", "0") == "1"
 
 
@@ -867,23 +875,25 @@ def _key_scores(keys: Tensor) -> Tensor:
 
 
 def _block_caps(dots, na, nb, ia, ib, col_c, col_s, kr: int, kc: int, kcr: int, kcc: int, cos: bool,
-                splits: int, cps: int) -> list[Tensor]:
+                splits: int, cps: int, cols: bool) -> list[Tensor]:
     """The gates (rows' cost, rows' −cos, columns' cost, columns' −cos) of one block of dots:
     ``_group_min_kernel``'s minima of 64-wide groups; a column's k-th least also counts the
-    selection it carries from earlier blocks (pairs of other rows)."""
+    selection it carries from earlier blocks (pairs of other rows). ``cols`` False: the columns'
+    gates are MAXKEY (open) and their minima are not computed."""
     m, N = dots.shape[0], nb.shape[0]
     dev = dots.device
     col_tiles, row_tiles = -(-N // SEL_BN), -(-m // SEL_BM)
     rmin_c = torch.empty(m, col_tiles, dtype=torch.float32, device=dev)
-    cmin_c = torch.empty(N, row_tiles, dtype=torch.float32, device=dev)
+    cmin_c = torch.empty(N if cols else 1, row_tiles, dtype=torch.float32, device=dev)
     rmin_s, cmin_s = (torch.empty_like(rmin_c), torch.empty_like(cmin_c)) if cos else (rmin_c, cmin_c)
     _group_min_kernel[(row_tiles, splits)](
         dots, na, nb, ia, ib, rmin_c, rmin_s, cmin_c, cmin_s, m, N, cps, N,
-        COS=cos, BLOCK_M=SEL_BM, BLOCK_N=SEL_BN, num_warps=SEL_WARPS)
-    caps = [_caps(rmin_c, kr), _caps(rmin_s, kcr),
-            _caps(torch.cat([_key_scores(col_c), cmin_c], 1), kc),
-            _caps(torch.cat([_key_scores(col_s[:, :kcc]), cmin_s], 1), kcc)]
-    return caps
+        COS=cos, COLS=cols, BLOCK_M=SEL_BM, BLOCK_N=SEL_BN, num_warps=SEL_WARPS)
+    caps = [_caps(rmin_c, kr), _caps(rmin_s, kcr)]
+    if not cols:
+        return caps + [torch.full((N,), _MAXKEY, dtype=torch.int64, device=dev)] * 2
+    return caps + [_caps(torch.cat([_key_scores(col_c), cmin_c], 1), kc),
+                   _caps(torch.cat([_key_scores(col_s[:, :kcc]), cmin_s], 1), kcc)]
 
 
 class _PhaseClock:
