@@ -13,6 +13,7 @@
 #include <string>
 
 #include "auction.hpp"
+#include "bounds.hpp"
 #include "csr.hpp"
 #include "screen.hpp"
 #include "topk.hpp"
@@ -569,6 +570,75 @@ py::array_t<double> csr_margins_py(const py::array& indptr, const py::array& ind
     return out;
 }
 
+// suspect_pairs (bounds.hpp): the scan over the rows' columns, its outputs flattened.
+py::tuple suspect_pairs_py(const py::array& indptr, const py::array& indices, const py::array& rows, int64_t m,
+                           const py::list& families, int64_t limit, int64_t mult, int64_t min_cols, int threads) {
+    if (indptr.ndim() != 1 || indptr.shape(0) < 1) throw py::value_error("indptr must be 1-D with n + 1 entries");
+    const int64_t n = indptr.shape(0) - 1;
+    const int64_t* p = require<int64_t>(indptr, "indptr", 1, n + 1);
+    if (p[0] != 0) throw py::value_error("indptr[0] must be 0");
+    for (int64_t i = 0; i < n; ++i)
+        if (p[i + 1] < p[i]) throw py::value_error("indptr must be non-decreasing");
+    const bool i32 = is_c_array<int32_t>(indices);
+    const void* idx = i32 ? static_cast<const void*>(require<int32_t>(indices, "indices", 1, p[n]))
+                          : static_cast<const void*>(require<int64_t>(indices, "indices", 1, p[n]));
+    for (int64_t k = 0; k < p[n]; ++k) {
+        const int64_t j = i32 ? int64_t(static_cast<const int32_t*>(idx)[k]) : static_cast<const int64_t*>(idx)[k];
+        if (j < 0 || j >= m)
+            throw py::value_error("column index at position " + std::to_string(k) + " is out of range [0, " +
+                                  std::to_string(m) + ")");
+    }
+    const int64_t nr = rows.ndim() == 1 ? rows.shape(0) : -1;
+    const int64_t* r = require<int64_t>(rows, "rows", 1);
+    for (int64_t t = 0; t < nr; ++t)
+        if (r[t] < 0 || r[t] >= n) throw py::value_error("rows must lie in [0, " + std::to_string(n) + ")");
+    if (limit < 0 || mult < 0 || min_cols < 0) throw py::value_error("limit, mult and min_cols must be >= 0");
+    std::vector<BoundFamily> fam;
+    for (const py::handle& h : families) {
+        const py::tuple f = h.cast<py::tuple>();
+        if (f.size() != 4) throw py::value_error("each family is (a [n], b [m], p [n] or None, q [m] or None)");
+        BoundFamily b{require<double>(f[0].cast<py::array>(), "a", 1, n), require<double>(f[1].cast<py::array>(), "b", 1, m),
+                      optional_f64(f[2], "p", n), optional_f64(f[3], "q", m)};
+        if ((b.p == nullptr) != (b.q == nullptr)) throw py::value_error("p and q: both arrays or both None");
+        fam.push_back(b);
+    }
+    std::vector<uint8_t> ok;
+    std::vector<std::vector<int64_t>> cols;
+    std::vector<double> bound;
+    {
+        py::gil_scoped_release release;
+        if (i32)
+            suspect_pairs(p, static_cast<const int32_t*>(idx), m, r, nr, fam, limit, mult, min_cols, std::max(1, threads),
+                          ok, cols, bound);
+        else
+            suspect_pairs(p, static_cast<const int64_t*>(idx), m, r, nr, fam, limit, mult, min_cols, std::max(1, threads),
+                          ok, cols, bound);
+    }
+    int64_t total = 0, settled = 0;
+    for (int64_t t = 0; t < nr; ++t)
+        if (ok[t]) {
+            total += int64_t(cols[t].size());
+            ++settled;
+        }
+    py::array_t<bool> ok_out(nr);
+    py::array_t<int64_t> pr(total), pc(total);
+    py::array_t<double> bd(settled);
+    bool* o = ok_out.mutable_data();
+    int64_t* prp = pr.mutable_data();
+    int64_t* pcp = pc.mutable_data();
+    double* bdp = bd.mutable_data();
+    for (int64_t t = 0, at = 0, s = 0; t < nr; ++t) {
+        o[t] = ok[t] != 0;
+        if (!ok[t]) continue;
+        for (int64_t j : cols[t]) {
+            prp[at] = r[t];
+            pcp[at++] = j;
+        }
+        bdp[s++] = bound[t];
+    }
+    return py::make_tuple(ok_out, pr, pc, bd);
+}
+
 // Whether the graph's column indices are int32 (else int64, checked), the new columns fitting them.
 bool int32_columns(const py::array& indices, const int64_t* c, int64_t q) {
     const bool i32 = is_c_array<int32_t>(indices);
@@ -869,6 +939,12 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("row_to_col"), py::arg("u"), py::arg("v"), py::arg("threads") = 1,
           "Per row, max(0, least (c_ij - u_i) - v_j over its arcs but row_to_col[i]) (inf without one; NaN "
           "where row_to_col[i] < 0).");
+    m.def("suspect_pairs", &suspect_pairs_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"), py::arg("m"),
+          py::arg("families"), py::arg("limit"), py::arg("mult"), py::arg("min_cols"), py::arg("threads") = 1,
+          "Per row of rows, the columns left out of the CSR graph whose largest family bound "
+          "a[i] + b[j] - p[i] * q[j] is < 0: where at most limit, the min(left, limit, max(mult * count, "
+          "min_cols)) of least bound and the least bound of the others. Returns (ok [len(rows)] bool, "
+          "pair rows, pair cols, bound [ok.sum()]).");
     m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
           py::arg("threads") = 1, py::arg("a_scale") = py::none(), py::arg("b_scale") = py::none(),
           py::arg("isa") = -1,

@@ -343,7 +343,8 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
     on_rows = cand_bar.update if cand_bar is not None else None
     t0 = time.perf_counter()
     try:
-        graph, cand_stats, pricer, pair_costs, block_costs, t_kernels = _candidate_graph(A, B, k, on_rows)
+        graph, cand_stats, pricer, pair_costs, block_costs, t_kernels, pair_pricing = _candidate_graph(
+            A, B, k, on_rows)
     finally:
         if cand_bar is not None:
             cand_bar.close()
@@ -370,7 +371,8 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
 
     try:
         res = solver.assign_exact(n, m, graph, pricer, unmatched_cost=lam, max_new_per_row=PRICE_PER_ROW,
-                                  price_pairs=pair_costs, _feasible=lam is None)  # _complete made it so
+                                  price_pairs=pair_costs, pair_pricing=pair_pricing,
+                                  _feasible=lam is None)  # _complete made it so
     finally:
         if bar is not None:
             bar.close()
@@ -386,10 +388,13 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
 
 
 def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_rows):
-    """(graph, stats, pricer, pair_costs, block_costs, kernel seconds or None) of the sparse path
-    on this device: screened on CPUs with AVX-512 BF16 (and CUDA, opt-in), the cost kernels
-    elsewhere."""
+    """(graph, stats, pricer, pair_costs, block_costs, kernel seconds or None, pair_pricing) of the
+    sparse path on this device: screened on CPUs with AVX-512 BF16 (and CUDA, opt-in), the cost
+    kernels elsewhere. pair_pricing: whether the exact loop prices re-failing rows pair by pair
+    (``assign_exact``), where a priced row is a float32 GEMM row on the CPU (the screens' bf16
+    rows are cheap; measured no gain there)."""
     t_kernels = None
+    pair_pricing = False
     t0 = time.perf_counter()
     block_costs = None
     if screen.available(A, B):  # bf16 candidates and pricing, exact costs where they matter
@@ -410,6 +415,7 @@ def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_
         graph, cand_stats = kernels.solver_graph(g, A, B), g.stats
         pricer = kernels.row_pricer(A, B, PRICE_PER_ROW)
         pair_costs = kernels.pair_pricer(A, B)
+        pair_pricing = A.device.type == "cpu"
 
         def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:  # a GEMM, as the graph's costs
             dev = A.device
@@ -418,7 +424,7 @@ def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_
 
         def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
             return pair_costs(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
-    return graph, cand_stats, pricer, pair_costs, block_costs, t_kernels
+    return graph, cand_stats, pricer, pair_costs, block_costs, t_kernels, pair_pricing
 
 
 def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor, block_costs) -> tuple[solver.CandidateGraph, int]:

@@ -471,6 +471,133 @@ def test_moved_columns_against_brute_force(m: int, limit: int, seed: int):
         assert rest[i] == want or (np.isnan(want) and rest[i] == np.inf)
 
 
+def _brute_suspects(indptr, indices, rows, m, families, limit, mult, min_cols):
+    """suspect_pairs in numpy: per row, every non-arc column's largest family bound (NaN: none),
+    the failing count, the want least by (bound, column), the least of the rest."""
+    out = []
+    for i in rows:
+        arcs = set(indices[indptr[i]:indptr[i + 1]].tolist())
+        left = np.array([j for j in range(m) if j not in arcs], np.int64)
+        pb = np.full(len(left), -np.inf)
+        for a, b, p, q in families:
+            with np.errstate(invalid="ignore"):  # inf - inf: NaN, which bounds nothing
+                x = a[i] + b[left] - (p[i] * q[left] if p is not None else 0.0)
+            pb = np.where(x > pb, x, pb)  # NaN never wins
+        failing = int((pb < 0).sum())
+        if failing > limit:
+            out.append(None)
+            continue
+        want = min(len(left), limit, max(mult * failing, min_cols))
+        order = np.lexsort((left, pb))
+        bound = pb[order[want]] if want < len(left) else np.inf
+        out.append((sorted(left[order[:want]].tolist()), bound))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 30), st.integers(0, 6), st.integers(0, 3), st.integers(0, 2**31 - 1))
+def test_suspect_pairs_against_brute_force(m: int, limit: int, min_cols: int, seed: int):
+    """_auction.suspect_pairs: which rows settle, their columns and the least bound of the
+    rest, as numpy computes them: arcs skipped, NaN and infinite family values, product terms,
+    int32 and int64 columns."""
+    rng = np.random.default_rng(seed)
+    n = 12
+    deg = rng.integers(0, min(m, 5) + 1, n)
+    indptr = np.concatenate([[0], np.cumsum(deg)]).astype(np.int64)
+    indices = np.concatenate([rng.choice(m, d, replace=False) for d in deg]).astype(
+        np.int32 if seed % 2 else np.int64)
+
+    def values(size):
+        x = rng.standard_normal(size)
+        if seed % 3 == 0:
+            x[rng.random(size) < 0.1] = rng.choice([np.nan, np.inf, -np.inf])
+        return x
+
+    families = [(values(n), values(m), None, None), (values(n), values(m), np.abs(values(n)), values(m))]
+    families = families[: 1 + seed % 2]
+    rows = rng.choice(n, rng.integers(0, n + 1), replace=False).astype(np.int64)
+    ok, pr, pc, bound = _auction.suspect_pairs(indptr, indices, rows, m, families, limit, 2, min_cols, 2)
+    want = _brute_suspects(indptr, indices, rows, m, families, limit, 2, min_cols)
+    assert ok.tolist() == [w is not None for w in want]
+    settled = [w for w in want if w is not None]
+    assert pr.tolist() == np.repeat(rows[ok], [len(w[0]) for w in settled]).tolist()  # in the rows' order
+    assert [pc[pr == i].tolist() for i in rows[ok]] == [w[0] for w in settled]
+    exp = np.array([w[1] for w in settled])
+    assert np.array_equal(bound, exp) or np.allclose(bound, exp, rtol=1e-12, atol=0)
+
+
+def test_suspect_pairs_rejects_bad_input():
+    indptr, indices = np.array([0, 1, 2], np.int64), np.array([0, 3], np.int64)
+    fam = [(np.zeros(2), np.zeros(3), None, None)]
+    with pytest.raises(ValueError, match=r"column index at position 1 is out of range \[0, 3\)"):
+        _auction.suspect_pairs(indptr, indices, np.array([0], np.int64), 3, fam, 1, 2, 1)
+    indices = np.array([0, 2], np.int64)
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 2\)"):
+        _auction.suspect_pairs(indptr, indices, np.array([2], np.int64), 3, fam, 1, 2, 1)
+    with pytest.raises(ValueError, match="b must have length 3"):
+        _auction.suspect_pairs(indptr, indices, np.array([0], np.int64), 3, [(np.zeros(2), np.zeros(4), None, None)],
+                               1, 2, 1)
+    with pytest.raises(ValueError, match="both arrays or both None"):
+        _auction.suspect_pairs(indptr, indices, np.array([0], np.int64), 3,
+                               [(np.zeros(2), np.zeros(3), np.zeros(2), None)], 1, 2, 1)
+
+
+@pytest.mark.parametrize("seed, k", [(1, 4), (2, 2)])
+def test_bound_suspects_bound_every_pair_left_out(seed: int, k: int):
+    """_bound_suspects at a solve's duals: a settled row's every pair left out of the graph and
+    not returned has a reduced cost >= its bound (dense check), its pairs include every one that
+    violates, and the rows not settled fail on more than ``limit`` columns."""
+    from mechperm.assign import _bound_suspects
+
+    n = 400
+    C, g = _noisy_match(seed, n, 1.5, k)
+    raw = _auction.solve_sparse(g.indptr, g.indices, g.costs, n, n)
+    u, v = raw["u"], raw["v"]
+    rows = np.arange(n, dtype=np.int64)
+    ok, pr, pc, bound = _bound_suspects(g, rows, u, v, 40)
+    assert ok.any() and not ok.all()
+    red = C - u[:, None] - v[None, :]
+    inside = np.zeros((n, n), bool)
+    inside[np.repeat(np.arange(n), np.diff(g.indptr)), g.indices] = True
+    returned = np.zeros((n, n), bool)
+    returned[pr, pc] = True
+    assert not (returned & inside).any()
+    scale = float(np.abs(C).max())
+    for t, i in enumerate(rows[ok]):
+        others = ~inside[i] & ~returned[i]
+        assert np.all(red[i, others] >= bound[t] - 1e-12 * scale)
+        assert np.all(returned[i][~inside[i] & (red[i] < -1e-12 * scale)])
+    assert len(pr) <= int(ok.sum()) * max(256, n)
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_assign_exact_prices_failing_rows_pair_by_pair(partial: bool):
+    """Rows priced before that fail again on few pairs get those pairs' costs (price_pairs)
+    instead of a whole row: scipy's optimum and the loop's without it, certified, fewer
+    rows priced whole."""
+    n = 600
+    C, g = _noisy_match(6, n, 1.5, 1)
+    lam = float(np.median(C)) if partial else None
+    whole = []
+
+    def price(rows, u, v):
+        whole.append(len(rows))
+        return _auction.dense_price(C, np.ascontiguousarray(rows, np.int64), u, v, -np.inf, 2)
+
+    res = assign_exact(n, n, g, price, max_new_per_row=2, unmatched_cost=lam, price_pairs=lambda r, c: C[r, c],
+                       pair_pricing=True)
+    with_pairs = sum(whole)
+    whole.clear()
+    plain = assign_exact(n, n, g, price, max_new_per_row=2, unmatched_cost=lam, price_pairs=lambda r, c: C[r, c])
+    assert res.certified and plain.certified and close(res.objective, plain.objective, 1e-9)
+    if not partial:
+        assert close(res.objective, scipy_objective(C), 1e-9)
+    assert res.gap <= 1e-9 * max(1.0, abs(res.objective))
+    assert res.stats["pair_priced_rows"] > 0 and res.stats["pair_priced_pairs"] > 0
+    assert plain.stats["pair_priced_rows"] == 0
+    assert with_pairs < sum(whole)
+
+
 @pytest.mark.parametrize("partial", [False, True])
 def test_assign_exact_rechecks_the_columns_that_moved(partial: bool):
     """With ``price_pairs``, priced rows whose bound breaks on a few columns are settled by those
@@ -500,7 +627,8 @@ def test_assign_exact_rechecks_the_columns_that_moved(partial: bool):
     if not partial:
         assert close(res.objective, scipy_objective(C), 1e-9)
     assert res.gap <= 1e-9 * max(1.0, abs(res.objective))
-    assert res.stats["rechecked_rows"] > 0 and sum(pairs) == res.stats["rechecked_pairs"] > 0
+    assert res.stats["rechecked_rows"] > 0 and res.stats["rechecked_pairs"] > 0
+    assert sum(pairs) == res.stats["rechecked_pairs"] + res.stats["pair_priced_pairs"]
     assert rows_with < sum(priced)
 
 

@@ -477,3 +477,26 @@ def test_unscreened_sparse_path_on_the_heavy_tailed_stack_8192(monkeypatch) -> N
     a, b = make_stack(2, d=2304, F=8192, seed=0, heavy_tail=2.5).saes
     sparse, dense = match(a, b, dense_limit=0), match(a, b, dense_limit=8192 * 8192)
     assert sparse.certified and sparse.objective == pytest.approx(dense.objective, rel=1e-9)
+
+
+def test_unscreened_cpu_path_prices_refailing_rows_pair_by_pair(monkeypatch) -> None:
+    """Unscreened on the CPU, rows priced before that fail again on few pairs are costed pair by
+    pair (assign_exact's pair_pricing): scipy's optimum of the same costs, certified, and the
+    same as with whole rows; the screened path keeps whole rows (its bf16 rows are cheap)."""
+    from mechperm import assign as solver
+
+    monkeypatch.setenv("MECHPERM_SCREEN", "0")
+    a, b = make_stack(2, d=128, F=2048, seed=0).saes
+    r = match(a, b, dense_limit=0)
+    assert r.certified and r.stats["solver"]["pair_priced_rows"] > 0
+    c = _reference_costs(kernels.matching_vectors(a), kernels.matching_vectors(b)).double().numpy()
+    rows, cols = linear_sum_assignment(c)
+    assert r.objective == pytest.approx(float(c[rows, cols].sum()), rel=1e-9)
+    real = solver.assign_exact
+    monkeypatch.setattr(solver, "assign_exact", lambda *args, **kw: real(*args, **{**kw, "pair_pricing": False}))
+    whole = match(a, b, dense_limit=0)
+    assert whole.stats["solver"]["pair_priced_rows"] == 0 and whole.objective == pytest.approx(r.objective, rel=1e-12)
+    monkeypatch.setattr(solver, "assign_exact", real)
+    monkeypatch.setenv("MECHPERM_SCREEN", "1")
+    if screen.available(kernels.matching_vectors(a), kernels.matching_vectors(b)):
+        assert match(a, b, dense_limit=0).stats["solver"]["pair_priced_rows"] == 0
