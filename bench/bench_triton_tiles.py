@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--emit", action="store_true", help="also the threshold-and-emission selection (MECHPERM_EMIT_TOPK)")
     ap.add_argument("--gemm", action="store_true",
                     help="first the cuBLAS-block selection (MECHPERM_GEMM_CANDIDATES) by selection tile")
+    ap.add_argument("--sel-configs", type=int, default=len(SEL_CONFIGS),
+                    help="with --gemm, only the first N selection tiles (the first is the default)")
     args = ap.parse_args()
     F, t_end = args.F, time.perf_counter() + args.budget
     flops = 2.0 * F * F * D
@@ -157,7 +159,7 @@ def main() -> None:
         scale = None
         if args.gemm:  # cuBLAS blocks + the selection kernel, by selection tile (BM, BN, warps)
             os.environ["MECHPERM_GEMM_CANDIDATES"] = "1"
-            for sel in SEL_CONFIGS:
+            for sel in SEL_CONFIGS[: args.sel_configs]:
                 if time.perf_counter() > t_end:
                     break
                 tc.SEL_BM, tc.SEL_BN, tc.SEL_WARPS = sel

@@ -32,18 +32,20 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
 stage tests "${T_TESTS:-90}" python3 -m pytest -q -n 8 -p no:cacheprovider \
     ${TESTS:-tests/test_gpu.py tests/test_kernels.py tests/test_screen_cuda.py}
 # A tile stage first (T_TILES, F = 16384): the cuBLAS-block selection (MECHPERM_GEMM_CANDIDATES,
-# one GEMM read by a selection kernel) by selection tile, then the fused kernels' first two tile
-# shapes, running top-k vs thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s. Then
+# one GEMM read by a selection kernel), its running top-k alone and gated
+# (MECHPERM_GATED_SELECT), for the first SEL_CONFIGS selection tiles (default 1: 64 x 64, the
+# best in session 11), then the fused kernels' first two tile shapes, running top-k vs
+# thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s. Then
 # match_vectors: the default path (cuBLAS blocks on CUDA; 16384 three times, the first with its
 # compiles; the GPU screen on at 262144), the same gated (MECHPERM_GATED_SELECT=1), and 1M gated
 # with the screen and the fused pricer at candidates_k = 32 (the issue's 30 s goal; ~19 GB of
-# float32 vectors; session 11 ungated: 41-46 s). --trace logs each phase
-# and pricing pass as it happens, and the stacks when a stage's limit kills it, so a run cut
+# float32 vectors; session 11 ungated: 41-46 s). --trace logs each phase and pricing pass as
+# it happens, and the stacks when a stage's limit kills it, so a run cut
 # short still says where its time went.
 # A run may start with "T=seconds:" to set its own limit (default T_MATCH). The defaults fit one
 # 600 s call (H100, 2026-11-26: build 48 s, tests 59 s, tiles 35 s): 50 + 90 + 75 + 60 + 60 + 150 s.
 GREP="what=" stage tiles "${T_TILES:-75}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
-    --budget $(( ${T_TILES:-75} - 35 )) --configs "${TILE_CONFIGS:-2}" --emit --gemm
+    --budget $(( ${T_TILES:-75} - 35 )) --configs "${TILE_CONFIGS:-2}" --emit --gemm --sel-configs "${SEL_CONFIGS:-1}"
 cd bench
 export MECHPERM_PROFILE_GEMM=1  # the GEMM blocks' phases (GEMM, row and column selections) in the table
 IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=60:--sizes 16384,16384,16384,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,262144 --gated --trace|T=150:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --gated --trace}"
