@@ -597,8 +597,9 @@ py::tuple suspect_pairs_py(const py::array& indptr, const py::array& indices, co
     for (const py::handle& h : families) {
         const py::tuple f = h.cast<py::tuple>();
         if (f.size() != 4) throw py::value_error("each family is (a [n], b [m], p [n] or None, q [m] or None)");
-        BoundFamily b{require<double>(f[0].cast<py::array>(), "a", 1, n), require<double>(f[1].cast<py::array>(), "b", 1, m),
-                      optional_f64(f[2], "p", n), optional_f64(f[3], "q", m)};
+        BoundFamily b{require<double>(f[0].cast<py::array>(), "a", 1, n),
+                      require<double>(f[1].cast<py::array>(), "b", 1, m), optional_f64(f[2], "p", n),
+                      optional_f64(f[3], "q", m)};
         if ((b.p == nullptr) != (b.q == nullptr)) throw py::value_error("p and q: both arrays or both None");
         fam.push_back(b);
     }
@@ -607,12 +608,11 @@ py::tuple suspect_pairs_py(const py::array& indptr, const py::array& indices, co
     std::vector<double> bound;
     {
         py::gil_scoped_release release;
+        const int t = std::max(1, threads);
         if (i32)
-            suspect_pairs(p, static_cast<const int32_t*>(idx), m, r, nr, fam, limit, mult, min_cols, std::max(1, threads),
-                          ok, cols, bound);
+            suspect_pairs(p, static_cast<const int32_t*>(idx), m, r, nr, fam, limit, mult, min_cols, t, ok, cols, bound);
         else
-            suspect_pairs(p, static_cast<const int64_t*>(idx), m, r, nr, fam, limit, mult, min_cols, std::max(1, threads),
-                          ok, cols, bound);
+            suspect_pairs(p, static_cast<const int64_t*>(idx), m, r, nr, fam, limit, mult, min_cols, t, ok, cols, bound);
     }
     int64_t total = 0, settled = 0;
     for (int64_t t = 0; t < nr; ++t)

@@ -1040,7 +1040,8 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
                "pricing": 0.0}
     stats = {"phases": 0, "bids": 0, "reverse_bids": 0, "augmentations": 0, "sap_trial": 0,
              "priced_rows": 0, "deferred_rows": 0, "rechecked_rows": 0, "rechecked_pairs": 0, "partner_rows": 0,
-             "pair_priced_rows": 0, "pair_priced_pairs": 0, "shifted_rows": 0, "added_edges": 0, "rebuilds": 0, "slack": 0}
+             "pair_priced_rows": 0, "pair_priced_pairs": 0, "shifted_rows": 0, "added_edges": 0, "rebuilds": 0,
+             "slack": 0}
     slack = None
     if lam is None and not feasible:
         size, _ = _auction.max_matching(g.indptr, g.indices, n, m)
@@ -1146,8 +1147,9 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
             violations = 0
             again = rows[ref_round[rows] >= 0] if pair_pricing else rows[:0]
             settled = np.zeros(n, bool)
-            for r in np.unique(ref_round[again]):
-                group = again[ref_round[again] == r]
+            # by the round that priced them last (read before any is absorbed: that moves it)
+            groups = [(r, again[ref_round[again] == r]) for r in np.unique(ref_round[again])]
+            for r, group in groups:
                 since = (ref_m + (ref_u - u), ref_v[int(r)] - v)  # what the row's pricing then proved
                 ok, pr, pc, bound = _bound_suspects(g, group, u, v, _suspect_columns(m), since)
                 if not ok.any():
