@@ -117,6 +117,20 @@ def accumulation_error(A: torch.Tensor, B: torch.Tensor, emit) -> None:
          max_rel_err=float(((C - exact).abs() / (na[:, None] + nb[None, :])).max()))
 
 
+def timed_graph(A, B, ref, on_error):
+    """(seconds, graph, share of its edges equal to ref's) of the triton candidates as the
+    environment configures them, or None after ``on_error(message)`` where they fail (a
+    configuration the compiler refuses is a result)."""
+    try:
+        t = timed(lambda: candidates(A, B, k=K, backend="triton"))
+        g = candidates(A, B, k=K, backend="triton")
+    except Exception as e:  # noqa: BLE001
+        on_error(f"{type(e).__name__}: {str(e)[:200]}")
+        return None
+    same = float((g.indices == ref.indices).float().mean()) if torch.equal(g.indptr, ref.indptr) else 0.0
+    return t, g, same
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("F", type=int, nargs="?", default=16384)
@@ -165,14 +179,10 @@ def main() -> None:
                 tc.SEL_BM, tc.SEL_BN, tc.SEL_WARPS = sel
                 for what, gated in (("candidates gemm", "0"), ("candidates gemm gated", "1")):
                     os.environ["MECHPERM_GATED_SELECT"] = gated  # the running top-k / gated by group minima
-                    try:
-                        t = timed(lambda: candidates(A, B, k=K, backend="triton"))
-                        g = candidates(A, B, k=K, backend="triton")
-                    except Exception as e:  # noqa: BLE001 - a config the compiler refuses is a result
-                        emit(what=what, dtype=name, cfg=str(sel), error=f"{type(e).__name__}: {str(e)[:200]}")
+                    got = timed_graph(A, B, ref, lambda e, w=what, c=str(sel): emit(what=w, dtype=name, cfg=c, error=e))
+                    if got is None:
                         continue
-                    same = (float((g.indices == ref.indices).float().mean()) if torch.equal(g.indptr, ref.indptr)
-                            else 0.0)
+                    t, g, same = got
                     # one GEMM here: TFLOP/s count 2·F²·D
                     emit(what=what, dtype=name, cfg=str(sel), F=F, seconds=t, tflops=flops / t / 1e12,
                          ratio_to_mm_fp32=t / t_mm, ratio_to_mm_bf16=t / t_bf, same_edges=same, **tc.LAST_GEMM)
@@ -189,13 +199,10 @@ def main() -> None:
                 if what.endswith("emit") and (not args.emit or cfg[1] > 64):
                     continue  # Triton 3.9 aborts (LLVM assertion) compiling _emit_kernel with BN = 128
                 os.environ["MECHPERM_EMIT_TOPK"] = flag  # the running top-k / thresholds and emission
-                try:
-                    t = timed(lambda: candidates(A, B, k=K, backend="triton"))
-                    g = candidates(A, B, k=K, backend="triton")
-                except Exception as e:  # noqa: BLE001 - a config the compiler refuses is a result
-                    emit(what=what, dtype=name, cfg=str(cfg), error=f"{type(e).__name__}: {str(e)[:200]}")
+                got = timed_graph(A, B, ref, lambda e, w=what, c=str(cfg): emit(what=w, dtype=name, cfg=c, error=e))
+                if got is None:
                     continue
-                same = float((g.indices == ref.indices).float().mean()) if torch.equal(g.indptr, ref.indptr) else 0.0
+                t, g, same = got
                 if scale is None:
                     na, nb = (A.float() ** 2).sum(1), (B.float() ** 2).sum(1)
                     scale = na[g.row_ids()] + nb[g.indices]

@@ -544,15 +544,22 @@ int64_t csr_margins_typed(const int64_t* p, const py::array& indices, const py::
     return csr_margins(p, ix, cs, n, m, r2c, u, v, threads, o);
 }
 
-py::array_t<double> csr_margins_py(const py::array& indptr, const py::array& indices, const py::array& costs,
-                                   const py::array& row_to_col, const py::array& u, const py::array& v,
-                                   int threads) {
+// A CSR indptr [n + 1] (n = its length - 1): int64, starting at 0, non-decreasing.
+const int64_t* require_indptr(const py::array& indptr) {
     if (indptr.ndim() != 1 || indptr.shape(0) < 1) throw py::value_error("indptr must be 1-D with n + 1 entries");
     const int64_t n = indptr.shape(0) - 1;
     const int64_t* p = require<int64_t>(indptr, "indptr", 1, n + 1);
     if (p[0] != 0) throw py::value_error("indptr[0] must be 0");
     for (int64_t i = 0; i < n; ++i)
         if (p[i + 1] < p[i]) throw py::value_error("indptr must be non-decreasing");
+    return p;
+}
+
+py::array_t<double> csr_margins_py(const py::array& indptr, const py::array& indices, const py::array& costs,
+                                   const py::array& row_to_col, const py::array& u, const py::array& v,
+                                   int threads) {
+    const int64_t* p = require_indptr(indptr);
+    const int64_t n = indptr.shape(0) - 1;
     const int64_t* r2c = require<int64_t>(row_to_col, "row_to_col", 1, n);
     const double* up = require<double>(u, "u", 1, n);
     if (v.ndim() != 1) throw py::value_error("v must be 1-D");
@@ -573,12 +580,8 @@ py::array_t<double> csr_margins_py(const py::array& indptr, const py::array& ind
 // suspect_pairs (bounds.hpp): the scan over the rows' columns, its outputs flattened.
 py::tuple suspect_pairs_py(const py::array& indptr, const py::array& indices, const py::array& rows, int64_t m,
                            const py::list& families, int64_t limit, int64_t mult, int64_t min_cols, int threads) {
-    if (indptr.ndim() != 1 || indptr.shape(0) < 1) throw py::value_error("indptr must be 1-D with n + 1 entries");
+    const int64_t* p = require_indptr(indptr);
     const int64_t n = indptr.shape(0) - 1;
-    const int64_t* p = require<int64_t>(indptr, "indptr", 1, n + 1);
-    if (p[0] != 0) throw py::value_error("indptr[0] must be 0");
-    for (int64_t i = 0; i < n; ++i)
-        if (p[i + 1] < p[i]) throw py::value_error("indptr must be non-decreasing");
     const bool i32 = is_c_array<int32_t>(indices);
     const void* idx = i32 ? static_cast<const void*>(require<int32_t>(indices, "indices", 1, p[n]))
                           : static_cast<const void*>(require<int64_t>(indices, "indices", 1, p[n]));

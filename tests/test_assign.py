@@ -570,6 +570,17 @@ def test_bound_suspects_bound_every_pair_left_out(seed: int, k: int):
     assert len(pr) <= int(ok.sum()) * max(256, n)
 
 
+def _counting_pricer(C: np.ndarray, q: int, calls: list):
+    """A ``price_rows`` on the dense matrix C (the q least reduced costs a row) that appends to
+    ``calls`` how many rows each call prices."""
+
+    def price(rows, u, v):
+        calls.append(len(rows))
+        return _auction.dense_price(C, np.ascontiguousarray(rows, np.int64), u, v, -np.inf, q)
+
+    return price
+
+
 @pytest.mark.parametrize("partial", [False, True])
 def test_assign_exact_prices_failing_rows_pair_by_pair(partial: bool):
     """Rows priced before that fail again on few pairs get those pairs' costs (price_pairs)
@@ -578,12 +589,8 @@ def test_assign_exact_prices_failing_rows_pair_by_pair(partial: bool):
     n = 600
     C, g = _noisy_match(6, n, 1.5, 1)
     lam = float(np.median(C)) if partial else None
-    whole = []
-
-    def price(rows, u, v):
-        whole.append(len(rows))
-        return _auction.dense_price(C, np.ascontiguousarray(rows, np.int64), u, v, -np.inf, 2)
-
+    whole: list = []
+    price = _counting_pricer(C, 2, whole)
     res = assign_exact(n, n, g, price, max_new_per_row=2, unmatched_cost=lam, price_pairs=lambda r, c: C[r, c],
                        pair_pricing=True)
     with_pairs = sum(whole)
@@ -606,12 +613,8 @@ def test_assign_exact_rechecks_the_columns_that_moved(partial: bool):
     n = 600
     C, g = _noisy_match(5, n, 1.5, 1)
     lam = float(np.median(C)) if partial else None
-    priced = []
-
-    def price(rows, u, v):
-        priced.append(len(rows))
-        return _auction.dense_price(C, np.ascontiguousarray(rows, np.int64), u, v, -np.inf, 2)
-
+    priced: list = []
+    price = _counting_pricer(C, 2, priced)
     pairs = []
 
     def price_pairs(rows, cols):

@@ -494,13 +494,18 @@ def test_triton_gemm_selection_profile(tc, monkeypatch: pytest.MonkeyPatch) -> N
     assert_same_graph(timed, plain, rtol=0.0)
 
 
-@pytest.mark.parametrize("Fa, Fb, D, dtype, k, k_cos, splits, block, ordering", GEMM_CASES)
-def test_triton_gemm_selection_matches_torch(tc, monkeypatch: pytest.MonkeyPatch, Fa, Fb, D, dtype, k, k_cos,
-                                             splits, block, ordering) -> None:
+def _gemm_path(tc, monkeypatch: pytest.MonkeyPatch, Fb: int, block, inputs):
+    """The GEMM-block path on (blocks of ``block`` rows where given): returns ``inputs``."""
     monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
     if block is not None:
         monkeypatch.setattr(tc, "GEMM_BLOCK_BYTES", 4 * Fb * block)
-    A, B = _emit_inputs(Fa, Fb, D, dtype, ordering, seed=Fa + 3 * Fb)
+    return inputs
+
+
+@pytest.mark.parametrize("Fa, Fb, D, dtype, k, k_cos, splits, block, ordering", GEMM_CASES)
+def test_triton_gemm_selection_matches_torch(tc, monkeypatch: pytest.MonkeyPatch, Fa, Fb, D, dtype, k, k_cos,
+                                             splits, block, ordering) -> None:
+    A, B = _gemm_path(tc, monkeypatch, Fb, block, _emit_inputs(Fa, Fb, D, dtype, ordering, seed=Fa + 3 * Fb))
     tc.LAST_GEMM.clear()
     gt = tc.candidates(A.to(TRITON_DEVICE), B.to(TRITON_DEVICE), k=k, k_cos=k_cos, splits=splits)
     assert tc.LAST_GEMM["blocks"] == (1 if block is None else -(-Fa // block))  # the GEMM path ran
@@ -522,10 +527,8 @@ GATED_CASES = [
 @pytest.mark.parametrize("Fa, Fb, D, dtype, k, k_cos, splits, block, ordering", GATED_CASES)
 def test_triton_gated_selection_equals_ungated(tc, monkeypatch: pytest.MonkeyPatch, Fa, Fb, D, dtype, k, k_cos,
                                                splits, block, ordering) -> None:
-    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
-    if block is not None:
-        monkeypatch.setattr(tc, "GEMM_BLOCK_BYTES", 4 * Fb * block)
-    A, B = _emit_inputs(Fa, Fb, D, dtype, "random" if ordering == "zero" else ordering, seed=Fa + 5 * Fb)
+    A, B = _gemm_path(tc, monkeypatch, Fb, block,
+                      _emit_inputs(Fa, Fb, D, dtype, "random" if ordering == "zero" else ordering, seed=Fa + 5 * Fb))
     if ordering == "zero":
         A[::7] = 0
         B[::5] = 0
