@@ -84,6 +84,30 @@ def test_emission_selection_equals_the_running_top_k(monkeypatch: pytest.MonkeyP
     scale = 1.0 + (A.float() ** 2).sum(1).cpu()[g.row_ids()] + (B.float() ** 2).sum(1).cpu()[g.indices]
     assert float(((g.costs - r.costs).abs() / scale).max()) <= 1e-5
 
+@pytest.mark.parametrize("dtype, k_cos, block_rows", [(torch.float32, 32, None), (torch.bfloat16, 8, 1024)])
+def test_gated_selection_equals_the_running_top_k(monkeypatch: pytest.MonkeyPatch, dtype, k_cos: int,
+                                                  block_rows) -> None:
+    """MECHPERM_GATED_SELECT=1 on the compiled kernels: the same graph bit for bit as the GEMM
+    blocks' running top-k (the group minima's costs must be those the selection computes), at
+    a size with column splits and, with ``block_rows``, several blocks (the columns' gates in
+    the first only)."""
+    from mechperm.kernels import triton_candidates as tc
+
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
+    A, B = pair(6000, 2304, seed=4, Fb=7000, dtype=dtype)
+    A, B = A.to(DEV), B.to(DEV)
+    if block_rows is not None:
+        monkeypatch.setattr(tc, "GEMM_BLOCK_BYTES", 4 * B.shape[0] * block_rows)
+    monkeypatch.setenv("MECHPERM_GATED_SELECT", "0")
+    r = candidates(A, B, k=32, k_cos=k_cos).to("cpu")
+    monkeypatch.setenv("MECHPERM_GATED_SELECT", "1")
+    g = candidates(A, B, k=32, k_cos=k_cos).to("cpu")
+    if DEV == "cuda":
+        assert tc.LAST_GEMM["gated"] is True and tc.LAST_GEMM["blocks"] == (1 if block_rows is None else 6)
+    for name in ("indptr", "indices", "sources", "costs", "row_kth", "col_kth"):
+        assert torch.equal(getattr(g, name), getattr(r, name)), name
+
+
 def test_dense_costs_and_price_on_cuda() -> None:
     A, B = pair(1500, 2304, seed=2, Fb=1700)
     C = dense_costs(A.to(DEV), B.to(DEV)).cpu().double().numpy()
