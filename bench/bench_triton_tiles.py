@@ -1,6 +1,7 @@
 """Tile sweep of the Triton candidate kernel on CUDA, next to the card's GEMMs of the same shape.
 
     python bench/bench_triton_tiles.py [F] [--json out.json] [--budget SECONDS]
+    python bench/bench_triton_tiles.py 8192 --wide 1048576   # the 1M match's selection regime
 
 For each tile configuration (BM, BN, BD_fp32, BD_16, warps, stages) of
 ``mechperm.kernels.triton_candidates`` and each input type (fp32 through 3xTF32, bf16): the time of
@@ -131,6 +132,35 @@ def timed_graph(A, B, ref, on_error):
     return t, g, same
 
 
+def wide(F: int, FB: int, emit) -> None:
+    """The 1M match's regime at 1/(FB/F) of its cost: F rows of A against FB of B through the
+    GEMM blocks (at FB = 1M: blocks of 2048 rows, ~17 column splits a block, the columns'
+    selections carried over the blocks), with the running top-k alone and gated
+    (MECHPERM_GATED_SELECT), each phase timed (MECHPERM_PROFILE_GEMM); the two graphs must be
+    equal bit for bit."""
+    os.environ["MECHPERM_GEMM_CANDIDATES"] = os.environ["MECHPERM_PROFILE_GEMM"] = "1"
+    B32, _ = setup(FB, torch.float32, seed=1)
+    A32 = B32[:F] + 0.3 * torch.randn(F, D, device=DEV) / D**0.5
+    flops = 2.0 * F * FB * D
+    for name, (A, B) in (("fp32", (A32, B32)), ("bf16", (A32.bfloat16(), B32.bfloat16()))):
+        graphs = {}
+        for gated in ("0", "1"):
+            os.environ["MECHPERM_GATED_SELECT"] = gated
+            t = timed(lambda: candidates(A, B, k=K, backend="triton"), reps=2)
+            graphs[gated] = candidates(A, B, k=K, backend="triton")
+            info = {("phases" if key == "seconds" else key): val for key, val in tc.LAST_GEMM.items()}
+            emit(what="wide gemm" + (" gated" if gated == "1" else ""), dtype=name, F=F, FB=FB, seconds=t,
+                 tflops=flops / t / 1e12, **info)
+        a, b = graphs["0"], graphs["1"]
+        emit(what="wide same graph", dtype=name,
+             same=all(torch.equal(getattr(a, x), getattr(b, x)) for x in ("indptr", "indices", "costs")))
+        del graphs, a, b
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+    for var in ("MECHPERM_GEMM_CANDIDATES", "MECHPERM_PROFILE_GEMM", "MECHPERM_GATED_SELECT"):
+        os.environ.pop(var, None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("F", type=int, nargs="?", default=16384)
@@ -142,6 +172,8 @@ def main() -> None:
                     help="first the cuBLAS-block selection (MECHPERM_GEMM_CANDIDATES) by selection tile")
     ap.add_argument("--sel-configs", type=int, default=len(SEL_CONFIGS),
                     help="with --gemm, only the first N selection tiles (the first is the default)")
+    ap.add_argument("--wide", type=int, metavar="FB",
+                    help="only F rows against FB columns through the GEMM blocks, ungated and gated")
     args = ap.parse_args()
     F, t_end = args.F, time.perf_counter() + args.budget
     flops = 2.0 * F * F * D
@@ -151,6 +183,13 @@ def main() -> None:
         rows.append(row)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
               file=sys.stderr, flush=True)
+
+    if args.wide:
+        wide(F, args.wide, emit)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
 
     A32, B32 = setup(F, torch.float32)
     out = torch.empty(F, F, device=DEV)

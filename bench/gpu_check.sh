@@ -43,9 +43,13 @@ stage tests "${T_TESTS:-90}" python3 -m pytest -q -n 8 -p no:cacheprovider \
 # it happens, and the stacks when a stage's limit kills it, so a run cut
 # short still says where its time went.
 # A run may start with "T=seconds:" to set its own limit (default T_MATCH). The defaults fit one
-# 600 s call (H100, 2026-11-26: build 48 s, tests 59 s, tiles 35 s): 50 + 90 + 75 + 60 + 60 + 150 s.
-GREP="what=" stage tiles "${T_TILES:-75}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
-    --budget $(( ${T_TILES:-75} - 35 )) --configs "${TILE_CONFIGS:-2}" --emit --gemm --sel-configs "${SEL_CONFIGS:-1}"
+# 600 s call (H100, 2026-11-26: build 48 s, tests 59 s, tiles 35 s): 50 + 90 + 60 + 45 + 60 + 60 + 150 s.
+GREP="what=" stage tiles "${T_TILES:-60}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
+    --budget $(( ${T_TILES:-60} - 30 )) --configs "${TILE_CONFIGS:-2}" --emit --gemm --sel-configs "${SEL_CONFIGS:-1}"
+# The 1M match's selection regime at 1/128 of its cost (8192 rows against 1M: blocks of 2048 rows,
+# ~17 column splits): the GEMM blocks' phases ungated and gated, fp32 and bf16 (T_WIDE).
+GREP="what=" stage wide "${T_WIDE:-45}" python3 bench/bench_triton_tiles.py 8192 --wide 1048576 \
+    --json "$OUT/wide.json"
 cd bench
 export MECHPERM_PROFILE_GEMM=1  # the GEMM blocks' phases (GEMM, row and column selections) in the table
 IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=60:--sizes 16384,16384,16384,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,262144 --gated --trace|T=150:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --gated --trace}"
