@@ -521,6 +521,7 @@ GATED_CASES = [
     (130, 150, 24, torch.float32, 2, 2, None, 64, "sorted"),
     (100, 140, 24, torch.float32, 4, 0, None, None, "zero"),  # zero rows: −0.0 scores, no cosines
     (70, 45, 40, torch.float32, 4, 4, None, None, "random"),  # fewer groups than k: no gate
+    (90, 200, 16, torch.float16, 1, 1, 3, 64, "random"),  # k = 1, fp16, splits of one tile
 ]
 
 
