@@ -139,7 +139,7 @@ def wide(F: int, FB: int, emit) -> None:
     (MECHPERM_GATED_SELECT), each phase timed (MECHPERM_PROFILE_GEMM); the two graphs must be
     equal bit for bit."""
     os.environ["MECHPERM_GEMM_CANDIDATES"] = os.environ["MECHPERM_PROFILE_GEMM"] = "1"
-    B32, _ = setup(FB, torch.float32, seed=1)
+    B32 = setup(FB, torch.float32, seed=1)[0]  # (its noisy copy freed at once: 9.4 GB at 1M)
     A32 = B32[:F] + 0.3 * torch.randn(F, D, device=DEV) / D**0.5
     flops = 2.0 * F * FB * D
     for name, (A, B) in (("fp32", (A32, B32)), ("bf16", (A32.bfloat16(), B32.bfloat16()))):
