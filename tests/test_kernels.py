@@ -543,6 +543,21 @@ def test_triton_gated_selection_equals_ungated(tc, monkeypatch: pytest.MonkeyPat
     assert_same_graph(gated, candidates(A.cpu(), B.cpu(), k=k, k_cos=k_cos))
 
 
+def test_gated_selection_falls_back_when_a_list_comes_short(tc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caps below every score (never from _caps itself) leave the lists short: the selection
+    warns and runs again ungated, so the graph is still the running top-k's."""
+    A, B = _gemm_path(tc, monkeypatch, 180, 64, _emit_inputs(200, 180, 24, torch.float32, "random", seed=8))
+    A, B = A.to(TRITON_DEVICE), B.to(TRITON_DEVICE)
+    plain = tc.candidates(A, B, k=3, k_cos=2).to("cpu")
+    monkeypatch.setenv("MECHPERM_GATED_SELECT", "1")
+    monkeypatch.setattr(tc, "_caps", lambda mins, k: torch.full((mins.shape[0],), -2**63, dtype=torch.int64,
+                                                                device=mins.device))
+    with pytest.warns(RuntimeWarning, match="left a list short"):
+        again = tc.candidates(A, B, k=3, k_cos=2).to("cpu")
+    assert tc.LAST_GEMM["gated"] is False
+    assert_same_graph(again, plain, rtol=0.0)
+
+
 def test_block_caps_bound_each_kth(tc) -> None:
     """_block_caps on one block: every cap's score is at least the row's / column's k-th least
     cost and −cosine (dense reference), and where a row sees >= k groups it is finite and within

@@ -54,6 +54,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 
 import torch
 import triton
@@ -771,7 +772,8 @@ def _block_rows(M: int, N: int, dev: torch.device) -> int:
     return max(1, min(M, max(SEL_BM, r)))
 
 
-def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, splits: int | None):
+def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, splits: int | None,
+               gated: bool | None = None):
     """:func:`_topk` for the rows and the columns from blocks of dot products that cuBLAS
     writes (``torch.mm``, see :func:`_dots_against`),
     each read twice by ``_select_dots_kernel``: along its rows (complete for those rows) and
@@ -796,7 +798,8 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
     row_cols = torch.empty(M, kr, dtype=torch.int64, device=dev)
     row_sim = torch.empty(M, kcr, dtype=torch.int64, device=dev) if kcr else None
     col_tiles = -(-N // SEL_BN)
-    gated = gated_enabled()
+    gated = gated_enabled() if gated is None else gated
+    lost = torch.zeros((), dtype=torch.bool, device=dev)  # gated: a list left short (never expected)
     cos = max(kcr, kcc) > 0
     clock = _PhaseClock(dev, os.environ.get("MECHPERM_PROFILE_GEMM") == "1")
     for r0 in range(0, M, R):
@@ -822,17 +825,27 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
             dots, na[r0:r1], nb, ia[r0:r1], ib, out_c, out_s, caps[0], caps[1], m, N, cps, N, 0,
             KC=kr, KS=kcr, KP=kp_r, SWAP=False, INIT=False, GATED=gated, **meta)
         clock.mark("rows")
-        row_cost[r0:r1], row_cols[r0:r1] = _unpack(torch.sort(out_c.view(m, -1), dim=1).values[:, :kr])
+        keys = torch.sort(out_c.view(m, -1), dim=1).values[:, :kr]
+        row_cost[r0:r1], row_cols[r0:r1] = _unpack(keys)
         if kcr:
             row_sim[r0:r1] = torch.sort(out_s.view(m, -1), dim=1).values[:, :kcr]
+        if gated:
+            lost |= (keys[:, -1] == big).any() | (kcr > 0 and (row_sim[r0:r1, -1] == big).any())
         clock.mark("row_merge")
         _select_dots_kernel[(-(-N // SEL_BM), 1)](
             dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, caps[2], caps[3], N, m, m, N, r0,
             KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, GATED=gated, **meta)
         clock.mark("cols")
         del dots, caps
-    col_cost, col_rows = _unpack(torch.sort(col_c, dim=1).values)
+    keys = torch.sort(col_c, dim=1).values
+    col_cost, col_rows = _unpack(keys)
     col_sim = torch.sort(col_s, dim=1).values if kcc else None
+    if gated:
+        lost |= (keys[:, -1] == big).any() | (kcc > 0 and (col_sim[:, -1] == big).any())
+        if bool(lost):  # every list holds k pairs by construction; if one does not, be exact anyway
+            warnings.warn("the gated candidate selection left a list short; selecting again ungated "
+                          "(please report: MECHPERM_GATED_SELECT)", RuntimeWarning, stacklevel=2)
+            return _topk_gemm(A, B, na, nb, ia, ib, kr, kc, kcr, kcc, splits, gated=False)
     LAST_GEMM.clear()
     LAST_GEMM.update(block_rows=R, blocks=-(-M // R), gemm=how, gated=gated)
     if clock.on:
