@@ -37,13 +37,15 @@ stage tests "${T_TESTS:-90}" python3 -m pytest -q -n 8 -p no:cacheprovider \
 # best in session 11), then the fused kernels' first two tile shapes, running top-k vs
 # thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s. Then
 # match_vectors: the default path (cuBLAS blocks on CUDA; 16384 three times, the first with its
-# compiles; the GPU screen on at 262144), the same gated (MECHPERM_GATED_SELECT=1), and 1M gated
+# compiles; the GPU screen on at 262144), the same gated (MECHPERM_GATED_SELECT=1), 16384 at
+# candidates_k = 16 (the CPU stand-in's host phases: 0.11 against 0.18 s at the default 64), and 1M gated
 # with the screen and the fused pricer at candidates_k = 32 (the issue's 30 s goal; ~19 GB of
 # float32 vectors; session 11 ungated: 41-46 s). --trace logs each phase and pricing pass as
 # it happens, and the stacks when a stage's limit kills it, so a run cut
 # short still says where its time went.
 # A run may start with "T=seconds:" to set its own limit (default T_MATCH). The defaults fit one
-# 600 s call (H100, 2026-11-26: build 48 s, tests 59 s, tiles 35 s): 50 + 90 + 60 + 45 + 60 + 60 + 150 s.
+# 600 s call (H100, 2026-11-26: build 48 s, tests 59 s, tiles 35 s): 50 + 90 + 60 + 45 + 60 + 60 + 30 + 150 s
+# are the limits; the stages ran well under theirs in session 11.
 GREP="what=" stage tiles "${T_TILES:-60}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
     --budget $(( ${T_TILES:-60} - 30 )) --configs "${TILE_CONFIGS:-2}" --emit --gemm --sel-configs "${SEL_CONFIGS:-1}"
 # The 1M match's selection regime at 1/128 of its cost (8192 rows against 1M: blocks of 2048 rows,
@@ -52,7 +54,7 @@ GREP="what=" stage wide "${T_WIDE:-45}" python3 bench/bench_triton_tiles.py 8192
     --json "$OUT/wide.json"
 cd bench
 export MECHPERM_PROFILE_GEMM=1  # the GEMM blocks' phases (GEMM, row and column selections) in the table
-IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=60:--sizes 16384,16384,16384,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,262144 --gated --trace|T=150:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --gated --trace}"
+IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=60:--sizes 16384,16384,16384,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,262144 --gated --trace|T=30:--sizes 16384,16384,16384 --candidates-k 16|T=150:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --gated --trace}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))
