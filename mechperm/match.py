@@ -469,7 +469,13 @@ def _zero_vector_arcs(graph: solver.CandidateGraph, A: Tensor, B: Tensor, k: int
     in order of |b_j|² (cheapest first): a staircase, so the zero rows can be matched apart;
     zero columns likewise.
     """
-    na, nb = kernels.row_sq_norms(A), kernels.row_sq_norms(B)
+    if graph.row_norm is not None and graph.col_norm is not None:
+        # The graph's norms (square roots of the float32 squared norms, which squaring and
+        # rounding to float32 gives back exactly): no pass over A and B again (F = 16384 on
+        # the CPU: 40 of the graph phase's 85 ms).
+        na, nb = (torch.from_numpy(np.square(x).astype(np.float32)) for x in (graph.row_norm, graph.col_norm))
+    else:
+        na, nb = kernels.row_sq_norms(A).cpu(), kernels.row_sq_norms(B).cpu()
     add_r, add_c = [], []
     for zero, other, by_row in ((na == 0, nb, True), (nb == 0, na, False)):
         z = zero.nonzero().squeeze(1).cpu().numpy()
@@ -486,10 +492,8 @@ def _zero_vector_arcs(graph: solver.CandidateGraph, A: Tensor, B: Tensor, k: int
     if not add_r:
         return graph, 0
     rows, cols = np.concatenate(add_r), np.concatenate(add_c)
-    dev = A.device
-    ri, ci = torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)
     # Same arithmetic as the kernels: |a|² + |b|² − 2⟨a, b⟩ with ⟨a, b⟩ = 0, clamped at 0.
-    costs = (na[ri] + nb[ci]).clamp_min(0).cpu().numpy()
+    costs = (na[torch.from_numpy(rows)] + nb[torch.from_numpy(cols)]).clamp_min(0).numpy()
     done = graph.with_arcs(rows, cols, costs)
     return done, len(done.indices) - len(graph.indices)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 
 import numpy as np
@@ -310,10 +311,12 @@ def test_sparse_path_completes_an_infeasible_candidate_graph() -> None:
     assert r.n_matched == a.d_sae
 
 
-def test_sparse_path_gives_tied_zero_vectors_their_own_arcs() -> None:
+@pytest.mark.parametrize("screened", ["1", "0"])
+def test_sparse_path_gives_tied_zero_vectors_their_own_arcs(monkeypatch, screened: str) -> None:
     """Many dead features with all-zero decoder rows: their pairs all tie, and without a
     staircase of their own they would crowd onto the same few columns (an infeasible graph
     that the completion patches with forced arcs). With it: no completion, same optimum."""
+    monkeypatch.setenv("MECHPERM_SCREEN", screened)
     st = make_stack(2, d=32, F=1024, seed=7, dead_rate=0.5, dead_modes=("zero_row",))  # without: 254k completion arcs
     a, b = st.saes
     assert int((kernels.row_sq_norms(kernels.matching_vectors(a)) == 0).sum()) > 200
@@ -321,6 +324,21 @@ def test_sparse_path_gives_tied_zero_vectors_their_own_arcs() -> None:
     assert r.stats["zero_vector_edges"] > 0 and r.stats["completion_edges"] == 0
     assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b), rel=1e-9)
     _valid_partial_perm(r.perm, b.d_sae)
+
+
+def test_zero_vector_arcs_from_the_graphs_norms() -> None:
+    """_zero_vector_arcs reads the graph's norms where it has them: the same arcs and costs, bit
+    for bit, as from the vectors' own squared norms."""
+    match_module = importlib.import_module("mechperm.match")  # the module (the package exports match())
+    st = make_stack(2, d=32, F=600, seed=3, dead_rate=0.3, dead_modes=("zero_row",))
+    A, B = (kernels.matching_vectors(s) for s in st.saes)
+    g = kernels.solver_graph(kernels.candidates(A, B, k=4), A, B)
+    assert g.row_norm is not None and g.col_norm is not None
+    with_norms, n1 = match_module._zero_vector_arcs(g, A, B, 4)
+    without, n2 = match_module._zero_vector_arcs(dataclasses.replace(g, row_norm=None, col_norm=None), A, B, 4)
+    assert n1 == n2 > 0
+    for name in ("indptr", "indices", "costs"):
+        assert np.array_equal(getattr(with_norms, name), getattr(without, name)), name
 
 
 def test_match_vectors_is_matchs_engine(stack) -> None:
