@@ -1145,7 +1145,17 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
             a row's first pricing takes the whole row, whose best pairs anticipate the next
             rounds (pairs alone there: make_stack F = 16384, 4 -> 7 rounds)."""
             violations = 0
-            again = rows[ref_round[rows] >= 0] if pair_pricing else rows[:0]
+            if pair_pricing:
+                violations, rows = price_pairs_of(rows)
+            if len(rows):
+                violations += absorb(rows, price_rows(rows, u, v))
+            return violations
+
+        def price_pairs_of(rows: np.ndarray) -> tuple:
+            """Pair pricing of the rows priced before whose bounds fail on few columns: the
+            violations, and the rows left to price whole."""
+            violations = 0
+            again = rows[ref_round[rows] >= 0]
             settled = np.zeros(n, bool)
             # by the round that priced them last (read before any is absorbed: that moves it)
             groups = [(r, again[ref_round[again] == r]) for r in np.unique(ref_round[again])]
@@ -1161,10 +1171,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
                 stats["pair_priced_pairs"] += len(pr)
                 violations += absorb(group[ok], PricedRows(pr, pc, pw, bound))
                 settled[group[ok]] = True
-            rows = rows[~settled[rows]]
-            if len(rows):
-                violations += absorb(rows, price_rows(rows, u, v))
-            return violations
+            return violations, rows[~settled[rows]]
 
         def absorb(rows: np.ndarray, out) -> int:
             """What pricing ``rows`` returned: the rows' bounds, the pairs left out; the

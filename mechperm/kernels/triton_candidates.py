@@ -189,15 +189,21 @@ def _empty_best(K: tl.constexpr, KP: tl.constexpr, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _cost(acc, na, nb):
+    """max(0, (−2⟨a,b⟩ + n_a) + n_b) of a tile of dots: the one formula of every selection and
+    of the gates' group minima (which must be the selections' values bit for bit)."""
+    return tl.maximum((acc * -2.0 + na) + nb, 0.0)
+
+
+@triton.jit
 def _select_tile(acc, nx, ix, ny, iy, keycols, valid, best_c, thr_c, cap_c, best_s, thr_s, cap_s, pos,
                  KS: tl.constexpr, SWAP: tl.constexpr):
     """One tile of dot products into the running selections: costs (the (A, B) formula's order
     also when SWAP puts B's rows first) and, with KS > 0, −cosines."""
     if SWAP:  # X holds B, Y holds A: c = (−2⟨a,b⟩ + n_a) + n_b as in the (A, B) launch
-        cost = (acc * -2.0 + ny[None, :]) + nx[:, None]
+        cost = _cost(acc, ny[None, :], nx[:, None])
     else:
-        cost = (acc * -2.0 + nx[:, None]) + ny[None, :]
-    cost = tl.maximum(cost, 0.0)
+        cost = _cost(acc, nx[:, None], ny[None, :])
     best_c, thr_c = _insert_scores(best_c, thr_c, cap_c, cost, keycols, valid, pos)
     if KS > 0:
         neg_cos = -((acc * ix[:, None]) * iy[None, :])
@@ -337,7 +343,7 @@ def _group_min_kernel(
         valid = rmask[:, None] & cmask[None, :]
         acc = tl.load(DOTS + rows.to(tl.int64)[:, None] * ld + cols[None, :], mask=valid, other=0.0)
         ny = tl.load(NY + cols, mask=cmask, other=0.0)
-        cost = tl.where(valid, tl.maximum((acc * -2.0 + nx[:, None]) + ny[None, :], 0.0), float("inf"))
+        cost = tl.where(valid, _cost(acc, nx[:, None], ny[None, :]), float("inf"))
         tile = n0 // BLOCK_N
         tl.store(RMIN_C + rows.to(tl.int64) * n_col_tiles + tile, tl.min(cost, axis=1), mask=rmask)
         if COLS:
