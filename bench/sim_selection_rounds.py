@@ -29,15 +29,15 @@ K, TILE, D = 32, 64, 2304
 
 
 def rounds(score: np.ndarray, spans: list[tuple[int, int]], cap: np.ndarray | None,
-           carry: bool) -> tuple[int, int, int]:
+           carry: bool, k: int = K) -> tuple[int, int, int]:
     """(tiles, tiles with a score within the gate, insertion rounds) of one program's selection
     over ``score`` [64, n] in column ranges ``spans``: fresh selections per span unless
     ``carry``; ``cap`` per span (or None) bounds the rows' k-th from above."""
     tiles = hit = n_rounds = 0
-    best = np.full((score.shape[0], K), np.inf)
+    best = np.full((score.shape[0], k), np.inf)
     for s, (lo, hi) in enumerate(spans):
         if not carry:
-            best = np.full((score.shape[0], K), np.inf)
+            best = np.full((score.shape[0], k), np.inf)
         bound = np.full(score.shape[0], np.inf) if cap is None or cap[s] is None else cap[s]
         for c0 in range(lo, hi, TILE):
             tile = score[:, c0:min(hi, c0 + TILE)]
@@ -58,7 +58,7 @@ def rounds(score: np.ndarray, spans: list[tuple[int, int]], cap: np.ndarray | No
     return tiles, hit, n_rounds
 
 
-def kth_group_min(score: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+def kth_group_min(score: np.ndarray, extra: np.ndarray | None = None, k: int = K) -> np.ndarray:
     """Per row, the k-th least minimum of 64-wide groups (and of ``extra`` columns)."""
     n = score.shape[1] // TILE * TILE
     mins = score[:, :n].reshape(score.shape[0], -1, TILE).min(2)
@@ -66,7 +66,7 @@ def kth_group_min(score: np.ndarray, extra: np.ndarray | None = None) -> np.ndar
         mins = np.concatenate([mins, score[:, n:].min(1, keepdims=True)], 1)
     if extra is not None:
         mins = np.concatenate([extra, mins], 1)
-    return np.partition(mins, K - 1, axis=1)[:, K - 1] if mins.shape[1] >= K else np.full(len(mins), np.inf)
+    return np.partition(mins, k - 1, axis=1)[:, k - 1] if mins.shape[1] >= k else np.full(len(mins), np.inf)
 
 
 def scores(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -82,8 +82,14 @@ def main() -> None:
     ap.add_argument("F", type=int)
     ap.add_argument("--sms", type=int, default=132)
     ap.add_argument("--json")
+    ap.add_argument("--pricer", type=int, metavar="ROWS",
+                    help="model the fused row pricer instead (price_rows_topq on GEMM blocks, Q = 64): "
+                         "ROWS priced rows against F columns")
     args = ap.parse_args()
     F = args.F
+    if args.pricer:
+        pricer(F, args.pricer, args.sms, args.json)
+        return
     R = max(TILE, min(F, (8 << 30) // (4 * F) // TILE * TILE))
     col_tiles = -(-F // TILE)
     splits = max(1, min(col_tiles, -(-4 * args.sms // max(1, -(-R // TILE)))))
@@ -108,6 +114,30 @@ def main() -> None:
         print(" ".join(f"{k.rstrip('_')}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
     if args.json:
         with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+def pricer(F: int, n_rows: int, sms: int, json_path: str | None, q: int = 64) -> None:
+    """The fused pricer's selection (``_topq_kernel`` on GEMM blocks): per priced row the Q
+    least reduced costs, each of the chunk's column splits starting from nothing; gated, below
+    the Q-th least 64-wide tile minimum (its minima launch). One program of 64 rows; scores
+    with the costs' ranks (a reduced cost shifts each column by its dual, i.e. reorders columns
+    the same way for every row)."""
+    M = max(TILE, min(n_rows, (8 << 30) // (4 * F) // TILE * TILE))  # _block_rows
+    col_tiles = -(-F // TILE)
+    splits = max(1, min(col_tiles, -(-4 * sms // max(1, -(-M // TILE)))))
+    cps = -(-col_tiles // splits) * TILE
+    spans = [(lo, min(F, lo + cps)) for lo in range(0, F, cps)]
+    sc = scores(F, np.random.default_rng(1))["cost"]
+    cap = kth_group_min(sc, k=q)
+    out = []
+    for gated in (False, True):
+        t, h, r = rounds(sc, spans, [cap] * len(spans) if gated else None, carry=False, k=q)
+        out.append(dict(F=F, pass_="pricer", rows=n_rows, chunk=M, q=q, gated=gated, splits=len(spans), tiles=t,
+                        hit_tiles=h, rounds=r))
+        print(" ".join(f"{k.rstrip('_')}={v}" for k, v in out[-1].items()), file=sys.stderr, flush=True)
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(out, f, indent=1)
 
 

@@ -825,6 +825,74 @@ def test_triton_topq_pricer(tc, monkeypatch: pytest.MonkeyPatch, q: int, splits,
         assert float(red[i, got].max()) <= float(red[i, left].min()) + 1e-6 * float(red[i].abs().max())
 
 
+def _gated_pricer_inputs(tc, monkeypatch: pytest.MonkeyPatch, Fb: int, ties: bool, dtype, seed: int):
+    """The fused pricer on GEMM blocks of 8 rows, and (A, B, u, v, rows) with F_b columns (ties:
+    each column of B twice, so equal scores straddle the gates)."""
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
+    monkeypatch.setattr(tc, "GEMM_BLOCK_BYTES", 4 * Fb * 8)
+    monkeypatch.setattr(tc, "SEL_BM", 8)
+    A, B = heavy_tailed(max(90, Fb), 24, sigma=1.0, seed=seed)
+    A, B = A[:90].to(dtype), B[:Fb].to(dtype)
+    if ties:
+        B[1::2] = B[0::2][: Fb // 2]
+    g = np.random.default_rng(seed)
+    C = dense_costs(A, B, backend="torch")
+    u = (C.min(dim=1).values.double() + torch.from_numpy(g.uniform(-1, 2, 90))).contiguous()
+    v = torch.from_numpy(g.uniform(-1, 1, Fb))
+    rows = torch.from_numpy(g.permutation(90)[:23])
+    return tuple(x.to(TRITON_DEVICE) for x in (A, B, u, v, rows))
+
+
+@pytest.mark.parametrize("q, splits, chunk, dtype, ties", [
+    (5, 2, 1 << 16, torch.float32, False), (3, None, 7, torch.bfloat16, False), (1, 3, 1 << 16, torch.float32, False),
+    (4, 2, 16, torch.float32, True), (6, None, 1 << 16, torch.float16, True),
+])
+def test_triton_gated_topq_pricer_equals_ungated(tc, monkeypatch: pytest.MonkeyPatch, q: int, splits, chunk: int,
+                                                 dtype, ties: bool) -> None:
+    """MECHPERM_GATED_SELECT's pricer (a minima launch, then the selection gated by the Q-th
+    least tile minimum of each row) returns the ungated pricer's pairs, costs and bounds bit for
+    bit; its gates are real (finite) and lie at or above each row's Q-th least reduced cost."""
+    Fb = 400  # 7 tiles of 64 columns: a gate for Q <= 7
+    A, B, u, v, rows = _gated_pricer_inputs(tc, monkeypatch, Fb, ties, dtype, seed=80 + q)
+    plain = tc.price_rows_topq(A, B, u, v, rows, q, chunk=chunk, splits=splits, gated=False)
+    assert tc.LAST_TOPQ["gated"] is False
+    caps = []
+    real_caps = tc._caps
+    monkeypatch.setattr(tc, "_caps", lambda mins, k: caps.append((real_caps(mins, k), k)) or caps[-1][0])
+    monkeypatch.setenv("MECHPERM_GATED_SELECT", "1")
+    gated = tc.price_rows_topq(A, B, u, v, rows, q, chunk=chunk, splits=splits)
+    assert tc.LAST_TOPQ == {"gated": True, "regated": 0}
+    for a, b in zip(gated, plain):
+        assert torch.equal(a.cpu(), b.cpu())
+    Ct = tc.dense_costs(A, B).cpu()  # the tile arithmetic the kernel ranks by
+    red = ((Ct.double() - u.cpu()[:, None]) - v.cpu()[None, :]).float()
+    cap = torch.cat([c for c, _ in caps]).cpu()
+    kq = caps[0][1]
+    assert kq == max(q, 2) and (cap != 2**63 - 1).all()
+    assert (tc._key_scores(cap) >= red[rows.cpu()].kthvalue(kq, dim=1).values).all()
+
+
+def test_gated_topq_pricer_falls_back_when_a_row_comes_short(tc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gates below every score (never from _caps itself) leave rows short: the chunk is
+    selected again ungated, with a warning, and the result is the ungated pricer's."""
+    A, B, u, v, rows = _gated_pricer_inputs(tc, monkeypatch, 400, False, torch.float32, seed=90)
+    plain = tc.price_rows_topq(A, B, u, v, rows, 4, gated=False)
+    monkeypatch.setattr(tc, "_caps", lambda mins, k: torch.full((mins.shape[0],), -2**63, dtype=torch.int64,
+                                                                device=mins.device))
+    with pytest.warns(RuntimeWarning, match="left a row short"):
+        again = tc.price_rows_topq(A, B, u, v, rows, 4, gated=True)
+    assert tc.LAST_TOPQ == {"gated": True, "regated": 3}  # each chunk: 23 rows in GEMM blocks of 8
+    for a, b in zip(again, plain):
+        assert torch.equal(a.cpu(), b.cpu())
+    # off the GEMM path (no dots to read twice) and where a row sees fewer tiles than Q: no gate
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "0")
+    tc.price_rows_topq(A, B, u, v, rows, 4, gated=True)
+    assert tc.LAST_TOPQ["gated"] is False
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
+    tc.price_rows_topq(A, B, u, v, rows, 8, gated=True)
+    assert tc.LAST_TOPQ["gated"] is False
+
+
 @pytest.mark.parametrize("gemm", ["0", "1"])
 def test_fused_pricer_through_match(tc, monkeypatch: pytest.MonkeyPatch, gemm: str) -> None:
     """match_vectors' sparse path with the fused pricer (q = 1 forces many priced rows) reaches

@@ -225,3 +225,31 @@ def test_screen_on_gemm_dots(gpu_screen, monkeypatch: pytest.MonkeyPatch) -> Non
     r, c = linear_sum_assignment(C)
     assert res.certified
     assert res.objective == pytest.approx(float(C[r, c].sum()), rel=1e-9, abs=1e-9)
+
+
+def test_gated_screened_pricer_equals_ungated(gpu_screen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gated pricer (MECHPERM_GATED_SELECT) ranks by the screen's lower bounds exactly as
+    the ungated one: the same pairs, exact costs and bounds, bit for bit (400 columns: 7 tiles,
+    a gate for Q = 4), and every pair left out keeps its bound."""
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
+    monkeypatch.setattr(gpu_screen, "GEMM_BLOCK_BYTES", 4 * 400 * 16)
+    monkeypatch.setattr(gpu_screen, "SEL_BM", 16)
+    A, B = vectors(60, 32, seed=11, sigma=1.5, Fb=400)
+    sv = screen_cuda.prepare(A, B)
+    C = screen.exact_dense_costs(A.cpu(), B.cpu()).double().numpy()
+    rng = np.random.default_rng(12)
+    u = torch.from_numpy(C.min(axis=1) + rng.uniform(-1, 3, 60)).to(A.device)
+    v = torch.from_numpy(rng.uniform(-1, 1, 400)).to(A.device)
+    rows = torch.tensor([0, 3, 59, 17, 30, 31, 8, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54], device=A.device)
+    plain = gpu_screen.price_rows_topq(sv.A16, sv.B16, u, v, rows, 4, screen=sv, gated=False)
+    gated = gpu_screen.price_rows_topq(sv.A16, sv.B16, u, v, rows, 4, screen=sv, gated=True)
+    assert gpu_screen.LAST_TOPQ == {"gated": True, "regated": 0}
+    for a, b in zip(gated, plain):
+        assert torch.equal(a.cpu(), b.cpu())
+    r, c, w, bound = (x.cpu().numpy() for x in gated)
+    np.testing.assert_array_equal(w, C[r, c].astype(np.float32))
+    red = C - u.cpu().numpy()[:, None] - v.cpu().numpy()[None, :]
+    for t, i in enumerate(rows.tolist()):
+        left = np.ones(400, bool)
+        left[c[r == i]] = False
+        assert red[i, left].min() >= bound[t]

@@ -34,9 +34,11 @@ POINTERS = {
                                       OUT_S="i64", CAP_C="i64", CAP_S="i64"),
     "_group_min_kernel": dict(DOTS="fp32", NX="fp32", NY="fp32", IX="fp32", IY="fp32", RMIN_C="fp32",
                               RMIN_S="fp32", CMIN_C="fp32", CMIN_S="fp32"),
-    "_topq_kernel": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", SX="fp64", SY="fp64", OUT="i64", DOTS="fp32"),
-    "_topq_kernel+dots": dict(NX="fp32", NY="fp32", U="fp64", V="fp64", SX="fp64", SY="fp64", OUT="i64", DOTS="fp32"),
 }
+_TOPQ = dict(NX="fp32", NY="fp32", U="fp64", V="fp64", SX="fp64", SY="fp64", OUT="i64", DOTS="fp32", CAP="i64",
+             RMIN="fp32")
+POINTERS.update({name: _TOPQ for name in ("_topq_kernel", "_topq_kernel+dots", "_topq_kernel+gated",
+                                          "_topq_kernel+minima")})
 
 
 def _constants(name: str, dtype: str) -> tuple[dict, int, int]:
@@ -67,8 +69,11 @@ def _constants(name: str, dtype: str) -> tuple[dict, int, int]:
         c, warps = dict(COS=True, COLS=True, BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN), tc.SEL_WARPS
     elif name == "_price_kernel":
         c = dict(**tile)
-    else:  # _topq_kernel, screened (its larger epilogue); +dots: reading a GEMM's dots
-        c = dict(Q=64, KP=64, SCREEN=True, FROM_DOTS=name.endswith("+dots"), **tile)
+    else:  # _topq_kernel, screened (its larger epilogue); +dots: reading a GEMM's dots, +gated
+        # and +minima too: the gated pricer's two launches
+        variant = name.partition("+")[2]
+        c = dict(Q=64, KP=64, SCREEN=True, FROM_DOTS=bool(variant), GATED=variant == "gated",
+                 MINIMA=variant == "minima", **tile)
     return c, warps, stages
 
 

@@ -39,7 +39,8 @@ _price_kernel    pairs with (c − u) − v < −tol, float64; compacted through
 _topq_kernel     per listed row, the q pairs of smallest reduced cost (c − u) − v (float64 from
                  the tile's float32 cost), ranked by its float32 rounding in the same running
                  top-k as ``_topk_kernel``: the certificate's row pricer without a cost matrix
-                 (on CUDA it reads the rows' dots from cuBLAS: ``gemm_enabled``)
+                 (on CUDA it reads the rows' dots from cuBLAS: ``gemm_enabled``); gated like
+                 ``_select_dots_kernel`` by a first launch that writes its tiles' row minima
 
 Every selection tests a tile's float32 row minima against the rows' K-th first
 (``_insert_scores``): past the first tiles most hold nothing to insert and build no int64 keys.
@@ -577,10 +578,16 @@ def _topq_kernel(
     GAMMA, ABS,      # float: the screen's accumulation bound and absolute slack
     OUT,             # [M, S, Q] int64 keys (float32 reduced cost, column): the Q least per row and split
     DOTS,            # [M, N] float32 dot products of X and Y (read instead of X, Y when FROM_DOTS)
+    CAP,             # [M] int64 keys above every wanted one (from a MINIMA launch); read when GATED
+    RMIN,            # [M, ceil(N / BLOCK_N)] float32 per row, the least score of each tile (MINIMA)
     M, N, D, cols_per_split, sx, sy,
     Q: tl.constexpr, KP: tl.constexpr, SCREEN: tl.constexpr, FROM_DOTS: tl.constexpr,
+    GATED: tl.constexpr, MINIMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    """Per row, the Q least float32 scores (reduced costs; SCREEN: lower bounds on the exact
+    ones) of its split. MINIMA: writes each tile's row minima of the same scores instead (the
+    gate's pass, ``price_rows_topq``); GATED: inserts only keys below the row's CAP."""
     rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
     nx = tl.load(NX + rows, mask=rmask, other=0.0)
     u = tl.load(U + rows, mask=rmask, other=0.0)
@@ -592,6 +599,10 @@ def _topq_kernel(
     pos = tl.arange(0, KP)
     best = _empty_best(Q, KP, BLOCK_M)
     thr = tl.max(best, axis=1)
+    cap = _no_cap(BLOCK_M)
+    if GATED:
+        cap = tl.load(CAP + rows, mask=rmask, other=0x7FFFFFFFFFFFFFFF)
+    n_col_tiles = tl.cdiv(N, BLOCK_N)
     for n0 in range(n_lo, n_hi, BLOCK_N):
         cols, cmask = _col_tile(n0, n_hi, BLOCK_N)
         if FROM_DOTS:
@@ -613,10 +624,15 @@ def _topq_kernel(
             red = ((cost.to(tl.float64) - err) - u[:, None]) - v[None, :]
         else:
             red = (cost.to(tl.float64) - u[:, None]) - v[None, :]
-        best, thr = _insert_scores(best, thr, _no_cap(BLOCK_M), red.to(tl.float32), cols,
-                                   rmask[:, None] & cmask[None, :], pos)
-    base = rows.to(tl.int64)[:, None] * n_split + pid_s
-    tl.store(OUT + base * Q + pos[None, :], best, mask=rmask[:, None] & (pos[None, :] < Q))
+        valid = rmask[:, None] & cmask[None, :]
+        if MINIMA:
+            least = tl.min(tl.where(valid, red.to(tl.float32), float("inf")), axis=1)
+            tl.store(RMIN + rows.to(tl.int64) * n_col_tiles + n0 // BLOCK_N, least, mask=rmask)
+        else:
+            best, thr = _insert_scores(best, thr, cap, red.to(tl.float32), cols, valid, pos)
+    if not MINIMA:
+        base = rows.to(tl.int64)[:, None] * n_split + pid_s
+        tl.store(OUT + base * Q + pos[None, :], best, mask=rmask[:, None] & (pos[None, :] < Q))
 
 
 # ---------------------------------------------------------------------------------- host side
@@ -687,6 +703,8 @@ def gemm_enabled(device: torch.device | None = None) -> bool:
 
 # What the last _topk_gemm did (benchmarks print it).
 LAST_GEMM: dict = {}
+# What the last price_rows_topq did: gated or not, chunks selected again ungated.
+LAST_TOPQ: dict = {}
 
 
 @contextlib.contextmanager
@@ -861,7 +879,8 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
 
 def gated_enabled() -> bool:
     """``MECHPERM_GATED_SELECT=1``: the GEMM-block selections insert only pairs within a bound
-    on each row's and column's k-th, found by one more read of the block (``_block_caps``).
+    on each row's and column's k-th, found by one more read of the block (``_block_caps``);
+    so does the fused row pricer on GEMM blocks (``price_rows_topq``).
     Opt-in until timed on a GPU. Modelled (``bench/sim_selection_rounds.py``, k = 32, cost and
     −cos, rows' and columns' passes of one program): insertion rounds 3288 -> 1312 at F = 16384,
     6290 -> 3503 at 65536, 54115 -> 13545 at 1M, where each of the rows' ~17 column splits starts
@@ -1160,7 +1179,7 @@ def price(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, tol: float, 
 
 def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q: int, *,
                     chunk: int = 1 << 16, splits: int | None = None, screen=None,
-                    norms: tuple[Tensor, Tensor] | None = None):
+                    norms: tuple[Tensor, Tensor] | None = None, gated: bool | None = None):
     """Per row of ``rows``, the columns of smallest reduced cost ``(c − u) − v`` (c the tile
     costs of :func:`dense_costs`), and a lower bound on the reduced cost of every column it
     leaves out. The backend of :func:`mechperm.kernels.candidates.row_pricer` on CUDA: one pass
@@ -1180,6 +1199,12 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
     ``screen``: a :class:`mechperm.kernels.screen_cuda.ScreenedVectorsGPU`, whose bf16 rows
     are ``A``, ``B``: ranks by lower bounds on the exact reduced costs (screened cost less its
     error bound, in the kernel), and the returned costs are its exact ones.
+    ``gated`` (default ``gated_enabled()``; on the GEMM path only): a first launch writes the
+    minima of each row's 64-wide column tiles (one more read of the dots), and the selection
+    inserts only keys below the Q-th least of them (``_caps``): the same keys with far fewer
+    insertion rounds, where each of a row's column splits would start from nothing. A row
+    left short by its gate (never expected: Q distinct pairs meet it) has its chunk selected
+    again ungated, with a warning.
 
     Returns (rows [P], cols [P], costs [P] float32, bound [len(rows)] float64).
     """
@@ -1208,6 +1233,10 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
     if gemm:  # the chunk's dots from cuBLAS, read by the kernel (GEMM_BLOCK_BYTES at a time)
         dots_of, _ = _dots_against(B)
         chunk = min(chunk, _block_rows(n_rows, N, dev))
+    # a gate needs at least Q tiles (else _caps leaves it open) and the dots in memory to read twice
+    gated = (gated_enabled() if gated is None else gated) and gemm and not every and col_tiles >= kq
+    LAST_TOPQ.clear()
+    LAST_TOPQ.update(gated=gated, regated=0)
     for s0 in range(0, n_rows, chunk):
         ids = rows[s0 : s0 + chunk]
         X, nx, ux = A[ids].contiguous(), na[ids].contiguous(), u[ids].contiguous()
@@ -1220,14 +1249,31 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
         dots = nx
         if gemm:
             dots = dots_of(X)
-        _topq_kernel[(-(-M // BM), s)](
-            X, B, nx, nb, ux, v, sx, sb, gamma, slack, keys, dots, M, N, X.shape[1], cols_per_split,
-            X.stride(0), B.stride(0), Q=kq, KP=kp, SCREEN=screen is not None, FROM_DOTS=gemm,
-            BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd, PRECISION=_precision(X),
-            num_warps=NUM_WARPS, num_stages=_stages(X),
-        )
-        del dots
-        red, cols = _unpack(torch.sort(keys.view(M, s * kq), dim=1).values[:, :kq])
+
+        def launch(cap: Tensor, rmin: Tensor, gate: bool, minima: bool) -> None:
+            _topq_kernel[(-(-M // BM), s)](
+                X, B, nx, nb, ux, v, sx, sb, gamma, slack, keys, dots, cap, rmin, M, N, X.shape[1],
+                cols_per_split, X.stride(0), B.stride(0), Q=kq, KP=kp, SCREEN=screen is not None,
+                FROM_DOTS=gemm, GATED=gate, MINIMA=minima, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd,
+                PRECISION=_precision(X), num_warps=NUM_WARPS, num_stages=_stages(X),
+            )
+
+        cap = keys  # read only when gated
+        if gated:
+            rmin = torch.empty(M, col_tiles, dtype=torch.float32, device=dev)
+            launch(keys, rmin, False, True)
+            cap = _caps(rmin, kq)
+            del rmin
+        launch(cap, nx, gated, False)
+        merged = torch.sort(keys.view(M, s * kq), dim=1).values[:, :kq]
+        if gated and bool((merged[:, -1] == _MAXKEY).any()):
+            warnings.warn("the gated pricer left a row short; selecting its rows again ungated "
+                          "(please report: MECHPERM_GATED_SELECT)", RuntimeWarning, stacklevel=2)
+            LAST_TOPQ["regated"] += 1
+            launch(keys, nx, False, False)
+            merged = torch.sort(keys.view(M, s * kq), dim=1).values[:, :kq]
+        del dots, cap
+        red, cols = _unpack(merged)
         r = red[:, -1].double()
         out_b.append(r - r.abs() * 2.0**-23)
         pr = ids[:, None].expand(M, kr).reshape(-1)
