@@ -90,7 +90,7 @@ def test_gated_selection_equals_the_running_top_k(monkeypatch: pytest.MonkeyPatc
     """MECHPERM_GATED_SELECT=1 on the compiled kernels: the same graph bit for bit as the GEMM
     blocks' running top-k (the group minima's costs must be those the selection computes), at
     a size with column splits and, with ``block_rows``, several blocks (the columns' gates in
-    the first only)."""
+    the first only; later blocks' rows' gates from their columns' pass)."""
     from mechperm.kernels import triton_candidates as tc
 
     monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
@@ -106,6 +106,29 @@ def test_gated_selection_equals_the_running_top_k(monkeypatch: pytest.MonkeyPatc
         assert tc.LAST_GEMM["gated"] is True and tc.LAST_GEMM["blocks"] == (1 if block_rows is None else 6)
     for name in ("indptr", "indices", "sources", "costs", "row_kth", "col_kth"):
         assert torch.equal(getattr(g, name), getattr(r, name)), name
+
+
+def test_gated_pricer_equals_the_running_top_q(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gated fused pricer (MECHPERM_GATED_SELECT) compiled: the same pairs, costs and
+    bounds bit for bit as ungated, at Q = 64 with column splits and several chunks."""
+    if DEV != "cuda":
+        pytest.skip("the compiled kernels (the interpreter's run is tests/test_kernels.py's)")
+    from mechperm.kernels import triton_candidates as tc
+
+    monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")
+    A, B = pair(6000, 2304, seed=6, Fb=7000)
+    A, B = A.to(DEV), B.to(DEV)
+    monkeypatch.setattr(tc, "GEMM_BLOCK_BYTES", 4 * B.shape[0] * 512)
+    C = dense_costs(A, B)
+    g = torch.Generator(device="cpu").manual_seed(7)
+    u = (C.min(dim=1).values.double() + torch.rand(6000, generator=g, dtype=torch.float64).to(DEV)).contiguous()
+    v = (torch.rand(7000, generator=g, dtype=torch.float64) - 0.5).to(DEV)
+    rows = torch.randperm(6000, generator=g)[:1500].to(DEV)
+    plain = tc.price_rows_topq(A, B, u, v, rows, 64, gated=False)
+    gated = tc.price_rows_topq(A, B, u, v, rows, 64, gated=True)
+    assert tc.LAST_TOPQ == {"gated": True, "regated": 0}
+    for a, b in zip(gated, plain):
+        assert torch.equal(a, b)
 
 
 def test_dense_costs_and_price_on_cuda() -> None:

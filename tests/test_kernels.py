@@ -558,6 +558,37 @@ def test_gated_selection_falls_back_when_a_list_comes_short(tc, monkeypatch: pyt
     assert_same_graph(again, plain, rtol=0.0)
 
 
+def test_gated_later_blocks_take_rows_minima_from_the_columns_pass(tc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gated, blocks after the first get their rows' gates from the columns' pass (no minima
+    pass of their own): the minima it writes are those of 64-wide groups of the block's dense
+    scores (costs bit for bit, −cosines in the columns' product order), so the gates are real
+    and bound each row's k-th; the graph is the ungated one."""
+    Fa, Fb, k = 192, 200, 3
+    A, B = _gemm_path(tc, monkeypatch, Fb, 64, _emit_inputs(Fa, Fb, 24, torch.float32, "random", seed=21))
+    A, B = A.to(TRITON_DEVICE), B.to(TRITON_DEVICE)
+    plain = tc.candidates(A, B, k=k, k_cos=k).to("cpu")
+    seen = []
+    real_caps = tc._caps
+    monkeypatch.setattr(tc, "_caps", lambda mins, kk: seen.append(mins.cpu().clone()) or real_caps(mins, kk))
+    monkeypatch.setenv("MECHPERM_GATED_SELECT", "1")
+    gated = tc.candidates(A, B, k=k, k_cos=k).to("cpu")
+    assert_same_graph(gated, plain, rtol=0.0)
+    assert len(seen) == 4 + 2 * 2  # block 0: rows' and columns' minima pass; blocks 1, 2: rows' from the columns'
+    na, nb = (CAND.row_sq_norms(x).cpu() for x in (A, B))
+    ia, ib = CAND._inv_norms(na), CAND._inv_norms(nb)
+    dots_of = tc._dots_against(B.cpu())[0]
+    for b, (got_c, got_s) in enumerate(zip(seen[4::2], seen[5::2]), start=1):
+        dots = dots_of(A.cpu()[64 * b : 64 * (b + 1)])
+        cost = torch.clamp((dots * -2.0 + na[64 * b : 64 * (b + 1), None]) + nb[None, :], min=0.0)
+        neg_cos = -((dots * ib[None, :]) * ia[64 * b : 64 * (b + 1), None])
+        pad = -(-Fb // tc.SEL_BM) * tc.SEL_BM - Fb
+        for got, full in ((got_c, cost), (got_s, neg_cos)):
+            want = torch.nn.functional.pad(full, (0, pad), value=float("inf")).view(64, -1, tc.SEL_BM).amin(2)
+            assert torch.equal(got, want)
+            assert (tc._key_scores(real_caps(got, k)) >= full.kthvalue(k, dim=1).values).all()
+            assert (real_caps(got, k) != 2**63 - 1).all()
+
+
 def test_block_caps_bound_each_kth(tc) -> None:
     """_block_caps on one block: every cap's score is at least the row's / column's k-th least
     cost and −cosine (dense reference), and where a row sees >= k groups it is finite and within
@@ -573,7 +604,7 @@ def test_block_caps_bound_each_kth(tc) -> None:
     big = torch.iinfo(torch.int64).max
     empty = torch.full((Fb, k), big, dtype=torch.int64)
     cps = -(-Fb // tc.SEL_BN) * tc.SEL_BN
-    caps = tc._block_caps(dots, na, nb, ia, ib, empty, empty.clone(), k, k, k, k, True, 1, cps, True)
+    caps = tc._block_caps(dots, na, nb, ia, ib, empty, empty.clone(), k, k, k, k, True, 1, cps)
     for cap, scores in zip(caps, (cost, neg_cos, cost.T, neg_cos.T)):
         assert (cap != big).all()
         bound = tc._key_scores(cap)
@@ -583,8 +614,7 @@ def test_block_caps_bound_each_kth(tc) -> None:
     # a column whose carried selection holds k pairs at score -1: its cap is at -1 (widened)
     carried = empty.clone()
     carried[0] = (tc._caps(torch.full((1, 1), -1.0), 1) & ~0xFFFFFFFF) | torch.arange(k)
-    caps = tc._block_caps(dots, na, nb, ia, ib, carried, empty.clone(), k, k, k, k, True, 1, cps, True)
-    assert (tc._block_caps(dots, na, nb, ia, ib, carried, empty, k, k, k, k, True, 1, cps, False)[2] == big).all()
+    caps = tc._block_caps(dots, na, nb, ia, ib, carried, empty.clone(), k, k, k, k, True, 1, cps)
     assert -1.0 < float(tc._key_scores(caps[2][:1])) < -0.999
     # fewer groups than k: no gate
     assert (tc._caps(torch.zeros(5, 2), 3) == big).all()

@@ -28,8 +28,9 @@ _select_dots_kernel
                  columns (continuing the columns' selections from block to block): one GEMM at
                  cuBLAS's pace where the fused kernels run two of their own
 _group_min_kernel
-                 per block, the minima of 64-wide groups along its rows and columns (one more
-                 read): a k-th least group minimum bounds a row's / column's k-th score, and
+                 in the first block, the minima of 64-wide groups along its rows and columns
+                 (one more read; later blocks' columns' passes write the rows' minima as they
+                 go): a k-th least group minimum bounds a row's / column's k-th score, and
                  ``_select_dots_kernel`` then inserts only pairs within it (GATED; opt-in,
                  ``MECHPERM_GATED_SELECT=1``): far fewer insertion rounds, the same keys
 _pair_kernel     costs of listed pairs (the cosine edges' costs; row-wise dot, so they agree
@@ -268,16 +269,21 @@ def _select_dots_kernel(
     IX, IY,          # [M], [N] float32 inverse norms; read when KS > 0
     OUT_C, OUT_S,    # as _topk_kernel; with INIT (one split) they hold the running selections
     CAP_C, CAP_S,    # [M] int64 keys above every wanted one (``_group_min_kernel``); read when GATED
+    YMIN_C, YMIN_S,  # [N, ceil(M / BLOCK_M)] float32: per y item, its least cost / −cos over each
+                     # program's x items (written when Y_MINIMA >= 1 / 2)
     M, N, cols_per_split, ld, y_off,
     KC: tl.constexpr, KS: tl.constexpr, KP: tl.constexpr, SWAP: tl.constexpr, INIT: tl.constexpr,
-    GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GATED: tl.constexpr, Y_MINIMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """``_topk_kernel``'s selection over dot products a GEMM wrote (``_topk_gemm``): per x item,
     the KC cheapest and KS most similar y items, keyed by ``y + y_off``. Rows of A as x items
     read the block along its rows (⟨x, y⟩ at x · ld + y); B's columns as x items (SWAP) read it
     down its columns (at x + y · ld: consecutive x items are adjacent, so the loads coalesce
     across them) and, with INIT, continue the selections of earlier blocks of rows. GATED: only
-    keys below the x item's cap are inserted (a bound on its K-th, so the result is the same)."""
+    keys below the x item's cap are inserted (a bound on its K-th, so the result is the same).
+    Y_MINIMA (one split): the y items' group minima as ``_group_min_kernel`` writes them, a
+    group being this program's x items: the columns' pass gives the rows' gates for the rows'
+    pass that follows, without a read of its own."""
     rows, rmask, n_lo, n_hi, pid_s, n_split = _split_program(M, N, cols_per_split, BLOCK_M)
     nx = tl.load(NX + rows, mask=rmask, other=0.0)
     ix = nx
@@ -312,6 +318,20 @@ def _select_dots_kernel(
             iy = tl.load(IY + cols, mask=cmask, other=0.0)
         best_c, thr_c, best_s, thr_s = _select_tile(acc, nx, ix, ny, iy, cols + y_off, valid,
                                                     best_c, thr_c, cap_c, best_s, thr_s, cap_s, pos, KS, SWAP)
+        if Y_MINIMA >= 1:  # the scores as _select_tile's (the costs bit for bit), least per y item
+            at = cols.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+            if SWAP:
+                cost = _cost(acc, ny[None, :], nx[:, None])
+            else:
+                cost = _cost(acc, nx[:, None], ny[None, :])
+            tl.store(YMIN_C + at, tl.min(tl.where(valid, cost, float("inf")), axis=0), mask=cmask)
+            if Y_MINIMA >= 2:
+                ix_m, iy_m = ix, iy
+                if KS == 0:
+                    ix_m = tl.load(IX + rows, mask=rmask, other=0.0)
+                    iy_m = tl.load(IY + cols, mask=cmask, other=0.0)
+                neg_cos = -((acc * ix_m[:, None]) * iy_m[None, :])
+                tl.store(YMIN_S + at, tl.min(tl.where(valid, neg_cos, float("inf")), axis=0), mask=cmask)
     tl.store(OUT_C + base * KC + pos[None, :], best_c, mask=rmask[:, None] & (pos[None, :] < KC))
     if KS > 0:
         tl.store(OUT_S + base * KS + pos[None, :], best_s, mask=rmask[:, None] & (pos[None, :] < KS))
@@ -325,13 +345,14 @@ def _group_min_kernel(
     RMIN_C, RMIN_S,  # [M, ceil(N / BLOCK_N)] float32: per row, the least cost / −cos of each tile
     CMIN_C, CMIN_S,  # [N, ceil(M / BLOCK_M)]: per column, the same over each tile of rows
     M, N, cols_per_split, ld,
-    COS: tl.constexpr, COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    COS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Group minima of one block of dots, read once along its rows: a row's k-th least tile
     minimum is met by k distinct pairs, so it bounds the row's k-th least score from above (the
     gate of ``_select_dots_kernel``); the columns' minima do the same for the columns. Scores
     as ``_select_tile`` (the costs bit for bit; the −cosines' products in the rows' order).
-    COLS: the columns' minima too (else CMIN_* are not written)."""
+    The first block's gates (``_topk_gemm``; later blocks take the rows' minima from the
+    columns' pass, ``_select_dots_kernel``'s Y_MINIMA)."""
     rows, rmask, n_lo, n_hi, _, _ = _split_program(M, N, cols_per_split, BLOCK_M)
     nx = tl.load(NX + rows, mask=rmask, other=0.0)
     ix = nx
@@ -347,15 +368,13 @@ def _group_min_kernel(
         cost = tl.where(valid, _cost(acc, nx[:, None], ny[None, :]), float("inf"))
         tile = n0 // BLOCK_N
         tl.store(RMIN_C + rows.to(tl.int64) * n_col_tiles + tile, tl.min(cost, axis=1), mask=rmask)
-        if COLS:
-            tl.store(CMIN_C + cols.to(tl.int64) * n_row_tiles + tl.program_id(0), tl.min(cost, axis=0), mask=cmask)
+        tl.store(CMIN_C + cols.to(tl.int64) * n_row_tiles + tl.program_id(0), tl.min(cost, axis=0), mask=cmask)
         if COS:
             iy = tl.load(IY + cols, mask=cmask, other=0.0)
             neg_cos = tl.where(valid, -((acc * ix[:, None]) * iy[None, :]), float("inf"))
             tl.store(RMIN_S + rows.to(tl.int64) * n_col_tiles + tile, tl.min(neg_cos, axis=1), mask=rmask)
-            if COLS:
-                tl.store(CMIN_S + cols.to(tl.int64) * n_row_tiles + tl.program_id(0), tl.min(neg_cos, axis=0),
-                         mask=cmask)
+            tl.store(CMIN_S + cols.to(tl.int64) * n_row_tiles + tl.program_id(0), tl.min(neg_cos, axis=0),
+                     mask=cmask)
 
 
 @triton.jit
@@ -804,9 +823,11 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
     down its columns (merged on chip with the columns' selections of the blocks before).
     The GEMM runs at cuBLAS's pace; the selections read 8 bytes a pair (two passes) where the
     fused kernel's tiles are bound by their own GEMM loop. Same costs and keys as ``_topk``
-    (the dots summed in another order). Gated (``gated_enabled``), a third read finds each
-    block's group minima first and both selections insert only pairs within the bounds they
-    give (``_block_caps``): the same keys.
+    (the dots summed in another order). Gated (``gated_enabled``), both selections insert only
+    pairs within bounds from group minima (the same keys): in the first block a third read
+    finds them (``_block_caps``); in later blocks the columns' pass runs first and writes the
+    rows' minima as it reads the block (their own gates stay open: what they carry from earlier
+    blocks gates them), so those blocks are still read twice.
 
     Returns (row_cost, row_cols, row_sim, col_cost, col_rows, col_sim) as the two ``_topk``."""
     M, N, dev = A.shape[0], B.shape[0], A.device
@@ -836,18 +857,35 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
         cps = -(-col_tiles // s) * SEL_BN
         s = -(-N // cps)
         caps = [col_c[:, 0]] * 4  # unread placeholders when ungated
-        if gated:
+
+        def columns(caps_c: Tensor, caps_s: Tensor, ymin: tuple[Tensor, Tensor], y_minima: int) -> None:
+            _select_dots_kernel[(-(-N // SEL_BM), 1)](
+                dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, caps_c, caps_s, ymin[0], ymin[1], N, m, m, N, r0,
+                KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, GATED=gated, Y_MINIMA=y_minima, **meta)
+
+        cols_first = gated and r0 > 0
+        if gated and r0 == 0:
             # the columns' gates in the first block only, where their selections start empty:
             # later, what they carry gates them nearly as well (simulated at F = 1M: 2% fewer
             # rounds for a minima pass and a merge per block; bench/sim_selection_rounds.py)
-            caps = _block_caps(dots, na[r0:r1], nb, ia[r0:r1], ib, col_c, col_s, kr, kc, kcr, kcc, cos, s, cps,
-                               cols=r0 == 0)
+            caps = _block_caps(dots, na[r0:r1], nb, ia[r0:r1], ib, col_c, col_s, kr, kc, kcr, kcc, cos, s, cps)
+            clock.mark("minima")
+        elif cols_first:
+            # later blocks: the columns' pass (open gates) writes the rows' group minima as it
+            # reads the block, and the rows' pass follows: two reads of the block, not three
+            ymin_c = torch.empty(m, -(-N // SEL_BM), dtype=torch.float32, device=dev)
+            ymin_s = torch.empty_like(ymin_c) if kcr else ymin_c
+            open_ = torch.full((N,), _MAXKEY, dtype=torch.int64, device=dev)
+            columns(open_, open_, (ymin_c, ymin_s), 2 if kcr else 1)
+            clock.mark("cols")
+            caps = [_caps(ymin_c, kr), _caps(ymin_s, kcr)]
+            del ymin_c, ymin_s, open_
             clock.mark("minima")
         out_c = torch.empty(m, s, kr, dtype=torch.int64, device=dev)
         out_s = torch.empty(m, s, max(kcr, 1), dtype=torch.int64, device=dev)
         _select_dots_kernel[(-(-m // SEL_BM), s)](
-            dots, na[r0:r1], nb, ia[r0:r1], ib, out_c, out_s, caps[0], caps[1], m, N, cps, N, 0,
-            KC=kr, KS=kcr, KP=kp_r, SWAP=False, INIT=False, GATED=gated, **meta)
+            dots, na[r0:r1], nb, ia[r0:r1], ib, out_c, out_s, caps[0], caps[1], na, na, m, N, cps, N, 0,
+            KC=kr, KS=kcr, KP=kp_r, SWAP=False, INIT=False, GATED=gated, Y_MINIMA=0, **meta)
         clock.mark("rows")
         keys = torch.sort(out_c.view(m, -1), dim=1).values[:, :kr]
         row_cost[r0:r1], row_cols[r0:r1] = _unpack(keys)
@@ -856,10 +894,9 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
         if gated:
             lost |= (keys[:, -1] == big).any() | (kcr > 0 and (row_sim[r0:r1, -1] == big).any())
         clock.mark("row_merge")
-        _select_dots_kernel[(-(-N // SEL_BM), 1)](
-            dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, caps[2], caps[3], N, m, m, N, r0,
-            KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, GATED=gated, **meta)
-        clock.mark("cols")
+        if not cols_first:
+            columns(caps[2], caps[3], (na, na), 0)
+            clock.mark("cols")
         del dots, caps
     keys = torch.sort(col_c, dim=1).values
     col_cost, col_rows = _unpack(keys)
@@ -913,23 +950,20 @@ def _key_scores(keys: Tensor) -> Tensor:
 
 
 def _block_caps(dots, na, nb, ia, ib, col_c, col_s, kr: int, kc: int, kcr: int, kcc: int, cos: bool,
-                splits: int, cps: int, cols: bool) -> list[Tensor]:
+                splits: int, cps: int) -> list[Tensor]:
     """The gates (rows' cost, rows' −cos, columns' cost, columns' −cos) of one block of dots:
     ``_group_min_kernel``'s minima of 64-wide groups; a column's k-th least also counts the
-    selection it carries from earlier blocks (pairs of other rows). ``cols`` False: the columns'
-    gates are MAXKEY (open) and their minima are not computed."""
+    selection it carries from earlier blocks (pairs of other rows)."""
     m, N = dots.shape[0], nb.shape[0]
     dev = dots.device
     col_tiles, row_tiles = -(-N // SEL_BN), -(-m // SEL_BM)
     rmin_c = torch.empty(m, col_tiles, dtype=torch.float32, device=dev)
-    cmin_c = torch.empty(N if cols else 1, row_tiles, dtype=torch.float32, device=dev)
+    cmin_c = torch.empty(N, row_tiles, dtype=torch.float32, device=dev)
     rmin_s, cmin_s = (torch.empty_like(rmin_c), torch.empty_like(cmin_c)) if cos else (rmin_c, cmin_c)
     _group_min_kernel[(row_tiles, splits)](
         dots, na, nb, ia, ib, rmin_c, rmin_s, cmin_c, cmin_s, m, N, cps, N,
-        COS=cos, COLS=cols, BLOCK_M=SEL_BM, BLOCK_N=SEL_BN, num_warps=SEL_WARPS)
+        COS=cos, BLOCK_M=SEL_BM, BLOCK_N=SEL_BN, num_warps=SEL_WARPS)
     caps = [_caps(rmin_c, kr), _caps(rmin_s, kcr)]
-    if not cols:
-        return caps + [torch.full((N,), _MAXKEY, dtype=torch.int64, device=dev)] * 2
     return caps + [_caps(torch.cat([_key_scores(col_c), cmin_c], 1), kc),
                    _caps(torch.cat([_key_scores(col_s[:, :kcc]), cmin_s], 1), kcc)]
 
