@@ -172,7 +172,9 @@ def _trace_phases() -> None:
 
     for owner, name in ((tc, "_topk_gemm"), (tc, "_topk"), (tc, "pair_costs"), (screen_cuda, "_cosine_bounds"),
                         (screen, "_capped_bounds"), (sys.modules["mechperm.kernels.candidates"], "_cosine_bounds"),
-                        (solver, "_lower_bounds"), (solver, "_shift_duals"), (solver._auction, "solve_sparse")):
+                        (solver, "_lower_bounds"), (solver, "_shift_duals"), (solver._auction, "solve_sparse"),
+                        (solver._auction, "max_matching"), (match_module, "_zero_vector_arcs"),
+                        (tc, "price_rows_topq")):
         wrap(owner, name, indent="    ")
 
 

@@ -31,30 +31,27 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
 # shellcheck disable=SC2086  # TESTS (test files) is meant to split
 stage tests "${T_TESTS:-90}" python3 -m pytest -q -n 8 -p no:cacheprovider \
     ${TESTS:-tests/test_gpu.py tests/test_kernels.py tests/test_screen_cuda.py}
-# A tile stage first (T_TILES, F = 16384): the cuBLAS-block selection (MECHPERM_GEMM_CANDIDATES,
-# one GEMM read by a selection kernel), its running top-k alone and gated
-# (MECHPERM_GATED_SELECT), for the first SEL_CONFIGS selection tiles (default 1: 64 x 64, the
-# best in session 11), then the fused kernels' first two tile shapes, running top-k vs
-# thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s. Then
-# match_vectors: the default path (cuBLAS blocks on CUDA; 16384 three times, the first with its
-# compiles; the GPU screen on at 262144), the same gated (MECHPERM_GATED_SELECT=1), 16384 at
-# candidates_k = 16 (the CPU stand-in's host phases: 0.11 against 0.18 s at the default 64), and 1M gated
-# with the screen and the fused pricer at candidates_k = 32 (the issue's 30 s goal; ~19 GB of
-# float32 vectors; session 11 ungated: 41-46 s). --trace logs each phase and pricing pass as
-# it happens, and the stacks when a stage's limit kills it, so a run cut
-# short still says where its time went.
-# A run may start with "T=seconds:" to set its own limit (default T_MATCH). The defaults fit one
-# 600 s call (H100, 2026-11-26: build 48 s, tests 59 s, tiles 35 s): 50 + 90 + 60 + 45 + 60 + 60 + 30 + 150 s
-# are the limits; the stages ran well under theirs in session 11.
-GREP="what=" stage tiles "${T_TILES:-60}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
-    --budget $(( ${T_TILES:-60} - 30 )) --configs "${TILE_CONFIGS:-2}" --emit --gemm --sel-configs "${SEL_CONFIGS:-1}"
-# The 1M match's selection regime at 1/128 of its cost (8192 rows against 1M: blocks of 2048 rows,
-# ~17 column splits): the GEMM blocks' phases ungated and gated, fp32 and bf16 (T_WIDE).
-GREP="what=" stage wide "${T_WIDE:-45}" python3 bench/bench_triton_tiles.py 8192 --wide 1048576 \
-    --json "$OUT/wide.json"
+# Then match_vectors, the most decisive runs first (a call cut short by the device's budget
+# keeps the stages it finished): 1M gated with the screen and the fused pricer at
+# candidates_k = 32 (the issue's 30 s goal; ~19 GB of float32 vectors; session 11 ungated:
+# 41-46 s); the default path (cuBLAS blocks on CUDA; 16384 three times, the first with its
+# compiles; the GPU screen on at 262144) ungated and gated (MECHPERM_GATED_SELECT=1: the
+# selections and the fused pricer); 16384 screened at candidates_k = 16, gated (bf16 GEMMs:
+# 1.6 against 24 ms in fp32 at 16384, the only way under 50 ms). --trace logs each phase and
+# pricing pass as it happens, and the stacks when a stage's limit kills it, so a run cut short
+# still says where its time went. A run may start with "T=seconds:" to set its own limit
+# (default T_MATCH).
+# Then the kernels alone: the 1M match's selection regime at 1/128 of its cost (T_WIDE: 8192
+# rows against 1M, blocks of 2048 rows, ~17 column splits; the GEMM blocks' phases ungated and
+# gated, fp32 and bf16), and the tile stage (T_TILES, F = 16384): the cuBLAS-block selection
+# (MECHPERM_GEMM_CANDIDATES) alone and gated for the first SEL_CONFIGS selection tiles (default
+# 1: 64 x 64, the best in session 11), the fused kernels' first TILE_CONFIGS tile shapes, running
+# top-k vs thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s.
+# Limits 50 (build) + 90 + 150 + 60 + 60 + 30 + 45 + 60 s = 545 s, inside one 600 s call (H100,
+# 2026-11-26: build 48 s, tests 59 s, tiles 35 s; the stages ran well under theirs in session 11).
 cd bench
 export MECHPERM_PROFILE_GEMM=1  # the GEMM blocks' phases (GEMM, row and column selections) in the table
-IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=60:--sizes 16384,16384,16384,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,262144 --gated --trace|T=30:--sizes 16384,16384,16384 --candidates-k 16|T=150:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --gated --trace}"
+IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=150:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --gated --trace|T=60:--sizes 16384,16384,16384,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,262144 --gated --trace|T=30:--sizes 16384,16384,16384 --gpu-screen --fused-pricing --candidates-k 16 --gated}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))
@@ -67,6 +64,12 @@ for args in "${runs[@]}"; do
     # shellcheck disable=SC2086  # the run's arguments are meant to split
     GREP="F=|Error|error" stage "match$i" "$limit" python3 bench_match_gpu.py $args --json "$OUT/match$i.json"
 done
+cd ..
+GREP="what=" stage wide "${T_WIDE:-45}" python3 bench/bench_triton_tiles.py 8192 --wide 1048576 \
+    --json "$OUT/wide.json"
+GREP="what=" stage tiles "${T_TILES:-60}" python3 bench/bench_triton_tiles.py 16384 --json "$OUT/tiles.json" \
+    --budget $(( ${T_TILES:-60} - 30 )) --configs "${TILE_CONFIGS:-2}" --emit --gemm --sel-configs "${SEL_CONFIGS:-1}"
+cd bench
 GREP="F=" stage crossover "${T_CROSS:-0}" python3 bench_match_gpu.py --crossover --json "$OUT/crossover.json"
 cd ..
 echo "total: $((SECONDS - start)) s" | tee "$OUT/total.txt"
