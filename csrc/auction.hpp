@@ -210,8 +210,9 @@ Status dense_margins(const double* cost, int64_t n, int64_t m, const int64_t* ro
 // out[q] = min over j < m of (w[j] - x[j] * s[q]): the lower envelope of m lines, built in
 // O(m log m) and queried in O(log m). Inputs finite. Used for bounds of the form
 // min_j (w_j - x_j s_i) over the pairs a candidate graph leaves out.
-// by_slope (optional): a permutation of 0..m-1 that sorts x ascending, reused across calls.
-void envelope_min(const double* w, const double* x, int64_t m, const double* s, int64_t nq,
+// by_slope (optional): a permutation of 0..m-1 that sorts x ascending, reused across calls;
+// false (out unset) if it is not one.
+bool envelope_min(const double* w, const double* x, int64_t m, const double* s, int64_t nq,
                   double* out, const int64_t* by_slope = nullptr, int threads = 1);
 
 }  // namespace mechperm

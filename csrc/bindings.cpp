@@ -15,6 +15,7 @@
 #include "auction.hpp"
 #include "bounds.hpp"
 #include "csr.hpp"
+#include "order.hpp"
 #include "screen.hpp"
 #include "topk.hpp"
 
@@ -398,22 +399,43 @@ py::array_t<double> dense_margins_py(const py::array& cost, const py::array& row
     return out;
 }
 
+py::array_t<int64_t> argsort_py(const py::array& x, int threads) {
+    const double* xp = require<double>(x, "x", 1);
+    const int64_t n = x.shape(0);
+    py::array_t<int64_t> out(n);
+    int64_t* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        argsort(xp, n, o, std::max(1, threads));
+    }
+    return out;
+}
+
+py::array_t<int64_t> searchsorted_py(const py::array& sorted, const py::array& queries, int threads) {
+    const double* sp = require<double>(sorted, "sorted", 1);
+    const int64_t m = sorted.shape(0);
+    for (int64_t j = 1; j < m; ++j)
+        if (sp[j] < sp[j - 1] || (std::isnan(sp[j - 1]) && !std::isnan(sp[j])))
+            throw py::value_error("sorted must be ascending (NaN last): entry " + std::to_string(j) +
+                                  " orders before entry " + std::to_string(j - 1));
+    const double* qp = require<double>(queries, "queries", 1);
+    const int64_t nq = queries.shape(0);
+    py::array_t<int64_t> out(nq);
+    int64_t* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        searchsorted_left(sp, m, qp, nq, o, std::max(1, threads));
+    }
+    return out;
+}
+
 py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, const py::array& s,
                                     const py::object& by_slope, int threads) {
     const double* wp = require<double>(w, "w", 1);
     const int64_t m = w.shape(0);
     const double* xp = require<double>(x, "x", 1, m);
     const int64_t* order = nullptr;
-    if (!by_slope.is_none()) {
-        order = require<int64_t>(by_slope.cast<py::array>(), "by_slope", 1, m);
-        std::vector<char> seen(m, 0);
-        for (int64_t t = 0; t < m; ++t) {
-            const int64_t j = order[t];
-            if (j < 0 || j >= m || seen[j] || (t > 0 && xp[order[t - 1]] > xp[j]))
-                throw py::value_error("by_slope must be a permutation sorting x ascending");
-            seen[j] = 1;
-        }
-    }
+    if (!by_slope.is_none()) order = require<int64_t>(by_slope.cast<py::array>(), "by_slope", 1, m);  // checked inside
     const double* sp = require<double>(s, "s", 1);
     const int64_t nq = s.shape(0);
     for (int64_t j = 0; j < m; ++j)
@@ -424,10 +446,12 @@ py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, cons
             throw py::value_error("s must be finite (entry " + std::to_string(q) + ")");
     py::array_t<double> out(nq);
     double* o = out.mutable_data();
+    bool ok;
     {
         py::gil_scoped_release release;
-        envelope_min(wp, xp, m, sp, nq, o, order, std::max(1, threads));
+        ok = envelope_min(wp, xp, m, sp, nq, o, order, std::max(1, threads));
     }
+    if (!ok) throw py::value_error("by_slope must be a permutation sorting x ascending");
     return out;
 }
 
@@ -897,6 +921,10 @@ PYBIND11_MODULE(_auction, m) {
     m.def("dense_candidates", &dense_candidates_py, py::arg("cost"), py::arg("k_row"),
           py::arg("k_col"),
           "Candidate CSR graph of a dense array with the bounds on every pair left out.");
+    m.def("argsort", &argsort_py, py::arg("x"), py::arg("threads") = 1,
+          "np.argsort(x, kind='stable') of float64 x (NaN last, ties by index), sorted on threads.");
+    m.def("searchsorted", &searchsorted_py, py::arg("sorted"), py::arg("queries"), py::arg("threads") = 1,
+          "np.searchsorted(sorted, queries, side='left') of float64 arrays (NaN last), on threads.");
     m.def("envelope_min", &envelope_min_py, py::arg("w"), py::arg("x"), py::arg("s"),
           py::arg("by_slope") = py::none(), py::arg("threads") = 1,
           "out[q] = min_j (w[j] - x[j] * s[q]) (lower envelope of lines; O((m + q) log m)); by_slope: "

@@ -9,45 +9,64 @@
 
 namespace mechperm {
 
-void envelope_min(const double* w, const double* x, int64_t m, const double* s, int64_t nq,
+bool envelope_min(const double* w, const double* x, int64_t m, const double* s, int64_t nq,
                   double* out, const int64_t* by_slope, int threads) {
     // Line j: y = w_j - x_j * s. Sorted by slope -x_j decreasing (x increasing); of equal
     // slopes only the lowest line can be minimal. by_slope: that order by x alone, given (the
     // exact loop's slopes are fixed while w moves with the duals every round).
     std::vector<int64_t> order(m);
     if (by_slope != nullptr) {
-        std::copy(by_slope, by_slope + m, order.begin());
-        // lowest first within each run of equal slopes (runs are short: ties are rare)
-        for (int64_t a = 0, b; a < m; a = b) {
-            for (b = a + 1; b < m && x[order[b]] == x[order[a]]; ++b) {}
-            if (b - a > 1)
-                std::sort(order.begin() + a, order.begin() + b, [&](int64_t p, int64_t q) { return w[p] < w[q]; });
+        std::vector<char> seen(m, 0);  // a permutation (its order is checked on the gathered x)
+        for (int64_t t = 0; t < m; ++t) {
+            const int64_t j = by_slope[t];
+            if (j < 0 || j >= m || seen[j]) return false;
+            seen[j] = 1;
+            order[t] = j;
         }
     } else {
         std::iota(order.begin(), order.end(), 0);
-        std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-            return x[a] < x[b] || (x[a] == x[b] && w[a] < w[b]);
-        });
+        std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return x[a] < x[b]; });
     }
+    // The lines in slope order, gathered once (on the threads): the hull then reads them in
+    // sequence (F = 1M: ~60 ms a call from its random reads and divisions, the queries ~30).
+    std::vector<double> xs(m), ws(m);
+    constexpr int64_t kGather = 1 << 16;
+    parallel_blocks((m + kGather - 1) / kGather, threads, [&](int64_t b) {
+        for (int64_t t = b * kGather, end = std::min(m, t + kGather); t < end; ++t) {
+            xs[t] = x[order[t]];
+            ws[t] = w[order[t]];
+        }
+    });
+    for (int64_t t = 1; t < m; ++t)
+        if (xs[t - 1] > xs[t]) return false;  // by_slope does not sort x
+    // hull[] holds positions in (xs, ws). Lines a, b, c (x_a < x_b < x_c): b is never minimal
+    // if c undercuts a before b does, i.e. cross(a, c) <= cross(a, b), where cross(a, b) =
+    // (w_b - w_a) / (x_b - x_a); with positive denominators, compared as products.
     std::vector<int64_t> hull;
-    hull.reserve(m);
-    // Where lines a and b (x_a < x_b) cross: w_a - x_a s = w_b - x_b s.
-    auto cross = [&](int64_t a, int64_t b) {
-        return (static_cast<long double>(w[b]) - w[a]) / (static_cast<long double>(x[b]) - x[a]);
-    };
+    hull.reserve(1024);
     for (int64_t t = 0; t < m; ++t) {
-        const int64_t j = order[t];
-        if (!hull.empty() && x[hull.back()] == x[j]) continue;  // same slope, higher or equal
-        // The last line is never minimal if the new one undercuts it before it undercuts the
-        // one below it.
-        while (hull.size() >= 2 &&
-               cross(hull[hull.size() - 2], j) <= cross(hull[hull.size() - 2], hull.back()))
+        if (!hull.empty() && xs[hull.back()] == xs[t]) {  // same slope: keep the lower line
+            if (ws[t] < ws[hull.back()]) hull.pop_back();
+            else continue;
+        }
+        while (hull.size() >= 2) {
+            const int64_t a = hull[hull.size() - 2], b = hull.back();
+            const long double lhs = (static_cast<long double>(ws[t]) - ws[a]) * (static_cast<long double>(xs[b]) - xs[a]);
+            const long double rhs = (static_cast<long double>(ws[b]) - ws[a]) * (static_cast<long double>(xs[t]) - xs[a]);
+            if (lhs > rhs) break;
             hull.pop_back();
-        hull.push_back(j);
+        }
+        hull.push_back(t);
     }
     const int64_t h = int64_t(hull.size());
-    std::vector<long double> bp(h > 1 ? h - 1 : 0);  // hull[t] is minimal on [bp[t-1], bp[t]]
-    for (int64_t t = 0; t + 1 < h; ++t) bp[t] = cross(hull[t], hull[t + 1]);
+    std::vector<double> hx(h), hw(h);
+    for (int64_t t = 0; t < h; ++t) {
+        hx[t] = xs[hull[t]];
+        hw[t] = ws[hull[t]];
+    }
+    std::vector<long double> bp(h > 1 ? h - 1 : 0);  // hull line t is minimal on [bp[t-1], bp[t]]
+    for (int64_t t = 0; t + 1 < h; ++t)
+        bp[t] = (static_cast<long double>(hw[t + 1]) - hw[t]) / (static_cast<long double>(hx[t + 1]) - hx[t]);
     // Queries are independent binary searches: blocks of them on the threads (F = 1M rows:
     // the exact loop asks two or three envelopes a round).
     constexpr int64_t kBlock = 16384;
@@ -62,10 +81,11 @@ void envelope_min(const double* w, const double* x, int64_t m, const double* s, 
             // The neighbours too: rounding in the breakpoints must not make the bound too high.
             double best = INFINITY;
             for (int64_t u = std::max<int64_t>(0, t - 1); u <= std::min(h - 1, t + 1); ++u)
-                best = std::min(best, w[hull[u]] - x[hull[u]] * s[q]);
+                best = std::min(best, hw[u] - hx[u] * s[q]);
             out[q] = best;
         }
     });
+    return true;
 }
 
 }  // namespace mechperm

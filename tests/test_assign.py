@@ -815,6 +815,59 @@ def test_envelope_min_with_and_without_a_given_slope_order(seed):
         _auction.envelope_min(w, x, s, by_slope=order[::-1].copy())
 
 
+def test_envelope_min_on_many_lines_all_on_the_hull() -> None:
+    """Lines whose (x, w) lie on a parabola (every one is minimal somewhere: the hull holds
+    nearly all of them), in blocks gathered on threads, with runs of equal slopes: brute force
+    on a sample of queries; by_slope repeating an entry or out of range is refused."""
+    rng = np.random.default_rng(5)
+    m = 150_000
+    x = np.round(np.exp(rng.standard_normal(m)), 5)  # ties among the slopes
+    w = 0.5 * x * x + 1e-3 * rng.standard_normal(m)
+    s = np.concatenate([rng.uniform(0, 20, 300), [x.min(), x.max(), 0.0, -3.0, 1e6]])
+    order = np.argsort(x, kind="stable")
+    got = _auction.envelope_min(w, x, s, by_slope=order, threads=3)
+    want = np.array([np.min(w - x * q) for q in s])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    np.testing.assert_array_equal(_auction.envelope_min(w, x, s), got)
+    bad = order.copy()
+    bad[1] = bad[0]
+    with pytest.raises(ValueError, match="by_slope"):
+        _auction.envelope_min(w, x, s, by_slope=bad)
+    bad[1] = m
+    with pytest.raises(ValueError, match="by_slope"):
+        _auction.envelope_min(w, x, s, by_slope=bad)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 1000, 70_001, 200_003])
+def test_argsort_and_searchsorted_equal_numpy(n: int) -> None:
+    """_auction.argsort / searchsorted (the bounds' sorts, on threads) give numpy's stable
+    order and left insertion points: NaN last, ±0 and ties by index, ±inf, runs merged."""
+    rng = np.random.default_rng(n)
+    x = rng.integers(-50, 50, n).astype(np.float64) / 7  # many ties
+    for step, value in ((97, np.nan), (89, np.inf), (83, -np.inf), (79, -0.0), (73, 0.0)):
+        x[::step] = value
+    order = np.argsort(x, kind="stable")
+    q = np.concatenate([rng.uniform(-8, 8, 500), [np.nan, np.inf, -np.inf, 0.0, -0.0, 1 / 7]])
+    for threads in (1, 2, 3, 8):
+        np.testing.assert_array_equal(_auction.argsort(x, threads=threads), order)
+        np.testing.assert_array_equal(_auction.searchsorted(x[order], q, threads=threads),
+                                      np.searchsorted(x[order], q, side="left"))
+    if n > 2:
+        with pytest.raises(ValueError, match="ascending"):
+            _auction.searchsorted(x, q)  # not sorted
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), max_size=40),
+       st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=10), st.integers(1, 4))
+def test_argsort_and_searchsorted_hypothesis(xs, qs, threads) -> None:
+    x, q = np.array(xs, np.float64), np.array(qs, np.float64)
+    order = np.argsort(x, kind="stable")
+    np.testing.assert_array_equal(_auction.argsort(x, threads=threads), order)
+    np.testing.assert_array_equal(_auction.searchsorted(x[order], q, threads=threads),
+                                  np.searchsorted(x[order], q, side="left"))
+
+
 def test_scalar_and_simd_kernels_agree():
     import json
     import subprocess
