@@ -1,30 +1,145 @@
-// A minimal thread pool for the kernels of screen.cpp and topk.cpp: plain std::thread.
+// parallel_blocks: blocks of work on a persistent pool of threads (every native kernel's passes).
+//
+// Why a pool: the solver and the bounds call parallel_blocks ~300 times per match at F = 16384
+// (each pass of the auction is one call); with 16 threads, starting and joining 15 threads a
+// call is ~3000 thread starts a match, tens of milliseconds on a GPU machine's host where the
+// whole match should take less than 50. Parked workers are woken instead.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <thread>
 #include <vector>
+#ifndef _WIN32
+#include <unistd.h>
+#endif
 
 namespace mechperm {
+
+namespace detail {
+
+inline int64_t process_id() {
+#ifdef _WIN32
+    return 0;
+#else
+    return int64_t(getpid());
+#endif
+}
+
+// Set while a thread runs a pool job's blocks: a nested parallel_blocks runs on that thread alone.
+inline thread_local bool in_pool_job = false;
+
+class ThreadPool {
+public:
+    using Body = void (*)(void* ctx, int64_t block);
+
+    explicit ThreadPool(int64_t pid) : pid_(pid) {}
+
+    int64_t pid() const { return pid_; }
+
+    // Runs body(ctx, b) for b in [0, count) on `threads` threads, the caller one of them. False
+    // (nothing run) if another thread is using the pool: the caller then starts its own.
+    bool run(int64_t count, int threads, Body body, void* ctx) {
+        std::unique_lock<std::mutex> job(job_mutex_, std::try_to_lock);
+        if (!job.owns_lock()) return false;
+        const int helpers = threads - 1;
+        while (int(workers_.size()) < helpers) {
+            const int index = int(workers_.size());
+            workers_.emplace_back([this, index] { work(index); });
+        }
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            body_ = body;
+            ctx_ = ctx;
+            count_ = count;
+            next_.store(0);
+            wanted_ = helpers;
+            active_ = helpers;
+            ++generation_;
+        }
+        wake_.notify_all();
+        blocks(body, ctx, count);
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_.wait(lock, [this] { return active_ == 0; });
+        return true;
+    }
+
+private:
+    void blocks(Body body, void* ctx, int64_t count) {
+        in_pool_job = true;
+        for (int64_t b = next_++; b < count; b = next_++) body(ctx, b);
+        in_pool_job = false;
+    }
+
+    void work(int index) {
+        uint64_t seen = 0;
+        std::unique_lock<std::mutex> lock(mutex_);
+        while (true) {
+            wake_.wait(lock, [&] { return generation_ != seen; });
+            seen = generation_;
+            if (index >= wanted_) continue;  // this job asked for fewer threads
+            const Body body = body_;
+            void* const ctx = ctx_;
+            const int64_t count = count_;
+            lock.unlock();
+            blocks(body, ctx, count);
+            lock.lock();
+            if (--active_ == 0) done_.notify_one();
+        }
+    }
+
+    const int64_t pid_;
+    std::mutex job_mutex_;  // one job at a time
+    std::mutex mutex_;      // the job's fields and the counters below
+    std::condition_variable wake_, done_;
+    std::vector<std::thread> workers_;  // parked in work(); never joined (see pool())
+    uint64_t generation_ = 0;
+    Body body_ = nullptr;
+    void* ctx_ = nullptr;
+    int64_t count_ = 0;
+    int wanted_ = 0, active_ = 0;
+    std::atomic<int64_t> next_{0};
+};
+
+// The process's pool, made on first use and never destroyed (its workers stay parked until the
+// process exits). A child made by fork() has none of its parent's workers: it makes its own.
+inline ThreadPool* pool() {
+    static std::atomic<ThreadPool*> current{nullptr};
+    const int64_t pid = process_id();
+    ThreadPool* p = current.load();
+    while (p == nullptr || p->pid() != pid) {
+        ThreadPool* fresh = new ThreadPool(pid);
+        if (current.compare_exchange_strong(p, fresh)) return fresh;  // the old one is leaked
+        delete fresh;  // another thread made one first: p now holds it
+    }
+    return p;
+}
+
+}  // namespace detail
 
 // Runs body(block) for blocks 0..count-1 on `threads` threads (a shared counter balances them).
 template <class F>
 void parallel_blocks(int64_t count, int threads, F&& body) {
     threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
-    if (threads == 1) {
+    if (threads == 1 || detail::in_pool_job) {
         for (int64_t b = 0; b < count; ++b) body(b);
         return;
     }
+    using Fn = std::remove_reference_t<F>;
+    auto call = [](void* ctx, int64_t b) { (*static_cast<Fn*>(ctx))(b); };
+    if (detail::pool()->run(count, threads, call, const_cast<void*>(static_cast<const void*>(&body)))) return;
+    // The pool is busy (parallel_blocks from several threads at once): threads of our own.
     std::atomic<int64_t> next{0};
     auto work = [&] {
         for (int64_t b = next++; b < count; b = next++) body(b);
     };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(work);
+    std::vector<std::thread> own;
+    for (int t = 1; t < threads; ++t) own.emplace_back(work);
     work();
-    for (auto& t : pool) t.join();
+    for (auto& t : own) t.join();
 }
 
 }  // namespace mechperm

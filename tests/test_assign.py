@@ -868,6 +868,50 @@ def test_argsort_and_searchsorted_hypothesis(xs, qs, threads) -> None:
                                   np.searchsorted(x[order], q, side="left"))
 
 
+def test_thread_pool_under_concurrent_callers_and_fork() -> None:
+    """The native kernels' thread pool (csrc/parallel.hpp): calls from several Python threads
+    at once (the GIL released: one takes the pool, the others start threads of their own) give
+    the same results as one thread, and a child made by fork() gets a pool of its own (its
+    parent's parked workers do not exist there)."""
+    rng = np.random.default_rng(11)
+    x = rng.random(300_000)
+    want = np.argsort(x, kind="stable")
+    results, errors = [], []
+
+    def call() -> None:
+        try:
+            for _ in range(20):
+                results.append(np.array_equal(_auction.argsort(x, threads=4), want))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 80 and all(results)
+    if not hasattr(os, "fork"):
+        return
+    import warnings
+
+    with warnings.catch_warnings():  # Python >= 3.12 warns of fork() in a process with threads: the point here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if the pool works there
+        ok = np.array_equal(_auction.argsort(x, threads=4), want)
+        os._exit(0 if ok else 1)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("argsort on threads hung in a forked child")
+
+
 def test_scalar_and_simd_kernels_agree():
     import json
     import subprocess
