@@ -1,0 +1,128 @@
+"""The exact loop's host passes at scale: the bounds' sorts, its lower bounds, a native pass.
+
+    python bench/bench_host_bounds.py 1048576 [--json out.json]     # table on stderr
+    python -m pytest bench/bench_host_bounds.py -q                    # MECHPERM_BENCH_MAX_N caps F
+
+On a GPU run these passes are the host's share of the time (F = 1M on an H100 host: bounds
+2.3-3.2 s of a 41-46 s match in session 11). Inputs are synthetic, shaped like a screened
+candidate graph's bound arrays (lognormal norms, k-th costs near |a|² + median |b|²), so the
+numbers are the passes' cost, not a real graph's round count. Peers: numpy's stable argsort and
+searchsorted (what the bounds used before), and the loop's bounds with those sorts
+(``numpy sorts``); the thread pool's effect as the time of one small native pass
+(``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core. Benchmarks never
+assert speed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import sizes
+
+from mechperm import _auction, assign
+
+THREADS = os.cpu_count() or 1
+
+
+def bound_graph(n: int, seed: int = 0) -> tuple[assign.CandidateGraph, np.ndarray, np.ndarray]:
+    """(graph with every bound family, u, v) at n = m rows and columns, four arcs a row."""
+    rng = np.random.default_rng(seed)
+    y, x = np.exp(rng.standard_normal(n)), np.exp(rng.standard_normal(n))
+    kth_r, kth_c = y**2 + np.median(x) ** 2 - 0.1, x**2 + np.median(y) ** 2 - 0.1
+    g = assign.CandidateGraph(
+        indptr=np.arange(n + 1, dtype=np.int64) * 4, indices=rng.integers(0, n, 4 * n).astype(np.int32),
+        costs=rng.random(4 * n).astype(np.float32), row_bound=kth_r, col_bound=kth_c,
+        row_offset=-0.01 * np.maximum(y - 1, 0), col_offset=-0.01 * np.maximum(x - 1, 0), row_norm=y, col_norm=x,
+        row_cos=0.08 + 0.01 * rng.random(n), col_cos=0.08 + 0.01 * rng.random(n), col_base=kth_c - 0.01,
+        col_slope=0.004 * x)
+    u = 0.5 * y**2 + 0.01 * rng.standard_normal(n)
+    v = 0.5 * x**2 + 0.01 * rng.standard_normal(n)
+    return g, u, v
+
+
+def _numpy_sorts(monkeypatch_like) -> None:
+    monkeypatch_like(assign, "_argsort", lambda x: np.argsort(x, kind="stable"))
+    monkeypatch_like(assign, "_searchsorted", lambda s, q: np.searchsorted(s, q, side="left"))
+
+
+def _timed(f, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(F: int, emit) -> None:
+    rng = np.random.default_rng(1)
+    x, q = rng.random(F), rng.random(F)
+    s = np.sort(x)
+    for name, ours, peer in (
+        ("argsort", lambda: _auction.argsort(x, threads=THREADS), lambda: np.argsort(x, kind="stable")),
+        ("searchsorted", lambda: _auction.searchsorted(s, q, threads=THREADS),
+         lambda: np.searchsorted(s, q, side="left")),
+    ):
+        t, tp = _timed(ours), _timed(peer)
+        emit(what=name, F=F, threads=THREADS, seconds=t, numpy_seconds=tp, ratio=t / tp)
+    g, u, v = bound_graph(F)
+    saved = assign._argsort, assign._searchsorted
+    for label in ("native sorts", "numpy sorts"):
+        if label == "numpy sorts":
+            _numpy_sorts(setattr)
+        try:
+            cache: dict = {}
+            first = _timed(lambda: assign._lower_bounds(g, u, v, cache.clear() or cache), repeat=2)
+            assign._lower_bounds(g, u, v, cache)
+            later = _timed(lambda: assign._lower_bounds(g, u, v, cache))
+        finally:
+            assign._argsort, assign._searchsorted = saved
+        emit(what="lower_bounds " + label, F=F, threads=assign._threads(), first_call=first, later_call=later)
+    n, deg = 16384, 16
+    indptr = np.arange(n + 1, dtype=np.int64) * deg
+    indices = np.sort(rng.integers(0, n, (n, deg)).astype(np.int32), axis=1).reshape(-1)
+    costs, r2c = rng.random(n * deg).astype(np.float32), rng.permutation(n).astype(np.int64)
+    un, vn = rng.random(n), rng.random(n)
+    for t in sorted({1, 2, THREADS}):
+        f = lambda: [_auction.csr_margins(indptr, indices, costs, r2c, un, vn, threads=t) for _ in range(100)]  # noqa: E731
+        emit(what="csr_margins 16384x16", threads=t, us_per_call=_timed(f) / 100 * 1e6)
+
+
+@pytest.mark.parametrize("F", sizes(16384, 262144, 1048576) or [16384])
+def test_host_bounds(benchmark, F: int) -> None:
+    rows: list = []
+    benchmark.pedantic(lambda: measure(F, lambda **kw: rows.append(kw)), rounds=1, iterations=1)
+    benchmark.extra_info["rows"] = rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("F", type=int, nargs="?", default=1 << 20)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    rows: list = []
+
+    def emit(**kw) -> None:
+        rows.append(kw)
+        print(" ".join(f"{k}={round(v, 4) if isinstance(v, float) else v}" for k, v in kw.items()), file=sys.stderr,
+              flush=True)
+
+    measure(args.F, emit)
+    if args.json:
+        model = ""
+        if os.path.exists("/proc/cpuinfo"):
+            with open("/proc/cpuinfo") as f:
+                model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+        with open(args.json, "w") as f:
+            json.dump({"machine": f"{model} ({os.cpu_count()} cores)", "date": time.strftime("%Y-%m-%d"), "rows": rows},
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
