@@ -1109,10 +1109,53 @@ Status dense_impl(const T* cost, int64_t n, int64_t m, const SolveOptions& opt, 
     return solver.run();
 }
 
+// One breadth-first search per free row for a free column, augmenting where it finds one;
+// true if every free row was searched (the matching is then maximum: a row with no augmenting
+// path keeps none after other rows' augmentations), false once `budget` arcs were scanned.
+// Why: after the greedy start a candidate graph leaves a few rows free (the bench pair at F =
+// 65536: 333 of 65536), and each search meets a free column after a few hundred arcs, where
+// Hopcroft-Karp's layered search from all of them at once scans most of the graph each phase
+// (10.3M arcs: 0.017 s against 0.06 s).
+template <class I>
+bool augment_each(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_t* mr, std::vector<int64_t>& mc,
+                  int64_t budget, int64_t& size) {
+    std::vector<int64_t> stamp(m, -1), via(m), queue;  // via[j]: the row whose arcs reached column j
+    int64_t scanned = 0;
+    for (int64_t r = 0; r < n; ++r) {
+        if (mr[r] >= 0) continue;
+        if (scanned > budget) return false;
+        queue.assign(1, r);
+        int64_t found = -1;
+        for (size_t h = 0; h < queue.size() && found < 0; ++h) {
+            const int64_t i = queue[h];
+            for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a) {
+                const int64_t j = idx[a];
+                if (stamp[j] == r) continue;
+                stamp[j] = r;
+                via[j] = i;
+                if (mc[j] < 0) {
+                    found = j;
+                    break;
+                }
+                queue.push_back(mc[j]);
+            }
+            scanned += ptr[i + 1] - ptr[i];
+        }
+        for (int64_t j = found; j >= 0;) {  // flip the path back to r
+            const int64_t i = via[j], prev = mr[i];
+            mr[i] = j;
+            mc[j] = i;
+            j = i == r ? -1 : prev;
+        }
+        size += found >= 0;
+    }
+    return true;
+}
+
 template <class I>
 int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_t* mr) {
     constexpr int64_t kFar = std::numeric_limits<int64_t>::max();
-    std::vector<int64_t> mc(m, -1), dist(n), queue(n), it(n), stack;
+    std::vector<int64_t> mc(m, -1);
     int64_t size = 0;
     for (int64_t i = 0; i < n; ++i) {
         mr[i] = -1;
@@ -1124,6 +1167,10 @@ int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, in
                 break;
             }
     }
+    // Searches row by row first, within twice the arcs (their worst case is O(n arcs)); then
+    // Hopcroft-Karp's phases (O(sqrt(n) arcs)) from wherever they stopped.
+    if (augment_each(ptr, idx, n, m, mr, mc, 2 * ptr[n] + n, size)) return size;
+    std::vector<int64_t> dist(n), queue(n), it(n), stack;
     while (true) {
         int64_t qh = 0, qt = 0;
         bool found = false;

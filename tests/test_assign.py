@@ -960,6 +960,45 @@ def test_max_matching_size_equals_scipys(seed):
     assert all(r2c[i] in M.indices[M.indptr[i] : M.indptr[i + 1]] for i in matched)
 
 
+@pytest.mark.parametrize("case", ["crowded", "sparse", "hubs"])
+def test_max_matching_searches_then_phases(case: str) -> None:
+    """max_matching's row-by-row searches (and Hopcroft-Karp's phases once they pass their arc
+    budget) against scipy: "crowded", 2000 rows on 12 columns (each failing search rescans the
+    matched rows: the budget runs out, the phases finish); "sparse", 5000 x 5200 at ~2 arcs a
+    row (many searches, some failing); "hubs", a candidate-like graph whose rows mostly list the
+    same few columns besides their own."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    rng = np.random.default_rng(len(case))
+    if case == "crowded":
+        n, m = 2000, 12
+        rows, cols = np.repeat(np.arange(n), m), np.tile(np.arange(m), n)
+    elif case == "sparse":
+        n, m = 5000, 5200
+        deg = rng.integers(0, 5, n)
+        rows = np.repeat(np.arange(n), deg)
+        cols = rng.integers(0, m, len(rows))
+    else:
+        n = m = 4000
+        hubs = rng.integers(0, 40, (n, 6))
+        own = rng.permutation(m)[:, None]
+        lost = rng.random(n) < 0.1  # these rows lose their own column: only hubs are left to them
+        own[lost] = hubs[lost, :1]
+        rows = np.repeat(np.arange(n), 7)
+        cols = np.concatenate([hubs, own], axis=1).reshape(-1)
+    M = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, m))
+    M.sum_duplicates()
+    M.sort_indices()
+    ref = int((maximum_bipartite_matching(M, perm_type="column") >= 0).sum())
+    size, r2c = _auction.max_matching(M.indptr.astype(np.int64), M.indices.astype(np.int32), n, m)
+    assert size == ref == int((r2c >= 0).sum())
+    matched = np.flatnonzero(r2c >= 0)
+    assert len(np.unique(r2c[matched])) == len(matched)
+    arcs = set(zip(*M.nonzero()))
+    assert all((i, r2c[i]) in arcs for i in matched)
+
+
 def test_assign_exact_infeasible_candidates_are_repaired():
     # the k = 1 row picks of a heavy-tailed instance pile onto a few columns
     C, A, B = sae_like(200, sigma=3.0, seed=4)
