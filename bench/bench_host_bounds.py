@@ -7,8 +7,8 @@ On a GPU run these passes are the host's share of the time (F = 1M on an H100 ho
 2.3-3.2 s of a 41-46 s match in session 11). Inputs are synthetic, shaped like a screened
 candidate graph's bound arrays (lognormal norms, k-th costs near |a|² + median |b|²), so the
 numbers are the passes' cost, not a real graph's round count. Peers: numpy's stable argsort and
-searchsorted (what the bounds used before), and the loop's bounds with those sorts
-(``numpy sorts``); the thread pool's effect as the time of one small native pass
+searchsorted (what the bounds used before), the loop's bounds with those sorts (``numpy
+sorts``), scipy's maximum_bipartite_matching for ``max_matching``; the thread pool's effect as the time of one small native pass
 (``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core. Benchmarks never
 assert speed.
 """
@@ -84,6 +84,19 @@ def measure(F: int, emit) -> None:
         finally:
             assign._argsort, assign._searchsorted = saved
         emit(what="lower_bounds " + label, F=F, threads=assign._threads(), first_call=first, later_call=later)
+    # the feasibility check of the sparse path (match._complete) on a random graph, 32 arcs a
+    # row (harder than a candidate graph, whose greedy start leaves few rows free)
+    deg = 32
+    ip = np.arange(F + 1, dtype=np.int64) * deg
+    ix = np.sort(rng.integers(0, F, (F, deg)).astype(np.int32), axis=1).reshape(-1)
+    t = _timed(lambda: _auction.max_matching(ip, ix, F, F), repeat=2)
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    M = csr_matrix((np.ones(len(ix), dtype=bool), ix, ip), shape=(F, F))
+    tp = _timed(lambda: maximum_bipartite_matching(M, perm_type="column"), repeat=1)
+    emit(what="max_matching random x32", F=F, seconds=t, scipy_seconds=tp, ratio=t / tp)
+    del ip, ix, M
     n, deg = 16384, 16
     indptr = np.arange(n + 1, dtype=np.int64) * deg
     indices = np.sort(rng.integers(0, n, (n, deg)).astype(np.int32), axis=1).reshape(-1)
