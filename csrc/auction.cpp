@@ -404,9 +404,46 @@ private:
             return;
         }
         std::vector<double> colmin(reduce ? M_ : 0, kInf);
-        for (int64_t i = 0; i < n_; ++i) {
-            g_.row_stats(i, reduce ? colmin.data() : nullptr, cmin, cmax, integral);
-            if (poll_.tick(g_.row_work(i))) return;
+        // The rows in groups on the threads, each with its own column minima (at most 2^25 of
+        // them in all), merged in group order: the values of one pass in row order, ±0 alike
+        // (the bench pair's graph at F = 65536, 10.3M arcs: ~35 ms of a 130 ms cold solve on
+        // one thread; at 1M the pass is ~100M arcs).
+        const int64_t groups = std::max<int64_t>(
+            1, std::min<int64_t>({int64_t(std::max(1, opt_.threads)), (n_ + 4095) / 4096,
+                                  reduce ? (int64_t(1) << 25) / std::max<int64_t>(M_, 1) : int64_t(1) << 20}));
+        if (groups == 1) {
+            for (int64_t i = 0; i < n_; ++i) {
+                g_.row_stats(i, reduce ? colmin.data() : nullptr, cmin, cmax, integral);
+                if (poll_.tick(g_.row_work(i))) return;
+            }
+        } else {
+            std::vector<std::vector<double>> mins(groups - 1);  // group 0 writes colmin itself
+            std::vector<double> glo(groups, kInf), ghi(groups, -kInf);
+            std::vector<char> gint(groups, 1);
+            const int64_t per = (n_ + groups - 1) / groups;
+            parallel_blocks(groups, int(groups), [&](int64_t g) {
+                double* cm = nullptr;
+                if (reduce && g == 0) cm = colmin.data();
+                if (reduce && g > 0) {
+                    mins[g - 1].assign(M_, kInf);
+                    cm = mins[g - 1].data();
+                }
+                double lo = kInf, hi = -kInf;
+                bool whole = true;
+                for (int64_t i = g * per, e = std::min(n_, i + per); i < e; ++i) g_.row_stats(i, cm, lo, hi, whole);
+                glo[g] = lo;
+                ghi[g] = hi;
+                gint[g] = whole;
+            });
+            if (poll_.tick(g_.total_work(n_))) return;
+            for (int64_t g = 0; g < groups; ++g) {
+                cmin = std::min(cmin, glo[g]);
+                cmax = std::max(cmax, ghi[g]);
+                integral = integral && gint[g];
+                if (reduce && g > 0)
+                    for (int64_t j = 0; j < M_; ++j)
+                        if (mins[g - 1][j] < colmin[j]) colmin[j] = mins[g - 1][j];
+            }
         }
         if (opt_.init_v != nullptr) {
             for (int64_t j = 0; j < M_; ++j) p_[j] = -opt_.init_v[j];
@@ -745,13 +782,18 @@ private:
             }
         }
         // A released row whose cheapest column is free takes it: a zero-length augmenting path.
-        for (int64_t i = 0; i < n_; ++i) {
-            if (rc_[i] >= 0) continue;
-            double c1;
-            const Best b = g_.scan(i, p_.data(), c1);
-            if (b.j1 >= 0 && cr_[b.j1] < 0) take(i, b.j1, c1);
-            if (poll_.tick(g_.row_work(i))) return Status::INTERRUPTED;
-        }
+        // The free rows' scans on the threads (take() moves no price), the takes in row order
+        // (a cold start scans every row here: 25 ms of 130 at F = 65536 on one thread).
+        std::vector<int64_t> best_col(n_, -1);
+        std::vector<double> best_cost(n_, 0.0);
+        if (!each_row([&](int64_t i) {
+                if (rc_[i] >= 0) return;
+                const Best b = g_.scan(i, p_.data(), best_cost[i]);
+                best_col[i] = b.j1;
+            }))
+            return Status::INTERRUPTED;
+        for (int64_t i = 0; i < n_; ++i)
+            if (rc_[i] < 0 && best_col[i] >= 0 && cr_[best_col[i]] < 0) take(i, best_col[i], best_cost[i]);
         if (!reduce_rows()) return Status::INTERRUPTED;
         d_.assign(M_, kInf);
         pred_.assign(M_, -1);

@@ -1389,6 +1389,34 @@ def test_threads_give_identical_results(sparse, budget):
             _native(bad, None, sparse, threads=threads)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("integral", [False, True])
+def test_threads_give_identical_results_in_groups_of_rows(sparse: bool, integral: bool) -> None:
+    """Square problems past 4096 rows: the first pass (range, integrality, column minima) runs
+    in groups of rows merged in order, the free rows' first scans on the threads; nothing
+    changes by a bit, ±0 costs included."""
+    rng = np.random.default_rng(12)
+    n = 4500
+    if sparse:
+        deg = 12
+        cols = np.sort(np.stack([rng.permutation(n)] + [rng.integers(0, n, n) for _ in range(deg - 1)], 1), 1)
+        keep = np.concatenate([np.ones((n, 1), bool), cols[:, 1:] != cols[:, :-1]], 1)
+        indptr = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int64)
+        indices = cols[keep].astype(np.int32)
+        costs = rng.random(len(indices)) * 100
+        costs = np.round(costs) if integral else costs
+        costs[::97] = -0.0
+        costs = costs.astype(np.float32)
+        runs = [_auction.solve_sparse(indptr, indices, costs, n, n, threads=t) for t in (1, 3)]
+    else:
+        C = (np.abs(np.arange(n)[:, None] - rng.permutation(n)[None, :]) % 50).astype(np.float32)
+        C += 0 if integral else rng.random((n, n), dtype=np.float32)
+        C[::7, ::11] = -0.0
+        runs = [_auction.solve_dense(C, threads=t) for t in (1, 3)]
+    for key in ("row_to_col", "u", "v"):
+        assert np.array_equal(runs[0][key], runs[1][key]), key
+
+
 def test_warm_start_skips_the_attempt():
     """Warm starts (the exact loop's restarts) go straight to their own schedule."""
     C = np.random.default_rng(6).random((50, 60))
