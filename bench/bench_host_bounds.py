@@ -8,7 +8,8 @@ On a GPU run these passes are the host's share of the time (F = 1M on an H100 ho
 candidate graph's bound arrays (lognormal norms, k-th costs near |a|² + median |b|²), so the
 numbers are the passes' cost, not a real graph's round count. Peers: numpy's stable argsort and
 searchsorted (what the bounds used before), the loop's bounds with those sorts (``numpy
-sorts``), scipy's maximum_bipartite_matching for ``max_matching``; the thread pool's effect as the time of one small native pass
+sorts``), scipy's maximum_bipartite_matching for ``max_matching``; a cold ``solve_sparse`` of a planted
+graph at 1 thread and at every core; the thread pool's effect as the time of one small native pass
 (``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core. Benchmarks never
 assert speed.
 """
@@ -97,6 +98,20 @@ def measure(F: int, emit) -> None:
     tp = _timed(lambda: maximum_bipartite_matching(M, perm_type="column"), repeat=1)
     emit(what="max_matching random x32", F=F, seconds=t, scipy_seconds=tp, ratio=t / tp)
     del ip, ix, M
+    # a cold solve of a planted graph (each row's partner, the cheapest of its arcs, among 31
+    # random columns): the solver's first passes over every arc, then a few shortest paths (the
+    # bench pair's real graph at 65536: 508 paths for 65536 rows)
+    deg = 32
+    ip = np.arange(F + 1, dtype=np.int64) * deg
+    cols = np.concatenate([rng.permutation(F)[:, None], rng.integers(0, F, (F, deg - 1))], 1)
+    w = np.concatenate([0.5 * rng.random((F, 1)), 1.0 + rng.random((F, deg - 1))], 1)
+    order = np.argsort(cols, axis=1, kind="stable")
+    ix = np.take_along_axis(cols, order, 1).reshape(-1).astype(np.int32)
+    w = np.take_along_axis(w, order, 1).reshape(-1).astype(np.float32)
+    for t in sorted({1, THREADS}):
+        sec = _timed(lambda: _auction.solve_sparse(ip, ix, w, F, F, threads=t, check_feasible=False), repeat=2)
+        emit(what="solve_sparse cold planted x32", F=F, threads=t, seconds=sec)
+    del ip, ix, w, cols, order
     n, deg = 16384, 16
     indptr = np.arange(n + 1, dtype=np.int64) * deg
     indices = np.sort(rng.integers(0, n, (n, deg)).astype(np.int32), axis=1).reshape(-1)
