@@ -101,6 +101,7 @@ def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, **options) -> di
         from mechperm.kernels import triton_candidates
 
         out["gemm"] = dict(triton_candidates.LAST_GEMM)  # block rows, blocks, float32 output from cuBLAS
+        out["topq"] = dict(triton_candidates.LAST_TOPQ)  # the fused pricer's last call: gated, chunks redone
     del A, B
     if DEVICE == "cuda":
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
