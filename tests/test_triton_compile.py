@@ -32,6 +32,8 @@ POINTERS = {
                                 CAP_C="i64", CAP_S="i64", YMIN_C="fp32", YMIN_S="fp32"),
     "_select_dots_kernel+gated": dict(DOTS="fp32", NX="fp32", NY="fp32", IX="fp32", IY="fp32", OUT_C="i64",
                                       OUT_S="i64", CAP_C="i64", CAP_S="i64", YMIN_C="fp32", YMIN_S="fp32"),
+    "_select_dots_kernel+minima": dict(DOTS="fp32", NX="fp32", NY="fp32", IX="fp32", IY="fp32", OUT_C="i64",
+                                       OUT_S="i64", CAP_C="i64", CAP_S="i64", YMIN_C="fp32", YMIN_S="fp32"),
     "_group_min_kernel": dict(DOTS="fp32", NX="fp32", NY="fp32", IX="fp32", IY="fp32", RMIN_C="fp32",
                               RMIN_S="fp32", CMIN_C="fp32", CMIN_S="fp32"),
 }
@@ -62,10 +64,10 @@ def _constants(name: str, dtype: str) -> tuple[dict, int, int]:
         c = dict(BLOCK_M=tc.DENSE_BM, BLOCK_N=tc.DENSE_BN, BLOCK_D=bd, PRECISION=prec)
         warps = tc.DENSE_WARPS
     elif name.startswith("_select_dots_kernel"):  # reads float32 dots whatever the vectors' dtype
-        # +gated: a later block's columns' pass, writing the rows' minima for their gates
-        gated = name.endswith("+gated")
-        c = dict(KC=32, KS=32, KP=32, SWAP=True, INIT=True, GATED=gated, Y_MINIMA=2 if gated else 0,
-                 BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN)
+        # +gated: the first block's gated columns' pass; +minima: a later block's, ungated,
+        # writing the rows' minima for their gates
+        c = dict(KC=32, KS=32, KP=32, SWAP=True, INIT=True, GATED=name.endswith("+gated"),
+                 Y_MINIMA=2 if name.endswith("+minima") else 0, BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN)
         warps = tc.SEL_WARPS
     elif name == "_group_min_kernel":
         c, warps = dict(COS=True, BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN), tc.SEL_WARPS

@@ -858,10 +858,10 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
         s = -(-N // cps)
         caps = [col_c[:, 0]] * 4  # unread placeholders when ungated
 
-        def columns(caps_c: Tensor, caps_s: Tensor, ymin: tuple[Tensor, Tensor], y_minima: int) -> None:
+        def columns(caps_c: Tensor, caps_s: Tensor, ymin: tuple[Tensor, Tensor], y_minima: int, gate: bool) -> None:
             _select_dots_kernel[(-(-N // SEL_BM), 1)](
                 dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, caps_c, caps_s, ymin[0], ymin[1], N, m, m, N, r0,
-                KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, GATED=gated, Y_MINIMA=y_minima, **meta)
+                KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, GATED=gate, Y_MINIMA=y_minima, **meta)
 
         cols_first = gated and r0 > 0
         if gated and r0 == 0:
@@ -871,15 +871,14 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
             caps = _block_caps(dots, na[r0:r1], nb, ia[r0:r1], ib, col_c, col_s, kr, kc, kcr, kcc, cos, s, cps)
             clock.mark("minima")
         elif cols_first:
-            # later blocks: the columns' pass (open gates) writes the rows' group minima as it
+            # later blocks: the columns' pass (ungated) writes the rows' group minima as it
             # reads the block, and the rows' pass follows: two reads of the block, not three
             ymin_c = torch.empty(m, -(-N // SEL_BM), dtype=torch.float32, device=dev)
             ymin_s = torch.empty_like(ymin_c) if kcr else ymin_c
-            open_ = torch.full((N,), _MAXKEY, dtype=torch.int64, device=dev)
-            columns(open_, open_, (ymin_c, ymin_s), 2 if kcr else 1)
+            columns(caps[2], caps[3], (ymin_c, ymin_s), 2 if kcr else 1, False)
             clock.mark("cols")
             caps = [_caps(ymin_c, kr), _caps(ymin_s, kcr)]
-            del ymin_c, ymin_s, open_
+            del ymin_c, ymin_s
             clock.mark("minima")
         out_c = torch.empty(m, s, kr, dtype=torch.int64, device=dev)
         out_s = torch.empty(m, s, max(kcr, 1), dtype=torch.int64, device=dev)
@@ -895,7 +894,7 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
             lost |= (keys[:, -1] == big).any() | (kcr > 0 and (row_sim[r0:r1, -1] == big).any())
         clock.mark("row_merge")
         if not cols_first:
-            columns(caps[2], caps[3], (na, na), 0)
+            columns(caps[2], caps[3], (na, na), 0, gated)
             clock.mark("cols")
         del dots, caps
     keys = torch.sort(col_c, dim=1).values
