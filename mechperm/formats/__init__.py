@@ -1,4 +1,5 @@
-"""Read SAEs from the files people have (Gemma Scope 1/2, SAELens, sparsify, HF caches); write SAELens.
+"""Read SAEs from the files people have (Gemma Scope 1/2, SAELens, sparsify, Llama Scope, HF caches);
+write SAELens.
 
 ``load_sae(path)`` and ``load_stack(path)`` recognise the format from the files; the registry
 (:func:`register_format`, :func:`formats`) lets other formats plug in.
@@ -6,6 +7,7 @@
 from mechperm.formats.gemma_scope import GEMMA_SCOPE
 from mechperm.formats.gemma_scope_2 import GEMMA_SCOPE_2
 from mechperm.formats.layout import L0ChoiceWarning
+from mechperm.formats.llama_scope import LLAMA_SCOPE
 from mechperm.formats.load import load_sae, load_stack
 from mechperm.formats.registry import (
     SAELoader,
@@ -19,7 +21,7 @@ from mechperm.formats.saelens import SAELENS
 from mechperm.formats.saelens_save import save_saelens
 from mechperm.formats.sparsify import SPARSIFY
 
-for _loader in (GEMMA_SCOPE, SAELENS, SPARSIFY, GEMMA_SCOPE_2):
+for _loader in (GEMMA_SCOPE, SAELENS, SPARSIFY, GEMMA_SCOPE_2, LLAMA_SCOPE):
     if _loader.name not in formats():  # importlib.reload must not trip the duplicate check
         register_format(_loader)
 del _loader

@@ -13,12 +13,14 @@ from typing import NamedTuple
 from mechperm.formats.gemma_scope import canonical_l0
 
 __all__ = [
-    "L0ChoiceWarning", "L0Choice", "LAYER", "WIDTH", "L0",
-    "numbered", "width_key", "pick_width", "pick_l0", "describe", "descend",
+    "L0ChoiceWarning", "L0Choice", "LAYER", "LLAMA_SCOPE_LAYER", "WIDTH", "L0",
+    "numbered", "layer_folders", "width_key", "pick_width", "pick_l0", "describe", "descend",
 ]
 
 # layer_{L}: Gemma Scope and flat stacks; layers.{L}: EleutherAI sparsify hookpoint folders.
 LAYER = re.compile(r"^(?:layer_|layers\.)(\d+)$")
+# A Llama Scope repo's layer folders: Llama3_1-8B-Base-L{L}{R,A,M,TC}-{8,32}x.
+LLAMA_SCOPE_LAYER = re.compile(r"^.+-L(\d+)(?:R|A|M|TC)-\d+x$")
 WIDTH = re.compile(r"^width_(\w+)$")
 L0 = re.compile(r"^average_l0_(\d+)$")
 
@@ -60,6 +62,12 @@ def numbered(folder: Path, pattern: re.Pattern[str], *, as_int: bool = True) -> 
             raise ValueError(f"{folder} holds both {found[key].name}/ and {child.name}/; remove one")
         found[key] = child
     return found
+
+
+def layer_folders(folder: Path) -> dict[int, Path]:
+    """The per-layer folders of a stack: ``layer_{L}`` / ``layers.{L}``, else Llama Scope's
+    ``...-L{L}R-8x`` (see :func:`numbered` for the errors)."""
+    return numbered(folder, LAYER) or numbered(folder, LLAMA_SCOPE_LAYER)
 
 
 def width_key(width: str | int) -> str:

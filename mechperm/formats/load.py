@@ -9,13 +9,13 @@ from pathlib import Path
 from mechperm.formats._common import DeviceLike, DTypeLike, as_device, as_dtype
 from mechperm.formats.hf_cache import resolve_hf_cache
 from mechperm.formats.layout import (
-    LAYER,
     WIDTH,
     L0Choice,
     L0ChoiceWarning,
     _sort_widths,
     describe,
     descend,
+    layer_folders,
     numbered,
 )
 from mechperm.formats.registry import _REGISTRY, detect_format
@@ -26,7 +26,8 @@ __all__ = ["load_sae", "load_stack"]
 _LAYOUTS = (
     "layer_{L}/params.npz (flat stack), layer_{L}/width_{W}/average_l0_{N}/params.npz (Gemma Scope "
     "repo), layer_{L}/cfg.json + sae_weights.safetensors, layers.{L}/cfg.json + sae.safetensors "
-    "(sparsify run), or a Hugging Face cache of such a repo"
+    "(sparsify run), {prefix}-L{L}R-8x/hyperparams.json + checkpoints/final.safetensors (Llama Scope "
+    "repo), or a Hugging Face cache of such a repo"
 )
 
 
@@ -96,7 +97,7 @@ def load_sae(
         missing, misshapen, non-finite or unreadable; the message names the file and tensor.
     """
     root = _start(path)
-    layers = numbered(root, LAYER)
+    layers = layer_folders(root)
     if layers and not _is_sae(root):
         raise ValueError(
             f"{root} holds SAEs for layers {sorted(layers)}; use load_stack({str(root)!r}) or pass "
@@ -165,7 +166,7 @@ def load_stack(
         ``d`` differing between layers, or any :func:`load_sae` error.
     """
     root = _start(path)
-    found = numbered(root, LAYER)
+    found = layer_folders(root)
     if not found:
         what = "holds a single SAE (use load_sae)" if _is_sae(root) else "has no layer_<L>/ folders"
         raise ValueError(f"{root} {what}; load_stack reads {_LAYOUTS}")
