@@ -1,9 +1,10 @@
-"""Read SAEs from the files people have (Gemma Scope 1/2, SAELens, sparsify, Llama Scope, HF caches);
-write SAELens.
+"""Read SAEs from the files people have (Gemma Scope 1/2, SAELens, sparsify, Llama Scope,
+dictionary_learning, HF caches); write SAELens.
 
 ``load_sae(path)`` and ``load_stack(path)`` recognise the format from the files; the registry
 (:func:`register_format`, :func:`formats`) lets other formats plug in.
 """
+from mechperm.formats.dictionary_learning import DICTIONARY_LEARNING
 from mechperm.formats.gemma_scope import GEMMA_SCOPE
 from mechperm.formats.gemma_scope_2 import GEMMA_SCOPE_2
 from mechperm.formats.layout import L0ChoiceWarning
@@ -21,7 +22,7 @@ from mechperm.formats.saelens import SAELENS
 from mechperm.formats.saelens_save import save_saelens
 from mechperm.formats.sparsify import SPARSIFY
 
-for _loader in (GEMMA_SCOPE, SAELENS, SPARSIFY, GEMMA_SCOPE_2, LLAMA_SCOPE):
+for _loader in (GEMMA_SCOPE, SAELENS, SPARSIFY, GEMMA_SCOPE_2, LLAMA_SCOPE, DICTIONARY_LEARNING):
     if _loader.name not in formats():  # importlib.reload must not trip the duplicate check
         register_format(_loader)
 del _loader
