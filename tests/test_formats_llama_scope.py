@@ -254,6 +254,11 @@ def test_bad_tensors(tmp_path: Path) -> None:
     write_llama_scope(tmp_path / "nan", tensors=bad)
     with pytest.raises(ValueError, match="b_enc.*non-finite"):
         load_sae(tmp_path / "nan")
+    write_llama_scope(tmp_path / "cut", tensors=t)
+    weights = tmp_path / "cut" / "checkpoints" / "final.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-40])
+    with pytest.raises(ValueError, match="truncated"):
+        load_sae(tmp_path / "cut")
     (tmp_path / "broken" / "checkpoints").mkdir(parents=True)
     (tmp_path / "broken" / "hyperparams.json").write_text("{not json")
     (tmp_path / "broken" / "checkpoints" / "final.safetensors").write_bytes(b"")

@@ -7,7 +7,10 @@ holds at most one source tensor and its converted copy at a time.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -125,6 +128,111 @@ def read_safetensors(
             if kept is not None:
                 tensors[name] = place(kept, device, dtype)
     return tensors, keys
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class SafetensorsRows:
+    """Row blocks of a safetensors file's 2-D tensors, read with plain file reads.
+
+    For loaders that convert a matrix (scale, transpose) instead of keeping it: reading it through
+    a mapping would keep every page of the source resident next to the converted copy (2× the
+    tensor at the peak); a block read at a time, the converted copy is the only full-size memory.
+    The header is parsed here (8-byte little-endian length, then JSON of ``dtype``, ``shape`` and
+    ``data_offsets`` per tensor), so shapes and dtypes are known before anything is read.
+    """
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        try:
+            with open(file, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if not 2 <= n <= 100_000_000:
+                    raise ValueError(f"header length {n}")
+                header = json.loads(f.read(n))
+            self._base = 8 + n
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{file} is not a readable safetensors file ({e}); it is truncated or corrupt") from e
+        if not isinstance(header, dict):
+            raise ValueError(f"{file} is not a readable safetensors file (its header is not an object)")
+        self.entries = {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.entries[name]["shape"])
+
+    def dtype(self, name: str) -> torch.dtype:
+        code = self.entries[name].get("dtype")
+        if code not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{name} in {self.file} has dtype {code}; expected a floating dtype")
+        return _SAFETENSORS_DTYPES[code]
+
+    def rows(self, name: str, r0: int, r1: int, out: Tensor | None = None) -> Tensor:
+        """Rows ``r0:r1`` of the 2-D tensor ``name``: a CPU tensor of the stored dtype (``out``, a
+        contiguous buffer of that shape and dtype, when given: block loops then allocate nothing)."""
+        rows, cols = self.shape(name)
+        dtype = self.dtype(name)
+        item = torch.empty((), dtype=dtype).element_size()
+        start, end = (int(x) for x in self.entries[name]["data_offsets"])
+        if end - start != rows * cols * item:
+            raise ValueError(f"{name} in {self.file} holds {end - start} bytes for shape {(rows, cols)}; the file is corrupt")
+        out = torch.empty((r1 - r0, cols), dtype=dtype) if out is None else out
+        view = out.view(torch.uint8).numpy().reshape(-1)
+        with open(self.file, "rb") as f:
+            f.seek(self._base + start + r0 * cols * item)
+            if f.readinto(memoryview(view)) != view.size:
+                raise ValueError(f"{name} in {self.file} is cut short; the file is truncated")
+        return out
+
+
+def _page_releaser() -> Callable[[int, int], None] | None:
+    """``madvise(MADV_DONTNEED)`` on Linux (None elsewhere): drop a range of pages we are done with."""
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    page = mmap.PAGESIZE
+
+    def release(address: int, nbytes: int) -> None:
+        lo = -(-address // page) * page  # whole pages inside [address, address + nbytes) only:
+        hi = (address + nbytes) // page * page  # a neighbour's bytes are never dropped
+        if hi > lo:
+            madvise(lo, hi - lo, 4)  # MADV_DONTNEED
+
+    return release
+
+
+_RELEASE = _page_releaser()
+
+
+def transposed_copy(t: Tensor, device: torch.device, dtype: torch.dtype | None) -> Tensor:
+    """``t.T`` (``t`` a 2-D CPU tensor about to be discarded) as a new contiguous tensor, a block of
+    rows at a time, each block's source pages released once copied (Linux: ``MADV_DONTNEED``).
+
+    Why: ``t`` is usually a view of a file mapping (``torch.load(mmap=True)``); copied whole, every
+    page of the source stays resident next to the copy (2× the tensor at the peak, the memory
+    test's bound is 1.5×). Released block by block, the copy is the only full-size memory. The
+    pages dropped lie wholly inside rows already copied, and the caller never reads ``t`` again
+    (a private mapping would re-read them from the file; anonymous memory would read zeros).
+    """
+    rows, cols = t.shape
+    out = torch.empty((cols, rows), dtype=dtype if dtype is not None else t.dtype, device=device)
+    step = max(1, (1 << 22) // max(cols, 1))
+    item = t.element_size()
+    contiguous = t.is_contiguous() and t.device.type == "cpu"
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        out[:, r0:r1].copy_(t[r0:r1].T)  # converts dtype and device in place: no temporary
+        if contiguous and _RELEASE is not None:
+            _RELEASE(t.data_ptr() + r0 * cols * item, (r1 - r0) * cols * item)
+    return out
 
 
 def require(

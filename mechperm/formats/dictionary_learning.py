@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechperm.formats._common import holds_pair, place, read_json_object, require
+from mechperm.formats._common import holds_pair, place, read_json_object, require, transposed_copy
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["DictionaryLearningLoader", "DICTIONARY_LEARNING"]
@@ -171,8 +171,9 @@ class DictionaryLearningLoader:
             if not t.is_floating_point():
                 raise ValueError(f"{names[ours]} in {file} has dtype {t.dtype}; expected a floating dtype")
         d, F = _check_shapes(stored_t, names, file)
-        # nn.Linear keeps [out, in]: the transpose of ours (a view; place() makes it contiguous).
-        tensors = {ours: t.T if names[ours] in _TRANSPOSED else t for ours, t in stored_t.items()}
+        # nn.Linear keeps [out, in]: the transpose of ours, copied a block at a time.
+        tensors = {ours: transposed_copy(stored_t.pop(ours), device, dtype) if names[ours] in _TRANSPOSED else t
+                   for ours, t in list(stored_t.items())}
         if activation == "jumprelu" and tensors["threshold"].ndim == 0:
             # The BatchTopK classes keep one scalar θ for every feature.
             tensors["threshold"] = tensors["threshold"].expand(F)

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechperm.formats._common import read_json_object, read_safetensors, require
+from mechperm.formats._common import SafetensorsRows, read_json_object, read_safetensors, require
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["LlamaScopeLoader", "LLAMA_SCOPE", "FOLDER"]
@@ -135,11 +135,11 @@ def _select(file: Path, names: list[str]) -> dict[str, str]:
     return {name: name for name in TENSORS + _OPTIONAL if name in names}
 
 
-def _check_shapes(t: dict[str, Tensor], cfg: dict[str, Any], file: Path, cfg_file: Path) -> tuple[int, int]:
-    """``(d, F)``; a transposed or misshapen tensor is named with the shape the file holds."""
-    if t["encoder.bias"].ndim != 1:
-        raise ValueError(f"encoder.bias in {file} has shape {tuple(t['encoder.bias'].shape)}; expected 1-D (F,)")
-    F = int(t["encoder.bias"].shape[0])
+def _check_shapes(t: dict[str, tuple[int, ...]], cfg: dict[str, Any], file: Path, cfg_file: Path) -> tuple[int, int]:
+    """``(d, F)`` from the stored shapes; a transposed or misshapen tensor is named as stored."""
+    if len(t["encoder.bias"]) != 1:
+        raise ValueError(f"encoder.bias in {file} has shape {t['encoder.bias']}; expected 1-D (F,)")
+    F = int(t["encoder.bias"][0])
     d = cfg.get("d_model")
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise ValueError(f"{cfg_file} gives d_model={d!r}; expected a positive integer")
@@ -155,7 +155,7 @@ def _check_shapes(t: dict[str, Tensor], cfg: dict[str, Any], file: Path, cfg_fil
                                  ("decoder.bias", (d,), "(d,)")):
         if name not in t:
             continue
-        got = tuple(t[name].shape)
+        got = t[name]
         if got != shape:
             hint = " — is it transposed?" if len(shape) == 2 and got == shape[::-1] else ""
             raise ValueError(
@@ -202,41 +202,75 @@ class LlamaScopeLoader:
         cfg = read_json_object(cfg_file)
         activation, theta, k = _check_cfg(cfg, cfg_file)
         s_in, s_out = _norm_factors(cfg, cfg_file)
-        # Read as stored (a view of the file's mapping), compute in float32 on the device, round once.
-        t, _ = read_safetensors(file, device, None, _select)
-        require(t, TENSORS, file, "Llama Scope")
-        d, F = _check_shapes(t, cfg, file, cfg_file)
-        out = dtype if dtype is not None else t["encoder.weight"].dtype
+        source = SafetensorsRows(file)
+        _select(file, source.names())  # warns about tensors a Llama Scope SAE does not have
+        require(source.entries, TENSORS, file, "Llama Scope")
+        d, F = _check_shapes({n: source.shape(n) for n in TENSORS + _OPTIONAL if n in source.entries},
+                             cfg, file, cfg_file)
+        out = dtype if dtype is not None else source.dtype("encoder.weight")
         work = torch.float32 if out != torch.float64 else torch.float64
-        E = t.pop("encoder.weight").to(work)  # [F, d]
-        D = t.pop("decoder.weight").to(work)  # [d, F]
-        b_enc = t.pop("encoder.bias").to(work)
-        b_D = t.pop("decoder.bias").to(work) if "decoder.bias" in t else torch.zeros(d, dtype=work, device=device)
-        if cfg.get("apply_decoder_bias_to_pre_encoder", True) and cfg.get("use_decoder_bias", True):
-            b_enc = b_enc - E @ b_D  # (s_in x − b_D) @ Eᵀ + b = s_in x @ Eᵀ + (b − E b_D)
-        norms = D.norm(dim=0) if cfg.get("sparsity_include_decoder_norm", True) else torch.ones(F, dtype=work, device=device)
-        dead = norms == 0
-        W_enc = E.T.contiguous().mul_(s_in)  # [d, F]; one copy at a time (a 32x SAE: 2 GiB each)
-        del E
-        W_dec = D.T.contiguous().div_(s_out)  # [F, d]
-        del D
+        # The biases through the mapping (small); the matrices a block of rows at a time (below).
+        t, _ = read_safetensors(file, device, work, lambda f, names: {n: n for n in _OPTIONAL + ("encoder.bias",)
+                                                                        if n in names})
+        b_enc = t["encoder.bias"]
+        b_D = t["decoder.bias"] if "decoder.bias" in t else torch.zeros(d, dtype=work, device=device)
+
+        step = max(1, (1 << 22) // max(d, F))  # rows a block: ~16 MiB of float32, whatever F is
+        cols = max(d, F)
+        stored_buf = torch.empty(step * cols, dtype=source.dtype("decoder.weight"))
+        work_buf = torch.empty(step * cols, dtype=work, device=device)
+        tmp_buf = torch.empty(step * cols, dtype=work, device=device)
+
+        def blocks(name: str):
+            """(r0, rows r0:r1 of a stored [R, C] matrix in ``work`` on the device, a scratch of
+            the same shape): the same three buffers every block (freed and re-allocated, glibc
+            kept ~100 MiB more resident at F = 16384)."""
+            R, C = source.shape(name)
+            buf = stored_buf if source.dtype(name) == stored_buf.dtype else torch.empty_like(stored_buf, dtype=source.dtype(name))
+            for r0 in range(0, R, step):
+                n = min(R, r0 + step) - r0
+                raw = source.rows(name, r0, r0 + n, out=buf[: n * C].view(n, C))
+                rows = work_buf[: n * C].view(n, C)
+                rows.copy_(raw)
+                yield r0, rows, tmp_buf[: n * C].view(n, C)
+
+        # Pass 1: the decoder's column norms (features are its columns) for the gate.
+        sq = torch.zeros(F, dtype=work, device=device)
+        for _, rows, tmp in blocks("decoder.weight"):
+            sq += torch.mul(rows, rows, out=tmp).sum(dim=0)
+        norms = sq.sqrt() if cfg.get("sparsity_include_decoder_norm", True) else torch.ones_like(sq)
+        dead = sq == 0
         threshold = None
         if activation == "topk" and not bool((norms == norms[0]).all()):
             # lm_saes takes the top k of h · ‖d_i‖: move the norms into the encoder.
-            scale = torch.where(dead, torch.zeros_like(norms), norms)
-            W_enc *= scale
-            b_enc = b_enc * scale
-            W_dec /= torch.where(dead, torch.ones_like(norms), norms)[:, None]
-        else:
-            W_enc[:, dead] = 0.0  # a feature whose decoder column is zero never fires in lm_saes
-            b_enc = torch.where(dead, torch.zeros_like(b_enc), b_enc)
+            enc_scale = torch.where(dead, torch.zeros_like(norms), norms)
+            dec_scale = 1.0 / torch.where(dead, torch.ones_like(norms), norms)
+        else:  # a feature whose decoder column is zero never fires in lm_saes: zero its encoder
+            enc_scale = (~dead).to(work)
+            dec_scale = torch.ones_like(norms)
             if activation == "jumprelu":
                 assert theta is not None
                 threshold = torch.where(dead, torch.full_like(norms, math.inf), theta / norms)
+        # Pass 2: W_enc [d, F] = s_in · encoder.weight.T, column i scaled by enc_scale[i].
+        bias_to_input = cfg.get("apply_decoder_bias_to_pre_encoder", True) and cfg.get("use_decoder_bias", True)
+        W_enc = torch.empty((d, F), dtype=out, device=device)
+        enc_scale_in = enc_scale * s_in
+        for r0, rows, tmp in blocks("encoder.weight"):  # rows: features r0:r1
+            r1 = r0 + rows.shape[0]
+            if bias_to_input:  # (s_in x − b_D) @ Eᵀ + b = s_in x @ Eᵀ + (b − E b_D)
+                b_enc[r0:r1] -= rows @ b_D
+            W_enc[:, r0:r1].copy_(torch.mul(rows, enc_scale_in[r0:r1, None], out=tmp).T)
+        b_enc = b_enc * enc_scale
+        # Pass 3: W_dec [F, d] = decoder.weight.T / s_out, row i scaled by dec_scale[i].
+        W_dec = torch.empty((F, d), dtype=out, device=device)
+        dec_scale_out = dec_scale / s_out
+        for r0, rows, tmp in blocks("decoder.weight"):  # rows: dimensions r0:r1 of every feature
+            W_dec[:, r0 : r0 + rows.shape[0]].copy_(torch.mul(rows, dec_scale_out, out=tmp).T)
+        del stored_buf, work_buf, tmp_buf
         return SAE(
-            W_enc=W_enc.to(out),
+            W_enc=W_enc,
             b_enc=b_enc.to(out),
-            W_dec=W_dec.to(out),
+            W_dec=W_dec,
             b_dec=(b_D / s_out).to(out),
             activation=activation,  # type: ignore[arg-type]
             threshold=None if threshold is None else threshold.to(out),

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from mechperm.formats._common import read_json_object, holds_pair, read_safetensors, require
+from mechperm.formats._common import holds_pair, read_json_object, read_safetensors, require, transposed_copy
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["SparsifyLoader", "SPARSIFY", "HOOKPOINT_LAYER"]
@@ -130,7 +130,7 @@ def _check(file: Path, name: str, t: torch.Tensor) -> torch.Tensor | None:
     if name == "encoder.weight":
         if t.ndim != 2:
             raise ValueError(f"encoder.weight in {file} has shape {tuple(t.shape)}; expected 2-D (F, d)")
-        return t.T  # [F, d] → W_enc [d, F]; place() makes it contiguous
+        return transposed_copy(t, t.device, None)  # [F, d] → W_enc [d, F], the source's pages released
     return t
 
 
