@@ -56,6 +56,20 @@ def holds_pair(path: Path, cfg: str, weights: str) -> bool:
     return (folder / cfg).is_file() and (folder / weights).is_file()
 
 
+def claims_pair(path: Path, cfg: str, weights: str, accept: Callable[[dict], bool]) -> bool:
+    """A sniff: ``path`` holds ``cfg`` and ``weights`` (:func:`holds_pair`) and the config is either
+    ``accept``-ed or unreadable (claimed, so that ``load`` names what is wrong with it instead of
+    "no format recognises")."""
+    if not holds_pair(path, cfg, weights):
+        return False
+    folder = path if path.is_dir() else path.parent
+    try:
+        config = read_json_object(folder / cfg)
+    except ValueError:
+        return True
+    return accept(config)
+
+
 def as_dtype(dtype: DTypeLike) -> torch.dtype | None:
     """``torch.float32``, ``"float32"``, ``"torch.bfloat16"``, ``"bf16"`` ... → a floating torch dtype."""
     if dtype is None or isinstance(dtype, torch.dtype):
@@ -178,7 +192,9 @@ class SafetensorsRows:
         item = torch.empty((), dtype=dtype).element_size()
         start, end = (int(x) for x in self.entries[name]["data_offsets"])
         if end - start != rows * cols * item:
-            raise ValueError(f"{name} in {self.file} holds {end - start} bytes for shape {(rows, cols)}; the file is corrupt")
+            raise ValueError(
+                f"{name} in {self.file} holds {end - start} bytes for shape {(rows, cols)}; the file is corrupt"
+            )
         out = torch.empty((r1 - r0, cols), dtype=dtype) if out is None else out
         view = out.view(torch.uint8).numpy().reshape(-1)
         with open(self.file, "rb") as f:
@@ -247,6 +263,16 @@ def require(
         )
 
 
+def check_shape(name: str, source: Path, got: tuple[int, ...], shape: tuple[int, ...], origin: str,
+                letters: str | None = None) -> None:
+    """ValueError unless ``got == shape``: the tensor and file, both shapes, where the expected one
+    comes from (``origin``), and "is it transposed?" when it is."""
+    if got != shape:
+        hint = " — is it transposed?" if len(shape) == 2 and got == shape[::-1] else ""
+        expected = f"{letters} = {shape}" if letters else f"{shape}"
+        raise ValueError(f"{name} in {source} has shape {got}; expected {expected} ({origin}){hint}")
+
+
 def check_shapes(tensors: Mapping[str, Tensor], source: Path) -> tuple[int, int]:
     """Check the SAELens layout against the biases; return ``(d, F)``.
 
@@ -260,13 +286,6 @@ def check_shapes(tensors: Mapping[str, Tensor], source: Path) -> tuple[int, int]
     F, d = int(tensors["b_enc"].shape[0]), int(tensors["b_dec"].shape[0])
     expected = {"W_enc": ((d, F), "(d, F)"), "W_dec": ((F, d), "(F, d)"), "threshold": ((F,), "(F,)")}
     for name, (shape, letters) in expected.items():
-        if name not in tensors:
-            continue
-        got = tuple(tensors[name].shape)
-        if got != shape:
-            hint = " — is it transposed?" if len(shape) == 2 and got == shape[::-1] else ""
-            raise ValueError(
-                f"{name} in {source} has shape {got}; expected {letters} = {shape} "
-                f"(F={F} from b_enc, d={d} from b_dec){hint}"
-            )
+        if name in tensors:
+            check_shape(name, source, tuple(tensors[name].shape), shape, f"F={F} from b_enc, d={d} from b_dec", letters)
     return d, F

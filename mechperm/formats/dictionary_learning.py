@@ -5,9 +5,9 @@ Facts read from the library itself (PyPI ``dictionary-learning`` 0.1.0: ``dictio
 ``config.json`` holds ``{"trainer": {"dict_class", "activation_dim", "dict_size", "k", "layer",
 "lm_name", "submodule_name", ...}, "buffer": {...}}`` and ``ae.pt`` the class's ``state_dict()``:
 
-=========================  =========================================================  ==========
+=========================  =========================================================  ====================================
 ``dict_class``             tensors (shapes as stored)                                  encode
-=========================  =========================================================  ==========
+=========================  =========================================================  ====================================
 AutoEncoder                ``encoder.weight [F, d]``, ``encoder.bias``,                relu(enc(x − bias))
                            ``decoder.weight [d, F]``, ``bias [d]``
 AutoEncoderNew             ``encoder.*``, ``decoder.weight [d, F]``, ``decoder.bias``  relu(enc(x))
@@ -15,17 +15,20 @@ JumpReluAutoEncoder        ``W_enc [d, F]``, ``b_enc``, ``W_dec [F, d]``, ``b_de
                            ``threshold [F]``
 AutoEncoderTopK            ``encoder.*``, ``decoder.weight``, ``b_dec``, buffers       top k of relu(enc(x − b_dec))
                            ``k``, ``threshold``
-BatchTopKSAE               as AutoEncoderTopK                                          relu(enc(x − b_dec)) > θ
-MatryoshkaBatchTopKSAE     ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``, ``k``,          relu((x − b_dec) W_enc + b_enc) > θ
+BatchTopKSAE               as AutoEncoderTopK                                          r · (r > θ), r = relu(enc(x − b_dec))
+MatryoshkaBatchTopKSAE     ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``, ``k``,          r · (r > θ), r = relu((x − b_dec) W_enc + b_enc)
                            ``threshold``, ``group_sizes``
-=========================  =========================================================  ==========
+=========================  =========================================================  ====================================
 
-``decode`` is ``f @ Dᵀ + bias`` (``decoder(f) + b_dec``; ``decoder(f)`` for AutoEncoderNew). The
+``decode``: ``decoder(f)`` (``f @ decoder.weight.T``, plus ``decoder.bias`` for AutoEncoderNew)
+plus ``bias`` / ``b_dec`` where the class has one; ``f @ W_dec + b_dec`` for the ``W_*`` classes. The
 BatchTopK classes encode at inference with their scalar ``threshold`` (``use_threshold=True`` by
 default; the batch top-k is training only), which is our JumpReLU with that θ for every feature
 (for θ < 0, both are a plain relu). So every class but the gated one is exactly our SAE in
-SAELens layout; ``ae.pt`` is read with ``torch.load(weights_only=True, mmap=True)`` (no pickled
-code runs, and nothing is copied until a dtype or device change asks for it).
+SAELens layout. ``ae.pt`` is read with ``torch.load(weights_only=True, mmap=True)`` (no pickled
+code runs); the ``nn.Linear`` weights (``[out, in]``) are transposed into a copy a block at a time
+(:func:`~mechperm.formats._common.transposed_copy`), the rest stay views of the file until a dtype
+or device change asks for a copy.
 Refused: GatedAutoEncoder (no SAELens-layout equivalent), unknown classes.
 """
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechperm.formats._common import holds_pair, place, read_json_object, require, transposed_copy
+from mechperm.formats._common import check_shape, claims_pair, place, read_json_object, require, transposed_copy
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["DictionaryLearningLoader", "DICTIONARY_LEARNING"]
@@ -82,7 +85,9 @@ def _read_state_dict(file: Path) -> dict[str, Tensor]:
             f"corrupt, or holds pickled objects other than tensors"
         ) from e
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{file} holds a {type(state).__name__}, not a state dict of tensors (dictionary_learning's ae.pt)")
+        raise ValueError(
+            f"{file} holds a {type(state).__name__}, not a state dict of tensors (dictionary_learning's ae.pt)"
+        )
     return state
 
 
@@ -106,7 +111,9 @@ def _k(state: dict[str, Tensor], trainer: dict[str, Any], file: Path, cfg_file: 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"{file} and {cfg_file} give no positive integer k (buffer k={stored!r}, trainer.k={said!r})")
     if stored is not None and isinstance(said, int) and said != stored:
-        raise ValueError(f"{cfg_file} says k={said}, but the buffer k in {file} is {stored}; they do not belong together")
+        raise ValueError(
+            f"{cfg_file} says k={said}, but the buffer k in {file} is {stored}; they do not belong together"
+        )
     if k > F:
         raise ValueError(f"k={k} in {file} is more than its {F} features")
     return k
@@ -123,13 +130,8 @@ def _check_shapes(t: dict[str, Tensor], names: dict[str, str], file: Path) -> tu
             continue
         stored = names[ours]
         shape = ours_shape[::-1] if stored in _TRANSPOSED else ours_shape
-        got = tuple(t[ours].shape)
-        if got != shape:
-            hint = " — is it transposed?" if len(shape) == 2 and got == shape[::-1] else ""
-            raise ValueError(
-                f"{stored} in {file} has shape {got}; expected {shape} (F={F} from {names['b_enc']}, "
-                f"d={d} from {names['b_dec']}){hint}"
-            )
+        origin = f"F={F} from {names['b_enc']}, d={d} from {names['b_dec']}"
+        check_shape(stored, file, tuple(t[ours].shape), shape, origin)
     return d, F
 
 
@@ -140,14 +142,7 @@ class DictionaryLearningLoader:
     expects = f"{WEIGHTS} + {CONFIG} with trainer.dict_class (dictionary_learning, Marks et al.)"
 
     def sniff(self, path: Path) -> bool:
-        if not holds_pair(path, CONFIG, WEIGHTS):
-            return False
-        folder = path if path.is_dir() else path.parent
-        try:
-            cfg = read_json_object(folder / CONFIG)
-        except ValueError:
-            return True  # claimed, so that load() reports the broken config.json
-        return isinstance(cfg.get("trainer"), dict)
+        return claims_pair(path, CONFIG, WEIGHTS, lambda cfg: isinstance(cfg.get("trainer"), dict))
 
     def load(self, path: Path, device: torch.device, dtype: torch.dtype | None) -> SAE:
         folder = Path(os.path.abspath(path if path.is_dir() else path.parent))

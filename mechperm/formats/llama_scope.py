@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechperm.formats._common import SafetensorsRows, read_json_object, read_safetensors, require
+from mechperm.formats._common import SafetensorsRows, check_shape, read_json_object, read_safetensors, require
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["LlamaScopeLoader", "LLAMA_SCOPE", "FOLDER"]
@@ -111,7 +111,9 @@ def _check_cfg(cfg: dict[str, Any], file: Path) -> tuple[str, float | None, int 
     if act == "jumprelu":
         theta = cfg.get("jump_relu_threshold")
         if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta):
-            raise ValueError(f"{file} says act_fn='jumprelu' but gives jump_relu_threshold={theta!r}; expected a number")
+            raise ValueError(
+                f"{file} says act_fn='jumprelu' but gives jump_relu_threshold={theta!r}; expected a number"
+            )
         if theta < 0:
             raise ValueError(
                 f"{file} gives jump_relu_threshold={theta} < 0: unsupported: lm_saes then passes "
@@ -153,15 +155,8 @@ def _check_shapes(t: dict[str, tuple[int, ...]], cfg: dict[str, Any], file: Path
         )
     for name, shape, letters in (("encoder.weight", (F, d), "(F, d)"), ("decoder.weight", (d, F), "(d, F)"),
                                  ("decoder.bias", (d,), "(d,)")):
-        if name not in t:
-            continue
-        got = t[name]
-        if got != shape:
-            hint = " — is it transposed?" if len(shape) == 2 and got == shape[::-1] else ""
-            raise ValueError(
-                f"{name} in {file} has shape {got}; expected {letters} = {shape} (F={F} from "
-                f"encoder.bias, d={d} from {cfg_file.name}){hint}"
-            )
+        if name in t:
+            check_shape(name, file, t[name], shape, f"F={F} from encoder.bias, d={d} from {cfg_file.name}", letters)
     return d, F
 
 
@@ -226,7 +221,8 @@ class LlamaScopeLoader:
             the same shape): the same three buffers every block (freed and re-allocated, glibc
             kept ~100 MiB more resident at F = 16384)."""
             R, C = source.shape(name)
-            buf = stored_buf if source.dtype(name) == stored_buf.dtype else torch.empty_like(stored_buf, dtype=source.dtype(name))
+            dtype_ = source.dtype(name)
+            buf = stored_buf if dtype_ == stored_buf.dtype else torch.empty_like(stored_buf, dtype=dtype_)
             for r0 in range(0, R, step):
                 n = min(R, r0 + step) - r0
                 raw = source.rows(name, r0, r0 + n, out=buf[: n * C].view(n, C))

@@ -45,7 +45,14 @@ from typing import Any
 
 import torch
 
-from mechperm.formats._common import holds_pair, read_json_object, read_safetensors, require, transposed_copy
+from mechperm.formats._common import (
+    check_shape,
+    claims_pair,
+    read_json_object,
+    read_safetensors,
+    require,
+    transposed_copy,
+)
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["SparsifyLoader", "SPARSIFY", "HOOKPOINT_LAYER"]
@@ -145,12 +152,7 @@ def _check_shapes(tensors: dict[str, torch.Tensor], file: Path) -> tuple[int, in
         "W_dec": tuple(tensors["W_dec"].shape),
     }
     for name, got in stored.items():
-        if got != (F, d):
-            hint = " — is it transposed?" if got == (d, F) else ""
-            raise ValueError(
-                f"{name} in {file} has shape {got}; expected (F, d) = {(F, d)} "
-                f"(F={F} from encoder.bias, d={d} from b_dec){hint}"
-            )
+        check_shape(name, file, got, (F, d), f"F={F} from encoder.bias, d={d} from b_dec", "(F, d)")
     return d, F
 
 
@@ -161,16 +163,8 @@ class SparsifyLoader:
     expects = f"{CFG} + {WEIGHTS} (EleutherAI sparsify SparseCoder.save_to_disk), TopK"
 
     def sniff(self, path: Path) -> bool:
-        if not holds_pair(path, CFG, WEIGHTS):
-            return False
-        folder = path if path.is_dir() else path.parent
-        # A cfg.json naming none of SparseCoderConfig's keys is someone else's; an unreadable one
-        # is claimed, so that load() reports it instead of "no format recognises".
-        try:
-            cfg = json.loads((folder / CFG).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return True
-        return isinstance(cfg, dict) and not _CFG_KEYS.isdisjoint(cfg)
+        # A cfg.json naming none of SparseCoderConfig's keys is someone else's.
+        return claims_pair(path, CFG, WEIGHTS, lambda cfg: not _CFG_KEYS.isdisjoint(cfg))
 
     def load(self, path: Path, device: torch.device, dtype: torch.dtype | None) -> SAE:
         folder = Path(os.path.abspath(path if path.is_dir() else path.parent))
