@@ -290,3 +290,19 @@ def test_stack_inside_a_hugging_face_cache(tmp_path: Path) -> None:
     saes = load_stack(repo)
     assert [s.info.layer for s in saes] == [4, 5]
     assert load_sae(snap / "Llama3_1-8B-Base-L5R-8x").info.layer == 5
+
+
+def test_cli_matches_a_llama_scope_repo(tmp_path: Path) -> None:
+    """`mechperm match` on the repo folder as downloaded: every adjacent pair, certified."""
+    import subprocess
+    import sys
+
+    repo = tmp_path / "Llama3_1-8B-Base-LXR-8x"
+    for L in range(3):
+        write_llama_scope(repo / f"Llama3_1-8B-Base-L{L}R-8x", cfg=llama_scope_cfg(layer=L), seed=L)
+    done = subprocess.run([sys.executable, "-m", "mechperm", "match", str(repo), "--out", str(tmp_path / "run"),
+                           "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [(p["a"], p["b"]) for p in summary["pairs"]] == [(0, 1), (1, 2)]
+    assert all(p["certified"] for p in summary["pairs"])
