@@ -10,7 +10,9 @@
 
 #include "auction.hpp"
 
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+// MECHPERM_PORTABLE: build the code every other CPU gets (ARM, ...); tests/test_portable_build.py
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && \
+    !defined(MECHPERM_PORTABLE)
 #define MECHPERM_X86_DISPATCH 1
 #include <immintrin.h>
 #endif
@@ -132,8 +134,10 @@ __attribute__((target("avx2"))) Best scan_row_avx2(const T* c, const double* p, 
     }
     return r;
 }
+#endif  // MECHPERM_X86_DISPATCH
 
 // lo/hi: running min/max of c[0..m); colmin[j] = min(colmin[j], c[j]) unless colmin is null.
+// (The scalar kernel every build has: row_range falls back to it off x86.)
 template <class T>
 inline void row_range_scalar(const T* c, int64_t m, double* colmin, double& lo, double& hi) {
     double a = lo, b = hi;
@@ -169,7 +173,6 @@ __attribute__((target("avx2"))) void row_range_avx2(const T* c, int64_t m, doubl
     }
     if (j < m) row_range_scalar(c + j, m - j, colmin != nullptr ? colmin + j : nullptr, lo, hi);
 }
-#endif
 
 // MECHPERM_NO_SIMD=1 forces the scalar kernels (tests compare both paths).
 inline bool cpu_has_avx2() {

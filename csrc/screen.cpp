@@ -12,7 +12,7 @@
 #include <thread>
 #include <utility>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(MECHPERM_PORTABLE)
 #include <immintrin.h>
 #define MECHPERM_SCREEN_X86 1
 #endif

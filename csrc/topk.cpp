@@ -12,7 +12,7 @@
 
 // AVX2 / AVX-512 clones of the scans (their compares and the -cosines' float32 arithmetic,
 // the same values whichever runs); the wheel's baseline is SSE2.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MECHPERM_PORTABLE)
 #define MECHPERM_TOPK_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MECHPERM_TOPK_CLONES
