@@ -16,6 +16,13 @@
 #include <immintrin.h>
 #define MECHPERM_SCREEN_X86 1
 #endif
+// AVX-512 / AVX2 clones of the loops the compiler vectorises, picked at load time (an ifunc:
+// ELF only, so not on macOS), the plain loop elsewhere.
+#if defined(MECHPERM_SCREEN_X86) && defined(__linux__)
+#define MECHPERM_SCREEN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MECHPERM_SCREEN_CLONES
+#endif
 
 namespace mechperm {
 namespace {
@@ -130,7 +137,7 @@ void screen_costs_avx512(const uint16_t* a16, int64_t n, const uint32_t* bp, con
 #endif
 
 // One row of the bound pass (vectorised by the compiler for the CPU it runs on).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void lower_bound_row(
+MECHPERM_SCREEN_CLONES void lower_bound_row(
     float* c, int64_t m, double P, double Q, double R, double S, double K, const double* X,
     const double* Y, const double* Z, const double* T, const double* W) {
     // (float)(x * (1 - 2^-22)) <= x for x >= 0: the stored bound never rounds up.
@@ -399,9 +406,7 @@ namespace {
 // The `keep` least (reduced cost, column) of one row into `heap` (a max-heap on pairs), the
 // reduced costs (row_j - u_i) - v_j in double. Once the heap is full, blocks of 16 columns
 // are first tested against its top all at once (vectorised; almost all fail it).
-#ifdef MECHPERM_SCREEN_X86
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
+MECHPERM_SCREEN_CLONES
 void least_reduced(const float* row, int64_t m, double ui, const double* v, size_t keep,
                    std::vector<std::pair<double, int64_t>>& heap) {
     heap.clear();

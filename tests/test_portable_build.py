@@ -39,3 +39,28 @@ def test_sources_compile_without_x86_kernels() -> None:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         failed = [r for r in pool.map(compile_one, sources) if r[1] != 0]
     assert not failed, "\n".join(f"{name}:\n{err}" for name, _, err in failed)
+
+
+_X86_ONLY = ("target_clones", "__target__", "target(", "__builtin_cpu_supports", "_mm256_", "_mm512_", "_mm_")
+
+
+@pytest.mark.skipif(_compiler() is None, reason="no C++ compiler on PATH")
+def test_portable_sources_name_no_x86_feature() -> None:
+    """Compiled here (x86), an x86 attribute or intrinsic left outside the guards still builds;
+    on ARM it would not. So the preprocessed lines of our own files must name none."""
+    pybind11 = pytest.importorskip("pybind11")
+    cxx = _compiler()
+    flags = ["-std=c++17", "-E", "-DMECHPERM_PORTABLE", f"-I{CSRC}", f"-I{sysconfig.get_paths()['include']}",
+             f"-I{pybind11.get_include()}"]
+    found = []
+    for src in sorted(CSRC.glob("*.cpp")):
+        done = subprocess.run([cxx, *flags, str(src)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        ours = False
+        for line in done.stdout.splitlines():
+            if line.startswith("# "):  # a line marker: # N "file" flags
+                ours = str(CSRC) in line or '"csrc/' in line
+                continue
+            if ours and any(word in line for word in _X86_ONLY):
+                found.append(f"{src.name}: {line.strip()[:160]}")
+    assert not found, "\n".join(found)
