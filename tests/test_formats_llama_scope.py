@@ -306,3 +306,16 @@ def test_cli_matches_a_llama_scope_repo(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [(p["a"], p["b"]) for p in summary["pairs"]] == [(0, 1), (1, 2)]
     assert all(p["certified"] for p in summary["pairs"])
+
+
+def test_neuronpedia_ids_of_the_published_folders(tmp_path: Path) -> None:
+    """As sae-lens 6.54's pretrained_saes.yaml lists them (llama_scope_lx{r,a,m}_{8,32}x)."""
+    from mechperm.formats.llama_scope import llama_scope_info
+
+    cfg = llama_scope_cfg(d=4096, F=32768)
+    cases = {"Llama3_1-8B-Base-L0R-8x": "llama3.1-8b/0-llamascope-res-32k",
+             "Llama3_1-8B-Base-L12A-32x": "llama3.1-8b/12-llamascope-att-131k",
+             "Llama3_1-8B-Base-L31M-8x": "llama3.1-8b/31-llamascope-mlp-32k",
+             "Llama3_1-8B-Base-L3TC-8x": None, "my-own-L3R-8x": None, "sae": None}
+    for folder, expected in cases.items():
+        assert llama_scope_info(tmp_path / folder, tmp_path / "x", cfg).neuronpedia_id == expected, folder

@@ -62,6 +62,7 @@ _OPTIONAL = ("decoder.bias",)
 FOLDER = re.compile(r"^(?P<prefix>.+)-L(?P<layer>\d+)(?P<site>R|A|M|TC)-(?P<factor>\d+)x$")
 """``Llama3_1-8B-Base-L{L}{R,A,M,TC}-{8,32}x``: one published SAE folder (layer, site, width)."""
 _MODELS = {"Llama3_1-8B-Base": "meta-llama/Llama-3.1-8B"}
+_NEURONPEDIA = {"Llama3_1-8B-Base": "llama3.1-8b"}
 _HOOK_LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -170,7 +171,18 @@ def llama_scope_info(folder: Path, file: Path, cfg: dict[str, Any]) -> SAEInfo:
     model = cfg.get("model_name") if isinstance(cfg.get("model_name"), str) else None
     if model is None and m:
         model = _MODELS.get(m.group("prefix"))
-    return SAEInfo(model_name=model, hook_name=hook, layer=layer, source=str(file), format="llama_scope")
+    return SAEInfo(model_name=model, hook_name=hook, layer=layer, source=str(file), format="llama_scope",
+                   neuronpedia_id=_neuronpedia_id(m, cfg))
+
+
+def _neuronpedia_id(m: re.Match[str] | None, cfg: dict[str, Any]) -> str | None:
+    """``llama3.1-8b/{L}-llamascope-{res,att,mlp}-{32k,131k}`` for the published Llama-3.1-8B
+    folders (the ids sae-lens 6.54's ``pretrained_saes.yaml`` lists for them); None otherwise."""
+    site = {"R": "res", "A": "att", "M": "mlp"}.get(m.group("site")) if m else None
+    d = cfg.get("d_model")
+    if m is None or site is None or m.group("prefix") not in _NEURONPEDIA or not isinstance(d, int):
+        return None
+    return f"{_NEURONPEDIA[m.group('prefix')]}/{int(m.group('layer'))}-llamascope-{site}-{d * int(m.group('factor')) // 1000}k"
 
 
 def _folder_of(path: Path) -> Path:
