@@ -182,7 +182,8 @@ def _neuronpedia_id(m: re.Match[str] | None, cfg: dict[str, Any]) -> str | None:
     d = cfg.get("d_model")
     if m is None or site is None or m.group("prefix") not in _NEURONPEDIA or not isinstance(d, int):
         return None
-    return f"{_NEURONPEDIA[m.group('prefix')]}/{int(m.group('layer'))}-llamascope-{site}-{d * int(m.group('factor')) // 1000}k"
+    width = d * int(m.group("factor")) // 1000  # 32768 -> 32k, 131072 -> 131k
+    return f"{_NEURONPEDIA[m.group('prefix')]}/{int(m.group('layer'))}-llamascope-{site}-{width}k"
 
 
 def _folder_of(path: Path) -> Path:
