@@ -9,6 +9,14 @@ from collections.abc import Sequence
 from mechperm import __version__
 
 
+
+def _l0(text: str) -> float | str:
+    """``--l0 82`` (Gemma Scope's average_l0_N) or ``--l0 medium`` (a Gemma Scope 2 label)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
 def parse_layers(text: str) -> list[int]:
     """``"0-25"``, ``"3,5,7"`` or ``"0-3,8"`` → sorted layer numbers."""
     layers: set[int] = set()
@@ -167,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="run folder to write (created; resumed if it exists)")
     m.add_argument("--layers", type=parse_layers, default=None, help="layers to match, e.g. 0-25 or 3,5,7 (default: all)")
     m.add_argument("--width", default=None, help="width folder where there are several, e.g. 16k")
-    m.add_argument("--l0", type=float, default=None, help="average L0 folder: exact, else the nearest")
+    m.add_argument("--l0", type=_l0, default=None,
+                   help="average L0 folder: exact, else the nearest (Gemma Scope 2: small, medium or big)")
     m.add_argument("--on", choices=("decoder", "encoder", "both"), default="decoder", help="parameters to match (default decoder)")
     m.add_argument("--metric", choices=("mse", "cosine"), default="mse", help="cost: squared distance or cosine (default mse)")
     m.add_argument("--mode", choices=("bijective", "partial", "topk", "identity"), default="bijective", help="default bijective")

@@ -170,3 +170,57 @@ def test_folders_by_width_and_l0(tmp_path: Path) -> None:
     assert [s.info.layer for s in saes] == [0, 4, 12]
     with pytest.raises(ValueError, match=r"no layer_<L>_width_1m_l0_medium/ folders; it holds \['width 16k, l0 big'"):
         gemma_scope_2_folders(site, width="1m")
+
+
+def test_load_stack_of_a_site(tmp_path: Path) -> None:
+    """load_stack (and so `mechperm match`) on a site folder: width= and the L0 label choose."""
+    from mechperm.formats import load_stack
+
+    site = tmp_path / REPO / "resid_post"
+    for L in (0, 4, 12):
+        for width in ("16k", "65k"):
+            for l0 in ("small", "medium"):
+                write_gs2(site / f"layer_{L}_width_{width}_l0_{l0}", config=gs2_config(L), seed=L)
+    saes = load_stack(site, width="16k")
+    assert [s.info.layer for s in saes] == [0, 4, 12]
+    assert all("layer_" in s.info.source and "_width_16k_l0_medium" in s.info.source for s in saes)
+    small = load_stack(site, width=16384, l0="small", layers=[4, 12])
+    assert [s.info.layer for s in small] == [4, 12] and "l0_small" in small[0].info.source
+    with pytest.raises(ValueError, match=r"Gemma Scope 2 widths \['16k', '65k'\]; pass width="):
+        load_stack(site)
+    with pytest.raises(ValueError, match="L0 is a label: pass l0='small', 'medium' or 'big'"):
+        load_stack(site, width="16k", l0=82)
+    with pytest.raises(ValueError, match=r"no layer_<L>_width_16k_l0_big/ folders"):
+        load_stack(site, width="16k", l0="big")
+
+
+def test_cli_matches_a_site(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    site = tmp_path / "resid_post"
+    for L in (3, 4):
+        write_gs2(site / f"layer_{L}_width_16k_l0_medium", config=gs2_config(L), seed=L)
+        write_gs2(site / f"layer_{L}_width_16k_l0_big", config=gs2_config(L), seed=10 + L)
+    done = subprocess.run([sys.executable, "-m", "mechperm", "match", str(site), "--out", str(tmp_path / "run"),
+                           "--l0", "big", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [(p["a"], p["b"]) for p in summary["pairs"]] == [(3, 4)] and summary["pairs"][0]["certified"]
+    assert all("l0_big" in i["source"] for i in summary["inputs"]), summary["inputs"]
+
+
+def test_label_l0_refused_for_numbered_l0_folders(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mechperm.formats import load_stack
+    from mechperm.synthetic import make_stack
+
+    for t, sae in enumerate(make_stack(2, d=8, F=16, seed=0).saes):
+        (tmp_path / f"layer_{t}").mkdir()
+        np.savez(tmp_path / f"layer_{t}" / "params.npz", W_enc=sae.W_enc.numpy(), b_enc=sae.b_enc.numpy(),
+                 W_dec=sae.W_dec.numpy(), b_dec=sae.b_dec.numpy(), threshold=sae.threshold.numpy())
+    assert len(load_stack(tmp_path)) == 2
+    with pytest.raises(ValueError, match="l0='medium' is a Gemma Scope 2 label"):
+        load_stack(tmp_path, l0="medium")

@@ -42,9 +42,11 @@ from typing import Any
 import torch
 
 from mechperm.formats._common import read_json_object, check_shapes, read_safetensors, require
+from mechperm.formats.layout import width_key
 from mechperm.sae import SAE, SAEInfo
 
-__all__ = ["GemmaScope2Loader", "GEMMA_SCOPE_2", "gemma_scope_2_info", "gemma_scope_2_folders", "FOLDER"]
+__all__ = ["GemmaScope2Loader", "GEMMA_SCOPE_2", "gemma_scope_2_info", "gemma_scope_2_folders",
+           "gemma_scope_2_stack", "FOLDER"]
 
 FILENAME = "params.safetensors"
 CONFIG = "config.json"
@@ -201,6 +203,24 @@ def gemma_scope_2_folders(site: str | Path, *, width: str, l0: str = "medium") -
             f"{site} has no layer_<L>_width_{width}_l0_{l0}/ folders; it holds {sorted(labels) or 'none'}"
         )
     return dict(sorted(found.items()))
+
+
+def gemma_scope_2_stack(site: Path, width: str | int | None, l0: float | str | None) -> dict[int, Path]:
+    """:func:`gemma_scope_2_folders` for :func:`mechperm.load_stack`: ``{}`` when ``site`` holds no
+    Gemma Scope 2 folders; the only width when ``width`` is None (else an error listing them); the
+    L0 label ``l0`` (default ``"medium"``)."""
+    names = [FOLDER.match(c.name) for c in sorted(site.iterdir()) if c.is_dir()] if site.is_dir() else []
+    widths = sorted({m.group(2) for m in names if m is not None})
+    if not widths:
+        return {}
+    if width is None and len(widths) > 1:
+        raise ValueError(f"{site} holds Gemma Scope 2 widths {widths}; pass width= one of them")
+    if l0 is not None and not isinstance(l0, str):
+        raise ValueError(
+            f"{site} holds Gemma Scope 2 folders, whose L0 is a label: pass l0='small', 'medium' or 'big' "
+            f"(got l0={l0!r})"
+        )
+    return gemma_scope_2_folders(site, width=widths[0] if width is None else width_key(width), l0=l0 or "medium")
 
 
 GEMMA_SCOPE_2 = GemmaScope2Loader()

@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from mechperm.formats._common import DeviceLike, DTypeLike, as_device, as_dtype
+from mechperm.formats.gemma_scope_2 import FOLDER as GS2_FOLDER
+from mechperm.formats.gemma_scope_2 import gemma_scope_2_stack
 from mechperm.formats.hf_cache import resolve_hf_cache
 from mechperm.formats.layout import (
     WIDTH,
@@ -27,7 +29,8 @@ _LAYOUTS = (
     "layer_{L}/params.npz (flat stack), layer_{L}/width_{W}/average_l0_{N}/params.npz (Gemma Scope "
     "repo), layer_{L}/cfg.json + sae_weights.safetensors, layers.{L}/cfg.json + sae.safetensors "
     "(sparsify run), {prefix}-L{L}R-8x/hyperparams.json + checkpoints/final.safetensors (Llama Scope "
-    "repo), or a Hugging Face cache of such a repo"
+    "repo), {site}/layer_{L}_width_{W}_l0_{label}/params.safetensors (Gemma Scope 2), or a Hugging Face "
+    "cache of such a repo"
 )
 
 
@@ -109,6 +112,11 @@ def load_sae(
     return loader.load(target, as_device(device), as_dtype(dtype))
 
 
+def _holds_gs2(root: Path) -> bool:
+    """Whether ``root`` holds Gemma Scope 2 ``layer_{L}_width_{W}_l0_{label}`` folders."""
+    return root.is_dir() and any(GS2_FOLDER.match(c.name) and c.is_dir() for c in root.iterdir())
+
+
 def _select_layers(root: Path, found: dict[int, Path], layers: Iterable[int] | None) -> list[int]:
     if layers is None:
         return sorted(found)
@@ -129,26 +137,29 @@ def load_stack(
     *,
     layers: Iterable[int] | None = None,
     width: str | int | None = None,
-    l0: float | None = None,
+    l0: float | str | None = None,
     format: str | None = None,
     device: DeviceLike = None,
     dtype: DTypeLike = None,
 ) -> list[SAE]:
-    """Load one SAE per layer from a folder of ``layer_{L}`` folders, in ascending layer order.
+    """Load one SAE per layer from a folder of per-layer folders, in ascending layer order.
 
     Parameters
     ----------
     path : str or Path
         A folder of ``layer_{L}/`` folders: a flat stack (``layer_{L}/params.npz`` or a SAELens
-        folder), a Gemma Scope repo (``layer_{L}/width_{W}/average_l0_{N}/params.npz``), or either
-        inside a Hugging Face cache. ``embedding/`` and other folders are skipped.
+        folder), a Gemma Scope repo (``layer_{L}/width_{W}/average_l0_{N}/params.npz``); a
+        sparsify run (``layers.{L}/``); a Llama Scope repo (``...-L{L}R-8x/``); a Gemma Scope 2
+        site (``resid_post/layer_{L}_width_{W}_l0_{label}/``); or any of them inside a Hugging
+        Face cache. ``embedding/`` and other folders are skipped.
     layers : iterable of int, optional
         Layers to load (a list or ``range``); default all.
     width : str or int, optional
         ``"16k"`` / ``16384``; required when the layers hold several widths.
-    l0 : float, optional
-        Per layer, ``average_l0_{l0}`` or the nearest; None: the canonical one (see
+    l0 : float or str, optional
+        Gemma Scope: per layer, ``average_l0_{l0}`` or the nearest; None: the canonical one (see
         :func:`load_sae`). One :class:`L0ChoiceWarning` lists every choice made for you.
+        Gemma Scope 2: the label, ``"small"``, ``"medium"`` (None) or ``"big"``.
     format, device, dtype
         As in :func:`load_sae`.
 
@@ -166,10 +177,14 @@ def load_stack(
         ``d`` differing between layers, or any :func:`load_sae` error.
     """
     root = _start(path)
-    found = layer_folders(root)
+    found = layer_folders(root) or gemma_scope_2_stack(root, width, l0)
     if not found:
         what = "holds a single SAE (use load_sae)" if _is_sae(root) else "has no layer_<L>/ folders"
         raise ValueError(f"{root} {what}; load_stack reads {_LAYOUTS}")
+    if isinstance(l0, str) and not _holds_gs2(root):
+        raise ValueError(
+            f"l0={l0!r} is a Gemma Scope 2 label; the folders under {root} take a number (average_l0_N)"
+        )
     selected = _select_layers(root, found, layers)
     if width is None:
         widths = {w for L in selected for w in numbered(found[L], WIDTH, as_int=False)}
