@@ -224,3 +224,19 @@ def test_label_l0_refused_for_numbered_l0_folders(tmp_path: Path) -> None:
     assert len(load_stack(tmp_path)) == 2
     with pytest.raises(ValueError, match="l0='medium' is a Gemma Scope 2 label"):
         load_stack(tmp_path, l0="medium")
+
+
+def test_site_inside_a_hugging_face_cache(tmp_path: Path) -> None:
+    """models--google--gemma-scope-2-1b-pt/resid_post: the site inside the repo's snapshot."""
+    from mechperm.formats import load_stack
+
+    repo = tmp_path / "hub" / "models--google--gemma-scope-2-1b-pt"
+    site = repo / "snapshots" / "abc123" / "resid_post"
+    for L in (1, 2):
+        write_gs2(site / f"layer_{L}_width_16k_l0_medium", config=gs2_config(L), seed=L)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    assert [s.info.layer for s in load_stack(repo / "resid_post")] == [1, 2]
+    assert load_sae(repo / "resid_post" / "layer_2_width_16k_l0_medium").info.layer == 2
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_stack(repo / "mlp_out")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["resolve_hf_cache", "pick_snapshot"]
+__all__ = ["resolve_hf_cache", "pick_snapshot", "resolve_repo_subpath"]
 
 
 def pick_snapshot(repo_dir: Path) -> Path:
@@ -59,3 +59,14 @@ def resolve_hf_cache(path: Path) -> Path:
             f"pass one of them, e.g. {repos[0]}"
         )
     return path
+
+
+def resolve_repo_subpath(path: Path) -> Path | None:
+    """``models--ORG--NAME/<path in the repo>`` (which does not exist as such) → that path inside
+    the repo's snapshot, e.g. a Gemma Scope 2 site: ``models--google--gemma-scope-2-1b-pt/
+    resid_post``. None when no ancestor is a cache repo folder or its snapshot lacks the path."""
+    for parent in path.parents:
+        if parent.name.startswith("models--") and (parent / "snapshots").is_dir():
+            inside = pick_snapshot(parent) / path.relative_to(parent)
+            return inside if inside.exists() else None
+    return None

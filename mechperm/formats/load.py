@@ -9,7 +9,7 @@ from pathlib import Path
 from mechperm.formats._common import DeviceLike, DTypeLike, as_device, as_dtype
 from mechperm.formats.gemma_scope_2 import FOLDER as GS2_FOLDER
 from mechperm.formats.gemma_scope_2 import gemma_scope_2_stack
-from mechperm.formats.hf_cache import resolve_hf_cache
+from mechperm.formats.hf_cache import resolve_hf_cache, resolve_repo_subpath
 from mechperm.formats.layout import (
     WIDTH,
     L0Choice,
@@ -37,6 +37,9 @@ _LAYOUTS = (
 def _start(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
+        inside = resolve_repo_subpath(p)
+        if inside is not None:
+            return inside
         if p.is_symlink():
             raise FileNotFoundError(
                 f"{p} is a broken symlink (to {p.readlink()}); the Hugging Face download is incomplete"
