@@ -182,3 +182,31 @@ def test_saelens_stack(tmp_path: Path) -> None:
         write_saelens(tmp_path / f"layer_{L}", cfg, sae_arrays(D, F, seed=L))
     saes = load_stack(tmp_path, dtype=torch.bfloat16)
     assert [s.info.layer for s in saes] == [1, 4] and all(s.dtype == torch.bfloat16 for s in saes)
+
+
+def test_stack_of_hook_point_folders(tmp_path: Path) -> None:
+    """SAELens repos (jbloom/GPT2-Small-SAEs-Reformatted, ...) name folders blocks.{L}.hook_*;
+    several hook points side by side need hook=."""
+    from mechperm.formats import load_sae, load_stack
+
+    def cfg(L: int, hook: str) -> dict:
+        c = cfg_v6()
+        c["metadata"]["hook_name"] = f"blocks.{L}.{hook}"
+        return c
+
+    for L in (0, 1, 2):
+        for hook in ("hook_resid_pre", "hook_mlp_out"):
+            write_saelens(tmp_path / f"blocks.{L}.{hook}", cfg(L, hook), sae_arrays(D, F, seed=L))
+    pre = load_stack(tmp_path, hook="resid_pre")
+    assert [s.info.layer for s in pre] == [0, 1, 2] and all("hook_resid_pre" in s.info.source for s in pre)
+    assert len(load_stack(tmp_path, hook="hook_mlp_out", layers=[1, 2])) == 2
+    with pytest.raises(ValueError, match=r"several hook points \['hook_mlp_out', 'hook_resid_pre'\]; pass hook="):
+        load_stack(tmp_path)
+    with pytest.raises(ValueError, match=r"no blocks.<L>.hook_attn_out/ folders"):
+        load_stack(tmp_path, hook="attn_out")
+    with pytest.raises(ValueError, match=r"holds SAEs for layers \[0, 1, 2\]; use load_stack"):
+        load_sae(tmp_path)
+    single = tmp_path / "one_hook"
+    for L in (5, 6):
+        write_saelens(single / f"blocks.{L}.hook_resid_post", cfg(L, "hook_resid_post"), sae_arrays(D, F, seed=L))
+    assert [s.info.layer for s in load_stack(single)] == [5, 6]

@@ -14,13 +14,15 @@ from mechperm.formats.gemma_scope import canonical_l0
 
 __all__ = [
     "L0ChoiceWarning", "L0Choice", "LAYER", "LLAMA_SCOPE_LAYER", "WIDTH", "L0",
-    "numbered", "layer_folders", "width_key", "pick_width", "pick_l0", "describe", "descend",
+    "numbered", "layer_folders", "hook_folders", "stack_layers", "HOOK_LAYER", "width_key", "pick_width", "pick_l0", "describe", "descend",
 ]
 
 # layer_{L}: Gemma Scope and flat stacks; layers.{L}: EleutherAI sparsify hookpoint folders.
 LAYER = re.compile(r"^(?:layer_|layers\.)(\d+)$")
 # A Llama Scope repo's layer folders: Llama3_1-8B-Base-L{L}{R,A,M,TC}-{8,32}x.
 LLAMA_SCOPE_LAYER = re.compile(r"^.+-L(\d+)(?:R|A|M|TC)-\d+x$")
+# SAELens repos name folders by hook point: blocks.{L}.hook_resid_pre (several kinds side by side).
+HOOK_LAYER = re.compile(r"^blocks\.(\d+)\.(hook_[A-Za-z0-9_]+)$")
 WIDTH = re.compile(r"^width_(\w+)$")
 L0 = re.compile(r"^average_l0_(\d+)$")
 
@@ -64,10 +66,40 @@ def numbered(folder: Path, pattern: re.Pattern[str], *, as_int: bool = True) -> 
     return found
 
 
-def layer_folders(folder: Path) -> dict[int, Path]:
+def layer_folders(folder: Path, hook: str | None = None) -> dict[int, Path]:
     """The per-layer folders of a stack: ``layer_{L}`` / ``layers.{L}``, else Llama Scope's
-    ``...-L{L}R-8x`` (see :func:`numbered` for the errors)."""
-    return numbered(folder, LAYER) or numbered(folder, LLAMA_SCOPE_LAYER)
+    ``...-L{L}R-8x``, else SAELens repos' ``blocks.{L}.hook_*`` of one hook point (``hook``, or
+    the only one). See :func:`numbered` for the errors."""
+    return numbered(folder, LAYER) or numbered(folder, LLAMA_SCOPE_LAYER) or hook_folders(folder, hook)
+
+
+def hook_folders(folder: Path, hook: str | None) -> dict[int, Path]:
+    """``{L: blocks.{L}.{hook}/}`` (``"resid_pre"`` or ``"hook_resid_pre"``); ``{}`` when there are
+    no such folders; ValueError naming the hook points when ``hook`` is missing or absent."""
+    by_hook: dict[str, dict[int, Path]] = {}
+    for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+        m = HOOK_LAYER.match(child.name)
+        if m is not None and child.is_dir():
+            by_hook.setdefault(m.group(2), {})[int(m.group(1))] = child
+    if not by_hook:
+        return {}
+    if hook is None:
+        if len(by_hook) > 1:
+            raise ValueError(f"{folder} holds SAEs at several hook points {sorted(by_hook)}; pass hook= one of them")
+        return next(iter(by_hook.values()))
+    key = hook if hook.startswith("hook_") else f"hook_{hook}"
+    if key not in by_hook:
+        raise ValueError(f"{folder} has no blocks.<L>.{key}/ folders; it holds hook points {sorted(by_hook)}")
+    return by_hook[key]
+
+
+def stack_layers(folder: Path) -> dict[int, Path]:
+    """:func:`layer_folders` without a choice to make: for telling a stack from one SAE (with
+    several hook points, those of the first)."""
+    try:
+        return layer_folders(folder)
+    except ValueError:
+        return hook_folders(folder, min(m.group(2) for c in folder.iterdir() if (m := HOOK_LAYER.match(c.name))))
 
 
 def width_key(width: str | int) -> str:

@@ -19,6 +19,7 @@ from mechperm.formats.layout import (
     descend,
     layer_folders,
     numbered,
+    stack_layers,
 )
 from mechperm.formats.registry import _REGISTRY, detect_format
 from mechperm.sae import SAE
@@ -103,7 +104,7 @@ def load_sae(
         missing, misshapen, non-finite or unreadable; the message names the file and tensor.
     """
     root = _start(path)
-    layers = layer_folders(root)
+    layers = stack_layers(root)
     if layers and not _is_sae(root):
         raise ValueError(
             f"{root} holds SAEs for layers {sorted(layers)}; use load_stack({str(root)!r}) or pass "
@@ -141,6 +142,7 @@ def load_stack(
     layers: Iterable[int] | None = None,
     width: str | int | None = None,
     l0: float | str | None = None,
+    hook: str | None = None,
     format: str | None = None,
     device: DeviceLike = None,
     dtype: DTypeLike = None,
@@ -152,7 +154,8 @@ def load_stack(
     path : str or Path
         A folder of ``layer_{L}/`` folders: a flat stack (``layer_{L}/params.npz`` or a SAELens
         folder), a Gemma Scope repo (``layer_{L}/width_{W}/average_l0_{N}/params.npz``); a
-        sparsify run (``layers.{L}/``); a Llama Scope repo (``...-L{L}R-8x/``); a Gemma Scope 2
+        sparsify run (``layers.{L}/``); a SAELens repo (``blocks.{L}.hook_resid_pre/``); a Llama
+        Scope repo (``...-L{L}R-8x/``); a Gemma Scope 2
         site (``resid_post/layer_{L}_width_{W}_l0_{label}/``); or any of them inside a Hugging
         Face cache. ``embedding/`` and other folders are skipped.
     layers : iterable of int, optional
@@ -163,6 +166,9 @@ def load_stack(
         Gemma Scope: per layer, ``average_l0_{l0}`` or the nearest; None: the canonical one (see
         :func:`load_sae`). One :class:`L0ChoiceWarning` lists every choice made for you.
         Gemma Scope 2: the label, ``"small"``, ``"medium"`` (None) or ``"big"``.
+    hook : str, optional
+        SAELens repos of ``blocks.{L}.hook_*`` folders: the hook point (``"resid_pre"``), where
+        there are several.
     format, device, dtype
         As in :func:`load_sae`.
 
@@ -180,7 +186,7 @@ def load_stack(
         ``d`` differing between layers, or any :func:`load_sae` error.
     """
     root = _start(path)
-    found = layer_folders(root) or gemma_scope_2_stack(root, width, l0)
+    found = layer_folders(root, hook) or gemma_scope_2_stack(root, width, l0)
     if not found:
         what = "holds a single SAE (use load_sae)" if _is_sae(root) else "has no layer_<L>/ folders"
         raise ValueError(f"{root} {what}; load_stack reads {_LAYOUTS}")
