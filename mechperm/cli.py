@@ -49,7 +49,8 @@ def _match(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        saes = load_stack(args.path, layers=args.layers, width=args.width, l0=args.l0, hook=args.hook)
+        saes = load_stack(args.path, layers=args.layers, width=args.width, l0=args.l0, hook=args.hook,
+                          trainer=args.trainer)
     for w in caught:
         print(f"mechperm: note: {w.message}", file=sys.stderr)
     if len(saes) < 2:
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average L0 folder: exact, else the nearest (Gemma Scope 2: small, medium or big)")
     m.add_argument("--hook", default=None,
                    help="hook point where a SAELens repo holds several (blocks.{L}.hook_<HOOK>/), e.g. resid_pre")
+    m.add_argument("--trainer", type=int, default=None,
+                   help="trainer_N folder where a dictionary_learning sweep holds several")
     m.add_argument("--on", choices=("decoder", "encoder", "both"), default="decoder", help="parameters to match (default decoder)")
     m.add_argument("--metric", choices=("mse", "cosine"), default="mse", help="cost: squared distance or cosine (default mse)")
     m.add_argument("--mode", choices=("bijective", "partial", "topk", "identity"), default="bijective", help="default bijective")

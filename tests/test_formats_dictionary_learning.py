@@ -157,3 +157,19 @@ def test_unknown_tensors_warned(tmp_path: Path) -> None:
     write(tmp_path / "ae", "AutoEncoder", state={**state_dict("AutoEncoder"), "extra": torch.zeros(2)})
     with pytest.warns(UserWarning, match=r"ignoring tensors \['extra'\]"):
         load_sae(tmp_path / "ae")
+
+
+def test_sweep_stack_of_trainers(tmp_path: Path) -> None:
+    """SAE Bench's dictionary_learning sweeps: {sweep}/resid_post_layer_{L}/trainer_{N}/."""
+    sweep = tmp_path / "gemma-2-2b_topk_width-2pow14_date-1109"
+    for L in (3, 7):
+        for N in (0, 1):
+            write(sweep / f"resid_post_layer_{L}" / f"trainer_{N}", "AutoEncoderTopK",
+                  cfg=config("AutoEncoderTopK", layer=L), seed=10 * L + N)
+    saes = load_stack(sweep, trainer=1)
+    assert [s.info.layer for s in saes] == [3, 7] and all("trainer_1" in s.info.source for s in saes)
+    assert "trainer_0" in load_sae(sweep / "resid_post_layer_3", trainer=0).info.source
+    with pytest.raises(ValueError, match=r"holds several trainers \[0, 1\]; pass trainer="):
+        load_stack(sweep)
+    with pytest.raises(ValueError, match=r"has no trainer_5/; it holds trainers \[0, 1\]"):
+        load_stack(sweep, trainer=5)

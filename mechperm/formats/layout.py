@@ -13,18 +13,20 @@ from typing import NamedTuple
 from mechperm.formats.gemma_scope import canonical_l0
 
 __all__ = [
-    "L0ChoiceWarning", "L0Choice", "LAYER", "LLAMA_SCOPE_LAYER", "WIDTH", "L0",
+    "L0ChoiceWarning", "L0Choice", "LAYER", "TRAINER", "pick_trainer", "LLAMA_SCOPE_LAYER", "WIDTH", "L0",
     "numbered", "layer_folders", "hook_folders", "stack_layers", "HOOK_LAYER", "width_key", "pick_width", "pick_l0", "describe", "descend",
 ]
 
 # layer_{L}: Gemma Scope and flat stacks; layers.{L}: EleutherAI sparsify hookpoint folders.
-LAYER = re.compile(r"^(?:layer_|layers\.)(\d+)$")
+# {site}_layer_{L}: SAE Bench's dictionary_learning sweeps (resid_post_layer_{L}/trainer_{N}/).
+LAYER = re.compile(r"^(?:layer_|layers\.|(?:resid_post|resid_pre|mlp_out|attn_out)_layer_)(\d+)$")
 # A Llama Scope repo's layer folders: Llama3_1-8B-Base-L{L}{R,A,M,TC}-{8,32}x.
 LLAMA_SCOPE_LAYER = re.compile(r"^.+-L(\d+)(?:R|A|M|TC)-\d+x$")
 # SAELens repos name folders by hook point: blocks.{L}.hook_resid_pre (several kinds side by side).
 HOOK_LAYER = re.compile(r"^blocks\.(\d+)\.(hook_[A-Za-z0-9_]+)$")
 WIDTH = re.compile(r"^width_(\w+)$")
 L0 = re.compile(r"^average_l0_(\d+)$")
+TRAINER = re.compile(r"^trainer_(\d+)$")
 
 
 class L0ChoiceWarning(UserWarning):
@@ -166,13 +168,29 @@ def describe(choice: L0Choice) -> str:
     return f"{choice.path} ({choice.reason}; available: {list(choice.available)})"
 
 
-def descend(
-    path: Path, is_sae: Callable[[Path], bool], *, width: str | int | None, l0: float | None
-) -> tuple[Path, list[L0Choice]]:
-    """Walk from ``path`` through ``width_*`` and ``average_l0_*`` folders to one SAE folder.
+def pick_trainer(folder: Path, trainer: int | None) -> Path:
+    """The ``trainer_N`` child of ``folder`` (a dictionary_learning sweep): the one asked for, or
+    the only one."""
+    trainers = numbered(folder, TRAINER)
+    if trainer is None:
+        if len(trainers) == 1:
+            return next(iter(trainers.values()))
+        raise ValueError(f"{folder} holds several trainers {sorted(trainers)}; pass trainer= one of them")
+    if trainer not in trainers:
+        raise ValueError(f"{folder} has no trainer_{trainer}/; it holds trainers {sorted(trainers)}")
+    return trainers[trainer]
 
-    Stops at the first folder ``is_sae`` accepts (or that holds neither kind of folder, for the
-    registry to report). ``width`` and ``l0`` are selectors: unused when there is nothing to choose.
+
+def descend(
+    path: Path, is_sae: Callable[[Path], bool], *, width: str | int | None, l0: float | None,
+    trainer: int | None = None,
+) -> tuple[Path, list[L0Choice]]:
+    """Walk from ``path`` through ``width_*`` and ``average_l0_*`` (or ``trainer_*``) folders to
+    one SAE folder.
+
+    Stops at the first folder ``is_sae`` accepts (or that holds none of these folders, for the
+    registry to report). ``width``, ``l0`` and ``trainer`` are selectors: unused when there is
+    nothing to choose.
     """
     choices: list[L0Choice] = []
     for _ in range(3):
@@ -184,6 +202,8 @@ def descend(
             choice = pick_l0(path, l0)
             choices.append(choice)
             path = choice.path
+        elif numbered(path, TRAINER):
+            path = pick_trainer(path, trainer)
         else:
             break
     return path, choices

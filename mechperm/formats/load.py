@@ -65,6 +65,7 @@ def load_sae(
     format: str | None = None,
     width: str | int | None = None,
     l0: float | None = None,
+    trainer: int | None = None,
     device: DeviceLike = None,
     dtype: DTypeLike = None,
 ) -> SAE:
@@ -84,6 +85,8 @@ def load_sae(
         Picks ``average_l0_{l0}``; if absent, the nearest. None: the only one, else the canonical
         one (published choice, else L0 nearest 100). Any choice made for you is reported with an
         :class:`L0ChoiceWarning`.
+    trainer : int, optional
+        Picks ``trainer_{trainer}`` in a dictionary_learning sweep folder holding several.
     device : torch.device or str, optional
         Where the tensors go (default CPU).
     dtype : torch.dtype or str, optional
@@ -110,7 +113,7 @@ def load_sae(
             f"{root} holds SAEs for layers {sorted(layers)}; use load_stack({str(root)!r}) or pass "
             f"one layer folder, e.g. {layers[min(layers)]}"
         )
-    target, choices = descend(root, _is_sae, width=width, l0=l0)
+    target, choices = descend(root, _is_sae, width=width, l0=l0, trainer=trainer)
     _warn([("", c) for c in choices])
     loader = detect_format(target, format)
     return loader.load(target, as_device(device), as_dtype(dtype))
@@ -143,6 +146,7 @@ def load_stack(
     width: str | int | None = None,
     l0: float | str | None = None,
     hook: str | None = None,
+    trainer: int | None = None,
     format: str | None = None,
     device: DeviceLike = None,
     dtype: DTypeLike = None,
@@ -169,6 +173,9 @@ def load_stack(
     hook : str, optional
         SAELens repos of ``blocks.{L}.hook_*`` folders: the hook point (``"resid_pre"``), where
         there are several.
+    trainer : int, optional
+        dictionary_learning sweeps (``resid_post_layer_{L}/trainer_{N}/``): N, where there are
+        several.
     format, device, dtype
         As in :func:`load_sae`.
 
@@ -203,7 +210,7 @@ def load_stack(
     saes: list[SAE] = []
     choices: list[tuple[str, L0Choice]] = []
     for L in selected:
-        target, picked = descend(found[L], _is_sae, width=width, l0=l0)
+        target, picked = descend(found[L], _is_sae, width=width, l0=l0, trainer=trainer)
         choices += [(f"layer {L}: ", c) for c in picked]
         sae = detect_format(target, format).load(target, device_, dtype_)
         if sae.info.layer is None:
