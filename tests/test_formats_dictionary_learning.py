@@ -173,3 +173,31 @@ def test_sweep_stack_of_trainers(tmp_path: Path) -> None:
         load_stack(sweep)
     with pytest.raises(ValueError, match=r"has no trainer_5/; it holds trainers \[0, 1\]"):
         load_stack(sweep, trainer=5)
+
+
+def test_legacy_torch_save_format(tmp_path: Path) -> None:
+    """ae.pt written without the zip format (torch < 1.6, or _use_new_zipfile_serialization=False)."""
+    s = state_dict("AutoEncoder")
+    (tmp_path / "ae").mkdir()
+    torch.save(s, tmp_path / "ae" / "ae.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "ae" / "config.json").write_text(json.dumps(config("AutoEncoder")))
+    x = torch.randn(20, D, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(load_sae(tmp_path / "ae")(x), reference("AutoEncoder", s, x)[1])
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_tied_weights_survive_the_transposes(tmp_path: Path, zip_format: bool) -> None:
+    """decoder.weight a view of encoder.weight's storage (tied): copying one must not spoil the
+    other (pages released after a copy are re-read from a mapped file, and kept otherwise)."""
+    n = 4096  # features: 128 KiB of encoder, many whole pages to release
+    g = torch.Generator().manual_seed(5)
+    enc = torch.randn(n, D, generator=g)
+    s = {"bias": torch.zeros(D), "encoder.weight": enc, "encoder.bias": torch.zeros(n), "decoder.weight": enc.T}
+    expected = enc.clone()
+    (tmp_path / "ae").mkdir()
+    torch.save(s, tmp_path / "ae" / "ae.pt", _use_new_zipfile_serialization=zip_format)
+    cfg = config("AutoEncoder")
+    cfg["trainer"]["dict_size"] = n
+    (tmp_path / "ae" / "config.json").write_text(json.dumps(cfg))
+    sae = load_sae(tmp_path / "ae")
+    assert torch.equal(sae.W_enc, expected.T) and torch.equal(sae.W_dec, expected)

@@ -228,7 +228,7 @@ def _page_releaser() -> Callable[[int, int], None] | None:
 _RELEASE = _page_releaser()
 
 
-def transposed_copy(t: Tensor, device: torch.device, dtype: torch.dtype | None) -> Tensor:
+def transposed_copy(t: Tensor, device: torch.device, dtype: torch.dtype | None, *, release: bool = True) -> Tensor:
     """``t.T`` (``t`` a 2-D CPU tensor about to be discarded) as a new contiguous tensor, a block of
     rows at a time, each block's source pages released once copied (Linux: ``MADV_DONTNEED``).
 
@@ -237,6 +237,8 @@ def transposed_copy(t: Tensor, device: torch.device, dtype: torch.dtype | None) 
     test's bound is 1.5×). Released block by block, the copy is the only full-size memory. The
     pages dropped lie wholly inside rows already copied, and the caller never reads ``t`` again
     (a private mapping would re-read them from the file; anonymous memory would read zeros).
+    ``release=False`` for tensors in anonymous memory that another tensor may share (tied
+    weights read by a plain ``torch.load``): their pages must stay.
     """
     rows, cols = t.shape
     out = torch.empty((cols, rows), dtype=dtype if dtype is not None else t.dtype, device=device)
@@ -246,7 +248,7 @@ def transposed_copy(t: Tensor, device: torch.device, dtype: torch.dtype | None) 
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         out[:, r0:r1].copy_(t[r0:r1].T)  # converts dtype and device in place: no temporary
-        if contiguous and _RELEASE is not None:
+        if release and contiguous and _RELEASE is not None:
             _RELEASE(t.data_ptr() + r0 * cols * item, (r1 - r0) * cols * item)
     return out
 

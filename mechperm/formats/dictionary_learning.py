@@ -76,9 +76,18 @@ def _trainer(cfg: dict[str, Any], file: Path) -> dict[str, Any]:
     return trainer
 
 
-def _read_state_dict(file: Path) -> dict[str, Tensor]:
+def _read_state_dict(file: Path) -> tuple[dict[str, Tensor], bool]:
+    """The state dict, and whether its tensors are views of a mapping of the file."""
+    mapped = True
     try:
-        state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+            # saved before torch 1.6's zip format (or with _use_new_zipfile_serialization=False):
+            # read whole, as torch can only read those
+            state, mapped = torch.load(str(file), map_location="cpu", weights_only=True), False
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         raise ValueError(
             f"{file} is not a readable torch state dict ({type(e).__name__}: {e}); it is truncated, "
@@ -88,7 +97,7 @@ def _read_state_dict(file: Path) -> dict[str, Tensor]:
         raise ValueError(
             f"{file} holds a {type(state).__name__}, not a state dict of tensors (dictionary_learning's ae.pt)"
         )
-    return state
+    return state, mapped
 
 
 def dictionary_learning_info(folder: Path, file: Path, trainer: dict[str, Any]) -> SAEInfo:
@@ -155,7 +164,7 @@ class DictionaryLearningLoader:
                 f"{cfg_file} says dict_class={dict_class!r}{extra}; mechperm reads {sorted(_CLASSES)}"
             )
         activation, names, b_dec_to_input = _CLASSES[dict_class]
-        state = _read_state_dict(file)
+        state, mapped = _read_state_dict(file)
         require(state, tuple(names.values()), file, f"dictionary_learning {dict_class}")
         known = set(names.values()) | set(_BUFFERS)
         unknown = sorted(set(state) - known - ({"threshold"} if activation == "topk" else set()))
@@ -167,7 +176,8 @@ class DictionaryLearningLoader:
                 raise ValueError(f"{names[ours]} in {file} has dtype {t.dtype}; expected a floating dtype")
         d, F = _check_shapes(stored_t, names, file)
         # nn.Linear keeps [out, in]: the transpose of ours, copied a block at a time.
-        tensors = {ours: transposed_copy(stored_t.pop(ours), device, dtype) if names[ours] in _TRANSPOSED else t
+        tensors = {ours: transposed_copy(stored_t.pop(ours), device, dtype, release=mapped)
+                   if names[ours] in _TRANSPOSED else t
                    for ours, t in list(stored_t.items())}
         if activation == "jumprelu" and tensors["threshold"].ndim == 0:
             # The BatchTopK classes keep one scalar θ for every feature.
