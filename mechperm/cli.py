@@ -50,7 +50,7 @@ def _match(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         saes = load_stack(args.path, layers=args.layers, width=args.width, l0=args.l0, hook=args.hook,
-                          trainer=args.trainer)
+                          trainer=args.trainer, progress=not args.quiet)
     for w in caught:
         print(f"mechperm: note: {w.message}", file=sys.stderr)
     if len(saes) < 2:

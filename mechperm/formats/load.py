@@ -150,6 +150,7 @@ def load_stack(
     format: str | None = None,
     device: DeviceLike = None,
     dtype: DTypeLike = None,
+    progress: bool = False,
 ) -> list[SAE]:
     """Load one SAE per layer from a folder of per-layer folders, in ascending layer order.
 
@@ -178,6 +179,8 @@ def load_stack(
         several.
     format, device, dtype
         As in :func:`load_sae`.
+    progress : bool
+        A tqdm bar over the layers.
 
     Returns
     -------
@@ -209,7 +212,14 @@ def load_stack(
     device_, dtype_ = as_device(device), as_dtype(dtype)
     saes: list[SAE] = []
     choices: list[tuple[str, L0Choice]] = []
+    bar = None
+    if progress:  # a 1M-feature layer takes seconds to read: say which one
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(selected), desc="loading SAEs", unit="layer", leave=False)
     for L in selected:
+        if bar is not None:
+            bar.set_postfix(layer=L)
         target, picked = descend(found[L], _is_sae, width=width, l0=l0, trainer=trainer)
         choices += [(f"layer {L}: ", c) for c in picked]
         sae = detect_format(target, format).load(target, device_, dtype_)
@@ -228,5 +238,9 @@ def load_stack(
                 f"({first.info.source}) has d={first.d_in}; a stack's SAEs must read the same stream"
             )
         saes.append(sae)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     _warn(choices)
     return saes
