@@ -319,3 +319,15 @@ def test_neuronpedia_ids_of_the_published_folders(tmp_path: Path) -> None:
              "Llama3_1-8B-Base-L3TC-8x": None, "my-own-L3R-8x": None, "sae": None}
     for folder, expected in cases.items():
         assert llama_scope_info(tmp_path / folder, tmp_path / "x", cfg).neuronpedia_id == expected, folder
+
+
+def test_zero_decoder_column_without_the_norm_gate(tmp_path: Path) -> None:
+    """sparsity_include_decoder_norm false: the feature still fires in encode (adding nothing)."""
+    cfg = llama_scope_cfg(sparsity_include_decoder_norm=False, jump_relu_threshold=0.1)
+    t = write_llama_scope(tmp_path / "sae", cfg=cfg, dead=(2,))
+    sae = load_sae(tmp_path / "sae")
+    x = _x()
+    f_ref, recon_ref = lm_saes_reference(t, cfg, x)
+    assert bool(f_ref[:, 2].any())
+    torch.testing.assert_close(sae.encode(x).double(), f_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sae(x).double(), recon_ref, rtol=1e-5, atol=1e-5)

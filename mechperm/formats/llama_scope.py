@@ -247,8 +247,9 @@ class LlamaScopeLoader:
         sq = torch.zeros(F, dtype=work, device=device)
         for _, rows, tmp in blocks("decoder.weight"):
             sq += torch.mul(rows, rows, out=tmp).sum(dim=0)
-        norms = sq.sqrt() if cfg.get("sparsity_include_decoder_norm", True) else torch.ones_like(sq)
-        dead = sq == 0
+        gate_on_norms = bool(cfg.get("sparsity_include_decoder_norm", True))
+        norms = sq.sqrt() if gate_on_norms else torch.ones_like(sq)
+        dead = (sq == 0) & gate_on_norms  # h · 0 never passes the gate; without the norms it may
         threshold = None
         if activation == "topk" and not bool((norms == norms[0]).all()):
             # lm_saes takes the top k of h · ‖d_i‖: move the norms into the encoder.
