@@ -217,30 +217,32 @@ def load_stack(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(selected), desc="loading SAEs", unit="layer", leave=False)
-    for L in selected:
+    try:
+        for L in selected:
+            if bar is not None:
+                bar.set_postfix(layer=L)
+            target, picked = descend(found[L], _is_sae, width=width, l0=l0, trainer=trainer)
+            choices += [(f"layer {L}: ", c) for c in picked]
+            sae = detect_format(target, format).load(target, device_, dtype_)
+            if sae.info.layer is None:
+                sae.info = replace(sae.info, layer=L)
+            elif sae.info.layer != L:
+                warnings.warn(
+                    f"{found[L]} holds an SAE whose files say layer {sae.info.layer}; "
+                    f"ordering the stack by the folder name (layer {L})",
+                    stacklevel=2,
+                )
+            if saes and sae.d_in != saes[0].d_in:
+                first = saes[0]
+                raise ValueError(
+                    f"layer {L} ({sae.info.source}) has d={sae.d_in}, but layer {first.info.layer} "
+                    f"({first.info.source}) has d={first.d_in}; a stack's SAEs must read the same stream"
+                )
+            saes.append(sae)
+            if bar is not None:
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.set_postfix(layer=L)
-        target, picked = descend(found[L], _is_sae, width=width, l0=l0, trainer=trainer)
-        choices += [(f"layer {L}: ", c) for c in picked]
-        sae = detect_format(target, format).load(target, device_, dtype_)
-        if sae.info.layer is None:
-            sae.info = replace(sae.info, layer=L)
-        elif sae.info.layer != L:
-            warnings.warn(
-                f"{found[L]} holds an SAE whose files say layer {sae.info.layer}; "
-                f"ordering the stack by the folder name (layer {L})",
-                stacklevel=2,
-            )
-        if saes and sae.d_in != saes[0].d_in:
-            first = saes[0]
-            raise ValueError(
-                f"layer {L} ({sae.info.source}) has d={sae.d_in}, but layer {first.info.layer} "
-                f"({first.info.source}) has d={first.d_in}; a stack's SAEs must read the same stream"
-            )
-        saes.append(sae)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     _warn(choices)
     return saes
