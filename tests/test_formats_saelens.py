@@ -210,3 +210,25 @@ def test_stack_of_hook_point_folders(tmp_path: Path) -> None:
     for L in (5, 6):
         write_saelens(single / f"blocks.{L}.hook_resid_post", cfg(L, "hook_resid_post"), sae_arrays(D, F, seed=L))
     assert [s.info.layer for s in load_stack(single)] == [5, 6]
+
+
+def test_stack_of_folders_named_any_way(tmp_path: Path) -> None:
+    """SAELens repos name layer folders freely (v5_32k_layer_11, 0-res-sm): each cfg's hook says
+    the layer; two SAEs for one layer are refused by name."""
+    from mechperm.formats import load_sae, load_stack
+
+    def cfg(L: int) -> dict:
+        c = cfg_v6()
+        c["metadata"]["hook_name"] = f"blocks.{L}.hook_resid_post"
+        return c
+
+    for L in (11, 2, 7):
+        write_saelens(tmp_path / "repo" / f"v5_32k_layer_{L}", cfg(L), sae_arrays(D, F, seed=L))
+    write_saelens(tmp_path / "repo" / "no_hook", {k: v for k, v in cfg_v6().items() if k != "metadata"}, sae_arrays(D, F))
+    saes = load_stack(tmp_path / "repo")
+    assert [s.info.layer for s in saes] == [2, 7, 11] and "v5_32k_layer_2" in saes[0].info.source
+    with pytest.raises(ValueError, match=r"holds SAEs for layers \[2, 7, 11\]; use load_stack"):
+        load_sae(tmp_path / "repo")
+    write_saelens(tmp_path / "repo" / "v5_128k_layer_7", cfg(7), sae_arrays(D, F, seed=9))
+    with pytest.raises(ValueError, match="two SAELens SAEs for layer 7, v5_128k_layer_7/ and v5_32k_layer_7/"):
+        load_stack(tmp_path / "repo")

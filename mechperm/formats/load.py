@@ -22,6 +22,7 @@ from mechperm.formats.layout import (
     stack_layers,
 )
 from mechperm.formats.registry import _REGISTRY, detect_format
+from mechperm.formats.saelens import saelens_layer_folders
 from mechperm.sae import SAE
 
 __all__ = ["load_sae", "load_stack"]
@@ -107,8 +108,8 @@ def load_sae(
         missing, misshapen, non-finite or unreadable; the message names the file and tensor.
     """
     root = _start(path)
-    layers = stack_layers(root)
-    if layers and not _is_sae(root):
+    layers = {} if _is_sae(root) else stack_layers(root) or saelens_layer_folders(root)
+    if layers:
         raise ValueError(
             f"{root} holds SAEs for layers {sorted(layers)}; use load_stack({str(root)!r}) or pass "
             f"one layer folder, e.g. {layers[min(layers)]}"
@@ -196,7 +197,7 @@ def load_stack(
         ``d`` differing between layers, or any :func:`load_sae` error.
     """
     root = _start(path)
-    found = layer_folders(root, hook) or gemma_scope_2_stack(root, width, l0)
+    found = layer_folders(root, hook) or gemma_scope_2_stack(root, width, l0) or saelens_layer_folders(root)
     if not found:
         what = "holds a single SAE (use load_sae)" if _is_sae(root) else "has no layer_<L>/ folders"
         raise ValueError(f"{root} {what}; load_stack reads {_LAYOUTS}")

@@ -32,7 +32,7 @@ import torch
 from mechperm.formats._common import read_json_object, check_shapes, holds_pair, read_safetensors, require
 from mechperm.sae import SAE, SAEInfo
 
-__all__ = ["SAELensLoader", "SAELENS"]
+__all__ = ["saelens_layer_folders", "SAELensLoader", "SAELENS"]
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -90,6 +90,29 @@ def _info(cfg: dict[str, Any], file: Path) -> SAEInfo:
         format="saelens",
         neuronpedia_id=meta.get("neuronpedia_id"),
     )
+
+
+def saelens_layer_folders(root: Path) -> dict[int, Path]:
+    """``{L: folder}`` for a folder of SAELens folders named any way (``v5_32k_layer_11``,
+    ``0-res-sm``, ...) whose cfg names its layer (``hook_layer``, or ``blocks.{L}.`` in its hook);
+    ``{}`` when there are none. Two for one layer: ValueError naming both."""
+    found: dict[int, Path] = {}
+    for child in sorted(root.iterdir()) if root.is_dir() else []:
+        if not holds_pair(child, CFG, WEIGHTS):
+            continue
+        try:
+            layer = _info(read_json_object(child / CFG), child / WEIGHTS).layer
+        except ValueError:
+            continue  # an unreadable cfg.json: not a stack member to order
+        if layer is None:
+            continue
+        if layer in found:
+            raise ValueError(
+                f"{root} holds two SAELens SAEs for layer {layer}, {found[layer].name}/ and {child.name}/; "
+                f"pass a folder holding one SAE per layer"
+            )
+        found[layer] = child
+    return dict(sorted(found.items()))
 
 
 def _select(file: Path, names: list[str]) -> dict[str, str]:
