@@ -232,3 +232,10 @@ def test_stack_of_folders_named_any_way(tmp_path: Path) -> None:
     write_saelens(tmp_path / "repo" / "v5_128k_layer_7", cfg(7), sae_arrays(D, F, seed=9))
     with pytest.raises(ValueError, match="two SAELens SAEs for layer 7, v5_128k_layer_7/ and v5_32k_layer_7/"):
         load_stack(tmp_path / "repo")
+
+
+def test_duplicate_layer_folders_named_in_load_sae(tmp_path: Path) -> None:
+    for name in ("layer_3", "layer_03"):
+        write_saelens(tmp_path / name, cfg_v6(), sae_arrays(D, F))
+    with pytest.raises(ValueError, match="holds both layer_03/ and layer_3/; remove one"):
+        load_sae(tmp_path)

@@ -101,7 +101,10 @@ def stack_layers(folder: Path) -> dict[int, Path]:
     try:
         return layer_folders(folder)
     except ValueError:
-        return hook_folders(folder, min(m.group(2) for c in folder.iterdir() if (m := HOOK_LAYER.match(c.name))))
+        hooks = sorted(m.group(2) for c in folder.iterdir() if (m := HOOK_LAYER.match(c.name)) and c.is_dir())
+        if not hooks:
+            raise  # not the several-hook-points case: the error is the user's to see
+        return hook_folders(folder, hooks[0])
 
 
 def width_key(width: str | int) -> str:
