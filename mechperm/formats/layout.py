@@ -13,8 +13,9 @@ from typing import NamedTuple
 from mechperm.formats.gemma_scope import canonical_l0
 
 __all__ = [
-    "L0ChoiceWarning", "L0Choice", "LAYER", "TRAINER", "pick_trainer", "LLAMA_SCOPE_LAYER", "WIDTH", "L0",
-    "numbered", "layer_folders", "hook_folders", "stack_layers", "HOOK_LAYER", "width_key", "pick_width", "pick_l0", "describe", "descend",
+    "L0ChoiceWarning", "L0Choice", "LAYER", "LLAMA_SCOPE_LAYER", "HOOK_LAYER", "WIDTH", "L0", "TRAINER",
+    "numbered", "layer_folders", "hook_folders", "stack_layers", "width_key", "pick_width", "pick_l0",
+    "pick_trainer", "describe", "descend",
 ]
 
 # layer_{L}: Gemma Scope and flat stacks; layers.{L}: EleutherAI sparsify hookpoint folders.

@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from mechperm.formats._common import DeviceLike, DTypeLike, as_device, as_dtype
-from mechperm.formats.gemma_scope_2 import FOLDER as GS2_FOLDER
 from mechperm.formats.gemma_scope_2 import gemma_scope_2_stack
 from mechperm.formats.hf_cache import resolve_hf_cache, resolve_repo_subpath
 from mechperm.formats.layout import (
@@ -120,11 +119,6 @@ def load_sae(
     return loader.load(target, as_device(device), as_dtype(dtype))
 
 
-def _holds_gs2(root: Path) -> bool:
-    """Whether ``root`` holds Gemma Scope 2 ``layer_{L}_width_{W}_l0_{label}`` folders."""
-    return root.is_dir() and any(GS2_FOLDER.match(c.name) and c.is_dir() for c in root.iterdir())
-
-
 def _select_layers(root: Path, found: dict[int, Path], layers: Iterable[int] | None) -> list[int]:
     if layers is None:
         return sorted(found)
@@ -197,11 +191,17 @@ def load_stack(
         ``d`` differing between layers, or any :func:`load_sae` error.
     """
     root = _start(path)
-    found = layer_folders(root, hook) or gemma_scope_2_stack(root, width, l0) or saelens_layer_folders(root)
+    found = layer_folders(root, hook)
+    labelled = False  # Gemma Scope 2 sites: their L0 is a label
+    if not found:
+        found = gemma_scope_2_stack(root, width, l0)
+        labelled = bool(found)
+    if not found:
+        found = saelens_layer_folders(root)
     if not found:
         what = "holds a single SAE (use load_sae)" if _is_sae(root) else "has no layer_<L>/ folders"
         raise ValueError(f"{root} {what}; load_stack reads {_LAYOUTS}")
-    if isinstance(l0, str) and not _holds_gs2(root):
+    if isinstance(l0, str) and not labelled:
         raise ValueError(
             f"l0={l0!r} is a Gemma Scope 2 label; the folders under {root} take a number (average_l0_N)"
         )
