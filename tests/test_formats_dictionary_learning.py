@@ -144,7 +144,7 @@ def test_bad_files(tmp_path: Path) -> None:
     (tmp_path / "pickle").mkdir()
     torch.save({"weights": [1, 2]}, tmp_path / "pickle" / "ae.pt")
     (tmp_path / "pickle" / "config.json").write_text(json.dumps(config("AutoEncoder")))
-    with pytest.raises(ValueError, match="not a state dict of tensors"):
+    with pytest.raises(ValueError, match="not a dict of tensors"):
         load_sae(tmp_path / "pickle")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "ae.pt").write_bytes(b"not a zip file")

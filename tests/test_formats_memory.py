@@ -95,13 +95,24 @@ def big_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
             "encoder.weight": tensor(a["W_enc"].T), "encoder.bias": tensor(a["b_enc"]),
             "W_dec": tensor(a["W_dec"]), "b_dec": tensor(a["b_dec"])})
     files["sparsify"] = (root / "sp", root / "sp_small", no_threshold, no_threshold)
+    # Qwen-Scope: layer{L}.sae.pt (torch.load(mmap=True)), W_enc [F, d] and W_dec [d, F] both transposed.
+    for name, (d, f) in (("qs", (D, F)), ("qs_small", (8, 1024))):
+        a = _arrays(d, f)
+        (root / name / f"SAE-Res-Qwen3.5-2B-Base-W{f // 1024}K-L0_50").mkdir(parents=True)
+        torch.save({"W_enc": tensor(a["W_enc"].T), "W_dec": tensor(a["W_dec"].T), "b_enc": tensor(a["b_enc"]),
+                    "b_dec": tensor(a["b_dec"])},
+                   root / name / f"SAE-Res-Qwen3.5-2B-Base-W{f // 1024}K-L0_50" / "layer0.sae.pt")
+    files["qwen_scope"] = (root / "qs" / "SAE-Res-Qwen3.5-2B-Base-W16K-L0_50" / "layer0.sae.pt",
+                           root / "qs_small" / "SAE-Res-Qwen3.5-2B-Base-W1K-L0_50" / "layer0.sae.pt",
+                           no_threshold, no_threshold)
     return files
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads VmRSS / VmHWM from /proc/self/status")
 @pytest.mark.parametrize(("fmt", "dtype"), [("npz", "float32"), ("npz", "bfloat16"), ("saelens", "float32"),
                                            ("llama_scope", "float32"), ("llama_scope", "bfloat16"),
-                                           ("dictionary_learning", "float32"), ("sparsify", "float32")])
+                                           ("dictionary_learning", "float32"), ("sparsify", "float32"),
+                                           ("qwen_scope", "float32"), ("qwen_scope", "bfloat16")])
 def test_peak_memory_is_one_copy(big_files: dict, fmt: str, dtype: str) -> None:
     big, small, file_bytes, held_bytes = big_files[fmt]
     out = subprocess.run(

@@ -1,5 +1,5 @@
 """Read SAEs from the files people have (Gemma Scope 1/2, SAELens, sparsify, Llama Scope,
-dictionary_learning, HF caches); write SAELens.
+dictionary_learning, Qwen-Scope, HF caches); write SAELens.
 
 ``load_sae(path)`` and ``load_stack(path)`` recognise the format from the files; the registry
 (:func:`register_format`, :func:`formats`) lets other formats plug in.
@@ -10,6 +10,7 @@ from mechperm.formats.gemma_scope_2 import GEMMA_SCOPE_2
 from mechperm.formats.layout import L0ChoiceWarning
 from mechperm.formats.llama_scope import LLAMA_SCOPE
 from mechperm.formats.load import load_sae, load_stack
+from mechperm.formats.qwen_scope import QWEN_SCOPE
 from mechperm.formats.registry import (
     SAELoader,
     detect_format,
@@ -22,7 +23,8 @@ from mechperm.formats.saelens import SAELENS
 from mechperm.formats.saelens_save import save_saelens
 from mechperm.formats.sparsify import SPARSIFY
 
-for _loader in (GEMMA_SCOPE, SAELENS, SPARSIFY, GEMMA_SCOPE_2, LLAMA_SCOPE, DICTIONARY_LEARNING):
+for _loader in (GEMMA_SCOPE, SAELENS, SPARSIFY, GEMMA_SCOPE_2, LLAMA_SCOPE, DICTIONARY_LEARNING,
+                QWEN_SCOPE):
     if _loader.name not in formats():  # importlib.reload must not trip the duplicate check
         register_format(_loader)
 del _loader

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import json
 import mmap
+import pickle
 import sys
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -251,6 +253,32 @@ def transposed_copy(t: Tensor, device: torch.device, dtype: torch.dtype | None, 
         if release and contiguous and _RELEASE is not None:
             _RELEASE(t.data_ptr() + r0 * cols * item, (r1 - r0) * cols * item)
     return out
+
+
+def read_state_dict(file: Path, what: str) -> tuple[dict[str, Tensor], bool]:
+    """A ``torch.save``-d dict of tensors (``what`` names the format in errors), and whether its
+    tensors are views of a mapping of the file.
+
+    ``torch.load(weights_only=True)``: no pickled code runs. ``mmap=True`` where the file is in
+    torch's zip format (since 1.6), so a tensor that is transposed or cast is the only copy
+    (:func:`transposed_copy`); older files are read whole, as torch can only read those.
+    """
+    mapped = True
+    try:
+        try:
+            state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+            state, mapped = torch.load(str(file), map_location="cpu", weights_only=True), False
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise ValueError(
+            f"{file} is not a readable torch state dict ({type(e).__name__}: {e}); it is truncated, "
+            f"corrupt, or holds pickled objects other than tensors"
+        ) from e
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{file} holds a {type(state).__name__}, not a dict of tensors ({what})")
+    return state, mapped
 
 
 def require(

@@ -34,16 +34,22 @@ Refused: GatedAutoEncoder (no SAELens-layout equivalent), unknown classes.
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mechperm.formats._common import check_shape, claims_pair, place, read_json_object, require, transposed_copy
+from mechperm.formats._common import (
+    check_shape,
+    claims_pair,
+    place,
+    read_json_object,
+    read_state_dict,
+    require,
+    transposed_copy,
+)
 from mechperm.sae import SAE, SAEInfo
 
 __all__ = ["DictionaryLearningLoader", "DICTIONARY_LEARNING"]
@@ -74,30 +80,6 @@ def _trainer(cfg: dict[str, Any], file: Path) -> dict[str, Any]:
     if not isinstance(trainer, dict) or not isinstance(trainer.get("dict_class"), str):
         raise ValueError(f"{file} has no trainer.dict_class; a dictionary_learning config.json names its class there")
     return trainer
-
-
-def _read_state_dict(file: Path) -> tuple[dict[str, Tensor], bool]:
-    """The state dict, and whether its tensors are views of a mapping of the file."""
-    mapped = True
-    try:
-        try:
-            state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap can only be used" not in str(e):
-                raise
-            # saved before torch 1.6's zip format (or with _use_new_zipfile_serialization=False):
-            # read whole, as torch can only read those
-            state, mapped = torch.load(str(file), map_location="cpu", weights_only=True), False
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise ValueError(
-            f"{file} is not a readable torch state dict ({type(e).__name__}: {e}); it is truncated, "
-            f"corrupt, or holds pickled objects other than tensors"
-        ) from e
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(
-            f"{file} holds a {type(state).__name__}, not a state dict of tensors (dictionary_learning's ae.pt)"
-        )
-    return state, mapped
 
 
 def dictionary_learning_info(folder: Path, file: Path, trainer: dict[str, Any]) -> SAEInfo:
@@ -164,7 +146,7 @@ class DictionaryLearningLoader:
                 f"{cfg_file} says dict_class={dict_class!r}{extra}; mechperm reads {sorted(_CLASSES)}"
             )
         activation, names, b_dec_to_input = _CLASSES[dict_class]
-        state, mapped = _read_state_dict(file)
+        state, mapped = read_state_dict(file, "dictionary_learning's ae.pt")
         require(state, tuple(names.values()), file, f"dictionary_learning {dict_class}")
         known = set(names.values()) | set(_BUFFERS)
         unknown = sorted(set(state) - known - ({"threshold"} if activation == "topk" else set()))

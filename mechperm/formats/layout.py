@@ -14,7 +14,7 @@ from mechperm.formats.gemma_scope import canonical_l0
 
 __all__ = [
     "L0ChoiceWarning", "L0Choice", "LAYER", "LLAMA_SCOPE_LAYER", "HOOK_LAYER", "WIDTH", "L0", "TRAINER",
-    "numbered", "layer_folders", "hook_folders", "stack_layers", "width_key", "pick_width", "pick_l0",
+    "numbered", "layer_folders", "QWEN_SCOPE_LAYER", "hook_folders", "stack_layers", "width_key", "pick_width", "pick_l0",
     "pick_trainer", "describe", "descend",
 ]
 
@@ -23,6 +23,8 @@ __all__ = [
 LAYER = re.compile(r"^(?:layer_|layers\.|(?:resid_post|resid_pre|mlp_out|attn_out)_layer_)(\d+)$")
 # A Llama Scope repo's layer folders: Llama3_1-8B-Base-L{L}{R,A,M,TC}-{8,32}x.
 LLAMA_SCOPE_LAYER = re.compile(r"^.+-L(\d+)(?:R|A|M|TC)-\d+x$")
+# A Qwen-Scope repo's layer files: layer{L}.sae.pt, side by side in one folder.
+QWEN_SCOPE_LAYER = re.compile(r"^layer(\d+)\.sae\.pt$")
 # SAELens repos name folders by hook point: blocks.{L}.hook_resid_pre (several kinds side by side).
 HOOK_LAYER = re.compile(r"^blocks\.(\d+)\.(hook_[A-Za-z0-9_]+)$")
 WIDTH = re.compile(r"^width_(\w+)$")
@@ -47,8 +49,9 @@ class L0Choice(NamedTuple):
     """Every N in the width folder, ascending."""
 
 
-def numbered(folder: Path, pattern: re.Pattern[str], *, as_int: bool = True) -> dict:
-    """Child folders whose names match ``pattern``, keyed by the first group (an int by default).
+def numbered(folder: Path, pattern: re.Pattern[str], *, as_int: bool = True, files: bool = False) -> dict:
+    """Child folders (``files``: files, a link to a missing file included, for its loader to
+    report) whose names match ``pattern``, keyed by the first group (an int by default).
 
     Raises
     ------
@@ -60,20 +63,23 @@ def numbered(folder: Path, pattern: re.Pattern[str], *, as_int: bool = True) -> 
         return found
     for child in sorted(folder.iterdir()):
         m = pattern.match(child.name)
-        if m is None or not child.is_dir():
+        if m is None or (not (child.is_file() or child.is_symlink()) if files else not child.is_dir()):
             continue
         key = int(m.group(1)) if as_int else m.group(1)
         if key in found:
-            raise ValueError(f"{folder} holds both {found[key].name}/ and {child.name}/; remove one")
+            slash = "" if files else "/"
+            raise ValueError(f"{folder} holds both {found[key].name}{slash} and {child.name}{slash}; remove one")
         found[key] = child
     return found
 
 
 def layer_folders(folder: Path, hook: str | None = None) -> dict[int, Path]:
     """The per-layer folders of a stack: ``layer_{L}`` / ``layers.{L}``, else Llama Scope's
-    ``...-L{L}R-8x``, else SAELens repos' ``blocks.{L}.hook_*`` of one hook point (``hook``, or
-    the only one). See :func:`numbered` for the errors."""
-    return numbered(folder, LAYER) or numbered(folder, LLAMA_SCOPE_LAYER) or hook_folders(folder, hook)
+    ``...-L{L}R-8x``, else Qwen-Scope's ``layer{L}.sae.pt`` files, else SAELens repos'
+    ``blocks.{L}.hook_*`` of one hook point (``hook``, or the only one). See :func:`numbered`
+    for the errors."""
+    return (numbered(folder, LAYER) or numbered(folder, LLAMA_SCOPE_LAYER)
+            or numbered(folder, QWEN_SCOPE_LAYER, files=True) or hook_folders(folder, hook))
 
 
 def hook_folders(folder: Path, hook: str | None) -> dict[int, Path]:

@@ -30,8 +30,8 @@ _LAYOUTS = (
     "layer_{L}/params.npz (flat stack), layer_{L}/width_{W}/average_l0_{N}/params.npz (Gemma Scope "
     "repo), layer_{L}/cfg.json + sae_weights.safetensors, layers.{L}/cfg.json + sae.safetensors "
     "(sparsify run), {prefix}-L{L}R-8x/hyperparams.json + checkpoints/final.safetensors (Llama Scope "
-    "repo), {site}/layer_{L}_width_{W}_l0_{label}/params.safetensors (Gemma Scope 2), or a Hugging Face "
-    "cache of such a repo"
+    "repo), {site}/layer_{L}_width_{W}_l0_{label}/params.safetensors (Gemma Scope 2), layer{L}.sae.pt "
+    "files (Qwen-Scope repo), or a Hugging Face cache of such a repo"
 )
 
 
@@ -74,7 +74,8 @@ def load_sae(
     Parameters
     ----------
     path : str or Path
-        An SAE folder or its tensor file (``params.npz``, ``sae_weights.safetensors``), a Gemma
+        An SAE folder or its tensor file (``params.npz``, ``sae_weights.safetensors``, a Qwen-Scope
+        ``layer{L}.sae.pt``), a Gemma
         Scope ``width_W`` or ``layer_L`` folder (then ``l0`` / ``width`` choose), or the same
         inside a Hugging Face cache (``models--ORG--NAME`` or the hub cache root).
     format : str, optional
@@ -156,8 +157,8 @@ def load_stack(
         folder), a Gemma Scope repo (``layer_{L}/width_{W}/average_l0_{N}/params.npz``); a
         sparsify run (``layers.{L}/``); a SAELens repo (``blocks.{L}.hook_resid_pre/``); a Llama
         Scope repo (``...-L{L}R-8x/``); a Gemma Scope 2
-        site (``resid_post/layer_{L}_width_{W}_l0_{label}/``); or any of them inside a Hugging
-        Face cache. ``embedding/`` and other folders are skipped.
+        site (``resid_post/layer_{L}_width_{W}_l0_{label}/``); a Qwen-Scope repo (``layer{L}.sae.pt``
+        files); or any of them inside a Hugging Face cache. ``embedding/`` and other folders are skipped.
     layers : iterable of int, optional
         Layers to load (a list or ``range``); default all.
     width : str or int, optional
