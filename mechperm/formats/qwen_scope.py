@@ -5,12 +5,14 @@ Facts from the repos' model cards (``Qwen/SAE-Res-Qwen3.5-2B-Base-W32K-L0_50`` a
 for Qwen3 / Qwen3.5 1.7B to 35B-A3B): each file is a ``torch.save``-d dict of four tensors,
 ``W_enc [F, d]``, ``W_dec [d, F]``, ``b_enc [F]``, ``b_dec [d]``; a TopK SAE on the residual
 stream of layer L (k = 50 or 100, the ``L0_{k}`` of the repo name; the files carry no config).
-The encode, as the card's demo and the code of the people using these files run it:
-``top_k(relu(x @ W_enc.T + b_enc))`` with no ``b_dec`` taken from the input, and the decode
-``f @ W_dec.T + b_dec``. So a file is our ``SAE(activation="topk", apply_b_dec_to_input=False)``
-with both matrices transposed (into a copy a block at a time,
-:func:`~mechperm.formats._common.transposed_copy`). The hook is the output of decoder layer L
-(``model.model.layers[L]``), ``blocks.{L}.hook_resid_post`` in our naming, as for Gemma Scope.
+The cards name the tensors, their shapes and the TopK but their demo code was not readable
+here; the encode below is what every published user of these files we found runs:
+``top_k(relu(x @ W_enc.T + b_enc))`` with no ``b_dec`` taken from the input, decoded as
+``f @ W_dec.T + b_dec``, on the output of decoder layer L (a forward hook on
+``model.model.layers[L]``: ``blocks.{L}.hook_resid_post`` in our naming, as for Gemma Scope).
+So a file is our ``SAE(activation="topk", apply_b_dec_to_input=False)`` with both matrices
+transposed (into a copy a block at a time, :func:`~mechperm.formats._common.transposed_copy`).
+Matching reads only the weights; the encode matters to ``mechperm eval``.
 
 k comes from the repo's name in the path (``…/SAE-Res-Qwen3.5-2B-Base-W32K-L0_50/layer3.sae.pt``,
 or ``models--Qwen--SAE-Res-…`` in a Hugging Face cache), else from the ``Top-K`` row of the repo's
