@@ -49,17 +49,26 @@ def _match(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # lazy: each SAE is read when a pair needs it, two held at a time (a 1M-wide stack does
+        # not fit in memory whole)
         saes = load_stack(args.path, layers=args.layers, width=args.width, l0=args.l0, hook=args.hook,
-                          trainer=args.trainer, progress=not args.quiet)
+                          trainer=args.trainer, lazy=True)
     for w in caught:
         print(f"mechperm: note: {w.message}", file=sys.stderr)
     if len(saes) < 2:
         raise ValueError(f"{args.path} holds {len(saes)} SAE(s) for the chosen layers; matching needs at least 2")
-    print(f"loaded {len(saes)} SAEs (F={saes[0].d_sae}, d={saes[0].d_in}) from {args.path}")
+    print(f"{args.path}: {len(saes)} SAEs (layers {_layer_list(saes.layers)}), each read when a pair needs it")
     stack = run_stack(saes, args.out, args.pairs, progress=not args.quiet, **_match_options(args))
     _print_table(stack.summary())
     print(f"run folder: {args.out}")
     return 0
+
+
+def _layer_list(layers: list[int]) -> str:
+    """``0-25`` for a contiguous run of layers, else the list."""
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ", ".join(str(x) for x in layers)
 
 
 def _print_table(rows: list[dict]) -> None:

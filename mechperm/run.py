@@ -27,9 +27,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mechperm import __version__
+from mechperm.formats.lazy import LazyStack
 from mechperm.result import MatchResult
 from mechperm.sae import SAE
-from mechperm.stack import Pairs, StackMatch, match_stack
+from mechperm.stack import Pairs, StackMatch, match_stack, stack_layers
 
 SUMMARY = "summary.json"
 PAIRS = "pairs"
@@ -145,15 +146,29 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def write_summary(run_dir: str | Path, stack: StackMatch, saes: Sequence[SAE], fingerprints: Sequence[str]) -> Path:
+def _inputs(saes: Sequence[SAE], layers: Sequence[int], fingerprints: Sequence[str | None]) -> list[dict]:
+    """``summary.json``'s ``inputs``: a lazy stack's positions not read yet have their source and
+    layer but no features, d or hash (filled in once the run reads them)."""
+    out = []
+    for p, layer in enumerate(layers):
+        if isinstance(saes, LazyStack):
+            meta = saes.meta(p)
+            info, d_sae, d_in = (meta.info, meta.d_sae, meta.d_in) if meta is not None else (None, None, None)
+            source = info.source if info is not None else str(saes.entries[p].path)
+        else:
+            info, d_sae, d_in = saes[p].info, saes[p].d_sae, saes[p].d_in
+            source = info.source
+        out.append({"position": p, "layer": layer, "source": source, "format": info.format if info else None,
+                    "features": d_sae, "d": d_in, "hash": fingerprints[p]})
+    return out
+
+
+def write_summary(run_dir: str | Path, stack: StackMatch, saes: Sequence[SAE],
+                  fingerprints: Sequence[str | None]) -> Path:
     """(Re)write ``summary.json`` atomically from the pairs done so far."""
     summary = {
         "mechperm_run": 1,
-        "inputs": [
-            {"position": p, "layer": stack.layers[p], "source": sae.info.source, "format": sae.info.format,
-             "features": sae.d_sae, "d": sae.d_in, "hash": fingerprints[p]}
-            for p, sae in enumerate(saes)
-        ],
+        "inputs": _inputs(saes, stack.layers, fingerprints),
         "options": _jsonable(stack.options),
         "versions": _versions(),
         "pairs": _jsonable(stack.summary()),
@@ -161,6 +176,20 @@ def write_summary(run_dir: str | Path, stack: StackMatch, saes: Sequence[SAE], f
     path = Path(run_dir) / SUMMARY
     _atomic_write_bytes(path, (json.dumps(summary, indent=2) + "\n").encode())
     return path
+
+
+def _pair_files(run_dir: Path, n: int) -> dict[tuple[int, int], tuple[MatchResult, str]]:
+    """The readable pair files of a run folder for a stack of n positions, with their keys."""
+    found: dict[tuple[int, int], tuple[MatchResult, str]] = {}
+    for path in sorted((run_dir / PAIRS).glob("*.safetensors")):
+        try:
+            pair = tuple(int(x) for x in path.stem.split("-"))
+            result, key = load_pair(path)
+        except ValueError:
+            continue  # not ours or unreadable: recompute
+        if len(pair) == 2 and max(pair) < n:
+            found[pair] = (result, key)  # type: ignore[index]
+    return found
 
 
 def run_stack(
@@ -175,29 +204,47 @@ def run_stack(
     """Match a stack into a run folder; pairs already there (same inputs and options) are kept.
 
     Each finished pair is saved atomically before the next starts, and ``summary.json`` is
-    rewritten after it, so an interrupted run resumes where it stopped.
+    rewritten after it, so an interrupted run resumes where it stopped. ``saes`` may be a
+    :class:`~mechperm.formats.lazy.LazyStack` (``load_stack(..., lazy=True)``): each SAE is then
+    read when a pair first needs it (its content hash too), so a run over adjacent pairs reads
+    every file once and holds two SAEs at a time.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprints = [sae_fingerprint(s) for s in saes]
-    done: dict[tuple[int, int], MatchResult] = {}
-    for path in sorted((run_dir / PAIRS).glob("*.safetensors")):
-        try:
-            pair = tuple(int(x) for x in path.stem.split("-"))
-            result, key = load_pair(path)
-        except ValueError:
-            continue  # not ours or unreadable: recompute
-        if len(pair) == 2 and max(pair) < len(saes) and key == _key(fingerprints, pair, match_options):
-            done[pair] = result
-    partial = StackMatch(layers=[s.info.layer if s.info.layer is not None else p for p, s in enumerate(saes)],
-                         results=dict(done), sizes=[s.d_sae for s in saes], options=dict(match_options))
+    n = len(saes)
+    fingerprints: list[str | None] = [None] * n
+
+    def key(pair: tuple[int, int]) -> str:
+        for p in pair:  # hashed when first needed: for a lazy stack, when the pair reads it
+            if fingerprints[p] is None:
+                fingerprints[p] = sae_fingerprint(saes[p])
+        return _key(fingerprints, pair, match_options)  # type: ignore[arg-type]
+
+    found = _pair_files(run_dir, n)
+    # only summary() reads the partial stack's sizes: those of SAEs not read yet are left at 0
+    known_sizes = [m.d_sae if (m := saes.meta(p)) is not None else 0 for p in range(n)] \
+        if isinstance(saes, LazyStack) else [s.d_sae for s in saes]
+    partial = StackMatch(layers=stack_layers(saes), results={}, sizes=known_sizes, options=dict(match_options))
+
+    def stored(pair: tuple[int, int]) -> MatchResult | None:
+        # checked in turn, as the pair comes up: its SAEs are read for the hash, then held for matching
+        if pair in found and found[pair][1] == key(pair):
+            partial.results[pair] = found[pair][0]
+            return found[pair][0]
+        return None
 
     def on_result(pair: tuple[int, int], result: MatchResult) -> None:
-        save_pair(run_dir, pair, result, _key(fingerprints, pair, match_options))
+        save_pair(run_dir, pair, result, key(pair))
         partial.results[pair] = result
         write_summary(run_dir, partial, saes, fingerprints)
 
-    stack = match_stack(saes, pairs, done=done, on_result=on_result, progress=progress, **match_options)
+    stack = match_stack(saes, pairs, cached=stored, on_result=on_result, progress=progress, **match_options)
+    for p in range(n):  # positions no pair needed (explicit pairs): hashed for the summary
+        if fingerprints[p] is None:
+            fingerprints[p] = sae_fingerprint(saes[p])
+    for pair, (result, pair_key) in found.items():  # other pairs of earlier runs on the same inputs
+        if pair not in stack.results and pair_key == _key(fingerprints, pair, match_options):  # type: ignore[arg-type]
+            stack.results[pair] = result
     write_summary(run_dir, stack, saes, fingerprints)
     if plots:
         from mechperm.plots import plot_run

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from mechperm.formats.lazy import LazyStack
 from mechperm.result import MatchResult, compose
 from mechperm.sae import SAE
 
@@ -171,23 +172,28 @@ def match_stack(
     done: dict[tuple[int, int], MatchResult] | None = None,
     on_result: Callable[[tuple[int, int], MatchResult], None] | None = None,
     progress: bool = False,
+    cached: Callable[[tuple[int, int]], MatchResult | None] | None = None,
     **match_options: Any,
 ) -> StackMatch:
     """Match the requested layer pairs of a stack of SAEs.
 
     Parameters
     ----------
-    saes : sequence of SAE, in layer order; all with the same d.
+    saes : sequence of SAE (or a lazy stack, ``load_stack(..., lazy=True)``), in layer order; all
+        with the same d.
     pairs : "adjacent" (t→t+1), "all" (every a<b), or explicit stack positions [(a, b), ...].
     matcher : the pair matcher; :func:`mechperm.match` by default.
     done : results already computed (resumed runs): those pairs are not matched again.
     on_result : called after each new pair (e.g. to save it atomically).
     progress : show a tqdm bar over pairs.
+    cached : called in turn before each pair not in ``done``; a result it returns is taken
+        instead of matching (resumed runs that check stored pairs as they go: a lazy stack then
+        reads each SAE once).
     **match_options : passed to the matcher (on=, fold=, metric=, mode=, k=, device=, ...).
     """
     if len(saes) < 2:
         raise ValueError(f"match_stack needs at least 2 SAEs; got {len(saes)}")
-    d = {sae.d_in for sae in saes}
+    d = set() if isinstance(saes, LazyStack) else {sae.d_in for sae in saes}  # a lazy stack checks as it reads
     if len(d) > 1:
         detail = ", ".join(f"{sae.info.source or i}: d={sae.d_in}" for i, sae in enumerate(saes))
         raise ValueError(f"SAEs of one stack must share d; got {detail}")
@@ -205,9 +211,27 @@ def match_stack(
 
         iterator = tqdm(list(iterator), desc="layer pairs", unit="pair")
     for a, b in iterator:
+        stored = cached((a, b)) if cached is not None else None
+        if stored is not None:
+            results[(a, b)] = stored
+            continue
         result = matcher(saes[a], saes[b], **match_options)
         results[(a, b)] = result
         if on_result is not None:
             on_result((a, b), result)
-    layers = [sae.info.layer if sae.info.layer is not None else p for p, sae in enumerate(saes)]
-    return StackMatch(layers=layers, results=results, sizes=[s.d_sae for s in saes], options=dict(match_options))
+    return StackMatch(layers=stack_layers(saes), results=results, sizes=stack_sizes(saes), options=dict(match_options))
+
+
+def stack_layers(saes: Sequence[SAE]) -> list[int]:
+    """The model layer of each position (``info.layer``, else the position); a lazy stack's
+    without reading any SAE."""
+    if isinstance(saes, LazyStack):
+        return saes.layers
+    return [sae.info.layer if sae.info.layer is not None else p for p, sae in enumerate(saes)]
+
+
+def stack_sizes(saes: Sequence[SAE]) -> list[int]:
+    """Features per position; a lazy stack reads only the SAEs it has not read before."""
+    if isinstance(saes, LazyStack):
+        return [m.d_sae if (m := saes.meta(p)) is not None else saes[p].d_sae for p in range(len(saes))]
+    return [s.d_sae for s in saes]

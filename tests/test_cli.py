@@ -34,7 +34,7 @@ def test_match_show_and_rerun_skips_finished_pairs(tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = _cli("match", tmp_path / "saes", "--out", run, "--quiet")
     assert first.returncode == 0, first.stderr
-    assert "loaded 4 SAEs (F=128, d=32)" in first.stdout
+    assert "4 SAEs (layers 0-3), each read when a pair needs it" in first.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert [p["a"] for p in summary["pairs"]] == [0, 1, 2]
     assert all(p["certified"] for p in summary["pairs"])

@@ -8,6 +8,7 @@ from mechperm.formats.dictionary_learning import DICTIONARY_LEARNING
 from mechperm.formats.gemma_scope import GEMMA_SCOPE
 from mechperm.formats.gemma_scope_2 import GEMMA_SCOPE_2
 from mechperm.formats.layout import L0ChoiceWarning
+from mechperm.formats.lazy import LazyStack
 from mechperm.formats.llama_scope import LLAMA_SCOPE
 from mechperm.formats.load import load_sae, load_stack
 from mechperm.formats.qwen_scope import QWEN_SCOPE
@@ -31,6 +32,7 @@ del _loader
 
 __all__ = [
     "L0ChoiceWarning",
+    "LazyStack",
     "SAELoader",
     "detect_format",
     "formats",

@@ -9,6 +9,7 @@ from pathlib import Path
 from mechperm.formats._common import DeviceLike, DTypeLike, as_device, as_dtype
 from mechperm.formats.gemma_scope_2 import gemma_scope_2_stack
 from mechperm.formats.hf_cache import resolve_hf_cache, resolve_repo_subpath
+from mechperm.formats.lazy import LazyStack, StackEntry
 from mechperm.formats.layout import (
     WIDTH,
     L0Choice,
@@ -147,7 +148,8 @@ def load_stack(
     device: DeviceLike = None,
     dtype: DTypeLike = None,
     progress: bool = False,
-) -> list[SAE]:
+    lazy: bool = False,
+) -> list[SAE] | LazyStack:
     """Load one SAE per layer from a folder of per-layer folders, in ascending layer order.
 
     Parameters
@@ -176,11 +178,16 @@ def load_stack(
     format, device, dtype
         As in :func:`load_sae`.
     progress : bool
-        A tqdm bar over the layers.
+        A tqdm bar over the layers (eager loading only).
+    lazy : bool
+        Return a :class:`~mechperm.formats.lazy.LazyStack` that reads each SAE when first indexed
+        and holds two at a time, instead of reading them all now (for stacks larger than memory:
+        26 Gemma Scope layers of width 1M are ~490 GB). Folders are resolved and L0 choices made
+        now; file errors surface when a layer is read.
 
     Returns
     -------
-    list of SAE
+    list of SAE, or LazyStack
         ``saes[i].info.layer`` ascending; all share ``d``.
 
     Raises
@@ -212,39 +219,43 @@ def load_stack(
         if len(widths) > 1:
             raise ValueError(f"{root} holds several widths {_sort_widths(widths)}; pass width= one of them")
     device_, dtype_ = as_device(device), as_dtype(dtype)
-    saes: list[SAE] = []
+    entries: list[StackEntry] = []
     choices: list[tuple[str, L0Choice]] = []
+    for L in selected:
+        target, picked = descend(found[L], _is_sae, width=width, l0=l0, trainer=trainer)
+        choices += [(f"layer {L}: ", c) for c in picked]
+        entries.append(StackEntry(L, target))
+    _warn(choices)
+
+    def load_entry(entry: StackEntry) -> SAE:
+        sae = detect_format(entry.path, format).load(entry.path, device_, dtype_)
+        if sae.info.layer is None:
+            sae.info = replace(sae.info, layer=entry.layer)
+        elif sae.info.layer != entry.layer:
+            warnings.warn(
+                f"{found[entry.layer]} holds an SAE whose files say layer {sae.info.layer}; "
+                f"ordering the stack by the folder name (layer {entry.layer})",
+                stacklevel=4,
+            )
+        return sae
+
+    stack = LazyStack(entries, load_entry, keep=2 if lazy else len(entries))
+    if lazy:
+        return stack
     bar = None
     if progress:  # a 1M-feature layer takes seconds to read: say which one
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(selected), desc="loading SAEs", unit="layer", leave=False)
+        bar = tqdm(total=len(entries), desc="loading SAEs", unit="layer", leave=False)
+    saes: list[SAE] = []
     try:
-        for L in selected:
+        for p, entry in enumerate(entries):
             if bar is not None:
-                bar.set_postfix(layer=L)
-            target, picked = descend(found[L], _is_sae, width=width, l0=l0, trainer=trainer)
-            choices += [(f"layer {L}: ", c) for c in picked]
-            sae = detect_format(target, format).load(target, device_, dtype_)
-            if sae.info.layer is None:
-                sae.info = replace(sae.info, layer=L)
-            elif sae.info.layer != L:
-                warnings.warn(
-                    f"{found[L]} holds an SAE whose files say layer {sae.info.layer}; "
-                    f"ordering the stack by the folder name (layer {L})",
-                    stacklevel=2,
-                )
-            if saes and sae.d_in != saes[0].d_in:
-                first = saes[0]
-                raise ValueError(
-                    f"layer {L} ({sae.info.source}) has d={sae.d_in}, but layer {first.info.layer} "
-                    f"({first.info.source}) has d={first.d_in}; a stack's SAEs must read the same stream"
-                )
-            saes.append(sae)
+                bar.set_postfix(layer=entry.layer)
+            saes.append(stack[p])  # d checked against the first, as the lazy stack does
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    _warn(choices)
     return saes
