@@ -41,27 +41,70 @@ def _match_options(args: argparse.Namespace) -> dict:
     return opts
 
 
+def _join_torchrun(device: str | None) -> tuple[int, bool]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the default process group and return
+    (rank, joined). Gloo whatever the device: the ranks only exchange a few Python objects (the
+    pairs themselves go to the shared run folder). ``--device cuda`` means each rank's own GPU
+    (``LOCAL_RANK``), so the options, and with them the pair files' keys, are the same on every
+    rank and in a later single-process run."""
+    import datetime
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, False
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_rank(), False
+    if device is not None and device.startswith("cuda"):
+        if device != "cuda":
+            raise ValueError(f"--device {device} under torchrun: pass --device cuda, and each rank uses "
+                             "the GPU of its LOCAL_RANK")
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # a long timeout: ranks wait at the end for the slowest share (a 1M-wide pair takes minutes)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    return dist.get_rank(), True
+
+
 def _match(args: argparse.Namespace) -> int:
     import warnings
 
     from mechperm.formats import load_stack
     from mechperm.run import run_stack
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        # lazy: each SAE is read when a pair needs it, two held at a time (a 1M-wide stack does
-        # not fit in memory whole)
-        saes = load_stack(args.path, layers=args.layers, width=args.width, l0=args.l0, hook=args.hook,
-                          trainer=args.trainer, lazy=True)
-    for w in caught:
-        print(f"mechperm: note: {w.message}", file=sys.stderr)
-    if len(saes) < 2:
-        raise ValueError(f"{args.path} holds {len(saes)} SAE(s) for the chosen layers; matching needs at least 2")
-    print(f"{args.path}: {len(saes)} SAEs (layers {_layer_list(saes.layers)}), each read when a pair needs it")
-    stack = run_stack(saes, args.out, args.pairs, progress=not args.quiet, **_match_options(args))
-    _print_table(stack.summary())
-    print(f"run folder: {args.out}")
+    rank, joined = _join_torchrun(args.device)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # lazy: each SAE is read when a pair needs it, two held at a time (a 1M-wide stack does
+            # not fit in memory whole); under torchrun each rank reads only its share's
+            saes = load_stack(args.path, layers=args.layers, width=args.width, l0=args.l0, hook=args.hook,
+                              trainer=args.trainer, lazy=True)
+        if len(saes) < 2:
+            raise ValueError(f"{args.path} holds {len(saes)} SAE(s) for the chosen layers; matching needs at least 2")
+        if rank == 0:
+            for w in caught:
+                print(f"mechperm: note: {w.message}", file=sys.stderr)
+            ranks = f", {_world()} ranks" if _world() > 1 else ""
+            print(f"{args.path}: {len(saes)} SAEs (layers {_layer_list(saes.layers)}), each read when a pair "
+                  f"needs it{ranks}")
+        stack = run_stack(saes, args.out, args.pairs, progress=not args.quiet, **_match_options(args))
+        if rank == 0:
+            _print_table(stack.summary())
+            print(f"run folder: {args.out}")
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _layer_list(layers: list[int]) -> str:

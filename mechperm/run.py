@@ -18,7 +18,7 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from mechperm import __version__
 from mechperm.formats.lazy import LazyStack
 from mechperm.result import MatchResult
 from mechperm.sae import SAE
-from mechperm.stack import Pairs, StackMatch, match_stack, stack_layers
+from mechperm.stack import Pairs, StackMatch, check_stack, match_pairs, resolve_pairs, stack_layers
 
 SUMMARY = "summary.json"
 PAIRS = "pairs"
@@ -98,6 +98,8 @@ def save_pair(run_dir: str | Path, pair: tuple[int, int], result: MatchResult, k
         "options": json.dumps(_jsonable(result.options)),
         "stats": json.dumps(_jsonable(result.stats)),
         "timings": json.dumps(_jsonable(result.timings)),
+        # provenance, not part of the result: which process of which machine matched it
+        "written_by": json.dumps({"host": platform.node(), "pid": os.getpid(), "rank": _distributed()[0]}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -135,7 +137,7 @@ def load_pair(path: str | Path) -> tuple[MatchResult, str]:
     return result, meta["key"]
 
 
-def _key(fingerprints: Sequence[str], pair: tuple[int, int], options: dict) -> str:
+def _key(fingerprints: Sequence[str] | Mapping[int, str], pair: tuple[int, int], options: dict) -> str:
     a, b = pair
     blob = json.dumps([fingerprints[a], fingerprints[b], _jsonable(options)], sort_keys=True)
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
@@ -146,29 +148,30 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _inputs(saes: Sequence[SAE], layers: Sequence[int], fingerprints: Sequence[str | None]) -> list[dict]:
-    """``summary.json``'s ``inputs``: a lazy stack's positions not read yet have their source and
-    layer but no features, d or hash (filled in once the run reads them)."""
+def _describe(sae: SAE, fingerprint: str) -> dict[str, Any]:
+    """One SAE's entry of ``summary.json``'s ``inputs`` (position and layer added by the caller)."""
+    return {"source": sae.info.source, "format": sae.info.format, "features": sae.d_sae, "d": sae.d_in,
+            "hash": fingerprint}
+
+
+def _inputs(saes: Sequence[SAE], layers: Sequence[int], described: dict[int, dict[str, Any]]) -> list[dict]:
+    """``summary.json``'s ``inputs``: positions not read yet (a lazy stack's, while the run goes
+    on) have their layer and source but no features, d or hash."""
     out = []
     for p, layer in enumerate(layers):
-        if isinstance(saes, LazyStack):
-            meta = saes.meta(p)
-            info, d_sae, d_in = (meta.info, meta.d_sae, meta.d_in) if meta is not None else (None, None, None)
-            source = info.source if info is not None else str(saes.entries[p].path)
-        else:
-            info, d_sae, d_in = saes[p].info, saes[p].d_sae, saes[p].d_in
-            source = info.source
-        out.append({"position": p, "layer": layer, "source": source, "format": info.format if info else None,
-                    "features": d_sae, "d": d_in, "hash": fingerprints[p]})
+        entry = described.get(p)
+        if entry is None:
+            source = str(saes.entries[p].path) if isinstance(saes, LazyStack) else saes[p].info.source
+            entry = {"source": source, "format": None, "features": None, "d": None, "hash": None}
+        out.append({"position": p, "layer": layer, **entry})
     return out
 
 
-def write_summary(run_dir: str | Path, stack: StackMatch, saes: Sequence[SAE],
-                  fingerprints: Sequence[str | None]) -> Path:
+def write_summary(run_dir: str | Path, stack: StackMatch, inputs: list[dict]) -> Path:
     """(Re)write ``summary.json`` atomically from the pairs done so far."""
     summary = {
         "mechperm_run": 1,
-        "inputs": _inputs(saes, stack.layers, fingerprints),
+        "inputs": inputs,
         "options": _jsonable(stack.options),
         "versions": _versions(),
         "pairs": _jsonable(stack.summary()),
@@ -192,6 +195,22 @@ def _pair_files(run_dir: Path, n: int) -> dict[tuple[int, int], tuple[MatchResul
     return found
 
 
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed's default group; (0, 1) when there is none."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def share(todo: Sequence[tuple[int, int]], rank: int, world: int) -> list[tuple[int, int]]:
+    """Rank ``rank``'s part of the pairs: a contiguous run, so that consecutive pairs share an SAE
+    (a lazy stack reads it once) and the parts differ in length by at most one."""
+    n = len(todo)
+    return list(todo[rank * n // world : (rank + 1) * n // world])
+
+
 def run_stack(
     saes: Sequence[SAE],
     run_dir: str | Path,
@@ -208,26 +227,34 @@ def run_stack(
     :class:`~mechperm.formats.lazy.LazyStack` (``load_stack(..., lazy=True)``): each SAE is then
     read when a pair first needs it (its content hash too), so a run over adjacent pairs reads
     every file once and holds two SAEs at a time.
+
+    Under ``torch.distributed`` (``torchrun``; the default group initialised), each rank matches a
+    contiguous share of the pairs (:func:`share`) into the same run folder, which must be on a
+    file system every rank sees; the ranks then exchange what they read, every rank returns the
+    whole :class:`StackMatch`, and rank 0 writes the summary and the plots.
     """
+    check_stack(saes)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = _distributed()
     n = len(saes)
-    fingerprints: list[str | None] = [None] * n
+    layers = stack_layers(saes)
+    todo = resolve_pairs(n, pairs)
+    described: dict[int, dict[str, Any]] = {}  # position -> its summary entry, hash included
+
+    def fingerprint(p: int) -> str:
+        if p not in described:  # hashed when first needed: for a lazy stack, when a pair reads it
+            sae = saes[p]
+            described[p] = _describe(sae, sae_fingerprint(sae))
+        return described[p]["hash"]
 
     def key(pair: tuple[int, int]) -> str:
-        for p in pair:  # hashed when first needed: for a lazy stack, when the pair reads it
-            if fingerprints[p] is None:
-                fingerprints[p] = sae_fingerprint(saes[p])
-        return _key(fingerprints, pair, match_options)  # type: ignore[arg-type]
+        return _key({p: fingerprint(p) for p in pair}, pair, match_options)
 
     found = _pair_files(run_dir, n)
-    # only summary() reads the partial stack's sizes: those of SAEs not read yet are left at 0
-    known_sizes = [m.d_sae if (m := saes.meta(p)) is not None else 0 for p in range(n)] \
-        if isinstance(saes, LazyStack) else [s.d_sae for s in saes]
-    partial = StackMatch(layers=stack_layers(saes), results={}, sizes=known_sizes, options=dict(match_options))
+    partial = StackMatch(layers=layers, results={}, sizes=[], options=dict(match_options))  # for summary() only
 
     def stored(pair: tuple[int, int]) -> MatchResult | None:
-        # checked in turn, as the pair comes up: its SAEs are read for the hash, then held for matching
         if pair in found and found[pair][1] == key(pair):
             partial.results[pair] = found[pair][0]
             return found[pair][0]
@@ -236,20 +263,39 @@ def run_stack(
     def on_result(pair: tuple[int, int], result: MatchResult) -> None:
         save_pair(run_dir, pair, result, key(pair))
         partial.results[pair] = result
-        write_summary(run_dir, partial, saes, fingerprints)
+        if rank == 0:  # one writer: each rank knows only its own pairs until the end
+            write_summary(run_dir, partial, _inputs(saes, layers, described))
 
-    stack = match_stack(saes, pairs, cached=stored, on_result=on_result, progress=progress, **match_options)
-    for p in range(n):  # positions no pair needed (explicit pairs): hashed for the summary
-        if fingerprints[p] is None:
-            fingerprints[p] = sae_fingerprint(saes[p])
-    for pair, (result, pair_key) in found.items():  # other pairs of earlier runs on the same inputs
-        if pair not in stack.results and pair_key == _key(fingerprints, pair, match_options):  # type: ignore[arg-type]
-            stack.results[pair] = result
-    write_summary(run_dir, stack, saes, fingerprints)
-    if plots:
-        from mechperm.plots import plot_run
+    results = match_pairs(saes, share(todo, rank, world), cached=stored, on_result=on_result,
+                          progress=progress and rank == 0, **match_options)
+    if world > 1:
+        import torch.distributed as dist
 
-        plot_run(stack, run_dir / "plots")
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, described)  # also the barrier: every rank's pairs are on disk
+        for part in gathered:
+            described.update(part)
+        found = _pair_files(run_dir, n)
+    for p in range(n):  # positions no pair needed (explicit pairs): read for the summary
+        fingerprint(p)
+    fingerprints = [described[p]["hash"] for p in range(n)]
+    for pair, (result, pair_key) in found.items():  # the other ranks' pairs; earlier runs' on the same inputs
+        if pair not in results and pair_key == _key(fingerprints, pair, match_options):
+            results[pair] = result
+    missing = [pair for pair in todo if pair not in results]
+    if missing:
+        raise RuntimeError(f"rank {rank} cannot read the pairs {missing} the other ranks wrote to {run_dir / PAIRS}; "
+                           "a distributed run needs a run folder on a file system every rank sees")
+    stack = StackMatch(layers=layers, results=results, sizes=[described[p]["features"] for p in range(n)],
+                       options=dict(match_options))
+    if rank == 0:
+        write_summary(run_dir, stack, _inputs(saes, layers, described))
+        if plots:
+            from mechperm.plots import plot_run
+
+            plot_run(stack, run_dir / "plots")
+    if world > 1:
+        dist.barrier()  # the summary is written before any rank returns
     return stack
 
 

@@ -172,7 +172,6 @@ def match_stack(
     done: dict[tuple[int, int], MatchResult] | None = None,
     on_result: Callable[[tuple[int, int], MatchResult], None] | None = None,
     progress: bool = False,
-    cached: Callable[[tuple[int, int]], MatchResult | None] | None = None,
     **match_options: Any,
 ) -> StackMatch:
     """Match the requested layer pairs of a stack of SAEs.
@@ -186,26 +185,50 @@ def match_stack(
     done : results already computed (resumed runs): those pairs are not matched again.
     on_result : called after each new pair (e.g. to save it atomically).
     progress : show a tqdm bar over pairs.
-    cached : called in turn before each pair not in ``done``; a result it returns is taken
-        instead of matching (resumed runs that check stored pairs as they go: a lazy stack then
-        reads each SAE once).
     **match_options : passed to the matcher (on=, fold=, metric=, mode=, k=, device=, ...).
     """
+    check_stack(saes)
+    results = dict(done or {})
+    todo = [p for p in resolve_pairs(len(saes), pairs) if p not in results]
+    results.update(match_pairs(saes, todo, matcher=matcher, on_result=on_result, progress=progress, **match_options))
+    return StackMatch(layers=stack_layers(saes), results=results, sizes=stack_sizes(saes), options=dict(match_options))
+
+
+def check_stack(saes: Sequence[SAE]) -> None:
+    """ValueError unless there are two SAEs or more sharing d (a lazy stack checks d as it reads)."""
     if len(saes) < 2:
         raise ValueError(f"match_stack needs at least 2 SAEs; got {len(saes)}")
-    d = set() if isinstance(saes, LazyStack) else {sae.d_in for sae in saes}  # a lazy stack checks as it reads
+    d = set() if isinstance(saes, LazyStack) else {sae.d_in for sae in saes}
     if len(d) > 1:
         detail = ", ".join(f"{sae.info.source or i}: d={sae.d_in}" for i, sae in enumerate(saes))
         raise ValueError(f"SAEs of one stack must share d; got {detail}")
+
+
+def match_pairs(
+    saes: Sequence[SAE],
+    todo: Sequence[tuple[int, int]],
+    *,
+    matcher: Callable[..., MatchResult] | None = None,
+    cached: Callable[[tuple[int, int]], MatchResult | None] | None = None,
+    on_result: Callable[[tuple[int, int], MatchResult], None] | None = None,
+    progress: bool = False,
+    **match_options: Any,
+) -> dict[tuple[int, int], MatchResult]:
+    """The results of the pairs ``todo`` (stack positions), in that order.
+
+    ``cached(pair)`` is called in turn before each pair; a result it returns is taken instead of
+    matching (a resumed run checks its stored pairs as they come up, so a lazy stack reads each SAE
+    once). ``on_result`` is called after each pair matched. Other arguments as in
+    :func:`match_stack`.
+    """
     if matcher is None:
         from functools import partial
 
         from mechperm.match import match
 
         matcher = partial(match, progress=progress)  # a bar over certificate pricing passes, too
-    todo = resolve_pairs(len(saes), pairs)
-    results = dict(done or {})
-    iterator: Iterable[tuple[int, int]] = [p for p in todo if p not in results]
+    results: dict[tuple[int, int], MatchResult] = {}
+    iterator: Iterable[tuple[int, int]] = list(todo)
     if progress:
         from tqdm.auto import tqdm
 
@@ -219,7 +242,7 @@ def match_stack(
         results[(a, b)] = result
         if on_result is not None:
             on_result((a, b), result)
-    return StackMatch(layers=stack_layers(saes), results=results, sizes=stack_sizes(saes), options=dict(match_options))
+    return results
 
 
 def stack_layers(saes: Sequence[SAE]) -> list[int]:
