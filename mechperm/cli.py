@@ -176,7 +176,7 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate_run(
         args.run, args.model, tokens=args.tokens, text=args.text, max_sequences=args.max_sequences,
         seq_len=args.seq_len, batch_size=args.batch_size, device=args.device, encoder=args.encoder,
-        hook=args.hook, progress=not args.quiet,
+        hook=args.hook, progress=not args.quiet, layers=args.layers,
     )
     data = result["data"]
     print(f"{result['model_kind']} {args.model}: {data['n_sequences']} sequences × {data['seq_len']} "
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = ev.add_mutually_exclusive_group(required=True)
     src.add_argument("--tokens", help="int token ids [N, T] in a .npy file")
     src.add_argument("--text", help="text file, one sequence per line (needs the model folder's tokenizer)")
+    ev.add_argument("--layers", type=parse_layers, default=None,
+                    help="consecutive layers of the run to evaluate, e.g. 10-13 (default: all); only their SAEs are read")
     ev.add_argument("--max-sequences", type=int, default=None, help="use the first N sequences (default all)")
     ev.add_argument("--seq-len", type=int, default=None,
                     help="tokens per sequence (default: all columns of --tokens; 128 for --text)")

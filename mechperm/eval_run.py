@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,13 +57,33 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- run and SAEs
-def load_run_saes(run_dir: str | Path) -> tuple[StackMatch, list[SAE]]:
-    """The run and its SAEs, re-read from ``summary.json``'s ``inputs[].source``, hashes checked."""
+def _sub_stack(stack: StackMatch, layers: Sequence[int], where: Path) -> tuple[StackMatch, list[int]]:
+    """The part of a run over ``layers`` (consecutive layers of the run), re-indexed from 0, and
+    the run positions it keeps."""
+    wanted = sorted(set(layers))
+    absent = [L for L in wanted if L not in stack.layers]
+    if absent:
+        raise ValueError(f"{where} matched layers {stack.layers}; it has no layers {absent}")
+    pos = [stack.layers.index(L) for L in wanted]
+    if len(pos) < 2 or pos != list(range(pos[0], pos[0] + len(pos))):
+        raise ValueError(f"--layers {wanted}: pick two or more consecutive layers of the run {stack.layers}, "
+                         "so that each evaluated pair is one the run matched")
+    results = {(a - pos[0], b - pos[0]): r for (a, b), r in stack.results.items() if a in pos and b in pos}
+    return StackMatch(layers=wanted, results=results, sizes=[stack.sizes[p] for p in pos],
+                      options=stack.options), pos
+
+
+def load_run_saes(run_dir: str | Path, layers: Sequence[int] | None = None) -> tuple[StackMatch, list[SAE]]:
+    """The run (or its part over ``layers``) and its SAEs, re-read from ``summary.json``'s
+    ``inputs[].source``, hashes checked; only the chosen layers' SAEs are read."""
     from mechperm.formats import load_sae
 
     run_dir = Path(run_dir)
     stack = load_run(run_dir)
     inputs = json.loads((run_dir / SUMMARY).read_text())["inputs"]
+    if layers is not None:
+        stack, kept = _sub_stack(stack, layers, run_dir)
+        inputs = [inputs[p] for p in kept]
     saes = []
     for item in inputs:
         src, layer = item.get("source"), item["layer"]
@@ -231,8 +252,12 @@ def evaluate_run(
     encoder: bool = False,
     hook: str | None = None,
     progress: bool = True,
+    layers: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run folder's matches on a model; write ``RUN/eval/`` and return metrics.json's dict."""
+    """Evaluate a run folder's matches on a model; write ``RUN/eval/`` and return metrics.json's dict.
+
+    ``layers``: consecutive layers of the run to evaluate (default all); only their SAEs are read
+    and moved to the device (a run of wide SAEs may not fit there whole)."""
     from mechperm.evaluate import evaluate_skip_layers, evaluate_skip_layers_encoder, export_pairs_jsonl, pair_metrics
     from mechperm.plots import plot_eval
 
@@ -249,7 +274,7 @@ def evaluate_run(
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     # cheap checks first: a typo in a path must not wait for the matches of a large stack
-    stack, saes = load_run_saes(run_dir)
+    stack, saes = load_run_saes(run_dir, layers)
     check_model_folder(model_path)
     data = load_tokens(tokens, max_sequences, seq_len) if tokens is not None else \
         load_text(text, model_path, max_sequences, seq_len)
@@ -284,7 +309,7 @@ def evaluate_run(
         model_kind="encoder" if encoder else "causal_lm",
         data=data.source,
         options=dict(max_sequences=max_sequences, seq_len=seq_len, batch_size=batch_size, device=device,
-                     encoder=encoder, hook=hook),
+                     encoder=encoder, hook=hook, layers=None if layers is None else list(stack.layers)),
         layers=list(stack.layers),
         methods=list(METHODS),
         baselines=list(BASELINES),

@@ -204,6 +204,26 @@ def test_gone_sae_file(tiny: dict[str, Path], tmp_path: Path, capsys) -> None:
     assert "layer 2" in err and "is gone" in err
 
 
+def test_layers_evaluates_part_of_the_run_reading_only_its_saes(tiny: dict[str, Path], tmp_path: Path, capsys) -> None:
+    shutil.copytree(tiny["saes"], tmp_path / "saes")
+    assert main(["match", str(tmp_path / "saes"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    (tmp_path / "saes" / "layer_0" / "params.npz").unlink()  # not needed for layers 1-2
+    assert main(["eval", str(tmp_path / "run"), "--model", str(tiny["model"]), "--tokens", str(tiny["tokens"]),
+                 "--layers", "1-2", "--quiet"]) == 0
+    m = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert {(r["layer_from"], r["layer_to"]) for r in m["rows"]} == {(1, 2)}
+    assert m["layers"] == [1, 2] and m["options"]["layers"] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "run" / "eval").glob("pairs_*.jsonl")) == ["pairs_1-2.jsonl"]
+    recs = [json.loads(x) for x in (tmp_path / "run" / "eval" / "pairs_1-2.jsonl").read_text().splitlines()]
+    assert [r["feature_b"] for r in recs] == load_run(tmp_path / "run").results[(1, 2)].perm.tolist()
+    capsys.readouterr()
+    for layers, message in (("0,2", "pick two or more consecutive layers of the run [0, 1, 2]"),
+                            ("1", "pick two or more consecutive layers"), ("2-5", "it has no layers [3, 4, 5]")):
+        err = _error(capsys, ["eval", tmp_path / "run", "--model", tiny["model"], "--tokens", tiny["tokens"],
+                              "--layers", layers])
+        assert message in err, err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
