@@ -73,6 +73,10 @@ def _match(args: argparse.Namespace) -> int:
     from mechperm.formats import load_stack
     from mechperm.run import run_stack
 
+    if args.device is not None:  # before any SAE is read: a typo or a CPU-only machine says so at once
+        from mechperm.formats._common import as_device
+
+        as_device(args.device)
     rank, joined = _join_torchrun(args.device)
     try:
         with warnings.catch_warnings(record=True) as caught:

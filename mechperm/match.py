@@ -21,6 +21,7 @@ from mechperm.kernels import screen, screen_cuda
 from mechperm.kernels.candidates import _check_vectors
 from mechperm.kernels.features import On
 from mechperm.kernels.rows import ScaledRows
+from mechperm.formats._common import as_device
 from mechperm.result import MatchResult
 from mechperm.sae import SAE
 
@@ -129,7 +130,7 @@ def match(
     """
     _check_options(sae_a, sae_b, on, metric, mode, k, threshold)
     t_start = time.perf_counter()
-    device = torch.device(device) if device is not None else sae_a.device
+    device = as_device(device) if device is not None else sae_a.device
     A = B = None
     if on == "decoder" and metric == "mse":  # the SAEs' own decoders, rounded as read (no copies)
         A = kernels.decoder_rows(sae_a, fold=fold, device=device)

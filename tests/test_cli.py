@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mechperm.run import load_run, run_stack
 from mechperm.synthetic import make_stack
@@ -98,6 +100,7 @@ def test_demo_runs(tmp_path: Path) -> None:
         (["match", "/no/such/stack", "--out", "x"], "does not exist"),
         (["match", ".", "--out", "x", "--layers", "a-b"], "--layers 'a-b'"),
         (["show", "/no/such/run"], "not a mechperm run folder"),
+        (["match", ".", "--out", "x", "--device", "gpu"], "device='gpu' is not a torch device"),
     ],
 )
 def test_bad_arguments_give_one_line_and_nonzero_exit(tmp_path: Path, args: list[str], message: str) -> None:
@@ -111,3 +114,15 @@ def test_empty_folder(tmp_path: Path) -> None:
     out = _cli("match", tmp_path, "--out", tmp_path / "run")
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert str(tmp_path) in out.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_one_line(tmp_path: Path) -> None:
+    _write_stack(tmp_path / "saes", 2, 64)
+    for env in ({}, {"WORLD_SIZE": "2", "LOCAL_RANK": "0"}):  # alone, and as a torchrun rank would start
+        out = subprocess.run([sys.executable, "-m", "mechperm", "match", str(tmp_path / "saes"), "--out",
+                              str(tmp_path / "run"), "--device", "cuda"], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, **env})
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "device='cuda': CUDA is not available here" in out.stderr
+        assert not (tmp_path / "run").exists()

@@ -518,3 +518,12 @@ def test_unscreened_cpu_path_prices_refailing_rows_pair_by_pair(monkeypatch) -> 
     monkeypatch.setenv("MECHPERM_SCREEN", "1")
     if screen.available(kernels.matching_vectors(a), kernels.matching_vectors(b)):
         assert match(a, b, dense_limit=0).stats["solver"]["pair_priced_rows"] == 0
+
+
+def test_device_that_is_not_here_is_refused_up_front() -> None:
+    a, b = make_stack(2, d=16, F=32, seed=0).saes
+    with pytest.raises(ValueError, match="device='gpu' is not a torch device"):
+        match(a, b, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda': CUDA is not available here"):
+            match(a, b, device="cuda")

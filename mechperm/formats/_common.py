@@ -85,8 +85,24 @@ def as_dtype(dtype: DTypeLike) -> torch.dtype | None:
 
 
 def as_device(device: DeviceLike) -> torch.device:
-    """None → CPU; anything else through ``torch.device``."""
-    return torch.device("cpu") if device is None else torch.device(device)
+    """None → CPU; anything else through ``torch.device``, refused with the reason (ValueError)
+    where it names no device or one this machine lacks (``"cuda"`` on a CPU-only torch), before
+    any work is done rather than as torch's assertion deep inside it."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device ({exc}); e.g. 'cpu' or 'cuda'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"device={device!r}: CUDA is not available here ({why}); use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS (Apple GPU) is not available here; use 'cpu'")
+    return dev
 
 
 def place(t: Tensor, device: torch.device, dtype: torch.dtype | None) -> Tensor:
