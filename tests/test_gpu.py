@@ -194,3 +194,30 @@ def test_partial_match_on_cuda_agrees_with_cpu() -> None:
     assert gpu.certified and cpu.certified
     assert gpu.objective == pytest.approx(cpu.objective, rel=1e-5)
     assert 0 < int((gpu.perm >= 0).sum()) < 1200
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="torchrun with --device cuda needs a GPU")
+def test_torchrun_one_rank_matches_on_its_local_gpu(tmp_path) -> None:
+    """The scale-out path on a GPU: a rank joins gloo, takes its LOCAL_RANK's GPU for "cuda", and
+    writes the same run as a single process (tests/test_distributed.py covers several CPU ranks)."""
+    import subprocess
+    import sys
+
+    from mechperm.run import load_run
+    from mechperm.synthetic import make_stack
+
+    for t, sae in enumerate(make_stack(3, d=64, F=512, seed=0).saes):
+        (tmp_path / "s" / f"layer_{t}").mkdir(parents=True)
+        np.savez(tmp_path / "s" / f"layer_{t}" / "params.npz", W_enc=sae.W_enc.numpy(), b_enc=sae.b_enc.numpy(),
+                 W_dec=sae.W_dec.numpy(), b_dec=sae.b_dec.numpy(), threshold=sae.threshold.numpy())
+    for name, launcher in (("rank", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                     "--nproc-per-node=1"]), ("plain", [sys.executable])):
+        out = subprocess.run([*launcher, "-m", "mechperm", "match", str(tmp_path / "s"), "--out",
+                              str(tmp_path / name), "--device", "cuda", "--quiet"],
+                             capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stdout + out.stderr
+    got, want = load_run(tmp_path / "rank"), load_run(tmp_path / "plain")
+    assert sorted(got.results) == sorted(want.results) == [(0, 1), (1, 2)]
+    for pair_ in want.results:
+        assert got.results[pair_].certified and got.results[pair_].options["device"] == "cuda"
+        assert got.results[pair_].objective == pytest.approx(want.results[pair_].objective, rel=1e-9)
