@@ -228,20 +228,28 @@ def match_pairs(
 
         matcher = partial(match, progress=progress)  # a bar over certificate pricing passes, too
     results: dict[tuple[int, int], MatchResult] = {}
-    iterator: Iterable[tuple[int, int]] = list(todo)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(list(iterator), desc="layer pairs", unit="pair")
-    for a, b in iterator:
-        stored = cached((a, b)) if cached is not None else None
-        if stored is not None:
-            results[(a, b)] = stored
-            continue
-        result = matcher(saes[a], saes[b], **match_options)
-        results[(a, b)] = result
-        if on_result is not None:
-            on_result((a, b), result)
+        bar = tqdm(total=len(todo), desc="layer pairs", unit="pair")
+    layers = stack_layers(saes)
+    try:
+        for a, b in todo:
+            if bar is not None:  # which pair: a lazy stack's reading of a wide layer is part of it
+                bar.set_postfix_str(f"{layers[a]}→{layers[b]}")
+            stored = cached((a, b)) if cached is not None else None
+            if stored is not None:
+                results[(a, b)] = stored
+            else:
+                results[(a, b)] = matcher(saes[a], saes[b], **match_options)
+                if on_result is not None:
+                    on_result((a, b), results[(a, b)])
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     return results
 
 
