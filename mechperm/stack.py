@@ -227,17 +227,13 @@ def match_pairs(
         from mechperm.match import match
 
         matcher = partial(match, progress=progress)  # a bar over certificate pricing passes, too
-    results: dict[tuple[int, int], MatchResult] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="layer pairs", unit="pair")
+    results: dict[tuple[int, int], MatchResult] = {}
     layers = stack_layers(saes)
-    try:
+    with tqdm(total=len(todo), desc="layer pairs", unit="pair", disable=not progress) as bar:
         for a, b in todo:
-            if bar is not None:  # which pair: a lazy stack's reading of a wide layer is part of it
-                bar.set_postfix_str(f"{layers[a]}→{layers[b]}")
+            bar.set_postfix_str(f"{layers[a]}→{layers[b]}")  # a lazy stack's reading of a layer is part of it
             stored = cached((a, b)) if cached is not None else None
             if stored is not None:
                 results[(a, b)] = stored
@@ -245,11 +241,7 @@ def match_pairs(
                 results[(a, b)] = matcher(saes[a], saes[b], **match_options)
                 if on_result is not None:
                     on_result((a, b), results[(a, b)])
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(1)
     return results
 
 

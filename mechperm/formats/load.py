@@ -242,20 +242,13 @@ def load_stack(
     stack = LazyStack(entries, load_entry, keep=2 if lazy else len(entries))
     if lazy:
         return stack
-    bar = None
-    if progress:  # a 1M-feature layer takes seconds to read: say which one
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(entries), desc="loading SAEs", unit="layer", leave=False)
     saes: list[SAE] = []
-    try:
+    # a bar: a 1M-feature layer takes seconds to read, so say which one
+    with tqdm(total=len(entries), desc="loading SAEs", unit="layer", leave=False, disable=not progress) as bar:
         for p, entry in enumerate(entries):
-            if bar is not None:
-                bar.set_postfix(layer=entry.layer)
+            bar.set_postfix(layer=entry.layer)
             saes.append(stack[p])  # d checked against the first, as the lazy stack does
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(1)
     return saes
