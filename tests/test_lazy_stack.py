@@ -120,3 +120,37 @@ def test_nothing_else_keeps_the_sae_a_lazy_run_let_go(tmp_path: Path) -> None:
     stack._load = load
     run_stack(stack, tmp_path / "run", progress=False, plots=False)
     assert len(read) == 5 and max(alive_at_read) <= 1  # one held (the pair's first) when the next is read
+
+
+def test_any_access_order_gives_the_eager_stack_holding_at_most_keep() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    saes = make_stack(5, d=8, F=16, seed=0).saes
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(-5, 4), max_size=30), st.integers(1, 4))
+    def check(order: list[int], keep: int) -> None:
+        reads: list[int] = []
+
+        def load(entry: StackEntry):  # type: ignore[no-untyped-def]
+            reads.append(entry.layer)
+            return saes[entry.layer]
+
+        stack = LazyStack([StackEntry(L, Path(f"l{L}")) for L in range(5)], load, keep=keep)
+        recent: list[int] = []  # an LRU of our own, to predict every read
+        for p in order:
+            p %= 5
+            before = len(reads)
+            assert stack[p] is saes[p]
+            if p in recent:  # held: not read again
+                assert len(reads) == before
+                recent.remove(p)
+            else:  # read once, the least recently used one dropped
+                assert reads[before:] == [p]
+                recent = recent[-(keep - 1):] if keep > 1 else []
+            recent.append(p)
+            assert stack.max_held <= keep and stack.meta(p).d_sae == 16
+        assert stack.loads == len(reads)
+
+    check()
