@@ -284,7 +284,7 @@ def run_stack(
             results[pair] = result
     missing = [pair for pair in todo if pair not in results]
     if missing:
-        raise RuntimeError(f"rank {rank} cannot read the pairs {missing} the other ranks wrote to {run_dir / PAIRS}; "
+        raise ValueError(f"rank {rank} cannot read the pairs {missing} the other ranks wrote to {run_dir / PAIRS}; "
                            "a distributed run needs a run folder on a file system every rank sees")
     stack = StackMatch(layers=layers, results=results, sizes=[described[p]["features"] for p in range(n)],
                        options=dict(match_options))
