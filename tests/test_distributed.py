@@ -86,3 +86,35 @@ def test_an_indexed_cuda_device_is_refused_under_torchrun(monkeypatch: pytest.Mo
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="pass --device cuda, and each rank uses the GPU of its LOCAL_RANK"):
         _join_torchrun("cuda:1")
+
+
+def _rank_main(rank: int, world: int, init: str, stack_dir: str, out: str, report: str) -> None:
+    """A rank of the Python API's distributed path: its own gloo group, run_stack into ``out``."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        run_stack(load_stack(stack_dir, lazy=True), out.format(rank=rank), progress=False, plots=False)
+        Path(report.format(rank=rank)).write_text("ok")
+    except ValueError as exc:
+        Path(report.format(rank=rank)).write_text(f"ValueError: {exc}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_python_api_under_a_process_group_and_a_folder_not_shared(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    write_stack(tmp_path / "s", 4)
+    report = str(tmp_path / "report{rank}.txt")
+    # one folder for both ranks: the run a single process writes
+    mp.spawn(_rank_main, args=(2, f"file://{tmp_path / 'pg1'}", str(tmp_path / "s"), str(tmp_path / "run"), report),
+             nprocs=2, join=True)
+    assert [Path(report.format(rank=r)).read_text() for r in (0, 1)] == ["ok", "ok"]
+    assert sorted(load_run(tmp_path / "run").results) == [(0, 1), (1, 2), (2, 3)]
+    # a folder per rank (as on machines without a shared file system): each says what is missing
+    mp.spawn(_rank_main, args=(2, f"file://{tmp_path / 'pg2'}", str(tmp_path / "s"), str(tmp_path / "own{rank}"),
+                               report), nprocs=2, join=True)
+    for r in (0, 1):
+        text = Path(report.format(rank=r)).read_text()
+        assert text.startswith(f"ValueError: rank {r} cannot read the pairs") and "every rank sees" in text, text
