@@ -266,7 +266,11 @@ def run_stack(
         if rank == 0:  # one writer: each rank knows only its own pairs until the end
             write_summary(run_dir, partial, _inputs(saes, layers, described))
 
-    results = match_pairs(saes, share(todo, rank, world), cached=stored, on_result=on_result,
+    # Pairs without a file are shared out apart from those with one (most of which only need their
+    # key checked), so that a run resumed with other ranks than it started with stays balanced.
+    pending, present = [p for p in todo if p not in found], [p for p in todo if p in found]
+    mine = set(share(pending, rank, world)) | set(share(present, rank, world))
+    results = match_pairs(saes, [p for p in todo if p in mine], cached=stored, on_result=on_result,
                           progress=progress and rank == 0, **match_options)
     if world > 1:
         import torch.distributed as dist

@@ -60,12 +60,18 @@ def test_two_ranks_write_the_run_one_process_would(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "dist" / "plots").glob("*.png")) == [
         "cosine_hist.png", "cost_hist.png", "matched_fraction.png", "persistence.png"]
 
-    # resumed by three ranks: only the missing pair is matched again, the others are kept as they are
-    (tmp_path / "dist" / "pairs" / "3-4.safetensors").unlink()
+    # resumed by three ranks: only the missing pairs are matched again, one by each rank (the
+    # missing ones are shared out apart), the others are kept as they are
+    gone = ["0-1.safetensors", "1-2.safetensors", "3-4.safetensors"]
+    for name in gone:
+        (tmp_path / "dist" / "pairs" / name).unlink()
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dist" / "pairs").iterdir()}
     torchrun(3, tmp_path / "s", "--out", tmp_path / "dist")
     now = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dist" / "pairs").iterdir()}
-    assert {k: v for k, v in now.items() if k != "3-4.safetensors"} == stamps and "3-4.safetensors" in now
+    assert {k: v for k, v in now.items() if k not in gone} == stamps and all(name in now for name in gone)
+    ranks = sorted(json.loads(safe_open(str(tmp_path / "dist" / "pairs" / name), "pt").metadata()["written_by"])["rank"]
+                   for name in gone)
+    assert ranks == [0, 1, 2]
     # and the same command without torchrun reuses every pair the ranks wrote (same keys: the
     # options are the same on every rank)
     plain = subprocess.run([sys.executable, "-m", "mechperm", "match", str(tmp_path / "s"), "--out",
