@@ -113,7 +113,7 @@ def load_sae(
     if layers:
         raise ValueError(
             f"{root} holds SAEs for layers {sorted(layers)}; use load_stack({str(root)!r}) or pass "
-            f"one layer folder, e.g. {layers[min(layers)]}"
+            f"one layer, e.g. {layers[min(layers)]}"
         )
     target, choices = descend(root, _is_sae, width=width, l0=l0, trainer=trainer)
     _warn([("", c) for c in choices])
