@@ -90,6 +90,9 @@ def load_run_saes(run_dir: str | Path, layers: Sequence[int] | None = None) -> t
         if not src:
             raise ValueError(f"{run_dir / SUMMARY}: layer {layer} has no source path (an in-memory stack?); "
                              "eval needs SAEs on disk — match them with `mechperm match STACK --out RUN`")
+        if item.get("hash") is None:  # a lazy run stopped before a pair read this layer
+            raise ValueError(f"the run stopped before it read layer {layer}; finish it with the same "
+                             "`mechperm match ... --out RUN` command (it resumes), or pass --layers")
         try:
             sae = load_sae(src, format=item.get("format"))
         except FileNotFoundError:

@@ -224,6 +224,33 @@ def test_layers_evaluates_part_of_the_run_reading_only_its_saes(tiny: dict[str, 
         assert message in err, err
 
 
+def test_a_run_stopped_before_it_read_a_layer(tiny: dict[str, Path], tmp_path: Path, capsys, monkeypatch) -> None:
+    import importlib
+
+    from mechperm.formats import load_stack
+    from mechperm.run import run_stack
+
+    module = importlib.import_module("mechperm.match")  # `mechperm.match` is also the function
+    real, calls = module.match, []
+
+    def stop_after_one(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # Ctrl-C during the second pair
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "match", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_stack(load_stack(tiny["saes"], lazy=True), tmp_path / "run", progress=False)
+    monkeypatch.setattr(module, "match", real)
+    inputs = json.loads((tmp_path / "run" / "summary.json").read_text())["inputs"]
+    assert [i["hash"] is not None for i in inputs] == [True, True, False]
+    err = _error(capsys, ["eval", tmp_path / "run", "--model", tiny["model"], "--tokens", tiny["tokens"]])
+    assert "the run stopped before it read layer 2" in err
+    assert main(["eval", str(tmp_path / "run"), "--model", str(tiny["model"]), "--tokens", str(tiny["tokens"]),
+                 "--layers", "0-1", "--quiet"]) == 0  # the part it finished
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
