@@ -25,7 +25,7 @@ from torch import Tensor
 
 from mechperm import __version__
 from mechperm.evaluation.methods import BASELINES
-from mechperm.run import SUMMARY, _atomic_write_bytes, _jsonable, load_run, sae_fingerprint
+from mechperm.run import SUMMARY, _atomic_write_bytes, _jsonable, fingerprint_matches, load_run
 from mechperm.sae import SAE
 from mechperm.stack import StackMatch
 
@@ -100,7 +100,7 @@ def load_run_saes(run_dir: str | Path, layers: Sequence[int] | None = None) -> t
                                     "`mechperm match` on the SAEs you have") from None
         except ValueError as exc:
             raise ValueError(f"the SAE of layer {layer} ({src}) no longer loads: {_first_line(exc)}") from None
-        if sae_fingerprint(sae) != item["hash"]:
+        if not fingerprint_matches(sae, item["hash"]):
             raise ValueError(f"the SAE of layer {layer} ({src}) changed since the run was matched (content hash "
                              f"differs); rerun `mechperm match` on the current files")
         sae.info = replace(sae.info, layer=layer)  # the run's layer numbering, whatever the path says

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def test_match_show_and_rerun_skips_finished_pairs(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert [p["a"] for p in summary["pairs"]] == [0, 1, 2]
     assert all(p["certified"] for p in summary["pairs"])
-    assert len(summary["inputs"]) == 4 and all(len(i["hash"]) == 32 for i in summary["inputs"])
+    assert len(summary["inputs"]) == 4 and all(re.fullmatch(r"b2tree:[0-9a-f]{32}", i["hash"]) for i in summary["inputs"])
     plots = sorted(p.name for p in (run / "plots").glob("*.png"))
     assert plots == ["cosine_hist.png", "cost_hist.png", "matched_fraction.png", "persistence.png"]
     assert all((run / "plots" / p).stat().st_size > 5000 for p in plots)

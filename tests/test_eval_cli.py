@@ -251,6 +251,17 @@ def test_a_run_stopped_before_it_read_a_layer(tiny: dict[str, Path], tmp_path: P
                  "--layers", "0-1", "--quiet"]) == 0  # the part it finished
 
 
+def test_a_run_of_the_old_content_hash_is_evaluated(tiny: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    import mechperm.run as run
+
+    with monkeypatch.context() as m:  # the run folder as the code before the hash tree wrote it
+        m.setattr(run, "sae_fingerprint", run.legacy_fingerprint)
+        assert main(["match", str(tiny["saes"]), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert all(len(i["hash"]) == 32 for i in json.loads((tmp_path / "run" / "summary.json").read_text())["inputs"])
+    assert main(["eval", str(tmp_path / "run"), "--model", str(tiny["model"]), "--tokens", str(tiny["tokens"]),
+                 "--max-sequences", "2", "--quiet"]) == 0
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

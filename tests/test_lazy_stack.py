@@ -154,3 +154,54 @@ def test_any_access_order_gives_the_eager_stack_holding_at_most_keep() -> None:
         assert stack.loads == len(reads)
 
     check()
+
+
+def test_fingerprint_is_a_tree_of_leaves_whatever_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    import mechperm.run as run
+
+    sae = make_stack(1, d=8, F=40, seed=1).saes[0]
+    monkeypatch.setattr(run, "_LEAF_BYTES", 64)  # many leaves: 16 float32 each
+
+    def by_hand(s) -> str:  # type: ignore[no-untyped-def]
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{s.activation}|{s.k}|{s.apply_b_dec_to_input}".encode())
+        for t in (s.W_enc, s.b_enc, s.W_dec, s.b_dec, s.threshold):
+            h.update(str((tuple(t.shape), t.dtype)).encode())
+            raw = t.contiguous().view(torch.uint8).numpy().tobytes()
+            for i in range(0, len(raw), 64):
+                h.update(hashlib.blake2b(raw[i : i + 64], digest_size=16).digest())
+        return "b2tree:" + h.hexdigest()
+
+    want = by_hand(sae)
+    for threads in (1, 3, 8):
+        monkeypatch.setattr(run, "_fingerprint_threads", lambda: threads)
+        assert run.sae_fingerprint(sae) == want
+    other = make_stack(1, d=8, F=40, seed=2).saes[0]
+    assert run.sae_fingerprint(other) != want
+    assert run.fingerprint_matches(sae, want) and not run.fingerprint_matches(other, want)
+    assert run.fingerprint_matches(sae, run.legacy_fingerprint(sae))  # folders of the old kind
+    half = sae.to(dtype=torch.bfloat16)
+    assert run.sae_fingerprint(half) == by_hand(half) != want
+
+
+def test_a_folder_of_the_old_hash_resumes_without_matching_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import mechperm.run as run
+
+    write_stack(tmp_path / "s", n=4)
+    with monkeypatch.context() as m:  # a run folder as the code before the hash tree wrote it
+        m.setattr(run, "sae_fingerprint", run.legacy_fingerprint)
+        run_stack(load_stack(tmp_path / "s"), tmp_path / "run", progress=False, plots=False)
+    old = json.loads((tmp_path / "run" / "summary.json").read_text())["inputs"]
+    assert all(len(i["hash"]) == 32 for i in old)
+    module = importlib.import_module("mechperm.match")
+    calls = []
+    monkeypatch.setattr(module, "match", lambda *a, **k: calls.append(1))  # must not be called
+    stack = run_stack(load_stack(tmp_path / "s", lazy=True), tmp_path / "run", progress=False, plots=False)
+    assert not calls and sorted(stack.results) == [(0, 1), (1, 2), (2, 3)]
+    new = json.loads((tmp_path / "run" / "summary.json").read_text())["inputs"]
+    assert all(i["hash"].startswith("b2tree:") for i in new)
+    assert sorted(load_run(tmp_path / "run").results) == [(0, 1), (1, 2), (2, 3)]  # the files re-keyed
