@@ -51,8 +51,8 @@ def sae_fingerprint(sae: SAE) -> str:
 
     A blake2b tree: each tensor's bytes cut into 64 MiB leaves, the leaves hashed in parallel
     threads (hashlib releases the GIL), their digests hashed in order. Why: one blake2b stream
-    runs at ~0.7 GB/s on this project's CI machine, ~26 s for one 1M-wide Gemma Scope layer
-    (19 GB), and a lazy run hashes every layer it reads. The value does not depend on the thread
+    runs at 0.7-0.9 GB/s on this project's 2-core CI machine, ~25 s for one 1M-wide Gemma Scope
+    layer (19 GB), and a lazy run hashes every layer it reads (the tree: 1.5-1.6 GB/s there). The value does not depend on the thread
     count. Tensors on a GPU are copied to the host a leaf at a time (one leaf per thread in flight).
     """
     h = hashlib.blake2b(digest_size=16)
