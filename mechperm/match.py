@@ -6,7 +6,6 @@ tile of the F_a × F_b cost matrix. Both return the dense optimum with its certi
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Literal
 
@@ -17,11 +16,11 @@ from torch import Tensor
 from mechperm import _auction
 from mechperm import assign as solver
 from mechperm import kernels
+from mechperm.formats._common import as_device
 from mechperm.kernels import screen, screen_cuda
 from mechperm.kernels.candidates import _check_vectors
 from mechperm.kernels.features import On
 from mechperm.kernels.rows import ScaledRows
-from mechperm.formats._common import as_device
 from mechperm.result import MatchResult
 from mechperm.sae import SAE
 

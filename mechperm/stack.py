@@ -1,7 +1,7 @@
 """Whole-stack matching: every requested layer pair, composition, feature paths, persistence."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
