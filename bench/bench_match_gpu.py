@@ -75,14 +75,17 @@ def _gemm_candidates() -> bool:
     return triton_candidates.gemm_enabled(torch.device(DEVICE))
 
 
-def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, **options) -> dict:
+def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, profile: str | None = None, **options) -> dict:
     A, B, truth = sae_like_pair(F, d, device=DEVICE)
     if dtype != torch.float32:
         A, B = A.to(dtype), B.to(dtype)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    res = match_vectors(A, B, **options)
+    if profile:  # match_vectors alone under torch.profiler (its own overhead in the time)
+        res = _profiled(profile, lambda: match_vectors(A, B, **options))
+    else:
+        res = match_vectors(A, B, **options)
     seconds = time.perf_counter() - t0
     out = {"F": F, "d": d, "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", **options,
            "seconds": seconds, "certified": res.certified, "gap": res.gap, "objective": res.objective,
@@ -179,6 +182,21 @@ def _trace_phases() -> None:
         wrap(owner, name, indent="    ")
 
 
+def _profiled(path: str, fn):
+    """fn() under torch.profiler; the ops' tables by device time and by host time to ``path``
+    (where a small problem's time goes: kernels, launches, synchronisations)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=acts, record_shapes=False) as prof:
+        out = fn()
+    avg = prof.key_averages()
+    with open(path, "w") as f:
+        for key in (["self_cuda_time_total"] if DEVICE == "cuda" else []) + ["cpu_time_total", "self_cpu_time_total"]:
+            f.write(f"== by {key}\n{avg.table(sort_by=key, row_limit=45, max_name_column_width=70)}\n")
+    return out
+
+
 def main() -> None:
     """Table on stderr, one line per run as it finishes; JSON on stdout (and, rewritten after
     every run, in the file named by ``--json``, so a run cut short keeps what it finished)."""
@@ -201,10 +219,15 @@ def main() -> None:
     ap.add_argument("--no-gemm", action="store_true",
                     help="MECHPERM_GEMM_CANDIDATES=0 (the fused Triton kernels: their own GEMM loops)")
     ap.add_argument("--gated", action="store_true",
-                    help="MECHPERM_GATED_SELECT=1 (the GEMM blocks' selections gated by group minima)")
+                    help="MECHPERM_GATED_SELECT=1 (the GEMM blocks' selections gated by group minima; the default)")
+    ap.add_argument("--no-gated", action="store_true", help="MECHPERM_GATED_SELECT=0 (the running top-k alone)")
     ap.add_argument("--d", type=int, default=D, help="vector width (CPU dry runs of the solver side: a small d)")
     ap.add_argument("--candidates-k", type=int, help="match_vectors(candidates_k=...) (default: match's, 64)")
     ap.add_argument("--trace", action="store_true", help="print each phase and pricing pass as it happens")
+    ap.add_argument("--sel", help="the GEMM blocks' selection tiles 'BM,BN,warps,splits_per_sm;BM,BN,warps' (rows' "
+                                  "pass; columns' pass), as bench_triton_tiles.py --sel-sweep prints them")
+    ap.add_argument("--profile", metavar="PATH",
+                    help="run the last size under torch.profiler and write its op tables (CUDA and CPU time) to PATH")
     args = ap.parse_args()
     if args.trace:
         _trace_phases()
@@ -217,10 +240,17 @@ def main() -> None:
         os.environ["MECHPERM_EMIT_TOPK"] = "1"
     if args.gemm or args.no_gemm:
         os.environ["MECHPERM_GEMM_CANDIDATES"] = "1" if args.gemm else "0"
-    if args.gated:
-        os.environ["MECHPERM_GATED_SELECT"] = "1"
+    if args.gated or args.no_gated:
+        os.environ["MECHPERM_GATED_SELECT"] = "0" if args.no_gated else "1"
     if args.price_per_row:
         match_module.PRICE_PER_ROW = args.price_per_row
+    if args.sel:
+        from mechperm.kernels import triton_candidates
+
+        rows_tile, cols_tile = (tuple(map(int, part.split(","))) for part in args.sel.split(";"))
+        (triton_candidates.SEL_BM, triton_candidates.SEL_BN, triton_candidates.SEL_WARPS,
+         triton_candidates.SEL_SPLITS_PER_SM) = rows_tile
+        triton_candidates.SEL_COL_BM, triton_candidates.SEL_COL_BN, triton_candidates.SEL_COL_WARPS = cols_tile
     if DEVICE is None:
         sys.exit("needs CUDA (or MECHPERM_BENCH_GPU_ON_CPU=1 for a dry run)")
     if DEVICE == "cuda":
@@ -233,11 +263,11 @@ def main() -> None:
     if args.candidates_k:
         plan = [(F, {**options, "candidates_k": args.candidates_k}) for F, options in plan]
     rows = []
-    for F, options in plan:
-        out = run(F, dtype, args.d, **options)
+    for i, (F, options) in enumerate(plan):
+        out = run(F, dtype, args.d, profile=args.profile if i == len(plan) - 1 else None, **options)
         rows.append(out)
         t = out["timings"]
-        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if out['gpu_screen'] else ''}{' emit' if args.emit_topk else ''}{' gemm' if out['gemm_candidates'] else ''}{' gated' if args.gated else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
+        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if out['gpu_screen'] else ''}{' emit' if args.emit_topk else ''}{' gemm' if out['gemm_candidates'] else ''}{' gated' if out.get('gemm', {}).get('gated') else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
               f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
               f"candidates {t.get('candidates', 0):.3f} s  graph {t.get('graph', 0):.3f} s  "
               f"assign {t.get('assign', 0):.3f} s  bounds {t.get('bounds', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "

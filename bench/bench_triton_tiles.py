@@ -31,7 +31,7 @@ D, K = 2304, 32
 # Dry run of this script on a CPU: TRITON_INTERPRET=1 python bench/bench_triton_tiles.py 200
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
-SEL_CONFIGS = [(64, 64, 4), (64, 128, 4), (128, 64, 8), (32, 128, 4)]  # _select_dots_kernel: BM, BN, warps
+SEL_CONFIGS = [(32, 64, 2), (64, 64, 4), (64, 128, 4), (32, 128, 4)]  # the rows' pass: BM, BN, warps
 
 
 def sync() -> None:
@@ -161,6 +161,84 @@ def wide(F: int, FB: int, emit) -> None:
         os.environ.pop(var, None)
 
 
+# --sel-sweep: the GEMM blocks' selection tiles, gated, in the 1M regime (--wide). Each entry
+# pairs a rows' pass (BM, BN, warps, SEL_SPLITS_PER_SM) with a columns' pass (BM, BN, warps):
+# the two passes are timed apart (MECHPERM_PROFILE_GEMM), so one run measures both; the first
+# is the reference. H100, 2026-11-27: the 64 x 64 tiles (then the default, second here) read a
+# 2048 x 1M block of dots in 22 ms (rows) and 16 ms (columns) in the 1M match, ~0.4-0.5 TB/s of
+# the card's ~3 TB/s; the first entry, the default since, in 10 and 8 ms
+# (bench/results/gpu_h100_s16_sweep.json).
+SEL_SWEEP = [
+    ((32, 64, 2, 16), (32, 32, 2)),
+    ((64, 64, 4, 4), (64, 64, 4)),
+    ((64, 64, 4, 16), (64, 64, 8)),
+    ((64, 64, 8, 4), (32, 64, 4)),
+    ((64, 128, 8, 8), (64, 128, 8)),
+    ((32, 64, 4, 8), (128, 64, 8)),
+    ((32, 128, 4, 16), (32, 128, 4)),
+    ((64, 128, 4, 16), (64, 32, 4)),
+    ((128, 64, 8, 8), (32, 32, 2)),
+    ((32, 64, 2, 16), (128, 32, 4)),
+    ((64, 64, 8, 16), (64, 128, 4)),
+]
+
+
+SEL_DEFAULT = ((tc.SEL_BM, tc.SEL_BN, tc.SEL_WARPS, tc.SEL_SPLITS_PER_SM), (tc.SEL_COL_BM, tc.SEL_COL_BN, tc.SEL_COL_WARPS))
+
+
+def set_sel(rows: tuple, cols: tuple) -> None:
+    """The selection tiles of ``_topk_gemm``: rows' pass (BM, BN, warps, splits per SM) and
+    columns' pass (BM, BN, warps)."""
+    tc.SEL_BM, tc.SEL_BN, tc.SEL_WARPS, tc.SEL_SPLITS_PER_SM = rows
+    tc.SEL_COL_BM, tc.SEL_COL_BN, tc.SEL_COL_WARPS = cols
+
+
+def sel_sweep(F: int, FB: int, emit, t_end: float) -> None:
+    """bf16 vectors (the screen's GEMM: bf16 operands, float32 dots), gated, each entry of
+    SEL_SWEEP: the phases of the second of two timed calls after one that compiles, and whether
+    its graph is the default's bit for bit. Ends with the fastest rows' and columns' passes
+    among those with the default's graph ("sel best")."""
+    os.environ["MECHPERM_GEMM_CANDIDATES"] = os.environ["MECHPERM_PROFILE_GEMM"] = "1"
+    os.environ["MECHPERM_GATED_SELECT"] = "1"
+    B = setup(FB, torch.float32, seed=1)[0]
+    A = (B[:F] + 0.3 * torch.randn(F, D, device=DEV) / D**0.5).bfloat16()
+    B = B.bfloat16()
+    ref, best = None, {}
+    for rows, cols in SEL_SWEEP:
+        if time.perf_counter() > t_end:
+            emit(what="budget spent", kernel="sel sweep")
+            break
+        set_sel(rows, cols)
+        try:
+            g = candidates(A, B, k=K, backend="triton")
+            ts = []
+            for _ in range(2):
+                sync()
+                t = time.perf_counter()
+                candidates(A, B, k=K, backend="triton")
+                sync()
+                ts.append(time.perf_counter() - t)
+        except Exception as e:  # noqa: BLE001  (a tile the compiler refuses is a result)
+            emit(what="sel", rows=str(rows), cols=str(cols), error=f"{type(e).__name__}: {str(e)[:200]}")
+            continue
+        ref = g if ref is None else ref
+        same = all(torch.equal(getattr(g, x), getattr(ref, x)) for x in ("indptr", "indices", "costs"))
+        phases = dict(tc.LAST_GEMM.get("seconds", {}))
+        emit(what="sel", rows=str(rows), cols=str(cols), F=F, FB=FB, seconds=min(ts), same=same, phases=phases)
+        if same:
+            for phase, tile in (("rows", rows), ("cols", cols)):
+                if phase in phases and phases[phase] < best.get(phase, (float("inf"),))[0]:
+                    best[phase] = (phases[phase], tile)
+        del g
+    set_sel(*SEL_DEFAULT)
+    if best:
+        emit(what="sel best", rows=str(best["rows"][1]), cols=str(best["cols"][1]),
+             rows_s=best["rows"][0], cols_s=best["cols"][0],
+             sel=",".join(map(str, best["rows"][1])) + ";" + ",".join(map(str, best["cols"][1])))
+    for var in ("MECHPERM_GEMM_CANDIDATES", "MECHPERM_PROFILE_GEMM", "MECHPERM_GATED_SELECT"):
+        os.environ.pop(var, None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("F", type=int, nargs="?", default=16384)
@@ -174,6 +252,10 @@ def main() -> None:
                     help="with --gemm, only the first N selection tiles (the first is the default)")
     ap.add_argument("--wide", type=int, metavar="FB",
                     help="only F rows against FB columns through the GEMM blocks, ungated and gated")
+    ap.add_argument("--sel-sweep", action="store_true",
+                    help="with --wide: the selection tiles of SEL_SWEEP instead (bf16, gated)")
+    ap.add_argument("--sel-list", help="with --sel-sweep: its entries instead of SEL_SWEEP, "
+                                       "'BM,BN,warps,splits;BM,BN,warps|...' (the first is the reference)")
     args = ap.parse_args()
     F, t_end = args.F, time.perf_counter() + args.budget
     flops = 2.0 * F * F * D
@@ -185,7 +267,13 @@ def main() -> None:
               file=sys.stderr, flush=True)
 
     if args.wide:
-        wide(F, args.wide, emit)
+        if args.sel_sweep:
+            if args.sel_list:
+                SEL_SWEEP[:] = [tuple(tuple(map(int, part.split(","))) for part in entry.split(";"))
+                                for entry in args.sel_list.split("|")]
+            sel_sweep(F, args.wide, emit, t_end)
+        else:
+            wide(F, args.wide, emit)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
@@ -224,7 +312,8 @@ def main() -> None:
                     t, g, same = got
                     # one GEMM here: TFLOP/s count 2·F²·D
                     emit(what=what, dtype=name, cfg=str(sel), F=F, seconds=t, tflops=flops / t / 1e12,
-                         ratio_to_mm_fp32=t / t_mm, ratio_to_mm_bf16=t / t_bf, same_edges=same, **tc.LAST_GEMM)
+                         ratio_to_mm_fp32=t / t_mm, ratio_to_mm_bf16=t / t_bf, same_edges=same,
+                         **{("phases" if key == "seconds" else key): val for key, val in tc.LAST_GEMM.items()})
             tc.SEL_BM, tc.SEL_BN, tc.SEL_WARPS = SEL_CONFIGS[0]
             os.environ.pop("MECHPERM_GEMM_CANDIDATES", None)
             os.environ.pop("MECHPERM_GATED_SELECT", None)

@@ -32,27 +32,27 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
 stage tests "${T_TESTS:-105}" python3 -m pytest -q -n 8 -p no:cacheprovider \
     ${TESTS:-tests/test_gpu.py tests/test_kernels.py tests/test_screen_cuda.py}
 # Then match_vectors, the most decisive runs first (a call cut short by the device's budget
-# keeps the stages it finished): 1M gated with the screen and the fused pricer at
-# candidates_k = 32 (the issue's 30 s goal; ~19 GB of float32 vectors; session 11 ungated:
-# 41-46 s); the default path (cuBLAS blocks on CUDA; 16384 three times, the first with its
-# compiles; the GPU screen on at 262144) ungated and gated (MECHPERM_GATED_SELECT=1: the
-# selections and the fused pricer); 16384 screened at candidates_k = 16, gated (bf16 GEMMs:
-# 1.6 against 24 ms in fp32 at 16384, the only way under 50 ms). --trace logs each phase and
+# keeps the stages it finished): 1M with the screen and the fused pricer at candidates_k = 32
+# (the issue's 30 s goal; ~19 GB of float32 vectors; H100 2026-11-27: 30.6-32.1 s); the default
+# path (cuBLAS blocks, gated selections; 16384 three times, the first with its compiles, 65536
+# twice, the second block's kernels compiling in the first; the GPU screen on at 262144), then
+# ungated (MECHPERM_GATED_SELECT=0); 16384 screened at candidates_k = 16 (bf16 GEMMs: 1.6
+# against 24 ms in fp32 at 16384, the only way under 50 ms). --trace logs each phase and
 # pricing pass as it happens, and the stacks when a stage's limit kills it, so a run cut short
 # still says where its time went. A run may start with "T=seconds:" to set its own limit
 # (default T_MATCH).
 # Then the kernels alone: the 1M match's selection regime at 1/128 of its cost (T_WIDE: 8192
-# rows against 1M, blocks of 2048 rows, ~17 column splits; the GEMM blocks' phases ungated and
-# gated, fp32 and bf16), and the tile stage (T_TILES, F = 16384): the cuBLAS-block selection
+# rows against 1M, blocks of 2048 rows; the GEMM blocks' phases ungated and gated, fp32 and
+# bf16; bench/gpu_sweep.sh sweeps the selection tiles there), and the tile stage (T_TILES, F = 16384): the cuBLAS-block selection
 # (MECHPERM_GEMM_CANDIDATES) alone and gated for the first SEL_CONFIGS selection tiles (default
-# 1: 64 x 64, the best in session 11), the fused kernels' first TILE_CONFIGS tile shapes, running
+# 1: 32 x 64 with 2 warps, the default since session 16), the fused kernels' first TILE_CONFIGS tile shapes, running
 # top-k vs thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s.
 # Limits 50 (build) + 105 + 150 + 60 + 60 + 30 + 45 + 60 s = 560 s, inside one 600 s call (H100,
 # 2026-11-26: build 48 s, tests 59 s, tiles 35 s; the stages ran well under theirs in session 11;
 # the tests stage gained 15 s for session 15's torchrun test, two short `mechperm match` processes).
 cd bench
 export MECHPERM_PROFILE_GEMM=1  # the GEMM blocks' phases (GEMM, row and column selections) in the table
-IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=150:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --gated --trace|T=60:--sizes 16384,16384,16384,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,262144 --gated --trace|T=30:--sizes 16384,16384,16384 --gpu-screen --fused-pricing --candidates-k 16 --gated}"
+IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=150:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --no-gated --trace|T=30:--sizes 16384,16384,16384 --gpu-screen --fused-pricing --candidates-k 16}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))

@@ -487,11 +487,15 @@ def test_triton_gemm_selection_profile(tc, monkeypatch: pytest.MonkeyPatch) -> N
     plain = tc.candidates(A, B, k=3, k_cos=2).to("cpu")
     assert "seconds" not in tc.LAST_GEMM
     monkeypatch.setenv("MECHPERM_PROFILE_GEMM", "1")
-    timed = tc.candidates(A, B, k=3, k_cos=2).to("cpu")
-    assert tc.LAST_GEMM["blocks"] == 2
-    assert sorted(tc.LAST_GEMM["seconds"]) == ["cols", "gemm", "row_merge", "rows"]
-    assert all(t >= 0 for t in tc.LAST_GEMM["seconds"].values())
-    assert_same_graph(timed, plain, rtol=0.0)
+    for gated, phases in (("1", ["cols", "gemm", "minima", "row_merge", "rows"]),
+                          ("0", ["cols", "gemm", "row_merge", "rows"])):  # the default, then ungated
+        if gated == "0":
+            monkeypatch.setenv("MECHPERM_GATED_SELECT", "0")
+        timed = tc.candidates(A, B, k=3, k_cos=2).to("cpu")
+        assert tc.LAST_GEMM["blocks"] == 2 and tc.LAST_GEMM["gated"] == (gated == "1")
+        assert sorted(tc.LAST_GEMM["seconds"]) == phases
+        assert all(t >= 0 for t in tc.LAST_GEMM["seconds"].values())
+        assert_same_graph(timed, plain, rtol=0.0)
 
 
 def _gemm_path(tc, monkeypatch: pytest.MonkeyPatch, Fb: int, block, inputs):
@@ -574,16 +578,19 @@ def test_gated_later_blocks_take_rows_minima_from_the_columns_pass(tc, monkeypat
     gated = tc.candidates(A, B, k=k, k_cos=k).to("cpu")
     assert_same_graph(gated, plain, rtol=0.0)
     assert len(seen) == 4 + 2 * 2  # block 0: rows' and columns' minima pass; blocks 1, 2: rows' from the columns'
-    na, nb = (CAND.row_sq_norms(x).cpu() for x in (A, B))
-    ia, ib = CAND._inv_norms(na), CAND._inv_norms(nb)
-    dots_of = tc._dots_against(B.cpu())[0]
+    # norms, inverse norms and dots as the path computes them, on its device (a GPU's 1/sqrt
+    # and cuBLAS's sums need not be the CPU's bit for bit), compared on the CPU
+    na, nb = (CAND.row_sq_norms(x) for x in (A, B))
+    ia, ib = (CAND._inv_norms(n).cpu() for n in (na, nb))
+    na, nb = na.cpu(), nb.cpu()
+    dots_of = tc._dots_against(B)[0]
     for b, (got_c, got_s) in enumerate(zip(seen[4::2], seen[5::2]), start=1):
-        dots = dots_of(A.cpu()[64 * b : 64 * (b + 1)])
+        dots = dots_of(A[64 * b : 64 * (b + 1)]).cpu()
         cost = torch.clamp((dots * -2.0 + na[64 * b : 64 * (b + 1), None]) + nb[None, :], min=0.0)
         neg_cos = -((dots * ib[None, :]) * ia[64 * b : 64 * (b + 1), None])
-        pad = -(-Fb // tc.SEL_BM) * tc.SEL_BM - Fb
+        pad = -(-Fb // tc.SEL_COL_BM) * tc.SEL_COL_BM - Fb
         for got, full in ((got_c, cost), (got_s, neg_cos)):
-            want = torch.nn.functional.pad(full, (0, pad), value=float("inf")).view(64, -1, tc.SEL_BM).amin(2)
+            want = torch.nn.functional.pad(full, (0, pad), value=float("inf")).view(64, -1, tc.SEL_COL_BM).amin(2)
             assert torch.equal(got, want)
             assert (tc._key_scores(real_caps(got, k)) >= full.kthvalue(k, dim=1).values).all()
             assert (real_caps(got, k) != 2**63 - 1).all()
@@ -602,7 +609,7 @@ def test_block_caps_bound_each_kth(tc) -> None:
     cost = torch.clamp((dots * -2.0 + na[:, None]) + nb[None, :], min=0.0)
     neg_cos = -((dots * ia[:, None]) * ib[None, :])
     big = torch.iinfo(torch.int64).max
-    empty = torch.full((Fb, k), big, dtype=torch.int64)
+    empty = torch.full((Fb, k), big, dtype=torch.int64, device=TRITON_DEVICE)
     cps = -(-Fb // tc.SEL_BN) * tc.SEL_BN
     caps = tc._block_caps(dots, na, nb, ia, ib, empty, empty.clone(), k, k, k, k, True, 1, cps)
     for cap, scores in zip(caps, (cost, neg_cos, cost.T, neg_cos.T)):
@@ -613,7 +620,8 @@ def test_block_caps_bound_each_kth(tc) -> None:
         assert (bound <= scores.kthvalue(k * tc.SEL_BN, dim=1).values).all()
     # a column whose carried selection holds k pairs at score -1: its cap is at -1 (widened)
     carried = empty.clone()
-    carried[0] = (tc._caps(torch.full((1, 1), -1.0), 1) & ~0xFFFFFFFF) | torch.arange(k)
+    carried[0] = (tc._caps(torch.full((1, 1), -1.0), 1) & ~0xFFFFFFFF).to(TRITON_DEVICE) \
+        | torch.arange(k, device=TRITON_DEVICE)
     caps = tc._block_caps(dots, na, nb, ia, ib, carried, empty.clone(), k, k, k, k, True, 1, cps)
     assert -1.0 < float(tc._key_scores(caps[2][:1])) < -0.999
     # fewer groups than k: no gate

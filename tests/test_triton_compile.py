@@ -67,8 +67,8 @@ def _constants(name: str, dtype: str) -> tuple[dict, int, int]:
         # +gated: the first block's gated columns' pass; +minima: a later block's, ungated,
         # writing the rows' minima for their gates
         c = dict(KC=32, KS=32, KP=32, SWAP=True, INIT=True, GATED=name.endswith("+gated"),
-                 Y_MINIMA=2 if name.endswith("+minima") else 0, BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN)
-        warps = tc.SEL_WARPS
+                 Y_MINIMA=2 if name.endswith("+minima") else 0, BLOCK_M=tc.SEL_COL_BM, BLOCK_N=tc.SEL_COL_BN)
+        warps = tc.SEL_COL_WARPS  # the columns' pass (SWAP) has its own tile
     elif name == "_group_min_kernel":
         c, warps = dict(COS=True, BLOCK_M=tc.SEL_BM, BLOCK_N=tc.SEL_BN), tc.SEL_WARPS
     elif name == "_price_kernel":

@@ -31,8 +31,9 @@ _group_min_kernel
                  in the first block, the minima of 64-wide groups along its rows and columns
                  (one more read; later blocks' columns' passes write the rows' minima as they
                  go): a k-th least group minimum bounds a row's / column's k-th score, and
-                 ``_select_dots_kernel`` then inserts only pairs within it (GATED; opt-in,
-                 ``MECHPERM_GATED_SELECT=1``): far fewer insertion rounds, the same keys
+                 ``_select_dots_kernel`` then inserts only pairs within it (GATED; the
+                 default, ``MECHPERM_GATED_SELECT=0`` turns it off): far fewer insertion
+                 rounds, the same keys
 _pair_kernel     costs of listed pairs (the cosine edges' costs; row-wise dot, so they agree
                  with tile costs to float32 rounding, not bit for bit)
 _dense_kernel    the full cost matrix
@@ -87,7 +88,14 @@ EMIT_SLOTS_PER_K, EMIT_STRIDE_MAX, EMIT_ROOM_PER_K, EMIT_ROOM_EXTRA = 4, 4, 2, 3
 # The GEMM-block path (_topk_gemm, MECHPERM_GEMM_CANDIDATES=1): float32 dots of a block of A's
 # rows against all of B (at most GEMM_BLOCK_BYTES), and the selection kernel's tiles.
 GEMM_BLOCK_BYTES = 8 << 30
-SEL_BM, SEL_BN, SEL_WARPS = 64, 64, 4
+# Swept on an H100 (2026-11-27, bench_triton_tiles.py --wide 1048576 --sel-sweep: 8192 rows of
+# bf16 vectors against 1M, gated, the graph the same bit for bit): small programs, many of them,
+# read a block of dots faster than 64 x 64 tiles with 4 warps (the running top-k lives in
+# registers; fewer rows a program leaves room for more programs an SM). Rows' pass 0.071 ->
+# 0.036-0.038 s, columns' pass 0.161 -> 0.083-0.105 s; match_vectors at F = 1M 42.1 -> 32.1 s.
+SEL_BM, SEL_BN, SEL_WARPS = 32, 64, 2  # the rows' pass and the group minima
+SEL_COL_BM, SEL_COL_BN, SEL_COL_WARPS = 32, 32, 2  # the columns' pass (SWAP)
+SEL_SPLITS_PER_SM = 16  # the rows' pass: column splits enough for this many programs per SM
 EMIT_CHUNK = 1 << 16  # rows of the emitted lists selected at a time (bounds the temporaries)
 _INT32_MAX = 2**31 - 1
 
@@ -684,6 +692,13 @@ def _n_splits(rows: int, col_tiles: int, device: torch.device) -> int:
     return max(1, min(col_tiles, want))
 
 
+def _sel_splits(rows: int, col_tiles: int, device: torch.device) -> int:
+    """Column splits of the rows' pass over a GEMM block (``SEL_SPLITS_PER_SM`` programs an SM)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    want = -(-SEL_SPLITS_PER_SM * sms // max(1, -(-rows // SEL_BM)))
+    return max(1, min(col_tiles, want))
+
+
 def _topk(X, Y, nx, ny, ix, iy, kc: int, ks: int, swap: bool, bd: int, splits: int | None):
     """Per row of X: (costs [M, kc], cols [M, kc]) cheapest, and the keys [M, ks] (−cos, column)
     of the most similar, sorted."""
@@ -836,6 +851,7 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
     kp_r = max(2, triton.next_power_of_2(max(kr, kcr)))
     kp_c = max(2, triton.next_power_of_2(max(kc, kcc)))
     meta = dict(BLOCK_M=SEL_BM, BLOCK_N=SEL_BN, num_warps=SEL_WARPS)
+    col_meta = dict(BLOCK_M=SEL_COL_BM, BLOCK_N=SEL_COL_BN, num_warps=SEL_COL_WARPS)
     big = torch.iinfo(torch.int64).max
     col_c = torch.full((N, kc), big, dtype=torch.int64, device=dev)
     col_s = torch.full((N, max(kcc, 1)), big, dtype=torch.int64, device=dev)
@@ -853,15 +869,15 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
         clock.mark()
         dots = dots_of(A[r0:r1])
         clock.mark("gemm")
-        s = splits or _n_splits(m, col_tiles, dev)
+        s = splits or _sel_splits(m, col_tiles, dev)
         cps = -(-col_tiles // s) * SEL_BN
         s = -(-N // cps)
         caps = [col_c[:, 0]] * 4  # unread placeholders when ungated
 
         def columns(caps_c: Tensor, caps_s: Tensor, ymin: tuple[Tensor, Tensor], y_minima: int, gate: bool) -> None:
-            _select_dots_kernel[(-(-N // SEL_BM), 1)](
+            _select_dots_kernel[(-(-N // SEL_COL_BM), 1)](
                 dots, nb, na[r0:r1], ib, ia[r0:r1], col_c, col_s, caps_c, caps_s, ymin[0], ymin[1], N, m, m, N, r0,
-                KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, GATED=gate, Y_MINIMA=y_minima, **meta)
+                KC=kc, KS=kcc, KP=kp_c, SWAP=True, INIT=True, GATED=gate, Y_MINIMA=y_minima, **col_meta)
 
         cols_first = gated and r0 > 0
         if gated and r0 == 0:
@@ -873,7 +889,7 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
         elif cols_first:
             # later blocks: the columns' pass (ungated) writes the rows' group minima as it
             # reads the block, and the rows' pass follows: two reads of the block, not three
-            ymin_c = torch.empty(m, -(-N // SEL_BM), dtype=torch.float32, device=dev)
+            ymin_c = torch.empty(m, -(-N // SEL_COL_BM), dtype=torch.float32, device=dev)
             ymin_s = torch.empty_like(ymin_c) if kcr else ymin_c
             columns(caps[2], caps[3], (ymin_c, ymin_s), 2 if kcr else 1, False)
             clock.mark("cols")
@@ -914,14 +930,16 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
 
 
 def gated_enabled() -> bool:
-    """``MECHPERM_GATED_SELECT=1``: the GEMM-block selections insert only pairs within a bound
-    on each row's and column's k-th, found by one more read of the block (``_block_caps``);
-    so does the fused row pricer on GEMM blocks (``price_rows_topq``).
-    Opt-in until timed on a GPU. Modelled (``bench/sim_selection_rounds.py``, k = 32, cost and
-    −cos, rows' and columns' passes of one program): insertion rounds 3288 -> 1312 at F = 16384,
-    6290 -> 3503 at 65536, 54115 -> 13545 at 1M, where each of the rows' ~17 column splits starts
-    its running top-k at +inf (rows 44067 -> 3605)."""
-    return os.environ.get("MECHPERM_GATED_SELECT", "0") == "1"
+    """Whether the GEMM-block selections insert only pairs within a bound on each row's and
+    column's k-th (group minima: one more read of the first block, ``_block_caps``; later
+    blocks' columns' passes write the rows' minima), and so does the fused row pricer on GEMM
+    blocks (``price_rows_topq``). The same keys either way (tested bit for bit). On unless
+    ``MECHPERM_GATED_SELECT=0``. Timed on an H100 (2026-11-27, ``bench/gpu_check.sh``, the
+    64 x 64 tiles of then): the GEMM blocks' phases (GEMM and selections) at F = 16384 43.5 ->
+    41.3 ms, ``match_vectors``
+    at 262144 6.07 -> 5.31 s, 8192 rows against 1M 0.437 -> 0.408 s (bf16) and 1.142 -> 1.115 s
+    (fp32); the selection tiles now in use were swept gated."""
+    return os.environ.get("MECHPERM_GATED_SELECT", "1") != "0"
 
 
 _MAXKEY = 2**63 - 1
