@@ -7,27 +7,11 @@
 # A stage whose limit is 0 is skipped; the crossover was measured on 2026-11-26 (H200).
 #   TESTS=tests/test_gpu.py T_TESTS=100 T_MATCH=120 T_CROSS=0 T_TILES=0 \
 #   MATCH_RUNS="--sizes 16384,65536|T=200:--sizes 65536 --dtype bfloat16" bash bench/gpu_check.sh
-set -u
-OUT=${OUT:-gpu_out}
-mkdir -p "$OUT"
-OUT=$(realpath "$OUT")
-ARCHIVE=$OUT/gpu_check.tgz
-OUT=$(mktemp -d /tmp/gpu_check.XXXXXX)
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/smi.txt"
-python3 -c "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, triton.__version__)"
+NAME=gpu_check
+source "$(dirname "$0")/gpu_stage.sh"
 start=$SECONDS
 python3 setup.py -q build_ext --inplace -j 16 > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "build: $((SECONDS - start)) s"
-stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, show the tail
-    local name=$1 limit=$2; shift 2
-    [ "$limit" -gt 0 ] || return 0
-    local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "== $name: rc $? in $((SECONDS - t0)) s"
-    grep -E "${GREP:-.}" "$OUT/$name.log" | tail -n "${TAIL:-25}"
-    tar czf "$ARCHIVE.tmp" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"
-}
 # shellcheck disable=SC2086  # TESTS (test files) is meant to split
 stage tests "${T_TESTS:-105}" python3 -m pytest -q -n 8 -p no:cacheprovider \
     ${TESTS:-tests/test_gpu.py tests/test_kernels.py tests/test_screen_cuda.py}
@@ -75,4 +59,4 @@ cd bench
 GREP="F=" stage crossover "${T_CROSS:-0}" python3 bench_match_gpu.py --crossover --json "$OUT/crossover.json"
 cd ..
 echo "total: $((SECONDS - start)) s" | tee "$OUT/total.txt"
-tar czf "$ARCHIVE.tmp" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"
+archive

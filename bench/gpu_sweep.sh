@@ -5,23 +5,8 @@
 # time match_vectors with the fastest tiles (1M gated as gpu_check's first run; 16384..262144
 # gated) and profile the warm 16384 screened run (torch.profiler's op tables). Same stage
 # helper and archive as gpu_check.sh. Limits 70 + 80 + 40 + 75 + 35 + 25 = 325 s.
-set -u
-OUT=${OUT:-gpu_out}
-mkdir -p "$OUT"
-OUT=$(realpath "$OUT")
-ARCHIVE=$OUT/gpu_sweep.tgz
-OUT=$(mktemp -d /tmp/gpu_sweep.XXXXXX)
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/smi.txt"
-stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, show the tail
-    local name=$1 limit=$2; shift 2
-    [ "$limit" -gt 0 ] || return 0
-    local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "== $name: rc $? in $((SECONDS - t0)) s"
-    grep -E "${GREP:-.}" "$OUT/$name.log" | tail -n "${TAIL:-25}"
-    tar czf "$ARCHIVE.tmp" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"
-}
+NAME=gpu_sweep
+source "$(dirname "$0")/gpu_stage.sh"
 start=$SECONDS
 GREP="error|Error" stage build "${T_BUILD:-70}" python3 setup.py -q build_ext --inplace -j 16
 GREP="what=" TAIL=14 stage sweep "${T_SWEEP:-80}" python3 bench/bench_triton_tiles.py 8192 --wide 1048576 \
@@ -29,8 +14,8 @@ GREP="what=" TAIL=14 stage sweep "${T_SWEEP:-80}" python3 bench/bench_triton_til
 SEL=$(python3 -c "
 import json, sys
 rows = json.load(open(sys.argv[1]))
-print(next((r['sel'] for r in rows if r.get('what') == 'sel best'), '64,64,4,4;64,64,4'))" "$OUT/sweep.json" 2>/dev/null \
-    || echo "64,64,4,4;64,64,4")
+print(next((r['sel'] for r in rows if r.get('what') == 'sel best'), '32,64,2,16;32,32,2'))" "$OUT/sweep.json" 2>/dev/null \
+    || echo "32,64,2,16;32,32,2")
 echo "selection tiles: $SEL" | tee "$OUT/sel.txt"
 TAIL=8 stage tests "${T_TESTS:-40}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_kernels.py \
     tests/test_gpu.py -k "gated or caps or minima"
@@ -46,4 +31,4 @@ GREP="F=|Error|error" stage profile "${T_PROF:-25}" python3 bench_match_gpu.py -
     --json "$OUT/prof16384.json"
 cd ..
 echo "total: $((SECONDS - start)) s" | tee "$OUT/total.txt"
-tar czf "$ARCHIVE.tmp" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"
+archive
