@@ -233,6 +233,8 @@ def main() -> None:
     ap.add_argument("--trace", action="store_true", help="print each phase and pricing pass as it happens")
     ap.add_argument("--sel", help="the GEMM blocks' selection tiles 'BM,BN,warps,splits_per_sm;BM,BN,warps' (rows' "
                                   "pass; columns' pass), as bench_triton_tiles.py --sel-sweep prints them")
+    ap.add_argument("--topq", help="the fused pricer's tile on cuBLAS blocks 'BM,BN,warps,stages,splits_per_sm' "
+                                   "(stages 0: the dtype's default), as bench_triton_tiles.py --topq-sweep prints it")
     ap.add_argument("--profile", metavar="PATH",
                     help="run the last size under torch.profiler and write its op tables (CUDA and CPU time) to PATH")
     args = ap.parse_args()
@@ -258,6 +260,13 @@ def main() -> None:
         (triton_candidates.SEL_BM, triton_candidates.SEL_BN, triton_candidates.SEL_WARPS,
          triton_candidates.SEL_SPLITS_PER_SM) = rows_tile
         triton_candidates.SEL_COL_BM, triton_candidates.SEL_COL_BN, triton_candidates.SEL_COL_WARPS = cols_tile
+    if args.topq:
+        from mechperm.kernels import triton_candidates
+
+        bm, bn, warps, stages, per_sm = map(int, args.topq.split(","))
+        triton_candidates.TOPQ_DOTS_BM, triton_candidates.TOPQ_DOTS_BN = bm, bn
+        triton_candidates.TOPQ_DOTS_WARPS, triton_candidates.TOPQ_DOTS_STAGES = warps, stages or None
+        triton_candidates.TOPQ_DOTS_SPLITS_PER_SM = per_sm
     if DEVICE is None:
         sys.exit("needs CUDA (or MECHPERM_BENCH_GPU_ON_CPU=1 for a dry run)")
     if DEVICE == "cuda":

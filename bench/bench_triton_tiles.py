@@ -239,6 +239,69 @@ def sel_sweep(F: int, FB: int, emit, t_end: float) -> None:
         os.environ.pop(var, None)
 
 
+# --topq-sweep: the fused row pricer's tile on cuBLAS blocks (price_rows_topq on the GEMM path,
+# screened as at F = 1M): (BM, BN, warps, stages or 0 for the dtype's default, splits per SM);
+# the first is the reference (the default then).
+TOPQ_SWEEP = [
+    (64, 64, 4, 0, 4),
+    (32, 64, 2, 0, 16),
+    (32, 64, 4, 0, 8),
+    (16, 64, 2, 0, 16),
+    (32, 32, 2, 0, 16),
+    (32, 64, 2, 2, 16),
+    (64, 64, 8, 0, 4),
+    (16, 32, 1, 0, 32),
+]
+
+
+def topq_sweep(F: int, FB: int, emit, t_end: float, q: int = 64) -> None:
+    """The screened pricer of the 1M match (``screen_cuda.row_pricer``'s first call: q = 64,
+    gated) on F rows against FB columns, zero duals (the rows' q cheapest pairs), for each
+    entry of TOPQ_SWEEP: the second of two timed calls after one that compiles, and whether its
+    rows, columns, costs and bounds are the reference's bit for bit. Ends with the fastest
+    ("topq best")."""
+    from mechperm.kernels import screen_cuda
+
+    os.environ["MECHPERM_GEMM_CANDIDATES"] = "1"
+    B = setup(FB, torch.float32, seed=1)[0]
+    A = B[:F] + 0.3 * torch.randn(F, D, device=DEV) / D**0.5
+    sv = screen_cuda.prepare(A, B)
+    del A, B
+    u = torch.zeros(F, dtype=torch.float64, device=DEV)
+    v = torch.zeros(FB, dtype=torch.float64, device=DEV)
+    rows = torch.arange(F, device=DEV)
+    keep = (tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_STAGES, tc.TOPQ_DOTS_SPLITS_PER_SM)
+    ref, best = None, None
+    for cfg in TOPQ_SWEEP:
+        if time.perf_counter() > t_end:
+            emit(what="budget spent", kernel="topq sweep")
+            break
+        bm, bn, warps, stages, per_sm = cfg
+        tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_SPLITS_PER_SM = bm, bn, warps, per_sm
+        tc.TOPQ_DOTS_STAGES = stages or None
+        try:
+            out = tc.price_rows_topq(sv.A16, sv.B16, u, v, rows, q, screen=sv)
+            ts = []
+            for _ in range(2):
+                sync()
+                t = time.perf_counter()
+                tc.price_rows_topq(sv.A16, sv.B16, u, v, rows, q, screen=sv)
+                sync()
+                ts.append(time.perf_counter() - t)
+        except Exception as e:  # noqa: BLE001  (a tile the compiler refuses is a result)
+            emit(what="topq", cfg=str(cfg), error=f"{type(e).__name__}: {str(e)[:200]}")
+            continue
+        ref = out if ref is None else ref
+        same = all(torch.equal(a, b) for a, b in zip(out, ref))
+        emit(what="topq", cfg=str(cfg), F=F, FB=FB, q=q, seconds=min(ts), same=same, gated=tc.LAST_TOPQ.get("gated"))
+        if same and (best is None or min(ts) < best[0]):
+            best = (min(ts), cfg)
+    tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_STAGES, tc.TOPQ_DOTS_SPLITS_PER_SM = keep
+    if best:
+        emit(what="topq best", cfg=str(best[1]), seconds=best[0], topq=",".join(map(str, best[1])))
+    os.environ.pop("MECHPERM_GEMM_CANDIDATES", None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("F", type=int, nargs="?", default=16384)
@@ -254,6 +317,8 @@ def main() -> None:
                     help="only F rows against FB columns through the GEMM blocks, ungated and gated")
     ap.add_argument("--sel-sweep", action="store_true",
                     help="with --wide: the selection tiles of SEL_SWEEP instead (bf16, gated)")
+    ap.add_argument("--topq-sweep", action="store_true",
+                    help="with --wide: the fused pricer's tiles of TOPQ_SWEEP on cuBLAS blocks instead (screened)")
     ap.add_argument("--sel-list", help="with --sel-sweep: its entries instead of SEL_SWEEP, "
                                        "'BM,BN,warps,splits;BM,BN,warps|...' (the first is the reference)")
     args = ap.parse_args()
@@ -267,7 +332,9 @@ def main() -> None:
               file=sys.stderr, flush=True)
 
     if args.wide:
-        if args.sel_sweep:
+        if args.topq_sweep:
+            topq_sweep(F, args.wide, emit, t_end)
+        elif args.sel_sweep:
             if args.sel_list:
                 SEL_SWEEP[:] = [tuple(tuple(map(int, part.split(","))) for part in entry.split(";"))
                                 for entry in args.sel_list.split("|")]

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine after gpu_check.sh: sweep the GEMM blocks' selection tiles in
-# the 1M regime (bench_triton_tiles.py --wide --sel-sweep: rows' and columns' passes timed
-# apart, every graph checked against the default's), re-run the tests that failed there, then
-# time match_vectors with the fastest tiles (1M gated as gpu_check's first run; 16384..262144
-# gated) and profile the warm 16384 screened run (torch.profiler's op tables). Same stage
-# helper and archive as gpu_check.sh. Limits 70 + 80 + 40 + 75 + 35 + 25 = 325 s.
+# One call on a lent GPU machine: sweep the GEMM blocks' selection tiles in the 1M regime
+# (bench_triton_tiles.py --wide --sel-sweep: rows' and columns' passes timed apart, every graph
+# checked against the first entry's) and the fused pricer's tile on cuBLAS blocks (--topq-sweep:
+# 4096 screened rows against 1M, q = 64, outputs checked bit for bit), run the gated selections'
+# tests, then time match_vectors with the fastest of each (1M as gpu_check's first run,
+# 16384..262144) and profile the warm 16384 screened run (torch.profiler's op tables).
+# Limits 70 + 80 + 70 + 40 + 75 + 35 + 25 = 395 s; T_SWEEP=0 keeps the selection tiles in use
+# (swept on 2026-11-27) and saves 80 s. SEL_LIST replaces the selection sweep's entries.
 NAME=gpu_sweep
 source "$(dirname "$0")/gpu_stage.sh"
 start=$SECONDS
@@ -17,17 +19,25 @@ rows = json.load(open(sys.argv[1]))
 print(next((r['sel'] for r in rows if r.get('what') == 'sel best'), '32,64,2,16;32,32,2'))" "$OUT/sweep.json" 2>/dev/null \
     || echo "32,64,2,16;32,32,2")
 echo "selection tiles: $SEL" | tee "$OUT/sel.txt"
+GREP="what=" TAIL=10 stage topq "${T_TOPQ:-70}" python3 bench/bench_triton_tiles.py 4096 --wide 1048576 \
+    --topq-sweep --budget "$(( ${T_TOPQ:-70} - 25 ))" --json "$OUT/topq.json"
+TOPQ=$(python3 -c "
+import json, sys
+rows = json.load(open(sys.argv[1]))
+print(next((r['topq'] for r in rows if r.get('what') == 'topq best'), '64,64,4,0,4'))" "$OUT/topq.json" 2>/dev/null \
+    || echo "64,64,4,0,4")
+echo "pricer tile: $TOPQ" | tee -a "$OUT/sel.txt"
 TAIL=8 stage tests "${T_TESTS:-40}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_kernels.py \
     tests/test_gpu.py -k "gated or caps or minima"
 cd bench
 export MECHPERM_PROFILE_GEMM=1
 GREP="F=|Error|error" stage match1m "${T_1M:-75}" python3 bench_match_gpu.py --sizes 1048576 --gpu-screen \
-    --fused-pricing --candidates-k 32 --gated --trace --sel "$SEL" --json "$OUT/match1m.json"
+    --fused-pricing --candidates-k 32 --trace --sel "$SEL" --topq "$TOPQ" --json "$OUT/match1m.json"
 GREP="F=|Error|error" stage matchmid "${T_MID:-35}" python3 bench_match_gpu.py \
-    --sizes 16384,16384,16384,65536,65536,262144 --gated --sel "$SEL" --json "$OUT/matchmid.json"
+    --sizes 16384,16384,16384,65536,65536,262144 --sel "$SEL" --topq "$TOPQ" --json "$OUT/matchmid.json"
 unset MECHPERM_PROFILE_GEMM
 GREP="F=|Error|error" stage profile "${T_PROF:-25}" python3 bench_match_gpu.py --sizes 16384,16384,16384 \
-    --gpu-screen --fused-pricing --candidates-k 16 --gated --trace --sel "$SEL" --profile "$OUT/prof16384.txt" \
+    --gpu-screen --fused-pricing --candidates-k 16 --trace --sel "$SEL" --topq "$TOPQ" --profile "$OUT/prof16384.txt" \
     --json "$OUT/prof16384.json"
 cd ..
 echo "total: $((SECONDS - start)) s" | tee "$OUT/total.txt"

@@ -910,6 +910,23 @@ def test_triton_gated_topq_pricer_equals_ungated(tc, monkeypatch: pytest.MonkeyP
     assert (tc._key_scores(cap) >= red[rows.cpu()].kthvalue(kq, dim=1).values).all()
 
 
+@pytest.mark.parametrize("tile", [(32, 64, 2, None, 16), (16, 32, 1, 2, 32), (64, 128, 8, None, 1)])
+@pytest.mark.parametrize("gated", [True, False])
+def test_topq_pricer_tile_on_gemm_blocks_changes_nothing(tc, monkeypatch: pytest.MonkeyPatch, tile, gated: bool) -> None:
+    """The pricer's own tile on cuBLAS blocks (TOPQ_DOTS_*: rows, columns, warps, stages,
+    splits an SM; what bench_triton_tiles.py --topq-sweep varies) gives the default tile's
+    pairs, costs and bounds bit for bit, gated or not (BN = 128 leaves 4 tiles: no gate at Q = 5)."""
+    A, B, u, v, rows = _gated_pricer_inputs(tc, monkeypatch, 400, False, torch.float32, seed=91)
+    monkeypatch.setenv("MECHPERM_GATED_SELECT", "1" if gated else "0")
+    ref = tc.price_rows_topq(A, B, u, v, rows, 5)
+    for name, value in zip(("BM", "BN", "WARPS", "STAGES", "SPLITS_PER_SM"), tile):
+        monkeypatch.setattr(tc, "TOPQ_DOTS_" + name, value)
+    got = tc.price_rows_topq(A, B, u, v, rows, 5)
+    assert tc.LAST_TOPQ["gated"] == (gated and tile[1] < 128)
+    for a, b in zip(got, ref):
+        assert torch.equal(a.cpu(), b.cpu())
+
+
 def test_gated_topq_pricer_falls_back_when_a_row_comes_short(tc, monkeypatch: pytest.MonkeyPatch) -> None:
     """Gates below every score (never from _caps itself) leave rows short: the chunk is
     selected again ungated, with a warning, and the result is the ungated pricer's."""

@@ -96,6 +96,12 @@ GEMM_BLOCK_BYTES = 8 << 30
 SEL_BM, SEL_BN, SEL_WARPS = 32, 64, 2  # the rows' pass and the group minima
 SEL_COL_BM, SEL_COL_BN, SEL_COL_WARPS = 32, 32, 2  # the columns' pass (SWAP)
 SEL_SPLITS_PER_SM = 16  # the rows' pass: column splits enough for this many programs per SM
+# The fused row pricer reading cuBLAS blocks (price_rows_topq on the GEMM path): its own tile
+# (rows, columns, warps), pipeline stages (None: the fused kernels' by dtype) and column splits
+# (programs an SM). The fused kernels' tile until swept: at F = 1M (H100, 2026-11-27) it priced
+# 2048-row chunks at ~0.2 s each, ~8x the candidates' rows pass per block
+# (bench_triton_tiles.py --wide --topq-sweep sweeps it).
+TOPQ_DOTS_BM, TOPQ_DOTS_BN, TOPQ_DOTS_WARPS, TOPQ_DOTS_STAGES, TOPQ_DOTS_SPLITS_PER_SM = 64, 64, 4, None, 4
 EMIT_CHUNK = 1 << 16  # rows of the emitted lists selected at a time (bounds the temporaries)
 _INT32_MAX = 2**31 - 1
 
@@ -686,16 +692,10 @@ def _unpack(keys: Tensor) -> tuple[Tensor, Tensor]:
     return (hi ^ ((hi >> 31) & 0x7FFFFFFF)).view(torch.float32), keys & 0xFFFFFFFF
 
 
-def _n_splits(rows: int, col_tiles: int, device: torch.device) -> int:
+def _n_splits(rows: int, col_tiles: int, device: torch.device, bm: int | None = None, per_sm: int = 4) -> int:
+    """Column splits for ``per_sm`` programs an SM, programs of ``bm`` (default BM) rows."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    want = -(-4 * sms // max(1, -(-rows // BM)))
-    return max(1, min(col_tiles, want))
-
-
-def _sel_splits(rows: int, col_tiles: int, device: torch.device) -> int:
-    """Column splits of the rows' pass over a GEMM block (``SEL_SPLITS_PER_SM`` programs an SM)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    want = -(-SEL_SPLITS_PER_SM * sms // max(1, -(-rows // SEL_BM)))
+    want = -(-per_sm * sms // max(1, -(-rows // (bm or BM))))
     return max(1, min(col_tiles, want))
 
 
@@ -869,7 +869,7 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
         clock.mark()
         dots = dots_of(A[r0:r1])
         clock.mark("gemm")
-        s = splits or _sel_splits(m, col_tiles, dev)
+        s = splits or _n_splits(m, col_tiles, dev, SEL_BM, SEL_SPLITS_PER_SM)
         cps = -(-col_tiles // s) * SEL_BN
         s = -(-N // cps)
         caps = [col_c[:, 0]] * 4  # unread placeholders when ungated
@@ -1278,9 +1278,11 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
     if kq > 128:
         raise ValueError(f"the triton pricer keeps at most 128 pairs per row (q={q}); use MECHPERM_FUSED_PRICING=0")
     kp = max(2, triton.next_power_of_2(kq))
-    col_tiles = -(-N // BN)
-    out_r, out_c, out_w, out_b = [], [], [], []
     gemm = gemm_enabled(dev)
+    bm, bn, warps, stages, per_sm = ((TOPQ_DOTS_BM, TOPQ_DOTS_BN, TOPQ_DOTS_WARPS, TOPQ_DOTS_STAGES,
+                                      TOPQ_DOTS_SPLITS_PER_SM) if gemm else (BM, BN, NUM_WARPS, None, 4))
+    col_tiles = -(-N // bn)
+    out_r, out_c, out_w, out_b = [], [], [], []
     if gemm:  # the chunk's dots from cuBLAS, read by the kernel (GEMM_BLOCK_BYTES at a time)
         dots_of, _ = _dots_against(B)
         chunk = min(chunk, _block_rows(n_rows, N, dev))
@@ -1293,8 +1295,8 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
         X, nx, ux = A[ids].contiguous(), na[ids].contiguous(), u[ids].contiguous()
         sx = sa[:, ids].contiguous() if screen is not None else sa
         M = ids.numel()
-        s = splits or _n_splits(M, col_tiles, dev)
-        cols_per_split = -(-col_tiles // s) * BN
+        s = splits or _n_splits(M, col_tiles, dev, bm, per_sm)
+        cols_per_split = -(-col_tiles // s) * bn
         s = -(-N // cols_per_split)
         keys = torch.empty(M, s, kq, dtype=torch.int64, device=dev)
         dots = nx
@@ -1302,11 +1304,11 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
             dots = dots_of(X)
 
         def launch(cap: Tensor, rmin: Tensor, gate: bool, minima: bool) -> None:
-            _topq_kernel[(-(-M // BM), s)](
+            _topq_kernel[(-(-M // bm), s)](
                 X, B, nx, nb, ux, v, sx, sb, gamma, slack, keys, dots, cap, rmin, M, N, X.shape[1],
                 cols_per_split, X.stride(0), B.stride(0), Q=kq, KP=kp, SCREEN=screen is not None,
-                FROM_DOTS=gemm, GATED=gate, MINIMA=minima, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd,
-                PRECISION=_precision(X), num_warps=NUM_WARPS, num_stages=_stages(X),
+                FROM_DOTS=gemm, GATED=gate, MINIMA=minima, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+                PRECISION=_precision(X), num_warps=warps, num_stages=stages or _stages(X),
             )
 
         cap = keys  # read only when gated
