@@ -144,17 +144,21 @@ def wide(F: int, FB: int, emit) -> None:
     flops = 2.0 * F * FB * D
     for name, (A, B) in (("fp32", (A32, B32)), ("bf16", (A32.bfloat16(), B32.bfloat16()))):
         graphs = {}
-        for gated in ("0", "1"):
+        merge = tc.CAP_GROUPS_PER_K
+        # ungated; gated; gated with each row's gate from all its group minima (no merged runs)
+        for label, gated, per_k in (("", "0", merge), (" gated", "1", merge), (" gated unmerged", "1", 1 << 40)):
             os.environ["MECHPERM_GATED_SELECT"] = gated
+            tc.CAP_GROUPS_PER_K = per_k
             t = timed(lambda: candidates(A, B, k=K, backend="triton"), reps=2)
-            graphs[gated] = candidates(A, B, k=K, backend="triton")
+            graphs[label] = candidates(A, B, k=K, backend="triton")
             info = {("phases" if key == "seconds" else key): val for key, val in tc.LAST_GEMM.items()}
-            emit(what="wide gemm" + (" gated" if gated == "1" else ""), dtype=name, F=F, FB=FB, seconds=t,
-                 tflops=flops / t / 1e12, **info)
-        a, b = graphs["0"], graphs["1"]
+            emit(what="wide gemm" + label, dtype=name, F=F, FB=FB, seconds=t, tflops=flops / t / 1e12, **info)
+        tc.CAP_GROUPS_PER_K = merge
+        a = graphs[""]
         emit(what="wide same graph", dtype=name,
-             same=all(torch.equal(getattr(a, x), getattr(b, x)) for x in ("indptr", "indices", "costs")))
-        del graphs, a, b
+             same=all(torch.equal(getattr(a, x), getattr(b, x)) for b in graphs.values()
+                      for x in ("indptr", "indices", "costs")))
+        del graphs, a
         if DEV == "cuda":
             torch.cuda.empty_cache()
     for var in ("MECHPERM_GEMM_CANDIDATES", "MECHPERM_PROFILE_GEMM", "MECHPERM_GATED_SELECT"):

@@ -27,8 +27,9 @@ stage tests "${T_TESTS:-105}" python3 -m pytest -q -n 8 -p no:cacheprovider \
 # still says where its time went. A run may start with "T=seconds:" to set its own limit
 # (default T_MATCH).
 # Then the kernels alone: the 1M match's selection regime at 1/128 of its cost (T_WIDE: 8192
-# rows against 1M, blocks of 2048 rows; the GEMM blocks' phases ungated and gated, fp32 and
-# bf16; bench/gpu_sweep.sh sweeps the selection tiles there), and the tile stage (T_TILES, F = 16384): the cuBLAS-block selection
+# rows against 1M, blocks of 2048 rows; the GEMM blocks' phases ungated, gated, and gated with
+# the rows' gates from every group minimum (no merged runs: CAP_GROUPS_PER_K, untimed on a GPU),
+# fp32 and bf16; bench/gpu_sweep.sh sweeps the selection tiles there), and the tile stage (T_TILES, F = 16384): the cuBLAS-block selection
 # (MECHPERM_GEMM_CANDIDATES) alone and gated for the first SEL_CONFIGS selection tiles (default
 # 1: 32 x 64 with 2 warps, the default since session 16), the fused kernels' first TILE_CONFIGS tile shapes, running
 # top-k vs thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s.

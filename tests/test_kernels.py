@@ -644,6 +644,33 @@ def test_caps_keys_admit_their_scores() -> None:
     assert int(caps[3]) == torch.iinfo(torch.int64).max
 
 
+@pytest.mark.parametrize("n, g, k", [(7, 5000, 3), (4, 1000, 32), (3, 511, 16), (5, 40, 1)])
+def test_caps_merge_groups_and_stay_bounds(n: int, g: int, k: int) -> None:
+    """_caps merges runs of groups where a row has more than CAP_GROUPS_PER_K · k: the cap then
+    equals the one of the merged minima (run minima, the last run padded), lies at or above the
+    k-th least group minimum (a valid gate) and, merged or not, at or below the k-th least of
+    the run minima; with no merge it is the plain k-th least."""
+    from mechperm.kernels import triton_candidates as tcm
+
+    g_ = torch.Generator().manual_seed(g + k)
+    mins = torch.randn(n, g, generator=g_)
+    mins[0, : g // 2] = float("inf")  # empty groups
+    caps = tcm._caps(mins, k)
+    bound = tcm._key_scores(caps)
+    kth = mins.kthvalue(k, dim=1).values
+    assert (bound >= kth).all()
+    run = g // (tcm.CAP_GROUPS_PER_K * k)
+    if run >= 2:
+        merged = torch.nn.functional.pad(mins, (0, (-g) % run), value=float("inf")).view(n, -1, run).amin(2)
+        assert torch.equal(caps, tcm._caps(merged, k))  # as if the kernel's groups were run-wide
+        assert merged.shape[1] >= tcm.CAP_GROUPS_PER_K * k
+        want = merged.kthvalue(k, dim=1).values
+    else:
+        want = kth
+    widened = torch.nextafter(want + want.abs() * 2.0**-20 + 0.0, torch.tensor(float("inf")))
+    assert torch.equal(bound, widened)
+
+
 def test_gemm_dots_are_float32_sums_of_exact_products(tc) -> None:
     """_dots_against: on the CPU, float32 dots of the upcast rows for every dtype; the CUDA
     fallback's claim that TF32 (10 mantissa bits) holds every bf16 and fp16 value exactly,
