@@ -8,7 +8,8 @@ On a GPU run these passes are the host's share of the time (F = 1M on an H100 ho
 candidate graph's bound arrays (lognormal norms, k-th costs near |a|² + median |b|²), so the
 numbers are the passes' cost, not a real graph's round count. Peers: numpy's stable argsort and
 searchsorted (what the bounds used before), the loop's bounds with those sorts (``numpy
-sorts``), scipy's maximum_bipartite_matching for ``max_matching``; a cold ``solve_sparse`` of a planted
+sorts``), scipy's maximum_bipartite_matching for ``max_matching`` (and, on a planted graph in column order,
+its greedy start from the cheapest column against the first free one); a cold ``solve_sparse`` of a planted
 graph at 1 thread and at every core; the thread pool's effect as the time of one small native pass
 (``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core. Benchmarks never
 assert speed.
@@ -98,6 +99,23 @@ def measure(F: int, emit) -> None:
     tp = _timed(lambda: maximum_bipartite_matching(M, perm_type="column"), repeat=1)
     emit(what="max_matching random x32", F=F, seconds=t, scipy_seconds=tp, ratio=t / tp)
     del ip, ix, M
+    # a candidate-like graph: each row's partner (its cheapest arc) among 64, listed in column
+    # order as the kernels list them; the greedy start from the first free column, or from the
+    # cheapest (costs=, what match._complete passes)
+    deg = 64
+    perm = rng.permutation(F).astype(np.int32)
+    cols = np.concatenate([perm[:, None], rng.integers(0, F, (F, deg - 1)).astype(np.int32)], axis=1)
+    costs = np.concatenate([np.zeros((F, 1), np.float32), 1.0 + rng.random((F, deg - 1), dtype=np.float32)], axis=1)
+    order = np.argsort(cols, axis=1, kind="stable")
+    ip = np.arange(F + 1, dtype=np.int64) * deg
+    ix = np.take_along_axis(cols, order, 1).reshape(-1)
+    cx = np.take_along_axis(costs, order, 1).reshape(-1)
+    del cols, costs, order
+    t_first = _timed(lambda: _auction.max_matching(ip, ix, F, F), repeat=2)
+    t_cheap = _timed(lambda: _auction.max_matching(ip, ix, F, F, costs=cx), repeat=2)
+    emit(what="max_matching planted x64", F=F, first_free_seconds=t_first, cheapest_seconds=t_cheap,
+         ratio=t_cheap / t_first)
+    del ip, ix, cx
     # a cold solve of a planted graph (each row's partner, the cheapest of its arcs, among 31
     # random columns): the solver's first passes over every arc, then a few shortest paths (the
     # bench pair's real graph at 65536: 508 paths for 65536 rows)

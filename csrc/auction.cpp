@@ -1207,20 +1207,56 @@ bool augment_each(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_
     return true;
 }
 
-template <class I>
-int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_t* mr) {
+// cost (optional, one per arc): the greedy start takes each row's cheapest free column instead
+// of its first. A candidate graph lists columns in index order, so the first free one is an
+// arbitrary pick and the searches that follow undo many of them; its cheapest arc is mostly the
+// row's own partner (planted 1M x 64 arcs, 2 cores: 0.44 -> 0.06 s).
+template <class I, class T = float>
+int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_t* mr,
+                      const T* cost = nullptr) {
     constexpr int64_t kFar = std::numeric_limits<int64_t>::max();
     std::vector<int64_t> mc(m, -1);
     int64_t size = 0;
     for (int64_t i = 0; i < n; ++i) {
         mr[i] = -1;
-        for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a)
-            if (mc[idx[a]] < 0) {
-                mr[i] = idx[a];
-                mc[idx[a]] = i;
-                ++size;
-                break;
+        int64_t best = -1;
+        if (cost != nullptr && ptr[i + 1] > ptr[i]) {
+            // the cheapest arc from the costs alone (sequential); the columns' states (random
+            // reads, most of the time at 64 arcs a row) only when its column is taken
+            // the row's least cost with four running minima (no chain of dependent compares),
+            // then its first arc
+            const int64_t lo = ptr[i], hi = ptr[i + 1];
+            T l0 = cost[lo], l1 = l0, l2 = l0, l3 = l0;
+            int64_t a = lo + 1;
+            for (; a + 3 < hi; a += 4) {
+                l0 = cost[a] < l0 ? cost[a] : l0;
+                l1 = cost[a + 1] < l1 ? cost[a + 1] : l1;
+                l2 = cost[a + 2] < l2 ? cost[a + 2] : l2;
+                l3 = cost[a + 3] < l3 ? cost[a + 3] : l3;
             }
+            for (; a < hi; ++a) l0 = cost[a] < l0 ? cost[a] : l0;
+            l0 = l1 < l0 ? l1 : l0;
+            l2 = l3 < l2 ? l3 : l2;
+            const T low = l2 < l0 ? l2 : l0;
+            best = lo;
+            while (best + 1 < ptr[i + 1] && !(cost[best] == low)) ++best;
+            if (mc[idx[best]] >= 0) {
+                best = -1;
+                for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a)
+                    if (mc[idx[a]] < 0 && (best < 0 || cost[a] < cost[best])) best = a;
+            }
+        } else {
+            for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a)
+                if (mc[idx[a]] < 0) {
+                    best = a;
+                    break;
+                }
+        }
+        if (best >= 0) {
+            mr[i] = idx[best];
+            mc[idx[best]] = i;
+            ++size;
+        }
     }
     // Searches row by row first, within twice the arcs (their worst case is O(n arcs)); then
     // Hopcroft-Karp's phases (O(sqrt(n) arcs)) from wherever they stopped.
@@ -1324,7 +1360,7 @@ Status sparse_impl(const int64_t* ptr, const I* idx, const T* cst, int64_t n, in
     }
     if (opt.check_feasible && opt.unmatched_cost == nullptr) {
         std::vector<int64_t> mr(n);
-        const int64_t size = hopcroft_karp(ptr, idx, n, m, mr.data());
+        const int64_t size = hopcroft_karp(ptr, idx, n, m, mr.data(), cst);
         if (size < n) {
             out.matched = size;
             for (int64_t i = 0; i < n; ++i) out.row_to_col[i] = mr[i];
@@ -1365,12 +1401,20 @@ Status solve_sparse(const int64_t* indptr, const int64_t* indices, const double*
     return sparse_impl(indptr, indices, costs, n, m, opt, out);
 }
 int64_t max_matching(const int64_t* indptr, const int32_t* indices, int64_t n, int64_t m,
-                     int64_t* row_to_col) {
-    return hopcroft_karp(indptr, indices, n, m, row_to_col);
+                     int64_t* row_to_col, const float* costs) {
+    return hopcroft_karp(indptr, indices, n, m, row_to_col, costs);
 }
 int64_t max_matching(const int64_t* indptr, const int64_t* indices, int64_t n, int64_t m,
-                     int64_t* row_to_col) {
-    return hopcroft_karp(indptr, indices, n, m, row_to_col);
+                     int64_t* row_to_col, const float* costs) {
+    return hopcroft_karp(indptr, indices, n, m, row_to_col, costs);
+}
+int64_t max_matching(const int64_t* indptr, const int32_t* indices, int64_t n, int64_t m,
+                     int64_t* row_to_col, const double* costs) {
+    return hopcroft_karp(indptr, indices, n, m, row_to_col, costs);
+}
+int64_t max_matching(const int64_t* indptr, const int64_t* indices, int64_t n, int64_t m,
+                     int64_t* row_to_col, const double* costs) {
+    return hopcroft_karp(indptr, indices, n, m, row_to_col, costs);
 }
 
 }  // namespace mechperm

@@ -134,11 +134,16 @@ Status solve_sparse(const int64_t* indptr, const int64_t* indices, const double*
                     int64_t n, int64_t m, const SolveOptions& opt, SolveOutput& out);
 
 // Maximum bipartite matching of a CSR graph (Hopcroft & Karp). Fills row_to_col [n] (-1 where
-// unmatched) and returns the matching size.
+// unmatched) and returns the matching size. costs (one per arc, or null): the greedy start
+// takes each row's cheapest free column (a candidate graph then starts nearly matched).
 int64_t max_matching(const int64_t* indptr, const int32_t* indices, int64_t n, int64_t m,
-                     int64_t* row_to_col);
+                     int64_t* row_to_col, const float* costs = nullptr);
 int64_t max_matching(const int64_t* indptr, const int64_t* indices, int64_t n, int64_t m,
-                     int64_t* row_to_col);
+                     int64_t* row_to_col, const float* costs = nullptr);
+int64_t max_matching(const int64_t* indptr, const int32_t* indices, int64_t n, int64_t m,
+                     int64_t* row_to_col, const double* costs);
+int64_t max_matching(const int64_t* indptr, const int64_t* indices, int64_t n, int64_t m,
+                     int64_t* row_to_col, const double* costs);
 
 // ---- Dense helpers for the exact-from-candidates loop (dense_ops.cpp) -------------------------
 

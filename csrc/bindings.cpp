@@ -260,7 +260,7 @@ py::dict solve_sparse_py(const py::array& indptr, const py::array& indices,
 }
 
 py::tuple max_matching_py(const py::array& indptr, const py::array& indices, int64_t n,
-                          int64_t m) {
+                          int64_t m, const py::object& costs) {
     require<int64_t>(indptr, "indptr", 1, n + 1);
     const int64_t* p = static_cast<const int64_t*>(indptr.data());
     const int64_t nnz = p[n];
@@ -275,16 +275,32 @@ py::tuple max_matching_py(const py::array& indptr, const py::array& indices, int
             if (idx[a] < 0 || int64_t(idx[a]) >= m)
                 throw py::value_error("column index out of range");
     };
+    // costs: None, or one float32 / float64 per arc (the greedy start's preference only)
+    const float* cf = nullptr;
+    const double* cd = nullptr;
+    py::array cost_arr;
+    if (!costs.is_none()) {
+        cost_arr = py::array::ensure(costs);
+        if (!cost_arr || cost_arr.ndim() != 1 || cost_arr.shape(0) != nnz)
+            throw py::value_error("costs must be 1-D with indptr[-1] entries");
+        if (is_c_array<float>(cost_arr))
+            cf = static_cast<const float*>(cost_arr.data());
+        else if (is_c_array<double>(cost_arr))
+            cd = static_cast<const double*>(cost_arr.data());
+        else
+            throw py::value_error("costs must be a contiguous float32 or float64 array, got " +
+                                  dtype_name(cost_arr));
+    }
+    auto run = [&](auto* idx) {
+        check_range(idx);
+        py::gil_scoped_release release;
+        size = cd != nullptr ? max_matching(p, idx, n, m, r2c.mutable_data(), cd)
+                             : max_matching(p, idx, n, m, r2c.mutable_data(), cf);
+    };
     if (is_c_array<int32_t>(indices)) {
-        const int32_t* idx = static_cast<const int32_t*>(indices.data());
-        check_range(idx);
-        py::gil_scoped_release release;
-        size = max_matching(p, idx, n, m, r2c.mutable_data());
+        run(static_cast<const int32_t*>(indices.data()));
     } else if (is_c_array<int64_t>(indices)) {
-        const int64_t* idx = static_cast<const int64_t*>(indices.data());
-        check_range(idx);
-        py::gil_scoped_release release;
-        size = max_matching(p, idx, n, m, r2c.mutable_data());
+        run(static_cast<const int64_t*>(indices.data()));
     } else {
         throw py::value_error("indices must be a contiguous int32 or int64 array, got " +
                               dtype_name(indices));
@@ -917,7 +933,9 @@ PYBIND11_MODULE(_auction, m) {
           "changed since the solve that gave init_v and init_row_to_col (default: all). check_arcs=False "
           "skips the column-range and finite-cost checks of every arc (a caller that checked them).");
     m.def("max_matching", &max_matching_py, py::arg("indptr"), py::arg("indices"), py::arg("n"),
-          py::arg("m"), "Maximum bipartite matching (Hopcroft-Karp): (size, row_to_col).");
+          py::arg("m"), py::arg("costs") = py::none(),
+          "Maximum bipartite matching (Hopcroft-Karp): (size, row_to_col). costs (float32/float64, "
+          "one per arc): the greedy start takes each row's cheapest free column.");
     m.def("dense_candidates", &dense_candidates_py, py::arg("cost"), py::arg("k_row"),
           py::arg("k_col"),
           "Candidate CSR graph of a dense array with the bounds on every pair left out.");

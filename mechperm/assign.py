@@ -1057,7 +1057,7 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
              "slack": 0}
     slack = None
     if lam is None and not feasible:
-        size, _ = _auction.max_matching(g.indptr, g.indices, n, m)
+        size, _ = _auction.max_matching(g.indptr, g.indices, n, m, costs=np.ascontiguousarray(g.costs))
         if size < n:  # no assignment of every row on the graph: slack columns at a large cost
             span = float(g.costs.max(initial=0.0) - min(0.0, g.costs.min(initial=0.0)))
             slack = np.full(n, (span + 1.0) * (n + 1))

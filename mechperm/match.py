@@ -439,7 +439,9 @@ def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor, block_costs) -
     the pairs left out as before, so the optimum does not change.
     """
     n, m = A.shape[0], B.shape[0]
-    _, r2c = _auction.max_matching(graph.indptr, graph.indices, n, m)
+    # costs: the greedy start takes each row's cheapest column, mostly its partner (the lists
+    # are in column order; their first free column made the searches redo most of the start)
+    _, r2c = _auction.max_matching(graph.indptr, graph.indices, n, m, costs=np.ascontiguousarray(graph.costs))
     free_rows = np.flatnonzero(r2c < 0)
     if len(free_rows) == 0:
         return graph, 0

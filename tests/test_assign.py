@@ -953,11 +953,42 @@ def test_max_matching_size_equals_scipys(seed):
     M.sort_indices()
     ref = int((maximum_bipartite_matching(M, perm_type="column") >= 0).sum())
     idx = M.indices.astype(np.int32 if seed % 3 else np.int64)
-    size, r2c = _auction.max_matching(M.indptr.astype(np.int64), idx, n, m)
-    assert size == ref == int((r2c >= 0).sum())
-    matched = np.flatnonzero(r2c >= 0)
-    assert len(set(r2c[matched].tolist())) == len(matched)
-    assert all(r2c[i] in M.indices[M.indptr[i] : M.indptr[i + 1]] for i in matched)
+    # costs (float32 / float64, ties included) only steer the greedy start: the same size
+    costs = rng.integers(0, 4, len(idx)).astype(np.float32 if seed % 4 < 2 else np.float64)
+    for kw in ({}, {"costs": costs}):
+        size, r2c = _auction.max_matching(M.indptr.astype(np.int64), idx, n, m, **kw)
+        assert size == ref == int((r2c >= 0).sum())
+        matched = np.flatnonzero(r2c >= 0)
+        assert len(set(r2c[matched].tolist())) == len(matched)
+        assert all(r2c[i] in M.indices[M.indptr[i] : M.indptr[i + 1]] for i in matched)
+
+
+def test_max_matching_starts_from_each_rows_cheapest_column() -> None:
+    """With costs, the greedy start takes each row's cheapest free column: on a planted graph
+    listed in column order (each row's partner cheapest among 8 arcs) it is the partner for
+    every row, where the first free column is not; a taken cheapest column falls back to the
+    cheapest free one. Bad costs are refused with the reason."""
+    rng = np.random.default_rng(5)
+    n, deg = 3000, 8
+    perm = rng.permutation(n)
+    cols = np.concatenate([perm[:, None], rng.integers(0, n, (n, deg - 1))], axis=1)
+    costs = np.concatenate([np.zeros((n, 1)), 1.0 + rng.random((n, deg - 1))], axis=1)
+    order = np.argsort(cols, axis=1, kind="stable")
+    ip = np.arange(n + 1, dtype=np.int64) * deg
+    idx = np.take_along_axis(cols, order, 1).reshape(-1).astype(np.int32)
+    cost = np.take_along_axis(costs, order, 1).reshape(-1)
+    size, plain = _auction.max_matching(ip, idx, n, n)
+    assert size == n and (plain != perm).any()
+    for dtype in (np.float32, np.float64):
+        size, r2c = _auction.max_matching(ip, idx, n, n, costs=cost.astype(dtype))
+        assert size == n and np.array_equal(r2c, perm)
+    # two rows whose cheapest column is the same: the second takes its next cheapest
+    size, r2c = _auction.max_matching(np.array([0, 3, 6], np.int64), np.array([0, 1, 2, 0, 1, 2], np.int32), 2, 3,
+                                      costs=np.array([0.0, 5.0, 9.0, 0.0, 7.0, 1.0]))
+    assert size == 2 and r2c.tolist() == [0, 2]
+    for bad, why in ((cost[:-1], "indptr"), (cost.astype(np.int64), "float32 or float64"), (cost[::2], "entries")):
+        with pytest.raises(ValueError, match=why):
+            _auction.max_matching(ip, idx, n, n, costs=bad)
 
 
 @pytest.mark.parametrize("case", ["crowded", "sparse", "hubs"])
@@ -991,12 +1022,14 @@ def test_max_matching_searches_then_phases(case: str) -> None:
     M.sum_duplicates()
     M.sort_indices()
     ref = int((maximum_bipartite_matching(M, perm_type="column") >= 0).sum())
-    size, r2c = _auction.max_matching(M.indptr.astype(np.int64), M.indices.astype(np.int32), n, m)
-    assert size == ref == int((r2c >= 0).sum())
-    matched = np.flatnonzero(r2c >= 0)
-    assert len(np.unique(r2c[matched])) == len(matched)
     arcs = set(zip(*M.nonzero()))
-    assert all((i, r2c[i]) in arcs for i in matched)
+    costs = rng.random(len(M.indices)).astype(np.float32)
+    for kw in ({}, {"costs": costs}):  # the first free column, or the cheapest, to start from
+        size, r2c = _auction.max_matching(M.indptr.astype(np.int64), M.indices.astype(np.int32), n, m, **kw)
+        assert size == ref == int((r2c >= 0).sum())
+        matched = np.flatnonzero(r2c >= 0)
+        assert len(np.unique(r2c[matched])) == len(matched)
+        assert all((i, r2c[i]) in arcs for i in matched)
 
 
 def test_assign_exact_infeasible_candidates_are_repaired():
