@@ -1210,7 +1210,8 @@ bool augment_each(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_
 // cost (optional, one per arc): the greedy start takes each row's cheapest free column instead
 // of its first. A candidate graph lists columns in index order, so the first free one is an
 // arbitrary pick and the searches that follow undo many of them; its cheapest arc is mostly the
-// row's own partner (planted 1M x 64 arcs, 2 cores: 0.44 -> 0.06 s).
+// row's own partner (planted 1M x 64 arcs in column order, 2 cores, bench_host_bounds.py:
+// 0.44 -> 0.27 s).
 template <class I, class T = float>
 int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_t* mr,
                       const T* cost = nullptr) {
@@ -1221,10 +1222,9 @@ int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, in
         mr[i] = -1;
         int64_t best = -1;
         if (cost != nullptr && ptr[i + 1] > ptr[i]) {
-            // the cheapest arc from the costs alone (sequential); the columns' states (random
+            // the cheapest arc from the costs alone: a sequential read with four running minima
+            // (no chain of dependent compares), then its first arc; the columns' states (random
             // reads, most of the time at 64 arcs a row) only when its column is taken
-            // the row's least cost with four running minima (no chain of dependent compares),
-            // then its first arc
             const int64_t lo = ptr[i], hi = ptr[i + 1];
             T l0 = cost[lo], l1 = l0, l2 = l0, l3 = l0;
             int64_t a = lo + 1;

@@ -935,10 +935,10 @@ def gated_enabled() -> bool:
     blocks' columns' passes write the rows' minima), and so does the fused row pricer on GEMM
     blocks (``price_rows_topq``). The same keys either way (tested bit for bit). On unless
     ``MECHPERM_GATED_SELECT=0``. Timed on an H100 (2026-11-27, ``bench/gpu_check.sh``, the
-    64 x 64 tiles of then): the GEMM blocks' phases (GEMM and selections) at F = 16384 43.5 ->
-    41.3 ms, ``match_vectors``
-    at 262144 6.07 -> 5.31 s, 8192 rows against 1M 0.437 -> 0.408 s (bf16) and 1.142 -> 1.115 s
-    (fp32); the selection tiles now in use were swept gated."""
+    64 x 64 tiles of then), ungated -> gated: the GEMM blocks' phases (GEMM and selections) at
+    F = 16384 43.5 -> 41.3 ms, ``match_vectors`` at 262144 6.07 -> 5.31 s, 8192 rows against 1M
+    0.437 -> 0.408 s (bf16) and 1.142 -> 1.115 s (fp32); the selection tiles now in use were
+    swept gated."""
     return os.environ.get("MECHPERM_GATED_SELECT", "1") != "0"
 
 
