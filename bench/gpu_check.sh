@@ -13,7 +13,7 @@ start=$SECONDS
 python3 setup.py -q build_ext --inplace -j 16 > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "build: $((SECONDS - start)) s"
 # shellcheck disable=SC2086  # TESTS (test files) is meant to split
-stage tests "${T_TESTS:-105}" python3 -m pytest -q -n 8 -p no:cacheprovider \
+stage tests "${T_TESTS:-120}" python3 -m pytest -q -n 8 -p no:cacheprovider \
     ${TESTS:-tests/test_gpu.py tests/test_kernels.py tests/test_screen_cuda.py}
 # Then match_vectors, the most decisive runs first (a call cut short by the device's budget
 # keeps the stages it finished): 1M with the screen and the fused pricer at candidates_k = 32
@@ -33,12 +33,12 @@ stage tests "${T_TESTS:-105}" python3 -m pytest -q -n 8 -p no:cacheprovider \
 # (MECHPERM_GEMM_CANDIDATES) alone and gated for the first SEL_CONFIGS selection tiles (default
 # 1: 32 x 64 with 2 warps, the default since session 16), the fused kernels' first TILE_CONFIGS tile shapes, running
 # top-k vs thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s.
-# Limits 50 (build) + 105 + 150 + 60 + 60 + 30 + 45 + 60 s = 560 s, inside one 600 s call (H100,
-# 2026-11-26: build 48 s, tests 59 s, tiles 35 s; the stages ran well under theirs in session 11;
-# the tests stage gained 15 s for session 15's torchrun test, two short `mechperm match` processes).
+# Limits 50 (build) + 120 + 120 + 60 + 60 + 30 + 45 + 60 s = 545 s, inside one 600 s call (H100,
+# 2026-11-27: build 58 s, tests 91 s, the 1M run 53 s, the others 11-21 s; the tests stage has
+# 120 s for session 16's tests of the pricer's tiles and the merged gates).
 cd bench
 export MECHPERM_PROFILE_GEMM=1  # the GEMM blocks' phases (GEMM, row and column selections) in the table
-IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=150:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --no-gated --trace|T=30:--sizes 16384,16384,16384,16384 --gpu-screen --fused-pricing --candidates-k 16 --profile $OUT/prof16384.txt}"
+IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=120:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --no-gated --trace|T=30:--sizes 16384,16384,16384,16384 --gpu-screen --fused-pricing --candidates-k 16 --profile $OUT/prof16384.txt}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))
