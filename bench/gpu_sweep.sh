@@ -9,23 +9,21 @@
 # (swept on 2026-11-27) and saves 80 s. SEL_LIST replaces the selection sweep's entries.
 NAME=gpu_sweep
 source "$(dirname "$0")/gpu_stage.sh"
+best() {  # best JSON WHAT KEY DEFAULT: a sweep's pick (its row "what=WHAT"), DEFAULT if none
+    python3 -c "
+import json, sys
+rows = json.load(open(sys.argv[1]))
+print(next((r[sys.argv[3]] for r in rows if r.get('what') == sys.argv[2]), sys.argv[4]))" "$@" 2>/dev/null || echo "$4"
+}
 start=$SECONDS
 GREP="error|Error" stage build "${T_BUILD:-70}" python3 setup.py -q build_ext --inplace -j 16
 GREP="what=" TAIL=14 stage sweep "${T_SWEEP:-80}" python3 bench/bench_triton_tiles.py 8192 --wide 1048576 \
     --sel-sweep --budget "$(( ${T_SWEEP:-80} - 25 ))" ${SEL_LIST:+--sel-list "$SEL_LIST"} --json "$OUT/sweep.json"
-SEL=$(python3 -c "
-import json, sys
-rows = json.load(open(sys.argv[1]))
-print(next((r['sel'] for r in rows if r.get('what') == 'sel best'), '32,64,2,16;32,32,2'))" "$OUT/sweep.json" 2>/dev/null \
-    || echo "32,64,2,16;32,32,2")
+SEL=$(best "$OUT/sweep.json" "sel best" sel "32,64,2,16;32,32,2")
 echo "selection tiles: $SEL" | tee "$OUT/sel.txt"
 GREP="what=" TAIL=10 stage topq "${T_TOPQ:-70}" python3 bench/bench_triton_tiles.py 4096 --wide 1048576 \
     --topq-sweep --budget "$(( ${T_TOPQ:-70} - 25 ))" --json "$OUT/topq.json"
-TOPQ=$(python3 -c "
-import json, sys
-rows = json.load(open(sys.argv[1]))
-print(next((r['topq'] for r in rows if r.get('what') == 'topq best'), '64,64,4,0,4'))" "$OUT/topq.json" 2>/dev/null \
-    || echo "64,64,4,0,4")
+TOPQ=$(best "$OUT/topq.json" "topq best" topq "64,64,4,0,4")
 echo "pricer tile: $TOPQ" | tee -a "$OUT/sel.txt"
 TAIL=8 stage tests "${T_TESTS:-40}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_kernels.py \
     tests/test_gpu.py -k "gated or caps or minima"
