@@ -18,7 +18,7 @@ from mechperm import assign as solver
 from mechperm import kernels
 from mechperm.formats._common import as_device
 from mechperm.kernels import screen, screen_cuda
-from mechperm.kernels.candidates import _check_vectors
+from mechperm.kernels.candidates import _check_vectors, check_kernel_device
 from mechperm.kernels.features import On
 from mechperm.kernels.rows import ScaledRows
 from mechperm.result import MatchResult
@@ -130,6 +130,8 @@ def match(
     _check_options(sae_a, sae_b, on, metric, mode, k, threshold)
     t_start = time.perf_counter()
     device = as_device(device) if device is not None else sae_a.device
+    check_kernel_device(device, "the matching vectors would be" if device != sae_a.device else "sae_a is",
+                        "pass device='cpu' (the solver runs on the CPU either way)")
     A = B = None
     if on == "decoder" and metric == "mse":  # the SAEs' own decoders, rounded as read (no copies)
         A = kernels.decoder_rows(sae_a, fold=fold, device=device)

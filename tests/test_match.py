@@ -13,7 +13,7 @@ from scipy.optimize import linear_sum_assignment
 
 from mechperm import kernels
 from mechperm.kernels import screen
-from mechperm.match import match
+from mechperm.match import match, match_vectors
 from mechperm.synthetic import make_stack
 
 
@@ -527,3 +527,16 @@ def test_device_that_is_not_here_is_refused_up_front() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device='cuda': CUDA is not available here"):
             match(a, b, device="cuda")
+
+
+def test_device_the_kernels_do_not_run_on_is_refused_up_front() -> None:
+    """A device torch has but the kernels do not support (here 'meta', which every torch has;
+    on a Mac, 'mps') is refused naming it, not failed inside a kernel."""
+    a, b = make_stack(2, d=16, F=32, seed=0).saes
+    with pytest.raises(ValueError, match=r"matching vectors would be on device 'meta': the cost kernels run on 'cpu' or 'cuda'.*device='cpu'"):
+        match(a, b, device="meta")
+    A = torch.zeros(8, 16, device="meta")
+    with pytest.raises(ValueError, match=r"A is on device 'meta'.*move them to the CPU"):
+        match_vectors(A, torch.zeros(8, 16))
+    with pytest.raises(ValueError, match=r"B is on device 'meta'"):
+        kernels.candidates(torch.zeros(8, 16), torch.zeros(8, 16, device="meta"), k=2)

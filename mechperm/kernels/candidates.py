@@ -70,6 +70,20 @@ def _backend(*tensors: Tensor, backend: str | None = None) -> Backend:
 
 
 # ---------------------------------------------------------------------------------- checks
+KERNEL_DEVICES = ("cpu", "cuda")
+"""Device types the cost kernels run on: torch on the CPU, Triton on CUDA. (MPS has no float64,
+which the certificate's pricing and the exact pair costs need.)"""
+
+
+def check_kernel_device(device: torch.device, what: str, fix: str = "move them to the CPU") -> None:
+    """Refuse a device the cost kernels do not run on (``what`` is there; ``fix`` says what to
+    do), before any work: elsewhere the first float64 tensor or ``.item()`` fails deep inside a
+    kernel."""
+    if device.type not in KERNEL_DEVICES:
+        why = " (MPS has no float64, which the certificate needs)" if device.type == "mps" else ""
+        raise ValueError(f"{what} on device {str(device)!r}: the cost kernels run on 'cpu' or 'cuda'{why}; {fix}")
+
+
 def _check_vectors(A: Tensor, B: Tensor | None = None) -> None:
     for name, X in (("A", A), ("B", B)):
         if X is None:
@@ -78,6 +92,7 @@ def _check_vectors(A: Tensor, B: Tensor | None = None) -> None:
             continue
         if not isinstance(X, Tensor):
             raise ValueError(f"{name} is a {type(X).__name__}; expected a torch.Tensor [F, D]")
+        check_kernel_device(X.device, f"{name} is")
         if X.ndim != 2:
             raise ValueError(f"{name} has shape {tuple(X.shape)}; expected 2-D matching vectors [F, D]")
         if X.dtype not in (torch.float32, torch.bfloat16, torch.float16):
