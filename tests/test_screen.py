@@ -175,8 +175,11 @@ def test_screening_switch(monkeypatch) -> None:
     on = match_vectors(A, B)
     assert on.stats["solver"]["exact_pairs"] > 0
     assert on.objective == pytest.approx(off.objective, rel=1e-6)
-    with pytest.raises(ValueError, match="runs on the CPU"):
+    with pytest.raises(ValueError, match="the cost kernels run on 'cpu' or 'cuda'"):
         screen.screened_costs(A.to("meta"), B.to("meta"))
+    if torch.cuda.is_available():  # a device the kernels run on, but not this screen
+        with pytest.raises(ValueError, match="runs on the CPU"):
+            screen.screened_costs(A.cuda(), B.cuda())
 
 
 @pytest.mark.parametrize("heavy", [0.0, 2.5])
