@@ -8,9 +8,11 @@ On a GPU run these passes are the host's share of the time (F = 1M on an H100 ho
 candidate graph's bound arrays (lognormal norms, k-th costs near |a|² + median |b|²), so the
 numbers are the passes' cost, not a real graph's round count. Peers: numpy's stable argsort and
 searchsorted (what the bounds used before), the loop's bounds with those sorts (``numpy
-sorts``), scipy's maximum_bipartite_matching for ``max_matching`` (and, on a planted graph in column order,
-its greedy start from the cheapest column against the first free one); a cold ``solve_sparse`` of a planted
-graph at 1 thread and at every core; the thread pool's effect as the time of one small native pass
+sorts``), scipy's maximum_bipartite_matching for ``max_matching`` (and, on a planted graph in
+column order, its greedy start from the cheapest column against the first free one); a cold
+``solve_sparse`` of a planted graph at 1 thread and at every core, and the exact loop's first
+solve with a maximum matching up front (before session 17) against the solve alone
+(``check_feasible="lazy"``); the thread pool's effect as the time of one small native pass
 (``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core. Benchmarks never
 assert speed.
 """
@@ -86,8 +88,9 @@ def measure(F: int, emit) -> None:
         finally:
             assign._argsort, assign._searchsorted = saved
         emit(what="lower_bounds " + label, F=F, threads=assign._threads(), first_call=first, later_call=later)
-    # the feasibility check of the sparse path (match._complete) on a random graph, 32 arcs a
-    # row (harder than a candidate graph, whose greedy start leaves few rows free)
+    # the feasibility check (a maximum matching: the exact loop's before an auction phase, and
+    # match._complete's) on a random graph, 32 arcs a row (harder than a candidate graph, whose
+    # greedy start leaves few rows free)
     deg = 32
     ip = np.arange(F + 1, dtype=np.int64) * deg
     ix = np.sort(rng.integers(0, F, (F, deg)).astype(np.int32), axis=1).reshape(-1)
@@ -101,7 +104,7 @@ def measure(F: int, emit) -> None:
     del ip, ix, M
     # a candidate-like graph: each row's partner (its cheapest arc) among 64, listed in column
     # order as the kernels list them; the greedy start from the first free column, or from the
-    # cheapest (costs=, what match._complete passes)
+    # cheapest (costs=, what the exact loop and match._complete pass)
     deg = 64
     perm = rng.permutation(F).astype(np.int32)
     cols = np.concatenate([perm[:, None], rng.integers(0, F, (F, deg - 1)).astype(np.int32)], axis=1)
@@ -129,6 +132,13 @@ def measure(F: int, emit) -> None:
     for t in sorted({1, THREADS}):
         sec = _timed(lambda: _auction.solve_sparse(ip, ix, w, F, F, threads=t, check_feasible=False), repeat=2)
         emit(what="solve_sparse cold planted x32", F=F, threads=t, seconds=sec)
+    # the exact loop's first solve with its feasibility: a maximum matching up front, then the
+    # solve (before session 17), against the solve alone, whose shortest paths prove it (lazy)
+    eager = _timed(lambda: (_auction.max_matching(ip, ix, F, F, costs=w),
+                            _auction.solve_sparse(ip, ix, w, F, F, threads=THREADS, check_feasible=False)), repeat=2)
+    lazy = _timed(lambda: _auction.solve_sparse(ip, ix, w, F, F, threads=THREADS, check_feasible="lazy"), repeat=2)
+    emit(what="first solve planted x32, feasibility", F=F, threads=THREADS, matching_then_solve=eager,
+         lazy_seconds=lazy, ratio=lazy / eager)
     del ip, ix, w, cols, order
     n, deg = 16384, 16
     indptr = np.arange(n + 1, dtype=np.int64) * deg

@@ -231,6 +231,9 @@ struct SparseGraph {
 
 // ---- The solver ------------------------------------------------------------------------------
 
+template <class I, class T>
+int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_t* mr, const T* cost);
+
 template <class G>
 class Solver {
 public:
@@ -287,6 +290,7 @@ public:
             Status st;
             if (paths_within_budget(st)) return st;
         }
+        if (eps0_ > 0.0 && !feasible_before_auction()) return Status::INFEASIBLE;
         if (eps0_ > 0.0) {
             for (double eps = eps0_;; eps = std::max(eps / factor_, eps_final_)) {
                 ++out_.phases;
@@ -308,6 +312,25 @@ public:
     }
 
 private:
+    // SolveOptions::check_feasible_lazily: an auction phase on a graph without an assignment of
+    // every row would raise prices forever, so the maximum matching decides first (false:
+    // INFEASIBLE, with that matching in the output, as check_feasible reports it).
+    bool feasible_before_auction() {
+        if constexpr (G::kDense) {
+            return true;
+        } else {
+            if (!opt_.check_feasible_lazily || g_.lam != nullptr) return true;
+            std::vector<int64_t> mr(n_);
+            const int64_t size = hopcroft_karp(g_.ptr, g_.idx, n_, g_.m, mr.data(), g_.cst);
+            if (size == n_) return true;
+            out_.matched = size;
+            for (int64_t i = 0; i < n_; ++i) out_.row_to_col[i] = mr[i];
+            out_.message = "the graph has no assignment of every row: a maximum matching covers " +
+                           std::to_string(size) + " of " + std::to_string(n_) + " rows";
+            return false;
+        }
+    }
+
     // Shortest augmenting paths alone from the current state, under the work budget
     // (SolveOptions::sap_budget). True: they finished, or were interrupted, and st is the
     // solve's status (the output written). False: over budget; prices and assignment are back
@@ -1212,9 +1235,9 @@ bool augment_each(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_
 // arbitrary pick and the searches that follow undo many of them; its cheapest arc is mostly the
 // row's own partner (planted 1M x 64 arcs in column order, 2 cores, bench_host_bounds.py:
 // 0.44 -> 0.27 s).
-template <class I, class T = float>
+template <class I, class T>
 int64_t hopcroft_karp(const int64_t* ptr, const I* idx, int64_t n, int64_t m, int64_t* mr,
-                      const T* cost = nullptr) {
+                      const T* cost) {
     constexpr int64_t kFar = std::numeric_limits<int64_t>::max();
     std::vector<int64_t> mc(m, -1);
     int64_t size = 0;

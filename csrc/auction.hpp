@@ -76,6 +76,12 @@ struct SolveOptions {
     // of rows off their best, the duals u); bids and augmenting paths stay sequential.
     int threads = 1;
     bool check_feasible = true;      // sparse only: Hopcroft-Karp before solving
+    // Sparse only, without check_feasible (and without unmatched_cost): Hopcroft-Karp only
+    // before the first auction phase. The shortest augmenting paths need no check: a free row
+    // they cannot augment proves the graph infeasible (INFEASIBLE, "no augmenting path"),
+    // and where they finish, the assignment they found proves it feasible (the check's
+    // maximum matching, 0.3-0.8 s of a 1M-row match, is then spared).
+    bool check_feasible_lazily = false;
     bool check_arcs = true;          // sparse only: every column index in range, every cost finite
     // Sparse warm starts (init_v, init_row_to_col from one earlier solve, eps_start <= 0): the
     // rows whose arcs changed since that solve, the only ones checked for a column better than

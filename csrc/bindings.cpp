@@ -222,14 +222,22 @@ py::dict solve_sparse_py(const py::array& indptr, const py::array& indices,
                          const py::array& costs, int64_t n, int64_t m,
                          const py::object& unmatched, const py::object& init_v,
                          const py::object& init_r2c, double eps_start, double eps_final,
-                         double eps_factor, bool check_feasible, double sap_budget, int threads,
+                         double eps_factor, const py::object& check_feasible, double sap_budget, int threads,
                          const py::object& changed_rows, bool check_arcs) {
     if (n < 0 || m < 0) throw py::value_error("shape must be non-negative");
     check_csr(indptr, indices, costs, n);
     PollState poll;
     SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
                                     eps_factor, sap_budget, threads, poll);
-    opt.check_feasible = check_feasible;
+    if (py::isinstance<py::str>(check_feasible)) {
+        if (check_feasible.cast<std::string>() != "lazy")
+            throw py::value_error("check_feasible must be True, False or 'lazy', got '" +
+                                  check_feasible.cast<std::string>() + "'");
+        opt.check_feasible = false;
+        opt.check_feasible_lazily = true;
+    } else {
+        opt.check_feasible = check_feasible.cast<bool>();
+    }
     opt.check_arcs = check_arcs;
     py::array changed;
     if (!changed_rows.is_none()) {
@@ -931,7 +939,9 @@ PYBIND11_MODULE(_auction, m) {
           "Min-cost assignment of every row of a CSR graph (int64 indptr, int32/int64 indices, "
           "float32/float64 costs). changed_rows (warm starts with eps_start <= 0): the rows whose arcs "
           "changed since the solve that gave init_v and init_row_to_col (default: all). check_arcs=False "
-          "skips the column-range and finite-cost checks of every arc (a caller that checked them).");
+          "skips the column-range and finite-cost checks of every arc (a caller that checked them). "
+          "check_feasible='lazy': the maximum matching only before an auction phase (shortest augmenting "
+          "paths that finish prove the graph feasible, or infeasible where a row has none).");
     m.def("max_matching", &max_matching_py, py::arg("indptr"), py::arg("indices"), py::arg("n"),
           py::arg("m"), py::arg("costs") = py::none(),
           "Maximum bipartite matching (Hopcroft-Karp): (size, row_to_col). costs (float32/float64, "

@@ -464,7 +464,7 @@ def assign_exact(
     rebuild: Optional[Callable[[np.ndarray, np.ndarray], CandidateGraph]] = None,
     price_pairs: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
     pair_pricing: bool = False,
-    _feasible: bool = False,
+    _complete: Optional[Callable[[CandidateGraph], CandidateGraph]] = None,
 ) -> Assignment:
     """Dense-optimal assignment from a sparse candidate graph and a pricing callback.
 
@@ -513,9 +513,10 @@ def assign_exact(
         its best pairs anticipate the next rounds). For pricers whose rows cost a float32 GEMM
         row each: ``match``'s unscreened CPU path, make_stack F = 16384, pricing 2.7 -> 1.9 s;
         screened rows (bf16) gained nothing (16384: 1.33 -> 1.25 s; 65536: 20.0 -> 21.1 s).
-    _feasible : bool
-        Internal: the caller has shown that the graph has an assignment of every row (skips
-        the maximum matching that decides on slack columns; ``match`` completes its graphs).
+    _complete : callable ``graph -> graph``, optional
+        Internal: called once if the graph turns out to have no assignment of every row, to
+        return one that has (``match`` adds arcs between the rows and columns a maximum
+        matching leaves free), in place of slack columns.
 
     Returns
     -------
@@ -545,7 +546,7 @@ def assign_exact(
         raise ValueError("candidates.col_base and col_slope go together, with row_norm")
     lam = _unmatched(unmatched_cost, n, False)
     return _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new_per_row, timings={},
-                       rebuild=rebuild, feasible=_feasible, price_pairs=price_pairs,
+                       rebuild=rebuild, complete=_complete, price_pairs=price_pairs,
                        pair_pricing=pair_pricing and price_pairs is not None)
 
 
@@ -1040,7 +1041,7 @@ def _warm(raw: dict, dummies: Optional[np.ndarray], m: int) -> tuple:
 
 
 def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
-                rebuild=None, feasible=False, warm_budget=_WARM_SAP_BUDGET["assign_exact"],
+                rebuild=None, complete=None, warm_budget=_WARM_SAP_BUDGET["assign_exact"],
                 price_pairs=None, pair_pricing: bool = False) -> Assignment:
     """Solve on g; bound the pairs left out (candidate bounds, and per-row bounds from earlier
     pricing); price the rows whose bound is < 0; add the pairs returned; warm-restart
@@ -1056,12 +1057,35 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
              "pair_priced_rows": 0, "pair_priced_pairs": 0, "shifted_rows": 0, "added_edges": 0, "rebuilds": 0,
              "slack": 0}
     slack = None
-    if lam is None and not feasible:
-        size, _ = _auction.max_matching(g.indptr, g.indices, n, m, costs=np.ascontiguousarray(g.costs))
-        if size < n:  # no assignment of every row on the graph: slack columns at a large cost
-            span = float(g.costs.max(initial=0.0) - min(0.0, g.costs.min(initial=0.0)))
-            slack = np.full(n, (span + 1.0) * (n + 1))
-            stats["slack"] = n - size
+    # Whether the graph has an assignment of every row is left to the first solve (its shortest
+    # paths prove it where they finish, a maximum matching decides before any auction phase):
+    # a separate maximum matching up front took 0.3-0.8 s of a 1M-row match, repeating the
+    # paths' work. Arcs are only ever added, so a graph once feasible stays so.
+    unproven = lam is None
+
+    def solve(**kw) -> dict:
+        nonlocal g, slack, unproven
+        try:
+            raw = _auction.solve_sparse(g.indptr, g.indices, g.costs, n, m, unmatched_cost=lam if lam is not None
+                                        else slack, check_feasible="lazy" if unproven else False, **kw)
+        except InfeasibleError:
+            if not unproven:
+                raise
+            if complete is not None:  # the caller's arcs make it feasible
+                g = complete(g)
+            else:  # slack columns at a large cost, one per row
+                size, _ = _auction.max_matching(g.indptr, g.indices, n, m, costs=np.ascontiguousarray(g.costs))
+                span = float(g.costs.max(initial=0.0) - min(0.0, g.costs.min(initial=0.0)))
+                slack = np.full(n, (span + 1.0) * (n + 1))
+                stats["slack"] = n - size
+            unproven = False
+            kw.update(init_v=None, init_row_to_col=None, eps_start=0.0, changed_rows=None, sap_budget=1.0,
+                      check_arcs=True)
+            raw = _auction.solve_sparse(g.indptr, g.indices, g.costs, n, m, unmatched_cost=slack,
+                                        check_feasible=False, **kw)
+        unproven = False
+        return raw
+
     init_v = init_r2c = None
     eps_start = 0.0
     certified = polished = False
@@ -1084,11 +1108,10 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
         # Every arc is checked (column range, finite cost) in the first solve on a graph; the
         # arcs added later were checked as priced (F = 131072, 22M arcs: 2 of a warm solve's
         # ~5 passes over every arc).
-        raw = _auction.solve_sparse(g.indptr, g.indices, g.costs, n, m, unmatched_cost=dummies,
-                                    init_v=init_v, init_row_to_col=init_r2c, eps_start=eps_start,
-                                    check_feasible=False, threads=_threads(), changed_rows=changed,
-                                    sap_budget=warm_budget if init_v is not None else 1.0,
-                                    check_arcs=checked is not g_checked)
+        raw = solve(init_v=init_v, init_row_to_col=init_r2c, eps_start=eps_start, threads=_threads(),
+                    changed_rows=changed, sap_budget=warm_budget if init_v is not None else 1.0,
+                    check_arcs=checked is not g_checked)
+        dummies = lam if lam is not None else slack  # slack: set by the solve if the graph is infeasible
         checked = g_checked
         timings["solve"] += time.perf_counter() - t0
         for key in ("phases", "bids", "reverse_bids", "augmentations"):

@@ -352,10 +352,14 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
             cand_bar.close()
     t_cand = time.perf_counter() - t0
     graph, zero_arcs = _zero_vector_arcs(graph, A, B, k)
-    completion = 0
-    if lam is None:
-        graph, completion = _complete(graph, A, B, block_costs)
-    # "graph": from the kernels' output to the exact loop's input (host copy, bounds, completion)
+    completion = []
+
+    def complete(g: solver.CandidateGraph) -> solver.CandidateGraph:  # if the graph proves infeasible
+        g, added = _complete(g, A, B, block_costs)
+        completion.append(added)
+        return g
+
+    # "graph": from the kernels' output to the exact loop's input (host copy, bounds)
     t_kernels = t_cand if t_kernels is None else t_kernels  # the screens time theirs as one
     t_graph = time.perf_counter() - t0 - t_kernels
 
@@ -373,15 +377,14 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
 
     try:
         res = solver.assign_exact(n, m, graph, pricer, unmatched_cost=lam, max_new_per_row=PRICE_PER_ROW,
-                                  price_pairs=pair_costs, pair_pricing=pair_pricing,
-                                  _feasible=lam is None)  # _complete made it so
+                                  price_pairs=pair_costs, pair_pricing=pair_pricing, _complete=complete)
     finally:
         if bar is not None:
             bar.close()
     res.timings["candidates"], res.timings["graph"] = t_kernels, t_graph
     margin = _margins(res.row_to_col, graph.indptr, graph.indices, graph.costs, res.u, res.v, n)
     graph_stats = {"candidate_edges": cand_stats.edges, "cos_only_edges": cand_stats.cos_only, "candidates_k": k,
-                   "zero_vector_edges": zero_arcs, "completion_edges": completion}
+                   "zero_vector_edges": zero_arcs, "completion_edges": sum(completion)}
     if transposed:
         res.row_to_col, res.col_to_row = res.col_to_row, res.row_to_col
         res.u, res.v = res.v, res.u

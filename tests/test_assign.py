@@ -349,6 +349,43 @@ def test_sparse_row_without_arcs_is_infeasible():
         assign_sparse(np.array([0, 1, 1]), np.array([0]), np.array([1.0]), (2, 2))
 
 
+def _two_rows_on_one_column(n: int = 60, seed: int = 0) -> tuple:
+    """A CSR graph of n rows with 8 random arcs each, except the last two: column 0 only."""
+    rng = np.random.default_rng(seed)
+    lists = [np.sort(rng.choice(n, 8, replace=False)) for _ in range(n - 2)] + [np.array([0]), np.array([0])]
+    indptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+    indices = np.concatenate(lists).astype(np.int32)
+    return indptr, indices, rng.random(len(indices))
+
+
+@pytest.mark.parametrize("budget,why", [(1.0, "no augmenting path for row"),  # the paths find it
+                                        (1e-12, "maximum matching covers 59 of 60 rows")])  # the check before the auction
+def test_lazy_feasibility_reports_an_infeasible_graph(budget, why):
+    """check_feasible='lazy' skips the maximum matching up front; an infeasible graph is still
+    reported, never a price war: by the shortest paths, or (paths over budget) by the matching
+    the auction waits for."""
+    indptr, indices, costs = _two_rows_on_one_column()
+    with pytest.raises(InfeasibleError, match=why):
+        _auction.solve_sparse(indptr, indices, costs, 60, 60, check_feasible="lazy", sap_budget=budget)
+    with pytest.raises(ValueError, match="check_feasible must be True, False or 'lazy'"):
+        _auction.solve_sparse(indptr, indices, costs, 60, 60, check_feasible="later")
+
+
+@pytest.mark.parametrize("budget", [1.0, 1e-12, 0.0])  # paths alone; paths then the auction; the auction alone
+@pytest.mark.parametrize("seed", range(4))
+def test_lazy_feasibility_solves_as_the_eager_check(budget, seed):
+    rng = np.random.default_rng(seed)
+    n, m = 200, 230
+    mask = rng.random((n, m)) < 0.04
+    mask[np.arange(n), rng.permutation(m)[:n]] = True
+    C = rng.random((n, m))
+    indptr, indices, costs = csr_of(C, mask)
+    eager = _auction.solve_sparse(indptr, indices, costs, n, m, check_feasible=True, sap_budget=budget)
+    lazy = _auction.solve_sparse(indptr, indices, costs, n, m, check_feasible="lazy", sap_budget=budget)
+    assert close(lazy["objective"], eager["objective"])
+    assert close(lazy["objective"], scipy_objective(np.where(mask, C, np.inf)))
+
+
 # ---- the exact-from-candidates loop -------------------------------------------------------------
 
 
