@@ -1602,6 +1602,43 @@ def test_euclidean_bound_is_a_lower_bound(seed):
             assert np.all(lb <= red + 1e-9 * np.abs(C).max())
 
 
+def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch):
+    """_bound_sorts (the exact loop's thread during its first solve) caches every sort of the
+    bound arrays that _lower_bounds takes, every bound family present: the bounds then sort
+    nothing and equal those computed from scratch. Non-finite arrays are left to the bounds."""
+    from mechperm import assign as assign_module
+    from mechperm.assign import _bound_sorts, _lower_bounds
+
+    rng = np.random.default_rng(0)
+    _, A, B = sae_like(120, d=16, seed=0, sigma=2.0)
+    C, in_graph, g = _euclid_graph(A, B, k_cos=3)
+    left = np.where(in_graph, np.inf, C)
+    slope = 0.01 * g.col_norm
+    g = dataclasses.replace(g, row_bound=left.min(1), col_bound=left.min(0), row_offset=-0.01 * g.row_norm,
+                            col_offset=-0.02 * g.col_norm, col_slope=slope,
+                            col_base=(left + slope[None, :] * g.row_norm[:, None]).min(0))
+    u = rng.normal(size=120) * C.mean() + 3 * C.mean()  # high: every row open, the column lines used
+    v = rng.normal(size=120) * C.mean()
+    expected = _lower_bounds(g, u, v)
+    assert np.all(expected <= (left - u[:, None] - v[None, :]).min(1) + 1e-9 * C.max())
+    cache: dict = {}
+    _bound_sorts(g, cache)
+    assert set(cache) == {"rank", "slope_x", "slope_cx", "order_cx", "col_slope"}
+
+    def no_sort(*args, **kwargs):
+        raise AssertionError("a sort the thread should have taken")
+
+    monkeypatch.setattr(assign_module, "_argsort", no_sort)
+    monkeypatch.setattr(assign_module, "_searchsorted", no_sort)
+    np.testing.assert_array_equal(_lower_bounds(g, u, v, cache), expected)
+    monkeypatch.undo()
+    bad = dataclasses.replace(g, col_norm=np.where(np.arange(120) == 5, np.nan, g.col_norm),
+                              col_slope=np.where(np.arange(120) == 7, np.inf, g.col_slope))
+    cache = {}
+    _bound_sorts(bad, cache)
+    assert set(cache) == {"rank"}
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_exact_loop_with_euclidean_bounds_matches_scipy(seed):
     """The bound only decides which rows get priced: the optimum stays scipy's either way, and at
