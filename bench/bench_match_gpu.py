@@ -75,7 +75,8 @@ def _gemm_candidates() -> bool:
     return triton_candidates.gemm_enabled(torch.device(DEVICE))
 
 
-def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, profile: str | None = None, **options) -> dict:
+def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, profile: str | None = None,
+        cprofile: str | None = None, **options) -> dict:
     A, B, truth = sae_like_pair(F, d, device=DEVICE)
     if dtype != torch.float32:
         A, B = A.to(dtype), B.to(dtype)
@@ -87,6 +88,9 @@ def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, profile: str | N
         res, write_tables = _profiled(profile, lambda: match_vectors(A, B, **options))
         seconds = res.timings["total"]
         write_tables()
+    elif cprofile:  # the host's side: Python functions and the native calls they make
+        res = _cprofiled(cprofile, lambda: match_vectors(A, B, **options))
+        seconds = res.timings["total"]
     else:
         res = match_vectors(A, B, **options)
         seconds = time.perf_counter() - t0
@@ -204,6 +208,28 @@ def _profiled(path: str, fn):
     return out, write_tables
 
 
+def _cprofiled(path: str, fn):
+    """fn() under cProfile, its 45 costliest functions by cumulative and by own time written to
+    ``path``: where a small problem's host time goes (the solver, the bounds, numpy, the waits
+    in torch's copies to the host)."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        out = fn()
+    finally:
+        prof.disable()
+    with open(path, "w") as f:
+        for key in ("cumulative", "tottime"):
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats(key).print_stats(45)
+            f.write(f"== by {key}\n{text.getvalue()}\n")
+    return out
+
+
 def main() -> None:
     """Table on stderr, one line per run as it finishes; JSON on stdout (and, rewritten after
     every run, in the file named by ``--json``, so a run cut short keeps what it finished)."""
@@ -237,6 +263,9 @@ def main() -> None:
                                    "(stages 0: the dtype's default), as bench_triton_tiles.py --topq-sweep prints it")
     ap.add_argument("--profile", metavar="PATH",
                     help="run the last size under torch.profiler and write its op tables (CUDA and CPU time) to PATH")
+    ap.add_argument("--cprofile", metavar="PATH",
+                    help="run a size under cProfile and write its costliest functions to PATH (the last size; "
+                         "with --profile, the one before it)")
     args = ap.parse_args()
     if args.trace:
         _trace_phases()
@@ -279,8 +308,10 @@ def main() -> None:
     if args.candidates_k:
         plan = [(F, {**options, "candidates_k": args.candidates_k}) for F, options in plan]
     rows = []
+    at_cprofile = len(plan) - (2 if args.profile and len(plan) > 1 else 1)
     for i, (F, options) in enumerate(plan):
-        out = run(F, dtype, args.d, profile=args.profile if i == len(plan) - 1 else None, **options)
+        out = run(F, dtype, args.d, profile=args.profile if i == len(plan) - 1 else None,
+                  cprofile=args.cprofile if i == at_cprofile else None, **options)
         rows.append(out)
         t = out["timings"]
         print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if out['gpu_screen'] else ''}{' emit' if args.emit_topk else ''}{' gemm' if out['gemm_candidates'] else ''}{' gated' if out.get('gemm', {}).get('gated') else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "

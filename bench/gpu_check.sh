@@ -21,8 +21,9 @@ stage tests "${T_TESTS:-120}" python3 -m pytest -q -n 8 -p no:cacheprovider \
 # path (cuBLAS blocks, gated selections; 16384 three times, the first with its compiles, 65536
 # twice, the second block's kernels compiling in the first; the GPU screen on at 262144), then
 # ungated (MECHPERM_GATED_SELECT=0); 16384 screened at candidates_k = 16 (bf16 GEMMs: 1.6
-# against 24 ms in fp32 at 16384, the only way under 50 ms), the last of four runs under
-# torch.profiler (its op tables in prof16384.txt: that run is host-bound). --trace logs each phase and
+# against 24 ms in fp32 at 16384, the only way under 50 ms), the third of four runs under
+# cProfile (the host's functions, cprof16384.txt) and the last under torch.profiler (its op
+# tables in prof16384.txt: that run is host-bound). --trace logs each phase and
 # pricing pass as it happens, and the stacks when a stage's limit kills it, so a run cut short
 # still says where its time went. A run may start with "T=seconds:" to set its own limit
 # (default T_MATCH).
@@ -38,7 +39,7 @@ stage tests "${T_TESTS:-120}" python3 -m pytest -q -n 8 -p no:cacheprovider \
 # 120 s for session 16's tests of the pricer's tiles and the merged gates).
 cd bench
 export MECHPERM_PROFILE_GEMM=1  # the GEMM blocks' phases (GEMM, row and column selections) in the table
-IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=120:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --no-gated --trace|T=30:--sizes 16384,16384,16384,16384 --gpu-screen --fused-pricing --candidates-k 16 --profile $OUT/prof16384.txt}"
+IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=120:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --no-gated --trace|T=30:--sizes 16384,16384,16384,16384 --gpu-screen --fused-pricing --candidates-k 16 --cprofile $OUT/cprof16384.txt --profile $OUT/prof16384.txt}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))

@@ -4,7 +4,8 @@
 # checked against the first entry's) and the fused pricer's tile on cuBLAS blocks (--topq-sweep:
 # 4096 screened rows against 1M, q = 64, outputs checked bit for bit), run the gated selections'
 # tests, then time match_vectors with the fastest of each (1M as gpu_check's first run,
-# 16384..262144) and profile the warm 16384 screened run (torch.profiler's op tables).
+# 16384..262144) and profile the warm 16384 screened run (cProfile's host functions, then
+# torch.profiler's op tables).
 # Limits 70 + 80 + 70 + 40 + 75 + 35 + 25 = 395 s; T_SWEEP=0 keeps the selection tiles in use
 # (swept on 2026-11-27) and saves 80 s. SEL_LIST replaces the selection sweep's entries.
 NAME=gpu_sweep
@@ -34,9 +35,9 @@ GREP="F=|Error|error" stage match1m "${T_1M:-75}" python3 bench_match_gpu.py --s
 GREP="F=|Error|error" stage matchmid "${T_MID:-35}" python3 bench_match_gpu.py \
     --sizes 16384,16384,16384,65536,65536,262144 --sel "$SEL" --topq "$TOPQ" --json "$OUT/matchmid.json"
 unset MECHPERM_PROFILE_GEMM
-GREP="F=|Error|error" stage profile "${T_PROF:-25}" python3 bench_match_gpu.py --sizes 16384,16384,16384 \
+GREP="F=|Error|error" stage profile "${T_PROF:-25}" python3 bench_match_gpu.py --sizes 16384,16384,16384,16384 \
     --gpu-screen --fused-pricing --candidates-k 16 --trace --sel "$SEL" --topq "$TOPQ" --profile "$OUT/prof16384.txt" \
-    --json "$OUT/prof16384.json"
+    --cprofile "$OUT/cprof16384.txt" --json "$OUT/prof16384.json"
 cd ..
 echo "total: $((SECONDS - start)) s" | tee "$OUT/total.txt"
 archive
