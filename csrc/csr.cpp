@@ -27,15 +27,33 @@ bool has_arc(const int64_t* ptr, const I* idx, int64_t r, int64_t c) {
     return find_arc(ptr, idx, r, c) >= 0;
 }
 
-// The new arcs by (row, column), the first of duplicates, none already an arc.
+// The new arcs by (row, column), the first of duplicates, none already an arc (rows in [0, n)).
+//
+// Many arcs (q >= n / 16): a counting sort by row, then each row's few arcs by column. The exact
+// loop merges a pricing round's pairs, ~64-128 a priced row: 3.8M pairs into 94M arcs of 1M rows
+// took 0.39 s with one comparison sort over all of them, 0.31 s so (in place, best of 5, 2-core VM).
 template <class I>
-std::vector<int64_t> fresh_arcs(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols,
-                                int64_t q) {
+std::vector<int64_t> fresh_arcs(const int64_t* ptr, const I* idx, int64_t n, const int64_t* rows,
+                                const int64_t* cols, int64_t q) {
     std::vector<int64_t> order(q);
-    std::iota(order.begin(), order.end(), int64_t(0));
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return rows[a] < rows[b] || (rows[a] == rows[b] && cols[a] < cols[b]);
-    });
+    // ties by input position: the first of duplicates first (a stable order, without
+    // std::stable_sort's buffer per row)
+    auto by_column = [&](int64_t a, int64_t b) { return cols[a] < cols[b] || (cols[a] == cols[b] && a < b); };
+    if (q >= n / 16) {
+        std::vector<int64_t> start(n + 1, 0);
+        for (int64_t t = 0; t < q; ++t) ++start[rows[t] + 1];
+        for (int64_t r = 0; r < n; ++r) start[r + 1] += start[r];
+        std::vector<int64_t> at(start.begin(), start.end() - 1);
+        for (int64_t t = 0; t < q; ++t) order[at[rows[t]]++] = t;  // stable: rows in input order
+        for (int64_t r = 0; r < n; ++r)
+            if (start[r + 1] - start[r] > 1)
+                std::sort(order.begin() + start[r], order.begin() + start[r + 1], by_column);
+    } else {
+        std::iota(order.begin(), order.end(), int64_t(0));
+        std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+            return rows[a] < rows[b] || (rows[a] == rows[b] && cols[a] < cols[b]);
+        });
+    }
     std::vector<int64_t> fresh;
     fresh.reserve(q);
     for (int64_t t = 0; t < q; ++t) {
@@ -57,7 +75,7 @@ void csr_find(const int64_t* ptr, const I* idx, const int64_t* rows, const int64
 template <class I, class T>
 int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_t* rows, const int64_t* cols,
                            const T* costs, int64_t q) {
-    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, rows, cols, q);
+    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, n, rows, cols, q);
     const int64_t nf = int64_t(fresh.size());
     // From the last row back: every old arc moves right by the fresh arcs before it, so the
     // writes (w) never overtake the reads (a); rows before the first fresh arc stay put.
@@ -92,7 +110,7 @@ template <class I, class T>
 int64_t csr_insert_into(const int64_t* ptr, const I* idx, const T* cst, int64_t n, const int64_t* rows,
                         const int64_t* cols, const T* costs, int64_t q, int64_t* out_ptr, I* out_idx, T* out_cst,
                         int threads) {
-    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, rows, cols, q);
+    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, n, rows, cols, q);
     const int64_t nf = int64_t(fresh.size());
     std::vector<int64_t> first(n + 1, 0);  // first[r]: fresh arcs in the rows before r
     for (int64_t f : fresh) ++first[rows[f] + 1];

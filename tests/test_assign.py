@@ -1731,6 +1731,26 @@ def test_merge_adds_new_arcs_in_order(n: int, m: int, seed: int, density: float,
     assert np.array_equal(g.indices, c) and np.array_equal(A._in_graph(g, r, c, m), np.ones(len(r), bool))
 
 
+@pytest.mark.parametrize("extra", [20, 5000])  # the native sort: comparisons (few arcs), by row counts (many)
+@pytest.mark.parametrize("threads", [1, 4])
+def test_merge_keeps_the_first_of_duplicates_either_sort(extra: int, threads: int) -> None:
+    import mechperm.assign as A
+
+    rng = np.random.default_rng(extra)
+    n, m = 1000, 300
+    mask = rng.random((n, m)) < 0.02
+    r, c = np.nonzero(mask)
+    g = A.CandidateGraph(np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64), c.astype(np.int32),
+                         rng.random(len(c)))
+    rows, cols = rng.integers(0, n, extra), rng.integers(0, m, extra)
+    rows, cols = np.concatenate([rows, rows[::-1]]), np.concatenate([cols, cols[::-1]])  # each pair twice
+    costs = rng.random(2 * extra)
+    ref_ptr, ref_idx, ref_w = _merge_reference(g, rows, cols, costs, n)
+    got = A._ArcBuffer(threads).merge(g, rows, cols, costs, n)
+    assert np.array_equal(got.indptr, ref_ptr) and np.array_equal(got.indices, ref_idx)
+    assert np.array_equal(got.costs, ref_w)
+
+
 @pytest.mark.parametrize("threads", [1, 4])
 def test_arc_buffer_grows_when_its_room_is_used_up(threads: int) -> None:
     import mechperm.assign as A
