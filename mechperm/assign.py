@@ -429,12 +429,15 @@ def assign_sparse(
             res.row_to_col, res.col_to_row, res.u, res.v = res.col_to_row, res.row_to_col, res.v, res.u
         return res
     t0 = time.perf_counter()
-    try:
-        raw = _auction.solve_sparse(indptr, indices, costs, n, m, unmatched_cost=lam, threads=_threads())
-    except InfeasibleError as err:
+    try:  # feasibility proven by the solve itself (its shortest paths, or a matching before an auction)
+        raw = _auction.solve_sparse(indptr, indices, costs, n, m, unmatched_cost=lam, threads=_threads(),
+                                    check_feasible="lazy")
+    except InfeasibleError:
+        size, _ = _auction.max_matching(indptr, indices, n, m)
         what = "column" if transposed else "row"
-        raise InfeasibleError(f"{err} ({what}s of the problem as given); add arcs or pass "
-                              f"unmatched_cost for a partial assignment") from None
+        raise InfeasibleError(f"the graph has no assignment of every {what}: a maximum matching covers {size} of "
+                              f"{n} {what}s (of the problem as given); add arcs or pass unmatched_cost for a "
+                              f"partial assignment") from None
     res = _result(raw, sign=sign, transposed=transposed, certified=True, n_edges=len(indices))
     res.timings = {"solve": time.perf_counter() - t0, "total": time.perf_counter() - t0}
     return res
