@@ -12,7 +12,8 @@ sorts``), scipy's maximum_bipartite_matching for ``max_matching`` (and, on a pla
 column order, its greedy start from the cheapest column against the first free one); a cold
 ``solve_sparse`` of a planted graph at 1 thread and at every core, and the exact loop's first
 solve with a maximum matching up front (before session 17) against the solve alone
-(``check_feasible="lazy"``); the thread pool's effect as the time of one small native pass
+(``check_feasible="lazy"``); a pricing round's merge into the graph, in place, against scipy
+adding the two as CSR matrices; the thread pool's effect as the time of one small native pass
 (``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core. Benchmarks never
 assert speed.
 """
@@ -140,6 +141,28 @@ def measure(F: int, emit) -> None:
     emit(what="first solve planted x32, feasibility", F=F, threads=THREADS, matching_then_solve=eager,
          lazy_seconds=lazy, ratio=lazy / eager)
     del ip, ix, w, cols, order
+    # a pricing round's merge: 64 new arcs a row for 1/32 of the rows (priced rows 1M: 41514 in 3
+    # rounds), in column-random order, into 64 arcs a row, in place with room left (the exact
+    # loop's _ArcBuffer); peer: scipy adding the two as CSR matrices (it sums duplicates where
+    # the merge keeps the graph's arc, but merges the same sorted structures)
+    deg = 64
+    ip = np.arange(F + 1, dtype=np.int64) * deg
+    ix = np.sort(rng.integers(0, F, (F, deg)).astype(np.int32), axis=1).reshape(-1)
+    w = rng.random(F * deg, dtype=np.float32)
+    pr = np.repeat(np.sort(rng.choice(F, F // 32, replace=False)), 64)
+    pc, pw = rng.integers(0, F, len(pr)), rng.random(len(pr), dtype=np.float32)
+    room_i, room_w = np.zeros(len(ix) + len(pr), np.int32), np.zeros(len(ix) + len(pr), np.float32)
+
+    def merge() -> None:
+        room_i[:len(ix)], room_w[:len(ix)] = ix, w
+        _auction.csr_insert_inplace(ip.copy(), room_i, room_w, pr, pc, pw)
+
+    copy = _timed(lambda: (room_i.__setitem__(slice(len(ix)), ix), room_w.__setitem__(slice(len(ix)), w)))
+    t = _timed(merge) - copy
+    G, N = csr_matrix((w, ix, ip), shape=(F, F)), csr_matrix((pw, (pr, pc)), shape=(F, F))
+    tp = _timed(lambda: G + N, repeat=2)
+    emit(what="merge x64 + 1/32 of the rows x64", F=F, new_arcs=len(pr), seconds=t, scipy_seconds=tp, ratio=t / tp)
+    del ip, ix, w, pr, pc, pw, room_i, room_w, G, N
     n, deg = 16384, 16
     indptr = np.arange(n + 1, dtype=np.int64) * deg
     indices = np.sort(rng.integers(0, n, (n, deg)).astype(np.int32), axis=1).reshape(-1)
