@@ -32,10 +32,13 @@ cd bench
 export MECHPERM_PROFILE_GEMM=1
 GREP="F=|Error|error" stage match1m "${T_1M:-75}" python3 bench_match_gpu.py --sizes 1048576 --gpu-screen \
     --fused-pricing --candidates-k 32 --trace --sel "$SEL" --topq "$TOPQ" --json "$OUT/match1m.json"
-# 1M at candidates_k = K_1M (T_1M_K > 0): more candidates a row (dearer selections, a larger graph)
-# against fewer priced rows (k = 32: 41514 priced rows, 6.1-6.9 s of pricing; 262144 at k = 64: 1312)
-GREP="F=|Error|error" stage match1m_k "${T_1M_K:-0}" python3 bench_match_gpu.py --sizes 1048576 --gpu-screen \
-    --fused-pricing --candidates-k "${K_1M:-64}" --trace --sel "$SEL" --topq "$TOPQ" --json "$OUT/match1m_k.json"
+# 1M again with other options (T_1M_ALT > 0; ALT_1M, default "--candidates-k 64"): e.g. more
+# candidates a row (dearer selections, a larger graph) against fewer priced rows (k = 32: 41514
+# priced rows, 6.1-6.9 s of pricing; 262144 at k = 64: 1312), or "--price-per-row 32" (the screened
+# pricer keeps min(q, 64) a row: fewer registers against fewer pairs a priced row)
+GREP="F=|Error|error" stage match1m_alt "${T_1M_ALT:-0}" python3 bench_match_gpu.py --sizes 1048576 --gpu-screen \
+    --fused-pricing --candidates-k 32 ${ALT_1M:---candidates-k 64} --trace --sel "$SEL" --topq "$TOPQ" \
+    --json "$OUT/match1m_alt.json"
 GREP="F=|Error|error" stage matchmid "${T_MID:-35}" python3 bench_match_gpu.py \
     --sizes 16384,16384,16384,65536,65536,262144 --sel "$SEL" --topq "$TOPQ" --json "$OUT/matchmid.json"
 unset MECHPERM_PROFILE_GEMM
