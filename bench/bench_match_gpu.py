@@ -185,7 +185,7 @@ def _trace_phases() -> None:
                         (screen, "_capped_bounds"), (sys.modules["mechperm.kernels.candidates"], "_cosine_bounds"),
                         (solver, "_lower_bounds"), (solver, "_shift_duals"), (solver._auction, "solve_sparse"),
                         (solver._auction, "max_matching"), (match_module, "_zero_vector_arcs"),
-                        (tc, "price_rows_topq")):
+                        (tc, "price_rows_topq"), (solver._ArcBuffer, "merge")):
         wrap(owner, name, indent="    ")
 
 
