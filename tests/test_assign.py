@@ -1752,6 +1752,39 @@ def test_merge_keeps_the_first_of_duplicates_either_sort(extra: int, threads: in
 
 
 @pytest.mark.parametrize("threads", [1, 4])
+def test_arc_buffer_reserved_arrays_give_the_same_merges(monkeypatch, threads: int) -> None:
+    """The first merge's arrays made ahead (reserve, on a thread) give the merges made without
+    them, and are not used for a graph they were not made from (a completed one)."""
+    import mechperm.assign as A
+
+    monkeypatch.setattr(A._ArcBuffer, "RESERVE_ARCS", 1)
+    rng = np.random.default_rng(3)
+    n, m = 200, 150
+    mask = rng.random((n, m)) < 0.05
+    r, c = np.nonzero(mask)
+    g = A.CandidateGraph(np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64), c.astype(np.int32),
+                         rng.random(len(c)).astype(np.float32))
+    other = A.CandidateGraph(g.indptr.copy(), g.indices.copy(), g.costs.copy())
+    rounds = [(rng.integers(0, n, 300), rng.integers(0, m, 300), rng.random(300).astype(np.float32)) for _ in range(3)]
+    for start in (g, other):
+        buf, plain, h, ref = A._ArcBuffer(threads), A._ArcBuffer(threads), start, start
+        buf.reserve(g)
+        buf._reserving.join()
+        made = buf.reserved[2]
+        for t, (rr, cc, ww) in enumerate(rounds):
+            h, ref = buf.merge(h, rr, cc, ww, n), plain.merge(ref, rr, cc, ww, n)
+            assert np.array_equal(h.indptr, ref.indptr) and np.array_equal(h.indices, ref.indices)
+            assert np.array_equal(h.costs, ref.costs)
+            if t == 0:  # the first merge wrote the arrays made for g, and only for g
+                assert (buf.idx is made) == (start is g)
+        assert buf.reserved is None and buf._reserving is None
+    monkeypatch.setattr(A._ArcBuffer, "RESERVE_ARCS", 10**9)
+    small = A._ArcBuffer(threads)
+    small.reserve(g)
+    assert small._reserving is None  # small graphs: nothing made ahead
+
+
+@pytest.mark.parametrize("threads", [1, 4])
 def test_arc_buffer_grows_when_its_room_is_used_up(threads: int) -> None:
     import mechperm.assign as A
 
