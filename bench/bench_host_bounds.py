@@ -13,7 +13,8 @@ column order, its greedy start from the cheapest column against the first free o
 ``solve_sparse`` of a planted graph at 1 thread and at every core, and the exact loop's first
 solve with a maximum matching up front (before session 17) against the solve alone
 (``check_feasible="lazy"``); a pricing round's merge into the graph, in place, against scipy
-adding the two as CSR matrices; the thread pool's effect as the time of one small native pass
+adding the two as CSR matrices, and the loop's first merge into fresh arrays against arrays
+made ahead (``_ArcBuffer.reserve``); the thread pool's effect as the time of one small native pass
 (``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core. Benchmarks never
 assert speed.
 """
@@ -162,7 +163,24 @@ def measure(F: int, emit) -> None:
     G, N = csr_matrix((w, ix, ip), shape=(F, F)), csr_matrix((pw, (pr, pc)), shape=(F, F))
     tp = _timed(lambda: G + N, repeat=2)
     emit(what="merge x64 + 1/32 of the rows x64", F=F, new_arcs=len(pr), seconds=t, scipy_seconds=tp, ratio=t / tp)
-    del ip, ix, w, pr, pc, pw, room_i, room_w, G, N
+    del room_i, room_w, G, N
+    # the exact loop's first merge (_ArcBuffer): into arrays it allocates then (their first-touch
+    # page faults inside the merge), or into arrays its reserve made during the first solve
+    g = assign.CandidateGraph(ip, ix, w)
+    first = {}
+    for label in ("fresh", "reserved", "fresh", "reserved"):
+        buf = assign._ArcBuffer(THREADS)
+        if label == "reserved":
+            buf.reserve(g)
+            if buf._reserving is not None:
+                buf._reserving.join()
+        t0 = time.perf_counter()
+        buf.merge(g, pr, pc, pw, F)
+        first[label] = min(first.get(label, np.inf), time.perf_counter() - t0)
+        del buf
+    emit(what="first merge x64 + 1/32 x64", F=F, threads=THREADS, fresh_seconds=first["fresh"],
+         reserved_seconds=first["reserved"], ratio=first["reserved"] / first["fresh"])
+    del ip, ix, w, pr, pc, pw, g
     n, deg = 16384, 16
     indptr = np.arange(n + 1, dtype=np.int64) * deg
     indices = np.sort(rng.integers(0, n, (n, deg)).astype(np.int32), axis=1).reshape(-1)
