@@ -80,7 +80,7 @@ struct SolveOptions {
     // before the first auction phase. The shortest augmenting paths need no check: a free row
     // they cannot augment proves the graph infeasible (INFEASIBLE, "no augmenting path"),
     // and where they finish, the assignment they found proves it feasible (the check's
-    // maximum matching, 0.3-0.8 s of a 1M-row match, is then spared).
+    // maximum matching, 0.81 s of the H100's 1M-row match in session 16, is then spared).
     bool check_feasible_lazily = false;
     bool check_arcs = true;          // sparse only: every column index in range, every cost finite
     // Sparse warm starts (init_v, init_row_to_col from one earlier solve, eps_start <= 0): the

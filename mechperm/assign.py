@@ -843,19 +843,22 @@ class _ArcBuffer:
     def reserve(self, g: CandidateGraph) -> None:
         """Make the first merge's arrays now, on a thread (the exact loop's first solve leaves
         cores idle): 25 % more than g's arcs, touched (the in-place edit's holding a copy of
-        them), so that the merge neither allocates nor takes the first-touch page faults (1M
-        rows, 94M arcs: a first merge of 1.1-2.5 s against 0.3 s into such arrays, this VM)."""
+        them), so that the merge neither allocates nor takes the first-touch page faults. 1M
+        rows, 94M arcs + 3.8M, this 2-core VM, a fresh process: first merge 1.57-1.69 ->
+        0.38-0.63 s in place, 0.86-0.97 -> 0.38-0.40 s on 4 threads; in a process that freed
+        such arrays before (bench_host_bounds.py) 0.24 -> 0.17 s."""
         if len(g.indices) < self.RESERVE_ARCS:
             return
 
         def make() -> None:
             nnz, cap = len(g.indices), int(1.25 * len(g.indices)) + 1024
             idx, cst = np.empty(cap, g.indices.dtype), np.empty(cap, g.costs.dtype)
-            if self.threads >= self.PARALLEL_MERGE_THREADS:
-                idx[:nnz], cst[:nnz] = 0, 0
+            if self.threads >= self.PARALLEL_MERGE_THREADS:  # written whole by the merge
+                idx.fill(0)
+                cst.fill(0)
             else:
                 idx[:nnz], cst[:nnz] = g.indices, g.costs
-            idx[nnz:], cst[nnz:] = 0, 0
+                idx[nnz:], cst[nnz:] = 0, 0
             self.reserved = (g.indices, g.costs, idx, cst)
 
         self._reserving = threading.Thread(target=make, name="mechperm-arc-buffer", daemon=True)
