@@ -14,7 +14,8 @@ column order, its greedy start from the cheapest column against the first free o
 solve with a maximum matching up front (before session 17) against the solve alone
 (``check_feasible="lazy"``); a pricing round's merge into the graph, in place, against scipy
 adding the two as CSR matrices, and the loop's first merge into fresh arrays against arrays
-made ahead (``_ArcBuffer.reserve``); the thread pool's effect as the time of one small native pass
+made ahead (``_ArcBuffer.reserve``), and the parallel path's second merge likewise; the thread
+pool's effect as the time of one small native pass
 (``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core. Benchmarks never
 assert speed.
 """
@@ -180,6 +181,21 @@ def measure(F: int, emit) -> None:
         del buf
     emit(what="first merge x64 + 1/32 x64", F=F, threads=THREADS, fresh_seconds=first["fresh"],
          reserved_seconds=first["reserved"], ratio=first["reserved"] / first["fresh"])
+    # the parallel merges (4+ threads, a GPU host's path): the second writes the other set of
+    # arrays, allocated then, or prepared on a thread after the first merge
+    second = {}
+    for label in ("fresh", "prepared", "fresh", "prepared"):
+        buf = assign._ArcBuffer(max(4, THREADS))
+        if label == "fresh":
+            buf._prepare_spare = lambda *a: None
+        h = buf.merge(g, pr, pc, pw, F)
+        buf._join()
+        t0 = time.perf_counter()
+        buf.merge(h, pr[::2], (pc[::2] + 1) % F, pw[::2], F)
+        second[label] = min(second.get(label, np.inf), time.perf_counter() - t0)
+        del buf, h
+    emit(what="second parallel merge", F=F, threads=max(4, THREADS), fresh_seconds=second["fresh"],
+         prepared_seconds=second["prepared"], ratio=second["prepared"] / second["fresh"])
     del ip, ix, w, pr, pc, pw, g
     n, deg = 16384, 16
     indptr = np.arange(n + 1, dtype=np.int64) * deg

@@ -864,12 +864,27 @@ class _ArcBuffer:
         self._reserving = threading.Thread(target=make, name="mechperm-arc-buffer", daemon=True)
         self._reserving.start()
 
-    def _take_reserved(self, g: CandidateGraph, need: int, idx_dtype, out_dtype) -> Optional[tuple]:
-        """The reserved arrays if they were made for g (the in-place edit: from g's very arcs)
-        and fit this merge."""
+    def _join(self) -> None:
         if self._reserving is not None:
             self._reserving.join()
             self._reserving = None
+
+    def _prepare_spare(self, cap: int, idx_dtype, out_dtype) -> None:
+        """The parallel merges' other set, made and touched on a thread after the first merge
+        (the next merge writes it, a round of solving and pricing later)."""
+        def make() -> None:
+            idx, cst = np.empty(cap, idx_dtype), np.empty(cap, out_dtype)
+            idx.fill(0)
+            cst.fill(0)
+            self.spare = (idx, cst)
+
+        self._reserving = threading.Thread(target=make, name="mechperm-arc-buffer", daemon=True)
+        self._reserving.start()
+
+    def _take_reserved(self, g: CandidateGraph, need: int, idx_dtype, out_dtype) -> Optional[tuple]:
+        """The reserved arrays if they were made for g (the in-place edit: from g's very arcs)
+        and fit this merge."""
+        self._join()
         held, self.reserved = self.reserved, None
         if (held is None or held[0] is not g.indices or held[1] is not g.costs or len(held[2]) < need
                 or held[2].dtype != idx_dtype or held[3].dtype != out_dtype):
@@ -891,6 +906,7 @@ class _ArcBuffer:
         need = nnz + len(rows)
         if self.threads >= self.PARALLEL_MERGE_THREADS and g.indices.dtype == idx_dtype and g.costs.dtype == out_dtype:
             # g lives in one set (or in the caller's arrays): write the other
+            self._join()
             mine = (self.idx, self.cst) if self.idx is not None else None
             dst = self.spare if self._holds(g, mine) else mine
             if dst is None:
@@ -904,6 +920,8 @@ class _ArcBuffer:
             if self._holds(g, mine):
                 self.spare = mine
             self.idx, self.cst = dst
+            if self.spare is None and len(dst[0]) >= self.RESERVE_ARCS:  # the first merge: the other set
+                self._prepare_spare(len(dst[0]), idx_dtype, out_dtype)
             return dataclasses.replace(g, indptr=indptr, indices=dst[0][:nnz + added], costs=dst[1][:nnz + added])
         ours = self._holds(g, (self.idx, self.cst) if self.idx is not None else None)
         if not ours and self.idx is None:  # the first merge: g's arcs copied ahead (reserve)?

@@ -1754,7 +1754,8 @@ def test_merge_keeps_the_first_of_duplicates_either_sort(extra: int, threads: in
 @pytest.mark.parametrize("threads", [1, 4])
 def test_arc_buffer_reserved_arrays_give_the_same_merges(monkeypatch, threads: int) -> None:
     """The first merge's arrays made ahead (reserve, on a thread) give the merges made without
-    them, and are not used for a graph they were not made from (a completed one)."""
+    them, and are not used for a graph they were not made from (a completed one); on the
+    parallel path the first merge sets the other set of arrays going, which the second writes."""
     import mechperm.assign as A
 
     monkeypatch.setattr(A._ArcBuffer, "RESERVE_ARCS", 1)
@@ -1777,6 +1778,11 @@ def test_arc_buffer_reserved_arrays_give_the_same_merges(monkeypatch, threads: i
             assert np.array_equal(h.costs, ref.costs)
             if t == 0:  # the first merge wrote the arrays made for g, and only for g
                 assert (buf.idx is made) == (start is g)
+                if threads >= A._ArcBuffer.PARALLEL_MERGE_THREADS:  # ... and set the other one going
+                    buf._join()
+                    other_set = buf.spare[0]
+            if t == 1 and threads >= A._ArcBuffer.PARALLEL_MERGE_THREADS:
+                assert buf.idx is other_set
         assert buf.reserved is None and buf._reserving is None
     monkeypatch.setattr(A._ArcBuffer, "RESERVE_ARCS", 10**9)
     small = A._ArcBuffer(threads)
