@@ -626,6 +626,33 @@ py::array_t<double> csr_margins_py(const py::array& indptr, const py::array& ind
 }
 
 // suspect_pairs (bounds.hpp): the scan over the rows' columns, its outputs flattened.
+py::array_t<double> rank_bounds_py(const py::array& order, const py::array& idx, const py::array& row_bound,
+                                   const py::array& col_bound, const py::object& row_offset,
+                                   const py::object& col_offset, const py::array& u, const py::array& v,
+                                   int threads) {
+    const double* rb = require<double>(row_bound, "row_bound", 1);
+    const int64_t n = row_bound.shape(0);
+    const double* cb = require<double>(col_bound, "col_bound", 1);
+    const int64_t m = col_bound.shape(0);
+    const int64_t* op = require<int64_t>(order, "order", 1, m);
+    const int64_t* ip = require<int64_t>(idx, "idx", 1, n);
+    const double* up = require<double>(u, "u", 1, n);
+    const double* vp = require<double>(v, "v", 1, m);
+    const double* ro = row_offset.is_none() ? nullptr : require<double>(row_offset.cast<py::array>(), "row_offset", 1, n);
+    const double* co = col_offset.is_none() ? nullptr : require<double>(col_offset.cast<py::array>(), "col_offset", 1, m);
+    for (int64_t k = 0; k < m; ++k)
+        if (op[k] < 0 || op[k] >= m) throw py::value_error("order[" + std::to_string(k) + "] is out of range");
+    for (int64_t i = 0; i < n; ++i)
+        if (ip[i] < 0 || ip[i] > m) throw py::value_error("idx[" + std::to_string(i) + "] is out of range [0, m]");
+    py::array_t<double> out(n);
+    double* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        rank_bounds(op, ip, n, m, rb, cb, ro, co, up, vp, o, std::max(1, threads));
+    }
+    return out;
+}
+
 py::tuple suspect_pairs_py(const py::array& indptr, const py::array& indices, const py::array& rows, int64_t m,
                            const py::list& families, int64_t limit, int64_t mult, int64_t min_cols, int threads) {
     const int64_t* p = require_indptr(indptr);
@@ -998,6 +1025,11 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("row_to_col"), py::arg("u"), py::arg("v"), py::arg("threads") = 1,
           "Per row, max(0, least (c_ij - u_i) - v_j over its arcs but row_to_col[i]) (inf without one; NaN "
           "where row_to_col[i] < 0).");
+    m.def("rank_bounds", &rank_bounds_py, py::arg("order"), py::arg("idx"), py::arg("row_bound"),
+          py::arg("col_bound"), py::arg("row_offset"), py::arg("col_offset"), py::arg("u"), py::arg("v"),
+          py::arg("threads") = 1,
+          "The exact loop's rank bound per row (assign._rank_bounds), from the columns in the order of "
+          "col_offset - col_bound and each row's place among them: float64 [n].");
     m.def("suspect_pairs", &suspect_pairs_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"), py::arg("m"),
           py::arg("families"), py::arg("limit"), py::arg("mult"), py::arg("min_cols"), py::arg("threads") = 1,
           "Per row of rows, the columns left out of the CSR graph whose largest family bound "

@@ -14,6 +14,48 @@
 
 namespace mechperm {
 
+namespace {
+
+// np.minimum: NaN if either is
+inline double nan_min(double a, double b) {
+    if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<double>::quiet_NaN();
+    return b < a ? b : a;
+}
+
+}  // namespace
+
+void rank_bounds(const int64_t* order, const int64_t* idx, int64_t n, int64_t m, const double* row_bound,
+                 const double* col_bound, const double* row_offset, const double* col_offset, const double* u,
+                 const double* v, double* out, int threads) {
+    constexpr double kInf = std::numeric_limits<double>::infinity();
+    constexpr int64_t kBlock = 1 << 14;
+    // S and A in the columns' order (the random reads, on the threads), then pre[k]: min of S
+    // over the first k columns, suf[k]: min of A over the rest (the sequential part: two
+    // streaming passes of m)
+    std::vector<double> pre(m + 1), suf(m + 1);
+    parallel_blocks((m + kBlock - 1) / kBlock, std::max(1, threads), [&](int64_t b) {
+        for (int64_t k = b * kBlock, e = std::min(m, k + kBlock); k < e; ++k) {
+            const int64_t j = order[k];
+            pre[k + 1] = col_bound[j] - v[j];
+            suf[k] = (col_offset != nullptr ? col_offset[j] : 0.0) - v[j];
+        }
+    });
+    pre[0] = kInf;
+    for (int64_t k = 0; k < m; ++k) pre[k + 1] = nan_min(pre[k], pre[k + 1]);
+    suf[m] = kInf;
+    for (int64_t k = m - 1; k >= 0; --k) suf[k] = nan_min(suf[k + 1], suf[k]);
+    parallel_blocks((n + kBlock - 1) / kBlock, std::max(1, threads), [&](int64_t b) {
+        for (int64_t i = b * kBlock, e = std::min(n, i + kBlock); i < e; ++i) {
+            const double X = row_bound[i] - u[i];
+            const double Y = (row_offset != nullptr ? row_offset[i] : 0.0) - u[i];
+            const double t = Y - X;
+            double lb = X + nan_min(suf[idx[i]], t + pre[idx[i]]);
+            if (row_bound[i] == kInf) lb = kInf;
+            out[i] = std::isnan(lb) ? -kInf : lb;
+        }
+    });
+}
+
 template <class I>
 void suspect_pairs(const int64_t* indptr, const I* indices, int64_t m, const int64_t* rows, int64_t nr,
                    const std::vector<BoundFamily>& families, int64_t limit, int64_t mult, int64_t min_cols,

@@ -736,30 +736,26 @@ def _rank_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Optiona
     n, m = len(u), len(v)
     if g.row_bound is None and g.col_bound is None:
         return np.full(n, -np.inf)
-    a = g.col_offset if g.col_offset is not None else np.zeros(m)
-    b = g.row_offset if g.row_offset is not None else np.zeros(n)
-    A = a - v
     with np.errstate(invalid="ignore"):
         if g.col_bound is None:
-            lb = g.row_bound - u + A.min(initial=np.inf)
+            a = g.col_offset if g.col_offset is not None else np.zeros(m)
+            lb = g.row_bound - u + (a - v).min(initial=np.inf)
         elif g.row_bound is None:
+            b = g.row_offset if g.row_offset is not None else np.zeros(n)
             lb = (b - u) + (g.col_bound - v).min(initial=np.inf)
         else:
             # min_j max(X_i + A_j, Y_i + S_j) = X_i + h(Y_i - X_i), h(t) = min_j max(A_j, S_j + t):
             # with columns sorted by D_j = A_j - S_j, columns with D_j >= t contribute A_j (a
             # suffix minimum) and the others S_j + t (a prefix minimum): O(log m) per row.
-            X, Y, S = g.row_bound - u, b - u, g.col_bound - v
-            # D = A - S = a - col_bound and t = Y - X = b - row_bound do not depend on the duals:
-            # their sort and search are cached. (With the duals' rounding a column may land on
-            # the other side of t: either term of its max still bounds it from below.)
+            # X = row_bound - u, Y = b - u, S = col_bound - v. D = A - S = a - col_bound and t =
+            # Y - X = b - row_bound do not depend on the duals: their sort and search are cached.
+            # (With the duals' rounding a column may land on the other side of t: either term
+            # of its max still bounds it from below.) The prefix and suffix minima and the rows'
+            # gathers run natively, on the threads (1M, 2 threads: 18 ms a call, numpy's 45 ms).
             order, idx = _rank_split(g, cache)
-            pre = np.minimum.accumulate(S[order])
-            suf = np.minimum.accumulate(A[order][::-1])[::-1]
-            t = Y - X
-            suf_ext = np.append(suf, np.inf)
-            pre_ext = np.insert(pre, 0, np.inf)
-            lb = X + np.minimum(suf_ext[idx], t + pre_ext[idx])
-            lb[np.isposinf(g.row_bound)] = np.inf
+            f64 = lambda x: None if x is None else np.ascontiguousarray(x, np.float64)  # noqa: E731
+            lb = _auction.rank_bounds(order, idx, f64(g.row_bound), f64(g.col_bound), f64(g.row_offset),
+                                      f64(g.col_offset), f64(u), f64(v), threads=_threads())
     lb[np.isnan(lb)] = -np.inf
     return lb
 

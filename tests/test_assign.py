@@ -1904,3 +1904,44 @@ def test_keep_most_negative_keeps_each_rows_least(per_row: int) -> None:
     assert got == want and len(r) == len(want)
     pos = {(int(a), int(b), float(x)): float(y) for a, b, x, y in zip(rows, cols, red, costs)}
     assert all(pos[(int(a), int(b), float(x))] == float(y) for a, b, x, y in zip(r, c, d, w))  # pairs kept whole
+
+
+def _rank_bounds_numpy(g, u, v, order, idx):
+    """assign._rank_bounds' general case as numpy computed it before session 17 (the reference)."""
+    a = g.col_offset if g.col_offset is not None else np.zeros(len(v))
+    b = g.row_offset if g.row_offset is not None else np.zeros(len(u))
+    with np.errstate(invalid="ignore"):
+        A, X, Y, S = a - v, g.row_bound - u, b - u, g.col_bound - v
+        pre = np.minimum.accumulate(S[order])
+        suf = np.minimum.accumulate(A[order][::-1])[::-1]
+        lb = X + np.minimum(np.append(suf, np.inf)[idx], (Y - X) + np.insert(pre, 0, np.inf)[idx])
+        lb[np.isposinf(g.row_bound)] = np.inf
+    lb[np.isnan(lb)] = -np.inf
+    return lb
+
+
+@pytest.mark.parametrize("offsets", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_native_rank_bounds_equal_numpys(seed: int, offsets: bool) -> None:
+    """_auction.rank_bounds (the exact loop's rank bound) against the numpy formula it replaced,
+    bit for bit: ties in D, infinite k-th costs, a NaN, 1 and 4 threads."""
+    from mechperm import assign as A
+
+    rng = np.random.default_rng(seed)
+    n, m = 3000, 2500
+    row_bound, col_bound = rng.normal(size=n).round(1), rng.normal(size=m).round(1)  # ties
+    row_bound[rng.random(n) < 0.02], col_bound[rng.random(m) < 0.02] = np.inf, np.inf
+    u, v = rng.normal(size=n), rng.normal(size=m)
+    if seed == 3:
+        v[7] = np.nan
+    g = A.CandidateGraph(np.zeros(n + 1, np.int64), np.empty(0, np.int32), np.empty(0), row_bound, col_bound,
+                         rng.normal(size=n) if offsets else None, rng.normal(size=m) if offsets else None)
+    order, idx = A._rank_split(g, None)
+    expected = _rank_bounds_numpy(g, u, v, order, idx)
+    for threads in (1, 4):
+        got = _auction.rank_bounds(order, idx, g.row_bound, g.col_bound, g.row_offset, g.col_offset, u, v,
+                                   threads=threads)
+        np.testing.assert_array_equal(got.view(np.int64), expected.view(np.int64))
+    np.testing.assert_array_equal(A._rank_bounds(g, u, v), expected)
+    with pytest.raises(ValueError, match="idx"):
+        _auction.rank_bounds(order, idx + m + 1, g.row_bound, g.col_bound, None, None, u, v)
