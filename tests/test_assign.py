@@ -1943,5 +1943,17 @@ def test_native_rank_bounds_equal_numpys(seed: int, offsets: bool) -> None:
                                    threads=threads)
         np.testing.assert_array_equal(got.view(np.int64), expected.view(np.int64))
     np.testing.assert_array_equal(A._rank_bounds(g, u, v), expected)
+    if seed != 3:  # (a NaN dual makes every brute-force minimum NaN)
+        # against brute force, min_j max(X_i + A_j, Y_i + S_j): never above it (each column
+        # gives one of its two terms), equal up to rounding where the sort put it on the same side
+        a = g.col_offset if offsets else np.zeros(m)
+        b = g.row_offset if offsets else np.zeros(n)
+        with np.errstate(invalid="ignore"):
+            brute = np.maximum((row_bound - u)[:, None] + (a - v)[None, :],
+                               (b - u)[:, None] + (col_bound - v)[None, :]).min(1)
+        brute[np.isposinf(row_bound)] = np.inf
+        assert not np.isnan(brute).any()
+        assert np.all(expected <= brute + 1e-12 * (1 + np.abs(brute)))
+        assert np.mean(np.isclose(expected, brute, rtol=1e-12, atol=1e-12)) > 0.99
     with pytest.raises(ValueError, match="idx"):
         _auction.rank_bounds(order, idx + m + 1, g.row_bound, g.col_bound, None, None, u, v)
