@@ -690,7 +690,12 @@ def _bound_sorts(g: CandidateGraph, cache: dict) -> None:
     """Fill ``cache`` with every sort :func:`_lower_bounds` takes of g's bound arrays (none
     depends on the duals): run on a thread during the first solve, whose shortest paths leave
     the other cores idle (F = 16384 on a 2-core VM: the first bounds 8.5 -> 1.7 ms). Arrays a
-    bound would not sort (not finite) are skipped; a failure leaves the entry to the bounds."""
+    bound would not sort (not finite) are skipped; a failure leaves the entry to the bounds.
+
+    Below 2^19 rows the sorts take one thread: they are milliseconds, and on the solver's pool
+    (which the solve's passes use meanwhile) they would make each of those passes start threads
+    of its own (parallel.hpp)."""
+    before, _sort_threads.n = getattr(_sort_threads, "n", None), 1 if len(g.indptr) - 1 < 1 << 19 else None
     try:
         with np.errstate(invalid="ignore"):  # as in _rank_bounds (an infinite k-th less another)
             if g.row_bound is not None and g.col_bound is not None:
@@ -704,19 +709,25 @@ def _bound_sorts(g: CandidateGraph, cache: dict) -> None:
                 _col_slope_order(g, cache)
     except Exception:  # noqa: BLE001  (the bounds sort again, and raise there)
         pass
+    finally:
+        _sort_threads.n = before
+
+
+_sort_threads = threading.local()  # .n: threads for this thread's sorts (None: _threads())
 
 
 def _argsort(x: np.ndarray) -> np.ndarray:
     """``np.argsort(x, kind="stable")`` on the solver's threads: the bounds sort per-column
     arrays once per graph (F = 1M: four sorts and a search of every row, ~1 s a match in
     numpy on one thread)."""
-    return _auction.argsort(np.ascontiguousarray(x, np.float64), threads=_threads())
+    return _auction.argsort(np.ascontiguousarray(x, np.float64),
+                            threads=getattr(_sort_threads, "n", None) or _threads())
 
 
 def _searchsorted(sorted_: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """``np.searchsorted(sorted_, queries, side="left")`` on the solver's threads."""
     return _auction.searchsorted(np.ascontiguousarray(sorted_, np.float64), np.ascontiguousarray(queries, np.float64),
-                                 threads=_threads())
+                                 threads=getattr(_sort_threads, "n", None) or _threads())
 
 
 def _cached(cache: Optional[dict], key: str, arrays: tuple, make: Callable[[], Any]) -> Any:

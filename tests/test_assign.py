@@ -1622,8 +1622,14 @@ def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch):
     expected = _lower_bounds(g, u, v)
     assert np.all(expected <= (left - u[:, None] - v[None, :]).min(1) + 1e-9 * C.max())
     cache: dict = {}
+    threads_seen = []
+    real_argsort = _auction.argsort
+    monkeypatch.setattr(_auction, "argsort", lambda x, threads: threads_seen.append(threads) or real_argsort(x, threads=threads))
     _bound_sorts(g, cache)
     assert set(cache) == {"rank", "slope_x", "slope_cx", "order_cx", "col_slope"}
+    assert threads_seen and set(threads_seen) == {1}  # a small graph: one thread, off the solver's pool
+    assert getattr(assign_module._sort_threads, "n", None) is None  # this thread's own sorts as before
+    monkeypatch.undo()
 
     def no_sort(*args, **kwargs):
         raise AssertionError("a sort the thread should have taken")
