@@ -7,7 +7,8 @@
 # 16384..262144) and profile the warm 16384 screened run (cProfile's host functions, then
 # torch.profiler's op tables).
 # Limits 70 + 80 + 70 + 40 + 75 + 35 + 25 = 395 s; T_SWEEP=0 keeps the selection tiles in use
-# (swept on 2026-11-27) and saves 80 s. SEL_LIST replaces the selection sweep's entries.
+# (swept on 2026-11-27) and saves 80 s; T_1M_ALT=75 adds a second 1M run (ALT_1M, below). SEL_LIST
+# replaces the selection sweep's entries.
 NAME=gpu_sweep
 source "$(dirname "$0")/gpu_stage.sh"
 best() {  # best JSON WHAT KEY DEFAULT: a sweep's pick (its row "what=WHAT"), DEFAULT if none
