@@ -824,6 +824,14 @@ def _merged_dtypes(g: CandidateGraph, cols: np.ndarray, costs: np.ndarray) -> tu
     return (np.int64 if wide else np.int32), np.result_type(g.costs, costs)
 
 
+def _touched(cap: int, idx_dtype, out_dtype) -> tuple:
+    """(indices, costs) arrays of ``cap`` arcs, written once: their pages are faulted in now."""
+    idx, cst = np.empty(cap, idx_dtype), np.empty(cap, out_dtype)
+    idx.fill(0)
+    cst.fill(0)
+    return idx, cst
+
+
 class _ArcBuffer:
     """The exact loop's graph arrays with room to grow: each round's new arcs go in place
     (``_auction.csr_insert_inplace``), and new arrays (25 % larger) only when the room is used
@@ -853,21 +861,23 @@ class _ArcBuffer:
         them), so that the merge neither allocates nor takes the first-touch page faults. 1M
         rows, 94M arcs + 3.8M, this 2-core VM, a fresh process: first merge 1.57-1.69 ->
         0.38-0.63 s in place, 0.86-0.97 -> 0.38-0.40 s on 4 threads; in a process that freed
-        such arrays before (bench_host_bounds.py) 0.24 -> 0.17 s."""
+        such arrays before (bench_host_bounds.py, 6 runs) 0.24-0.27 -> 0.16-0.19 s."""
         if len(g.indices) < self.RESERVE_ARCS:
             return
 
         def make() -> None:
             nnz, cap = len(g.indices), int(1.25 * len(g.indices)) + 1024
-            idx, cst = np.empty(cap, g.indices.dtype), np.empty(cap, g.costs.dtype)
             if self.threads >= self.PARALLEL_MERGE_THREADS:  # written whole by the merge
-                idx.fill(0)
-                cst.fill(0)
+                idx, cst = _touched(cap, g.indices.dtype, g.costs.dtype)
             else:
+                idx, cst = np.empty(cap, g.indices.dtype), np.empty(cap, g.costs.dtype)
                 idx[:nnz], cst[:nnz] = g.indices, g.costs
                 idx[nnz:], cst[nnz:] = 0, 0
             self.reserved = (g.indices, g.costs, idx, cst)
 
+        self._in_background(make)
+
+    def _in_background(self, make: Callable[[], None]) -> None:
         self._reserving = threading.Thread(target=make, name="mechperm-arc-buffer", daemon=True)
         self._reserving.start()
 
@@ -879,14 +889,7 @@ class _ArcBuffer:
     def _prepare_spare(self, cap: int, idx_dtype, out_dtype) -> None:
         """The parallel merges' other set, made and touched on a thread after the first merge
         (the next merge writes it, a round of solving and pricing later)."""
-        def make() -> None:
-            idx, cst = np.empty(cap, idx_dtype), np.empty(cap, out_dtype)
-            idx.fill(0)
-            cst.fill(0)
-            self.spare = (idx, cst)
-
-        self._reserving = threading.Thread(target=make, name="mechperm-arc-buffer", daemon=True)
-        self._reserving.start()
+        self._in_background(lambda: setattr(self, "spare", _touched(cap, idx_dtype, out_dtype)))
 
     def _take_reserved(self, g: CandidateGraph, need: int, idx_dtype, out_dtype) -> Optional[tuple]:
         """The reserved arrays if they were made for g (the in-place edit: from g's very arcs)
@@ -1175,8 +1178,8 @@ def _exact_loop(n, m, g, price_rows, lam, max_rounds, max_new, timings,
     slack = None
     # Whether the graph has an assignment of every row is left to the first solve (its shortest
     # paths prove it where they finish, a maximum matching decides before any auction phase):
-    # a separate maximum matching up front took 0.3-0.8 s of a 1M-row match, repeating the
-    # paths' work. Arcs are only ever added, so a graph once feasible stays so.
+    # a separate maximum matching up front repeated the paths' work (0.81 s of the H100's 1M
+    # match, session 16). Arcs are only ever added, so a graph once feasible stays so.
     unproven = lam is None
 
     def solve(**kw) -> dict:
