@@ -16,6 +16,7 @@
 #include "bounds.hpp"
 #include "csr.hpp"
 #include "order.hpp"
+#include "parallel.hpp"
 #include "screen.hpp"
 #include "topk.hpp"
 
@@ -462,19 +463,18 @@ py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, cons
     if (!by_slope.is_none()) order = require<int64_t>(by_slope.cast<py::array>(), "by_slope", 1, m);  // checked inside
     const double* sp = require<double>(s, "s", 1);
     const int64_t nq = s.shape(0);
-    for (int64_t j = 0; j < m; ++j)
-        if (!std::isfinite(wp[j]) || !std::isfinite(xp[j]))
-            throw py::value_error("w and x must be finite (entry " + std::to_string(j) + ")");
-    for (int64_t q = 0; q < nq; ++q)
-        if (!std::isfinite(sp[q]))
-            throw py::value_error("s must be finite (entry " + std::to_string(q) + ")");
     py::array_t<double> out(nq);
     double* o = out.mutable_data();
     bool ok;
+    int64_t bad_line, bad_query;
     {
         py::gil_scoped_release release;
-        ok = envelope_min(wp, xp, m, sp, nq, o, order, std::max(1, threads));
+        bad_line = first_bad(m, threads, [&](int64_t j) { return !std::isfinite(wp[j]) || !std::isfinite(xp[j]); });
+        bad_query = first_bad(nq, threads, [&](int64_t q) { return !std::isfinite(sp[q]); });
+        ok = bad_line < 0 && bad_query < 0 && envelope_min(wp, xp, m, sp, nq, o, order, std::max(1, threads));
     }
+    if (bad_line >= 0) throw py::value_error("w and x must be finite (entry " + std::to_string(bad_line) + ")");
+    if (bad_query >= 0) throw py::value_error("s must be finite (entry " + std::to_string(bad_query) + ")");
     if (!ok) throw py::value_error("by_slope must be a permutation sorting x ascending");
     return out;
 }

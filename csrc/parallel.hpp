@@ -142,4 +142,23 @@ void parallel_blocks(int64_t count, int threads, F&& body) {
     for (auto& t : own) t.join();
 }
 
+// First position in [0, count) where bad(k) holds, or -1; chunks on `threads` threads (the
+// checks of every cost and index on each solve: one pass over the arcs).
+template <class F>
+int64_t first_bad(int64_t count, int threads, F&& bad) {
+    constexpr int64_t kChunk = int64_t(1) << 16;
+    const int64_t chunks = (count + kChunk - 1) / kChunk;
+    std::vector<int64_t> hit(chunks, -1);
+    parallel_blocks(chunks, std::max(1, threads), [&](int64_t c) {
+        for (int64_t k = c * kChunk, e = std::min(count, k + kChunk); k < e; ++k)
+            if (bad(k)) {
+                hit[c] = k;
+                return;
+            }
+    });
+    for (int64_t h : hit)
+        if (h >= 0) return h;
+    return -1;
+}
+
 }  // namespace mechperm

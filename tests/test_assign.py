@@ -875,6 +875,43 @@ def test_envelope_min_on_many_lines_all_on_the_hull() -> None:
         _auction.envelope_min(w, x, s, by_slope=bad)
 
 
+def test_envelope_min_blocks_on_threads_equal_one_pass() -> None:
+    """The hull built from per-block hulls on threads (blocks of 2^15 lines) equals one
+    thread's, with runs of equal slopes across block edges, lines through one common point
+    (concurrent: the double test cannot decide, long double does), tiny and huge slopes; and
+    equals brute force. A by_slope that misses one column (an entry out of range replaced by
+    a repeat) is refused on threads too."""
+    rng = np.random.default_rng(7)
+    m = 200_003
+    x = np.round(rng.lognormal(0.0, 2.0, m), 2)  # long runs of equal slopes, over block edges
+    x[:500] = 1e-300 * rng.random(500)
+    x[-500:] = 1e150 * (1.0 + rng.random(500))
+    w = 0.25 * x * x + rng.standard_normal(m)
+    w[1000:60000] = 3.0 + x[1000:60000] * 2.5  # concurrent at s = 2.5
+    s = np.concatenate([rng.uniform(0.0, 50.0, 400), [2.5, 2.5 + 1e-15, 2.5 - 1e-15, 0.0, -1.0, 1e-10, 1e10]])
+    order = np.argsort(x, kind="stable")
+    one = _auction.envelope_min(w, x, s, by_slope=order, threads=1)
+    for threads in (2, 4, 7):
+        np.testing.assert_array_equal(_auction.envelope_min(w, x, s, by_slope=order, threads=threads), one)
+    np.testing.assert_array_equal(_auction.envelope_min(w, x, s, threads=4), one)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = np.array([np.min(w - x * q) for q in s])
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(one[finite], want[finite], rtol=1e-12, atol=1e-12)
+    xs = x[order]
+    t = int(np.flatnonzero(xs[100_001:] == xs[100_000:-1])[0]) + 100_000  # inside a run of equal slopes
+    bad = order.copy()
+    bad[t + 1] = bad[t]  # still sorts x: only the missing column gives it away
+    with pytest.raises(ValueError, match="by_slope"):
+        _auction.envelope_min(w, x, s, by_slope=bad, threads=4)
+    bad_w = w.copy()
+    bad_w[150_000] = np.nan
+    with pytest.raises(ValueError, match="entry 150000"):
+        _auction.envelope_min(bad_w, x, s, by_slope=order, threads=4)
+    with pytest.raises(ValueError, match="s must be finite .entry 3."):
+        _auction.envelope_min(w, x, np.array([0.0, 1.0, 2.0, np.inf]), by_slope=order, threads=4)
+
+
 @pytest.mark.parametrize("n", [0, 1, 2, 1000, 70_001, 200_003])
 def test_argsort_and_searchsorted_equal_numpy(n: int) -> None:
     """_auction.argsort / searchsorted (the bounds' sorts, on threads) give numpy's stable
