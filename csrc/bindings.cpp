@@ -564,7 +564,8 @@ void csr_pairs(const py::array& indptr, const py::array& rows, const py::array& 
 }
 
 py::array_t<int64_t> csr_find_py(const py::array& indptr, const py::array& indices, const py::array& rows,
-                                 const py::array& cols) {
+                                 const py::array& cols, int threads) {
+    threads = std::max(1, threads);
     int64_t n, q;
     const int64_t *r, *c;
     csr_pairs(indptr, rows, cols, n, r, c, q);
@@ -574,11 +575,11 @@ py::array_t<int64_t> csr_find_py(const py::array& indptr, const py::array& indic
     if (is_c_array<int32_t>(indices)) {
         const int32_t* ix = static_cast<const int32_t*>(indices.data());
         py::gil_scoped_release release;
-        csr_find(p, ix, r, c, q, o);
+        csr_find(p, ix, r, c, q, o, threads);
     } else {
         const int64_t* ix = require<int64_t>(indices, "indices", 1);
         py::gil_scoped_release release;
-        csr_find(p, ix, r, c, q, o);
+        csr_find(p, ix, r, c, q, o, threads);
     }
     return out;
 }
@@ -729,17 +730,18 @@ bool int32_columns(const py::array& indices, const int64_t* c, int64_t q) {
 
 template <class I, class T>
 int64_t csr_insert_inplace_typed(int64_t* p, const py::array& indices, const py::array& costs, int64_t n,
-                                 const int64_t* r, const int64_t* c, const py::array& new_costs, int64_t q) {
+                                 const int64_t* r, const int64_t* c, const py::array& new_costs, int64_t q,
+                                 int threads) {
     const T* w = require<T>(new_costs, "new_costs", 1, q);
     if (!is_c_array<T>(costs)) throw py::value_error("costs and new_costs must have one dtype");
     I* ix = static_cast<I*>(const_cast<void*>(indices.data()));
     T* cs = static_cast<T*>(const_cast<void*>(costs.data()));
     py::gil_scoped_release release;
-    return csr_insert_inplace(p, ix, cs, n, r, c, w, q);
+    return csr_insert_inplace(p, ix, cs, n, r, c, w, q, std::max(1, threads));
 }
 
 int64_t csr_insert_inplace_py(const py::array& indptr, const py::array& indices, const py::array& costs,
-                              const py::array& rows, const py::array& cols, const py::array& new_costs) {
+                              const py::array& rows, const py::array& cols, const py::array& new_costs, int threads) {
     int64_t n, q;
     const int64_t *r, *c;
     csr_pairs(indptr, rows, cols, n, r, c, q);
@@ -753,10 +755,10 @@ int64_t csr_insert_inplace_py(const py::array& indptr, const py::array& indices,
                               std::to_string(nnz + q) + " arcs");
     const bool i32 = int32_columns(indices, c, q);
     if (is_c_array<float>(costs))
-        return i32 ? csr_insert_inplace_typed<int32_t, float>(p, indices, costs, n, r, c, new_costs, q)
-                   : csr_insert_inplace_typed<int64_t, float>(p, indices, costs, n, r, c, new_costs, q);
-    return i32 ? csr_insert_inplace_typed<int32_t, double>(p, indices, costs, n, r, c, new_costs, q)
-               : csr_insert_inplace_typed<int64_t, double>(p, indices, costs, n, r, c, new_costs, q);
+        return i32 ? csr_insert_inplace_typed<int32_t, float>(p, indices, costs, n, r, c, new_costs, q, threads)
+                   : csr_insert_inplace_typed<int64_t, float>(p, indices, costs, n, r, c, new_costs, q, threads);
+    return i32 ? csr_insert_inplace_typed<int32_t, double>(p, indices, costs, n, r, c, new_costs, q, threads)
+               : csr_insert_inplace_typed<int64_t, double>(p, indices, costs, n, r, c, new_costs, q, threads);
 }
 
 template <class I, class T>
@@ -1010,12 +1012,13 @@ PYBIND11_MODULE(_auction, m) {
     m.def("topk_finish", &topk_finish_py, py::arg("heaps"), py::arg("threads") = 1,
           "Sort each owner's heap ascending by (value, index).");
     m.def("csr_find", &csr_find_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"), py::arg("cols"),
+          py::arg("threads") = 1,
           "Position of each pair (rows[t], cols[t]) among the arcs of a CSR graph sorted by column within rows "
-          "(-1: not an arc).");
+          "(-1: not an arc); blocks of pairs on `threads` threads.");
     m.def("csr_insert_inplace", &csr_insert_inplace_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"),
-          py::arg("rows"), py::arg("cols"), py::arg("new_costs"),
+          py::arg("rows"), py::arg("cols"), py::arg("new_costs"), py::arg("threads") = 1,
           "Add the arcs not in a column-sorted CSR graph yet (the first of duplicates), in place: indices and costs hold indptr[-1] arcs and room for len(rows) more; indptr is "
-          "updated; returns the number of arcs added.");
+          "updated; returns the number of arcs added. The new arcs are sorted and checked on `threads` threads.");
     m.def("csr_insert_into", &csr_insert_into_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"),
           py::arg("rows"), py::arg("cols"), py::arg("new_costs"), py::arg("out_indptr"), py::arg("out_indices"),
           py::arg("out_costs"), py::arg("threads") = 1,

@@ -29,12 +29,15 @@ bool has_arc(const int64_t* ptr, const I* idx, int64_t r, int64_t c) {
 
 // The new arcs by (row, column), the first of duplicates, none already an arc (rows in [0, n)).
 //
-// Many arcs (q >= n / 16): a counting sort by row, then each row's few arcs by column. The exact
-// loop merges a pricing round's pairs, ~64-128 a priced row: 3.8M pairs into 94M arcs of 1M rows
-// took 0.39 s with one comparison sort over all of them, 0.31 s so (in place, best of 5, 2-core VM).
+// Many arcs (q >= n / 16): a counting sort by row, then each row's few arcs by column (rows on
+// the threads). The exact loop merges a pricing round's pairs, ~64-128 a priced row: 3.8M pairs
+// into 94M arcs of 1M rows took 0.39 s with one comparison sort over all of them, 0.31 s so (in
+// place, best of 5, 2-core VM). Which arcs are fresh (a binary search in the graph's row each,
+// random reads) is decided on the threads too: 4.2M pairs into 67M arcs, in place on 2 threads,
+// 0.31 -> 0.23 s (best of 4, ad hoc).
 template <class I>
 std::vector<int64_t> fresh_arcs(const int64_t* ptr, const I* idx, int64_t n, const int64_t* rows,
-                                const int64_t* cols, int64_t q) {
+                                const int64_t* cols, int64_t q, int threads) {
     std::vector<int64_t> order(q);
     // ties by input position: the first of duplicates first (a stable order, without
     // std::stable_sort's buffer per row)
@@ -45,22 +48,31 @@ std::vector<int64_t> fresh_arcs(const int64_t* ptr, const I* idx, int64_t n, con
         for (int64_t r = 0; r < n; ++r) start[r + 1] += start[r];
         std::vector<int64_t> at(start.begin(), start.end() - 1);
         for (int64_t t = 0; t < q; ++t) order[at[rows[t]]++] = t;  // stable: rows in input order
-        for (int64_t r = 0; r < n; ++r)
-            if (start[r + 1] - start[r] > 1)
-                std::sort(order.begin() + start[r], order.begin() + start[r + 1], by_column);
+        constexpr int64_t kRows = 8192;
+        parallel_blocks((n + kRows - 1) / kRows, threads, [&](int64_t b) {
+            for (int64_t r = b * kRows, e = std::min(n, r + kRows); r < e; ++r)
+                if (start[r + 1] - start[r] > 1)
+                    std::sort(order.begin() + start[r], order.begin() + start[r + 1], by_column);
+        });
     } else {
         std::iota(order.begin(), order.end(), int64_t(0));
         std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
             return rows[a] < rows[b] || (rows[a] == rows[b] && cols[a] < cols[b]);
         });
     }
+    std::vector<uint8_t> keep(q);
+    constexpr int64_t kBlock = 1 << 14;
+    parallel_blocks((q + kBlock - 1) / kBlock, threads, [&](int64_t b) {
+        for (int64_t t = b * kBlock, e = std::min(q, t + kBlock); t < e; ++t) {
+            const int64_t a = order[t];
+            const bool repeat = t > 0 && rows[order[t - 1]] == rows[a] && cols[order[t - 1]] == cols[a];
+            keep[t] = !repeat && !has_arc(ptr, idx, rows[a], cols[a]);
+        }
+    });
     std::vector<int64_t> fresh;
     fresh.reserve(q);
-    for (int64_t t = 0; t < q; ++t) {
-        const int64_t a = order[t];
-        if (t > 0 && rows[order[t - 1]] == rows[a] && cols[order[t - 1]] == cols[a]) continue;
-        if (!has_arc(ptr, idx, rows[a], cols[a])) fresh.push_back(a);
-    }
+    for (int64_t t = 0; t < q; ++t)
+        if (keep[t]) fresh.push_back(order[t]);
     return fresh;
 }
 
@@ -68,14 +80,20 @@ std::vector<int64_t> fresh_arcs(const int64_t* ptr, const I* idx, int64_t n, con
 
 template <class I>
 void csr_find(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
-              int64_t* out) {
-    for (int64_t t = 0; t < q; ++t) out[t] = find_arc(ptr, idx, rows[t], cols[t]);
+              int64_t* out, int threads) {
+    // blocks of pairs on the threads: each search is a few random reads (F = 1M, a pricing
+    // round's 3.8M pairs in 64M arcs: 130 ms on one thread of a 2-core VM)
+    constexpr int64_t kBlock = 1 << 14;
+    parallel_blocks((q + kBlock - 1) / kBlock, threads, [&](int64_t b) {
+        for (int64_t t = b * kBlock, end = std::min(q, t + kBlock); t < end; ++t)
+            out[t] = find_arc(ptr, idx, rows[t], cols[t]);
+    });
 }
 
 template <class I, class T>
 int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_t* rows, const int64_t* cols,
-                           const T* costs, int64_t q) {
-    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, n, rows, cols, q);
+                           const T* costs, int64_t q, int threads) {
+    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, n, rows, cols, q, threads);
     const int64_t nf = int64_t(fresh.size());
     // From the last row back: every old arc moves right by the fresh arcs before it, so the
     // writes (w) never overtake the reads (a); rows before the first fresh arc stay put.
@@ -110,7 +128,7 @@ template <class I, class T>
 int64_t csr_insert_into(const int64_t* ptr, const I* idx, const T* cst, int64_t n, const int64_t* rows,
                         const int64_t* cols, const T* costs, int64_t q, int64_t* out_ptr, I* out_idx, T* out_cst,
                         int threads) {
-    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, n, rows, cols, q);
+    const std::vector<int64_t> fresh = fresh_arcs(ptr, idx, n, rows, cols, q, threads);
     const int64_t nf = int64_t(fresh.size());
     std::vector<int64_t> first(n + 1, 0);  // first[r]: fresh arcs in the rows before r
     for (int64_t f : fresh) ++first[rows[f] + 1];
@@ -163,12 +181,12 @@ int64_t csr_margins(const int64_t* ptr, const I* idx, const T* cst, int64_t n, i
 }
 
 template void csr_find<int32_t>(const int64_t*, const int32_t*, const int64_t*, const int64_t*, int64_t,
-                                int64_t*);
+                                int64_t*, int);
 template void csr_find<int64_t>(const int64_t*, const int64_t*, const int64_t*, const int64_t*, int64_t,
-                                int64_t*);
+                                int64_t*, int);
 #define MECHPERM_INPLACE(I, T)                                                                            \
     template int64_t csr_insert_inplace<I, T>(int64_t*, I*, T*, int64_t, const int64_t*, const int64_t*, const T*, \
-                                              int64_t);
+                                              int64_t, int);
 MECHPERM_INPLACE(int32_t, float)
 MECHPERM_INPLACE(int32_t, double)
 MECHPERM_INPLACE(int64_t, float)

@@ -12,15 +12,16 @@ namespace mechperm {
 // out[t] = the position of arc (rows[t], cols[t]) (binary search in the row), or -1.
 template <class I>
 void csr_find(const int64_t* ptr, const I* idx, const int64_t* rows, const int64_t* cols, int64_t q,
-              int64_t* out);
+              int64_t* out, int threads = 1);
 
 // The graph plus the new arcs (rows, cols, costs)[q] that are not arcs yet (of duplicates the
 // first is kept), in place: idx and cst hold ptr[n] arcs and room for at least q more; the old arcs
 // move back from the end, rows stay sorted by column (no new arrays: on a VM, first touches of fresh pages cost more than
 // the copy, ~0.1 s a merge at 12.5M arcs). ptr is updated; returns the number of arcs added.
+// The new arcs are sorted and checked against the graph on `threads` threads; the arcs move on one.
 template <class I, class T>
 int64_t csr_insert_inplace(int64_t* ptr, I* idx, T* cst, int64_t n, const int64_t* rows, const int64_t* cols,
-                           const T* costs, int64_t q);
+                           const T* costs, int64_t q, int threads = 1);
 
 // The same edit into other arrays: out_ptr [n + 1], out_idx and out_cst with room for ptr[n] + q
 // arcs; rows are merged in parallel (blocks of rows on `threads` threads), where the in-place

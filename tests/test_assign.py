@@ -1774,8 +1774,27 @@ def test_merge_adds_new_arcs_in_order(n: int, m: int, seed: int, density: float,
     assert np.array_equal(g.indices, c) and np.array_equal(A._in_graph(g, r, c, m), np.ones(len(r), bool))
 
 
-@pytest.mark.parametrize("extra", [20, 5000])  # the native sort: comparisons (few arcs), by row counts (many)
-@pytest.mark.parametrize("threads", [1, 4])
+def test_csr_find_on_threads_equals_a_dense_lookup() -> None:
+    """csr_find's blocks of pairs (2^14 a block) on threads: every pair's position as one
+    thread finds it, and as a dense mask of the arcs says."""
+    rng = np.random.default_rng(11)
+    n, m = 3000, 500
+    mask = rng.random((n, m)) < 0.05
+    r, c = np.nonzero(mask)
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
+    rows, cols = rng.integers(0, n, 100_000), rng.integers(0, m, 100_000)
+    one = _auction.csr_find(indptr, c.astype(np.int32), rows, cols)
+    assert np.array_equal(one >= 0, mask[rows, cols])
+    assert np.array_equal(c[one[one >= 0]], cols[one >= 0])
+    for threads in (2, 5):
+        assert np.array_equal(_auction.csr_find(indptr, c.astype(np.int32), rows, cols, threads=threads), one)
+        assert np.array_equal(_auction.csr_find(indptr, np.ascontiguousarray(c, np.int64), rows, cols, threads=threads), one)
+
+
+# the native sort: comparisons (few arcs), by row counts (many; 40000 pairs: several blocks of
+# fresh-arc checks on the threads)
+@pytest.mark.parametrize("extra", [20, 5000, 20000])
+@pytest.mark.parametrize("threads", [1, 2, 4])
 def test_merge_keeps_the_first_of_duplicates_either_sort(extra: int, threads: int) -> None:
     import mechperm.assign as A
 
@@ -1788,6 +1807,23 @@ def test_merge_keeps_the_first_of_duplicates_either_sort(extra: int, threads: in
     rows, cols = rng.integers(0, n, extra), rng.integers(0, m, extra)
     rows, cols = np.concatenate([rows, rows[::-1]]), np.concatenate([cols, cols[::-1]])  # each pair twice
     costs = rng.random(2 * extra)
+    ref_ptr, ref_idx, ref_w = _merge_reference(g, rows, cols, costs, n)
+    got = A._ArcBuffer(threads).merge(g, rows, cols, costs, n)
+    assert np.array_equal(got.indptr, ref_ptr) and np.array_equal(got.indices, ref_idx)
+    assert np.array_equal(got.costs, ref_w)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_merge_of_runs_of_one_pair_across_blocks(threads: int) -> None:
+    """40000 new pairs over 60 distinct ones (runs of hundreds, so every block of the fresh-arc
+    checks, 2^14 pairs, starts inside a run): each added once, at its first cost."""
+    import mechperm.assign as A
+
+    rng = np.random.default_rng(3)
+    n, m = 6, 10
+    g = A.CandidateGraph(np.arange(n + 1, dtype=np.int64), np.zeros(n, np.int32), rng.random(n))  # arc (i, 0)
+    rows, cols = rng.integers(0, n, 40000), rng.integers(0, m, 40000)
+    costs = rng.random(40000)
     ref_ptr, ref_idx, ref_w = _merge_reference(g, rows, cols, costs, n)
     got = A._ArcBuffer(threads).merge(g, rows, cols, costs, n)
     assert np.array_equal(got.indptr, ref_ptr) and np.array_equal(got.indices, ref_idx)
