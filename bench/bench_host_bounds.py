@@ -14,7 +14,9 @@ column order, its greedy start from the cheapest column against the first free o
 solve with a maximum matching up front (before session 17) against the solve alone
 (``check_feasible="lazy"``); a pricing round's merge into the graph, in place, against scipy
 adding the two as CSR matrices, and the loop's first merge into fresh arrays against arrays
-made ahead (``_ArcBuffer.reserve``), and the parallel path's second merge likewise; the thread
+made ahead (``_ArcBuffer.reserve``), and the parallel path's second merge likewise; one lower
+envelope (``envelope_min``), and a pricing round's ``csr_find``, at 1 thread and at every core;
+the rows given arcs by marks (``assign._distinct``) against ``np.unique``; the thread
 pool's effect as the time of one small native pass
 (``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core. Benchmarks never
 assert speed.
@@ -91,6 +93,15 @@ def measure(F: int, emit) -> None:
         finally:
             assign._argsort, assign._searchsorted = saved
         emit(what="lower_bounds " + label, F=F, threads=assign._threads(), first_call=first, later_call=later)
+    # one lower envelope (F lines, F queries: the Euclidean bound's), its lines' hulls built in
+    # blocks on the threads since session 18
+    keep = 1.0 - assign._EUCLID_SLACK
+    env_w, env_s, by_x = keep * g.col_norm**2 - v, 2.0 * g.row_norm * g.row_cos, np.argsort(g.col_norm, kind="stable")
+    env = {t: _timed(lambda: _auction.envelope_min(env_w, g.col_norm, env_s, by_slope=by_x, threads=t))
+           for t in sorted({1, THREADS})}
+    emit(what="envelope_min", F=F, threads=THREADS, one_thread_seconds=env[1], seconds=env[THREADS],
+         ratio=env[THREADS] / env[1])
+    del env_w, env_s, by_x
     # the feasibility check (a maximum matching: the exact loop's before an auction phase, and
     # match._complete's) on a random graph, 32 arcs a row (harder than a candidate graph, whose
     # greedy start leaves few rows free)
@@ -157,8 +168,15 @@ def measure(F: int, emit) -> None:
 
     def merge() -> None:
         room_i[:len(ix)], room_w[:len(ix)] = ix, w
-        _auction.csr_insert_inplace(ip.copy(), room_i, room_w, pr, pc, pw)
+        _auction.csr_insert_inplace(ip.copy(), room_i, room_w, pr, pc, pw, threads=THREADS)
 
+    # the pricing round's other host passes over its pairs: which are arcs already (csr_find, on
+    # the threads since session 18), and the rows given arcs (marks against numpy's unique)
+    find = {t: _timed(lambda: _auction.csr_find(ip, ix, pr, pc, threads=t)) for t in sorted({1, THREADS})}
+    emit(what="csr_find x64, 1/32 of the rows x64", F=F, threads=THREADS, one_thread_seconds=find[1],
+         seconds=find[THREADS], ratio=find[THREADS] / find[1])
+    t, tp = _timed(lambda: assign._distinct(pr, F)), _timed(lambda: np.unique(pr))
+    emit(what="distinct rows of the priced pairs", F=F, pairs=len(pr), seconds=t, numpy_seconds=tp, ratio=t / tp)
     copy = _timed(lambda: (room_i.__setitem__(slice(len(ix)), ix), room_w.__setitem__(slice(len(ix)), w)))
     t = _timed(merge) - copy
     G, N = csr_matrix((w, ix, ip), shape=(F, F)), csr_matrix((pw, (pr, pc)), shape=(F, F))
