@@ -18,7 +18,7 @@ from mechperm import assign as solver
 from mechperm import kernels
 from mechperm.formats._common import as_device
 from mechperm.kernels import screen, screen_cuda
-from mechperm.kernels.candidates import _check_vectors, check_kernel_device
+from mechperm.kernels.candidates import _check_vectors, check_kernel_device, norms_kept
 from mechperm.kernels.features import On
 from mechperm.kernels.rows import ScaledRows
 from mechperm.result import MatchResult
@@ -193,37 +193,40 @@ def match_vectors(
     if not (mode in ("bijective", "partial") and Fa * Fb > dense_limit and screen.available(A, B)):
         A, B = kernels.materialize(A), kernels.materialize(B)  # only the screened sparse path reads rows as needed
 
-    neighbors = neighbor_costs = None
-    margin = torch.full((Fa,), float("nan"))
-    if mode == "identity":
-        perm = torch.arange(Fa)
-        perm[perm >= Fb] = -1
-        objective, gap, certified = float("nan"), float("nan"), False
-    elif mode == "topk":
-        neighbor_costs, neighbors = _nearest(A, B, int(k))
-        perm = neighbors[:, 0].clone()
-        objective, gap, certified = float(neighbor_costs[:, 0].double().sum()), 0.0, True
-        if neighbors.shape[1] > 1:
-            margin = (neighbor_costs[:, 1] - neighbor_costs[:, 0]).float()
-    else:
-        lam = float(threshold) if mode == "partial" else None
-        t0 = time.perf_counter()
-        if Fa * Fb <= dense_limit:
-            res, margin = _solve_dense(A, B, lam)
+    # each tensor's squared norms computed once in this call (candidates, bounds, pricers and
+    # pair values each asked for them)
+    with norms_kept():
+        neighbors = neighbor_costs = None
+        margin = torch.full((Fa,), float("nan"))
+        if mode == "identity":
+            perm = torch.arange(Fa)
+            perm[perm >= Fb] = -1
+            objective, gap, certified = float("nan"), float("nan"), False
+        elif mode == "topk":
+            neighbor_costs, neighbors = _nearest(A, B, int(k))
+            perm = neighbors[:, 0].clone()
+            objective, gap, certified = float(neighbor_costs[:, 0].double().sum()), 0.0, True
+            if neighbors.shape[1] > 1:
+                margin = (neighbor_costs[:, 1] - neighbor_costs[:, 0]).float()
         else:
-            res, margin, graph_stats = _solve_sparse(A, B, lam, candidates_k, progress)
-            stats.update(graph_stats)
-        timings["solve"] = time.perf_counter() - t0
-        # The sparse path's parts (only the exact loop times pricing); "assign" is the loop's
-        # time in the native solver, its "solve".
-        parts = (("candidates", "candidates"), ("graph", "graph"), ("solve", "assign"), ("bounds", "bounds"),
-                 ("pricing", "pricing")) if "pricing" in res.timings else (("candidates", "candidates"),)
-        timings.update({name: res.timings[key] for key, name in parts if key in res.timings})
-        perm = torch.from_numpy(res.row_to_col.astype(np.int64))
-        objective, gap, certified = float(res.objective), float(res.gap), bool(res.certified)
-        stats.update(rounds=res.rounds, edges=res.n_edges, solver=dict(res.stats))
+            lam = float(threshold) if mode == "partial" else None
+            t0 = time.perf_counter()
+            if Fa * Fb <= dense_limit:
+                res, margin = _solve_dense(A, B, lam)
+            else:
+                res, margin, graph_stats = _solve_sparse(A, B, lam, candidates_k, progress)
+                stats.update(graph_stats)
+            timings["solve"] = time.perf_counter() - t0
+            # The sparse path's parts (only the exact loop times pricing); "assign" is the loop's
+            # time in the native solver, its "solve".
+            parts = (("candidates", "candidates"), ("graph", "graph"), ("solve", "assign"), ("bounds", "bounds"),
+                     ("pricing", "pricing")) if "pricing" in res.timings else (("candidates", "candidates"),)
+            timings.update({name: res.timings[key] for key, name in parts if key in res.timings})
+            perm = torch.from_numpy(res.row_to_col.astype(np.int64))
+            objective, gap, certified = float(res.objective), float(res.gap), bool(res.certified)
+            stats.update(rounds=res.rounds, edges=res.n_edges, solver=dict(res.stats))
 
-    cost, cosine = _pair_values(A, B, perm)
+        cost, cosine = _pair_values(A, B, perm)
     timings["total"] = time.perf_counter() - t_start
     return MatchResult(
         perm=perm, cost=cost, cosine=cosine, margin=margin, objective=objective, gap=gap,

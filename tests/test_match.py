@@ -1,6 +1,7 @@
 """match(): objectives against scipy, planted-truth recovery, every mode, bad input."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -540,3 +541,46 @@ def test_device_the_kernels_do_not_run_on_is_refused_up_front() -> None:
         match_vectors(A, torch.zeros(8, 16))
     with pytest.raises(ValueError, match=r"B is on device 'meta'"):
         kernels.candidates(torch.zeros(8, 16), torch.zeros(8, 16, device="meta"), k=2)
+
+
+def test_match_vectors_computes_each_tensors_norms_once(monkeypatch) -> None:
+    """One match asks for A's and B's squared norms in several places (candidates, bounds,
+    pricers, pair values): each is computed once (kernels.candidates.norms_kept), and the
+    result is the one computed without keeping them."""
+    monkeypatch.setenv("MECHPERM_SCREEN", "0")  # the unscreened path's kernels take plain tensors
+    M = importlib.import_module("mechperm.match")
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3000, 24, generator=g)
+    B = A[torch.randperm(3000, generator=g)] + 0.1 * torch.randn(3000, 24, generator=g)
+    calls = []
+    real_sum = torch.sum
+
+    def counting_sum(x, *args, **kw):
+        if x.dtype == torch.float64 and x.dim() == 2 and x.shape[1] == 24:  # row_sq_norms' blocks
+            calls.append(x.shape[0])
+        return real_sum(x, *args, **kw)
+
+    monkeypatch.setattr(torch, "sum", counting_sum)
+    got = M.match_vectors(A, B, candidates_k=8, dense_limit=0)
+    assert calls == [3000, 3000]
+    monkeypatch.setattr(M, "norms_kept", contextlib.nullcontext)
+    want = M.match_vectors(A, B, candidates_k=8, dense_limit=0)
+    assert len(calls) > 4  # without: computed again where asked
+    assert got.certified and torch.equal(got.perm, want.perm) and got.objective == want.objective
+    np.testing.assert_array_equal(got.cost.numpy(), want.cost.numpy())
+    np.testing.assert_array_equal(got.margin.numpy(), want.margin.numpy())
+
+
+def test_norms_are_kept_only_within_the_block() -> None:
+    """Within norms_kept a tensor's norms are computed once and each caller gets its own copy;
+    outside, a change torch does not see (the numpy array a tensor shares) is read again."""
+    C = importlib.import_module("mechperm.kernels.candidates")
+    arr = np.ones((4, 3), np.float32)
+    X = torch.from_numpy(arr)
+    with C.norms_kept():
+        first = C.row_sq_norms(X)
+        first += 100.0  # the caller's copy
+        with C.norms_kept():  # nested: the outer block's
+            arr[:] = 2.0  # unseen by torch: within the block the tensors must not change
+            assert torch.equal(C.row_sq_norms(X), torch.full((4,), 3.0))
+    assert torch.equal(C.row_sq_norms(X), torch.full((4,), 12.0))
