@@ -870,7 +870,15 @@ def _cosine_bounds(g: CandidateGraph, A: Tensor, B: Tensor) -> dict:
     are what its order guarantees."""
     na_np, nb_np = row_sq_norms(A).double().cpu().numpy(), row_sq_norms(B).double().cpu().numpy()
     out = {"row_norm": np.sqrt(na_np), "col_norm": np.sqrt(nb_np)}  # numpy's sqrt: correctly rounded
-    eps = 2.0 * _cosine_error(A.shape[1])
+    out.update(_cosine_kappas(g, A.shape[1]))
+    return out
+
+
+def _cosine_kappas(g: CandidateGraph, D: int) -> dict:
+    """The cosine bounds of :func:`_cosine_bounds` alone (``row_cos``, ``col_cos``): for a
+    caller with norms of its own (the GPU screen's), which need no pass over the vectors."""
+    out = {}
+    eps = 2.0 * _cosine_error(D)
     for name, kth in (("row_cos", g.row_kth_cos), ("col_cos", g.col_kth_cos)):
         if kth is None or kth.numel() == 0:
             continue

@@ -40,7 +40,7 @@ from mechperm.kernels.candidates import (
     _backend,
     _check_norms,
     _check_vectors,
-    _cosine_bounds,
+    _cosine_kappas,
     _reprice_weak,
     _solver_columns,
     row_sq_norms,
@@ -108,7 +108,8 @@ class ScreenedVectorsGPU:
 def _side(name: str, X: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(float32 rows, bf16 rows, float32 squared norms, stats [4, F] float64) of one side."""
     x32 = X.detach().float().contiguous()
-    sq = row_sq_norms(x32)
+    # X's own norms where they are x32's: the match keeps them for its pair values (norms_kept)
+    sq = row_sq_norms(X if X.dtype == torch.float32 and not X.requires_grad else x32)
     _check_norms(name, sq)
     x16 = torch.empty(x32.shape, dtype=torch.bfloat16, device=x32.device)
     stats = torch.empty(4, x32.shape[0], dtype=torch.float64, device=x32.device)
@@ -157,7 +158,7 @@ def solver_graph(sv: ScreenedVectorsGPU, k: int, k_cos: int | None = None):
     # Bounds on what the selection compared for the pairs left out (bf16 dots over the float32
     # vectors' norms: its k-th value plus its error), then mu / 2|a| per unit |b| for the step
     # to the float32 vectors' dots, as in screen.solver_graph.
-    cos = _cosine_bounds(g, sv.A16, sv.B16)
+    cos = _cosine_kappas(g, sv.A16.shape[1])  # the norms are the float32 vectors' (y, x)
     bounds = screen._capped_bounds(g.row_kth.cpu().double().numpy(), g.col_kth.cpu().double().numpy(),
                                    sv.a_stats, sv.b_stats, sv.gamma, sv.abs_slack)
     bounds.update(row_norm=y, col_norm=x)
