@@ -181,11 +181,11 @@ def _trace_phases() -> None:
     # round of the exact loop (solve, bounds, dual shift), so a GPU run says where its time went.
     from mechperm.kernels import triton_candidates as tc
 
-    for owner, name in ((tc, "_topk_gemm"), (tc, "_topk"), (tc, "pair_costs"), (screen_cuda, "_cosine_bounds"),
+    for owner, name in ((tc, "_topk_gemm"), (tc, "_topk"), (tc, "pair_costs"), (screen_cuda, "_cosine_kappas"),
                         (screen, "_capped_bounds"), (sys.modules["mechperm.kernels.candidates"], "_cosine_bounds"),
                         (solver, "_lower_bounds"), (solver, "_shift_duals"), (solver._auction, "solve_sparse"),
                         (solver._auction, "max_matching"), (match_module, "_zero_vector_arcs"),
-                        (tc, "price_rows_topq"), (solver._ArcBuffer, "merge")):
+                        (tc, "price_rows_topq"), (screen_cuda, "_exact_rows_topq"), (solver._ArcBuffer, "merge")):
         wrap(owner, name, indent="    ")
 
 
