@@ -134,6 +134,9 @@ def row_sq_norms(X: Tensor | ScaledRows) -> Tensor:
     from the CPU's for most rows, so the GPU screen's "exact" costs were not the CPU's). Squares
     of float32 values are exact in float64 and the sum's error (< D·2^-53 relative) almost never
     reaches a float32 rounding boundary: the same value on every device and in every block.
+
+    Within :func:`norms_kept` (what ``match_vectors`` runs in) a tensor's norms are computed
+    once; each call returns its own copy.
     """
     _check_vectors(X)
     cache = _SQ_NORMS.get()
