@@ -27,10 +27,12 @@
 namespace mechperm {
 namespace {
 
+constexpr int64_t kMC = 64;  // rows per block; a block's bf16 rows stay in L2 across the column panels
+#ifdef MECHPERM_SCREEN_X86
 constexpr int64_t kMR = 8;   // rows per register tile
 constexpr int64_t kNR = 32;  // columns per register tile: two 16-lane float32 vectors
-constexpr int64_t kMC = 64;  // rows per block; a block's bf16 rows stay in L2 across the column panels
 constexpr int64_t kNC = 16;  // panels per column group (512 columns)
+#endif
 constexpr double kRound = 1e-6;  // covers the float32 roundings on either side of the bound
 
 inline float bf16_value(uint16_t h) {
@@ -342,6 +344,8 @@ ScreenB::ScreenB(const uint16_t* b16, int64_t m, int64_t d, const float* nb, int
         pack_panels(b16, m, d, nb, packed_, nbp_, threads);
         return;
     }
+#else
+    (void)threads;  // the plain copy below runs on one thread
 #endif
     raw_.assign(b16, b16 + m * d);
 }

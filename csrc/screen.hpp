@@ -29,7 +29,7 @@ public:
 
 private:
     int64_t m_, d_;
-    bool fast_ = false;
+    [[maybe_unused]] bool fast_ = false;  // the AVX-512 BF16 kernel (x86 builds only)
     std::vector<uint32_t> packed_;
     std::vector<float> nbp_, nb_;
     std::vector<uint16_t> raw_;
