@@ -628,12 +628,11 @@ def test_block_caps_bound_each_kth(tc) -> None:
     assert (tc._caps(torch.zeros(5, 2), 3) == big).all()
 
 
-def test_caps_keys_admit_their_scores() -> None:
-    """A cap admits every key of score <= its bound, −0.0 and +0.0 alike, and no larger score."""
-    from mechperm.kernels import triton_candidates as tcm
-
+def test_caps_keys_admit_their_scores(tc) -> None:
+    """A cap admits every key of score <= its bound, −0.0 and +0.0 alike, and no larger score.
+    (Torch code, but in the module that needs triton: the fixture skips where it is absent.)"""
     mins = torch.tensor([[-0.0, 5.0], [0.0, 1.0], [-2.5, 7.0], [float("inf"), float("inf")]])
-    caps = tcm._caps(mins, 1)
+    caps = tc._caps(mins, 1)
     col = torch.tensor(123456)
     for row, score in ((0, 0.0), (0, -0.0), (1, 0.0), (2, -2.5)):
         b = torch.tensor([score]).view(torch.int32)
@@ -645,25 +644,23 @@ def test_caps_keys_admit_their_scores() -> None:
 
 
 @pytest.mark.parametrize("n, g, k", [(7, 5000, 3), (4, 1000, 32), (3, 511, 16), (5, 40, 1)])
-def test_caps_merge_groups_and_stay_bounds(n: int, g: int, k: int) -> None:
+def test_caps_merge_groups_and_stay_bounds(tc, n: int, g: int, k: int) -> None:
     """_caps merges runs of groups where a row has more than CAP_GROUPS_PER_K · k: the cap then
     equals the one of the merged minima (run minima, the last run padded), lies at or above the
     k-th least group minimum (a valid gate) and, merged or not, at or below the k-th least of
     the run minima; with no merge it is the plain k-th least."""
-    from mechperm.kernels import triton_candidates as tcm
-
     g_ = torch.Generator().manual_seed(g + k)
     mins = torch.randn(n, g, generator=g_)
     mins[0, : g // 2] = float("inf")  # empty groups
-    caps = tcm._caps(mins, k)
-    bound = tcm._key_scores(caps)
+    caps = tc._caps(mins, k)
+    bound = tc._key_scores(caps)
     kth = mins.kthvalue(k, dim=1).values
     assert (bound >= kth).all()
-    run = g // (tcm.CAP_GROUPS_PER_K * k)
+    run = g // (tc.CAP_GROUPS_PER_K * k)
     if run >= 2:
         merged = torch.nn.functional.pad(mins, (0, (-g) % run), value=float("inf")).view(n, -1, run).amin(2)
-        assert torch.equal(caps, tcm._caps(merged, k))  # as if the kernel's groups were run-wide
-        assert merged.shape[1] >= tcm.CAP_GROUPS_PER_K * k
+        assert torch.equal(caps, tc._caps(merged, k))  # as if the kernel's groups were run-wide
+        assert merged.shape[1] >= tc.CAP_GROUPS_PER_K * k
         want = merged.kthvalue(k, dim=1).values
     else:
         want = kth
