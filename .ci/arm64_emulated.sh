@@ -53,7 +53,7 @@ aarch64-linux-gnu-g++ -std=c++17 -O3 -fPIC -shared -fvisibility=hidden -pthread 
     -I"$REPO/csrc" -isystem "$ROOT/usr/include/python3.11" -isystem "$ROOT/usr/include" -isystem "$PYBIND11" \
     -DMECHPERM_VERSION='"0.1.0"' "$REPO"/csrc/*.cpp -o "$PKG/mechperm/_auction.cpython-311-aarch64-linux-gnu.so"
 
-rm -rf "$WORK/tests" && cp -r "$REPO/tests" "$WORK/tests" && cp "$REPO/pyproject.toml" "$WORK/"  # pytest's settings
+rm -rf "$WORK/tests" "$WORK/bench" && cp -r "$REPO/tests" "$REPO/bench" "$WORK/" && cp "$REPO/pyproject.toml" "$WORK/"
 # The interpreter as a host script, so that tests which start `sys.executable` (the CLI's, the
 # kill-and-resume ones) run their child under qemu too (no binfmt_misc registration needed).
 mkdir -p "$WORK/bin"
