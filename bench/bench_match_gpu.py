@@ -254,6 +254,10 @@ def main() -> None:
     ap.add_argument("--gated", action="store_true",
                     help="MECHPERM_GATED_SELECT=1 (the GEMM blocks' selections gated by group minima; the default)")
     ap.add_argument("--no-gated", action="store_true", help="MECHPERM_GATED_SELECT=0 (the running top-k alone)")
+    ap.add_argument("--gated-pricer", action="store_true",
+                    help="MECHPERM_GATED_PRICER=1 (the fused pricer gated by tile minima; unset: as the selections)")
+    ap.add_argument("--no-gated-pricer", action="store_true",
+                    help="MECHPERM_GATED_PRICER=0 (the fused pricer's running top-q alone, selections as set)")
     ap.add_argument("--d", type=int, default=D, help="vector width (CPU dry runs of the solver side: a small d)")
     ap.add_argument("--candidates-k", type=int, help="match_vectors(candidates_k=...) (default: match's, 64)")
     ap.add_argument("--trace", action="store_true", help="print each phase and pricing pass as it happens")
@@ -280,6 +284,8 @@ def main() -> None:
         os.environ["MECHPERM_GEMM_CANDIDATES"] = "1" if args.gemm else "0"
     if args.gated or args.no_gated:
         os.environ["MECHPERM_GATED_SELECT"] = "0" if args.no_gated else "1"
+    if args.gated_pricer or args.no_gated_pricer:
+        os.environ["MECHPERM_GATED_PRICER"] = "0" if args.no_gated_pricer else "1"
     if args.price_per_row:
         match_module.PRICE_PER_ROW = args.price_per_row
     if args.sel:

@@ -263,7 +263,8 @@ def topq_sweep(F: int, FB: int, emit, t_end: float, q: int = 64) -> None:
     gated) on F rows against FB columns, zero duals (the rows' q cheapest pairs), for each
     entry of TOPQ_SWEEP: the second of two timed calls after one that compiles, and whether its
     rows, columns, costs and bounds are the reference's bit for bit. Ends with the fastest
-    ("topq best")."""
+    ("topq best"), then the first entry's tile and the fastest ungated ("topq ungated": the gate's
+    minima launch recomputes every reduced cost, so it can cost more than it saves)."""
     from mechperm.kernels import screen_cuda
 
     os.environ["MECHPERM_GEMM_CANDIDATES"] = "1"
@@ -300,9 +301,26 @@ def topq_sweep(F: int, FB: int, emit, t_end: float, q: int = 64) -> None:
         emit(what="topq", cfg=str(cfg), F=F, FB=FB, q=q, seconds=min(ts), same=same, gated=tc.LAST_TOPQ.get("gated"))
         if same and (best is None or min(ts) < best[0]):
             best = (min(ts), cfg)
-    tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_STAGES, tc.TOPQ_DOTS_SPLITS_PER_SM = keep
     if best:
         emit(what="topq best", cfg=str(best[1]), seconds=best[0], topq=",".join(map(str, best[1])))
+        for cfg in dict.fromkeys((TOPQ_SWEEP[0], best[1])):
+            if time.perf_counter() > t_end:
+                emit(what="budget spent", kernel="topq ungated")
+                break
+            bm, bn, warps, stages, per_sm = cfg
+            tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_SPLITS_PER_SM = bm, bn, warps, per_sm
+            tc.TOPQ_DOTS_STAGES = stages or None
+            out = tc.price_rows_topq(sv.A16, sv.B16, u, v, rows, q, screen=sv, gated=False)
+            ts = []
+            for _ in range(2):
+                sync()
+                t = time.perf_counter()
+                tc.price_rows_topq(sv.A16, sv.B16, u, v, rows, q, screen=sv, gated=False)
+                sync()
+                ts.append(time.perf_counter() - t)
+            emit(what="topq ungated", cfg=str(cfg), F=F, FB=FB, q=q, seconds=min(ts),
+                 same=all(torch.equal(a, b) for a, b in zip(out, ref)), gated=tc.LAST_TOPQ.get("gated"))
+    tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_STAGES, tc.TOPQ_DOTS_SPLITS_PER_SM = keep
     os.environ.pop("MECHPERM_GEMM_CANDIDATES", None)
 
 

@@ -972,6 +972,28 @@ def test_gated_topq_pricer_falls_back_when_a_row_comes_short(tc, monkeypatch: py
     assert tc.LAST_TOPQ["gated"] is False
 
 
+@pytest.mark.parametrize("select, pricer, want", [
+    (None, None, True), ("0", None, False), ("1", "0", False), ("0", "1", True), (None, "0", False),
+])
+def test_pricer_gate_has_its_own_switch(tc, monkeypatch: pytest.MonkeyPatch, select, pricer, want: bool) -> None:
+    """MECHPERM_GATED_PRICER gates the fused pricer alone (the selections keep
+    MECHPERM_GATED_SELECT); unset, the pricer follows MECHPERM_GATED_SELECT. Either way the
+    pairs are the same bit for bit."""
+    A, B, u, v, rows = _gated_pricer_inputs(tc, monkeypatch, 400, False, torch.float32, seed=92)
+    plain = tc.price_rows_topq(A, B, u, v, rows, 5, gated=False)
+    for name, value in (("MECHPERM_GATED_SELECT", select), ("MECHPERM_GATED_PRICER", pricer)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert tc.gated_enabled() == (select != "0")
+    assert tc.pricer_gated_enabled() is want
+    got = tc.price_rows_topq(A, B, u, v, rows, 5)
+    assert tc.LAST_TOPQ["gated"] is want
+    for a, b in zip(got, plain):
+        assert torch.equal(a.cpu(), b.cpu())
+
+
 @pytest.mark.parametrize("gemm", ["0", "1"])
 def test_fused_pricer_through_match(tc, monkeypatch: pytest.MonkeyPatch, gemm: str) -> None:
     """match_vectors' sparse path with the fused pricer (q = 1 forces many priced rows) reaches

@@ -933,13 +933,28 @@ def gated_enabled() -> bool:
     """Whether the GEMM-block selections insert only pairs within a bound on each row's and
     column's k-th (group minima: one more read of the first block, ``_block_caps``; later
     blocks' columns' passes write the rows' minima), and so does the fused row pricer on GEMM
-    blocks (``price_rows_topq``). The same keys either way (tested bit for bit). On unless
+    blocks (``price_rows_topq``) unless :func:`pricer_gated_enabled` says otherwise. The same
+    keys either way (tested bit for bit). On unless
     ``MECHPERM_GATED_SELECT=0``. Timed on an H100 (2026-11-27, ``bench/gpu_check.sh``, the
     64 x 64 tiles of then), ungated -> gated: the GEMM blocks' phases (GEMM and selections) at
     F = 16384 43.5 -> 41.3 ms, ``match_vectors`` at 262144 6.07 -> 5.31 s, 8192 rows against 1M
     0.437 -> 0.408 s (bf16) and 1.142 -> 1.115 s (fp32); the selection tiles now in use were
     swept gated."""
     return os.environ.get("MECHPERM_GATED_SELECT", "1") != "0"
+
+
+def pricer_gated_enabled() -> bool:
+    """Whether the fused row pricer on GEMM blocks (``price_rows_topq``) is gated:
+    ``MECHPERM_GATED_PRICER=0`` / ``1``; unset, as :func:`gated_enabled`. Its own switch
+    because its gate costs more than the selections': the minima launch recomputes every
+    pair's float64 reduced cost (and, screened, its error bound) before the gated launch
+    computes them again. Not yet timed apart: the 1M match's pricing phase took 3.4-3.9 s
+    ungated (H100, session 11) and 6.1-7.1 s gated (session 16), with other changes between
+    (``bench/gpu_sweep.sh`` runs 1M both ways)."""
+    flag = os.environ.get("MECHPERM_GATED_PRICER")
+    if flag in ("0", "1"):
+        return flag == "1"
+    return gated_enabled()
 
 
 _MAXKEY = 2**63 - 1
@@ -1261,7 +1276,7 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
     ``screen``: a :class:`mechperm.kernels.screen_cuda.ScreenedVectorsGPU`, whose bf16 rows
     are ``A``, ``B``: ranks by lower bounds on the exact reduced costs (screened cost less its
     error bound, in the kernel), and the returned costs are its exact ones.
-    ``gated`` (default ``gated_enabled()``; on the GEMM path only): a first launch writes the
+    ``gated`` (default ``pricer_gated_enabled()``; on the GEMM path only): a first launch writes the
     minima of each row's 64-wide column tiles (one more read of the dots), and the selection
     inserts only keys below the Q-th least of them (``_caps``): the same keys with far fewer
     insertion rounds, where each of a row's column splits would start from nothing. A row
@@ -1298,7 +1313,7 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
         dots_of, _ = _dots_against(B)
         chunk = min(chunk, _block_rows(n_rows, N, dev))
     # a gate needs at least Q tiles (else _caps leaves it open) and the dots in memory to read twice
-    gated = (gated_enabled() if gated is None else gated) and gemm and not every and col_tiles >= kq
+    gated = (pricer_gated_enabled() if gated is None else gated) and gemm and not every and col_tiles >= kq
     LAST_TOPQ.clear()
     LAST_TOPQ.update(gated=gated, regated=0)
     for s0 in range(0, n_rows, chunk):
@@ -1332,7 +1347,7 @@ def price_rows_topq(A: Tensor, B: Tensor, u: Tensor, v: Tensor, rows: Tensor, q:
         merged = torch.sort(keys.view(M, s * kq), dim=1).values[:, :kq]
         if gated and bool((merged[:, -1] == _MAXKEY).any()):
             warnings.warn("the gated pricer left a row short; selecting its rows again ungated "
-                          "(please report: MECHPERM_GATED_SELECT)", RuntimeWarning, stacklevel=2)
+                          "(please report: MECHPERM_GATED_PRICER)", RuntimeWarning, stacklevel=2)
             LAST_TOPQ["regated"] += 1
             launch(keys, nx, False, False)
             merged = torch.sort(keys.view(M, s * kq), dim=1).values[:, :kq]
