@@ -9,7 +9,8 @@ Layout::
 
 Every file is written to a temporary name in the same folder and renamed into place, so a run
 killed at any moment leaves only whole files; running the same job again skips the pairs whose
-file exists with the same inputs and options.
+file exists with the same inputs and options (the device aside: a run started on a CPU can be
+finished on a GPU).
 """
 from __future__ import annotations
 
@@ -180,10 +181,44 @@ def load_pair(path: str | Path) -> tuple[MatchResult, str]:
     return result, meta["key"]
 
 
+# Options that say where a pair is computed, not what: left out of its key, so a run resumes on
+# another device (started on a laptop's CPU, finished on a GPU) without recomputing. Every device
+# reaches the same certified optimum; where several matchings are optimal (tied costs) they may
+# pick different ones, and each pair file's own options say which device made it.
+_PLACEMENT = ("device",)
+
+
 def _key(fingerprints: Sequence[str] | Mapping[int, str], pair: tuple[int, int], options: dict) -> str:
+    """The key a pair file is stored under: both SAEs' content hashes and the options that
+    shape the result."""
+    return _raw_key(fingerprints, pair, {k: v for k, v in options.items() if k not in _PLACEMENT})
+
+
+def _raw_key(fingerprints: Sequence[str] | Mapping[int, str], pair: tuple[int, int], options: dict) -> str:
     a, b = pair
     blob = json.dumps([fingerprints[a], fingerprints[b], _jsonable(options)], sort_keys=True)
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def _keys_accepted(fingerprints: Sequence[str] | Mapping[int, str], pair: tuple[int, int], options: dict,
+                   earlier: Sequence[dict] = ()) -> set[str]:
+    """The pair's key, and the keys that folders written before the device left the key gave
+    it: the options with the device they were run with (``earlier``: e.g. the folder's summary
+    options), or none."""
+    shaping = {k: v for k, v in options.items() if k not in _PLACEMENT}
+    keys = {_raw_key(fingerprints, pair, shaping), _raw_key(fingerprints, pair, options)}
+    for old in earlier:
+        keys.update(_raw_key(fingerprints, pair, {**shaping, k: old[k]}) for k in _PLACEMENT if k in old)
+    return keys
+
+
+def _summary_options(run_dir: Path) -> dict:
+    """The options of the run folder's summary (``{}`` where there is none or it is unreadable)."""
+    try:
+        options = json.loads((run_dir / SUMMARY).read_text()).get("options", {})
+        return options if isinstance(options, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def _versions() -> dict[str, str]:
@@ -272,7 +307,8 @@ def run_stack(
     plots: bool = True,
     **match_options: Any,
 ) -> StackMatch:
-    """Match a stack into a run folder; pairs already there (same inputs and options) are kept.
+    """Match a stack into a run folder; pairs already there (same inputs and options, on any
+    device) are kept.
 
     Each finished pair is saved atomically before the next starts, and ``summary.json`` is
     rewritten after it, so an interrupted run resumes where it stopped. ``saes`` may be a
@@ -306,12 +342,16 @@ def run_stack(
     found = _pair_files(run_dir, n)
     legacy: dict[int, str] = {}  # the old content hashes, only for a folder written before the hash tree
     old_folder = _has_legacy_hashes(run_dir)
+    earlier = [_summary_options(run_dir)]  # the device an earlier run keyed its pairs with
 
-    def legacy_key(pair: tuple[int, int]) -> str:
-        for p in pair:
-            if p not in legacy:
-                legacy[p] = legacy_fingerprint(saes[p])
-        return _key(legacy, pair, match_options)
+    def older_keys(pair: tuple[int, int]) -> set[str]:
+        keys = _keys_accepted({p: fingerprint(p) for p in pair}, pair, match_options, earlier)
+        if old_folder:
+            for p in pair:
+                if p not in legacy:
+                    legacy[p] = legacy_fingerprint(saes[p])
+            keys |= _keys_accepted(legacy, pair, match_options, earlier)
+        return keys
     partial = StackMatch(layers=layers, results={}, sizes=[], options=dict(match_options))  # for summary() only
 
     def stored(pair: tuple[int, int]) -> MatchResult | None:
@@ -319,9 +359,9 @@ def run_stack(
             return None
         result, pair_key = found[pair]
         if pair_key != key(pair):
-            if not (old_folder and pair_key == legacy_key(pair)):
+            if pair_key not in older_keys(pair):
                 return None
-            save_pair(run_dir, pair, result, key(pair))  # the same result, keyed by the new hashes
+            save_pair(run_dir, pair, result, key(pair))  # the same result, under today's key
         partial.results[pair] = result
         return result
 
@@ -349,7 +389,7 @@ def run_stack(
         fingerprint(p)
     fingerprints = [described[p]["hash"] for p in range(n)]
     for pair, (result, pair_key) in found.items():  # the other ranks' pairs; earlier runs' on the same inputs
-        if pair not in results and pair_key == _key(fingerprints, pair, match_options):
+        if pair not in results and pair_key in _keys_accepted(fingerprints, pair, match_options, earlier):
             results[pair] = result
     missing = [pair for pair in todo if pair not in results]
     if missing:
@@ -385,7 +425,7 @@ def load_run(run_dir: str | Path) -> StackMatch:
     for pair_path in sorted((run_dir / PAIRS).glob("*.safetensors")):
         a, b = (int(x) for x in pair_path.stem.split("-"))
         result, key = load_pair(pair_path)
-        if key == _key(fingerprints, (a, b), options):  # skip files left by a run with other inputs
+        if key in _keys_accepted(fingerprints, (a, b), options):  # skip files left by a run with other inputs
             results[(a, b)] = result
     return StackMatch(layers=[i["layer"] for i in inputs], results=results,
                       sizes=[i["features"] for i in inputs], options=options)

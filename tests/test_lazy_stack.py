@@ -205,3 +205,49 @@ def test_a_folder_of_the_old_hash_resumes_without_matching_again(tmp_path: Path,
     new = json.loads((tmp_path / "run" / "summary.json").read_text())["inputs"]
     assert all(i["hash"].startswith("b2tree:") for i in new)
     assert sorted(load_run(tmp_path / "run").results) == [(0, 1), (1, 2), (2, 3)]  # the files re-keyed
+
+
+def _counting_match(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Replace match() by a counting wrapper; returns the list of (device) it was called with."""
+    import importlib
+
+    module = importlib.import_module("mechperm.match")
+    real, calls = module.match, []
+    monkeypatch.setattr(module, "match", lambda *a, **k: calls.append(k.get("device")) or real(*a, **k))
+    return calls
+
+
+def test_a_run_resumes_on_another_device_without_matching_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device says where a pair is computed, not what: a run started with one device and
+    resumed with another (here "cpu" and None, both the CPU) keeps its pairs; an option that
+    shapes the result (fold) still re-matches every pair."""
+    write_stack(tmp_path / "s", n=4)
+    run_stack(load_stack(tmp_path / "s", lazy=True), tmp_path / "run", progress=False, plots=False, device="cpu")
+    calls = _counting_match(monkeypatch)
+    stack = run_stack(load_stack(tmp_path / "s", lazy=True), tmp_path / "run", progress=False, plots=False)
+    assert calls == [] and sorted(stack.results) == [(0, 1), (1, 2), (2, 3)]
+    assert sorted(load_run(tmp_path / "run").results) == [(0, 1), (1, 2), (2, 3)]
+    run_stack(load_stack(tmp_path / "s", lazy=True), tmp_path / "run", progress=False, plots=False, device="cpu",
+              fold=False)
+    assert calls == ["cpu"] * 3
+
+
+def test_a_folder_keyed_with_its_device_is_read_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folders written while the device was part of each pair's key: load_run reads them, and a
+    resumed run (on any device) keeps their pairs and re-keys the files."""
+    import mechperm.run as run
+
+    write_stack(tmp_path / "s", n=4)
+    with monkeypatch.context() as m:  # the keys as the code before wrote them: every option, the device too
+        m.setattr(run, "_key", run._raw_key)
+        run_stack(load_stack(tmp_path / "s"), tmp_path / "run", progress=False, plots=False, device="cpu")
+    pairs = [(0, 1), (1, 2), (2, 3)]
+    assert sorted(load_run(tmp_path / "run").results) == pairs
+    calls = _counting_match(monkeypatch)
+    stack = run_stack(load_stack(tmp_path / "s", lazy=True), tmp_path / "run", progress=False, plots=False)
+    assert calls == [] and sorted(stack.results) == pairs
+    fingerprints = [i["hash"] for i in json.loads((tmp_path / "run" / "summary.json").read_text())["inputs"]]
+    for a, b in pairs:  # re-keyed: today's key, without the device
+        _, key = run.load_pair(tmp_path / "run" / "pairs" / f"{a}-{b}.safetensors")
+        assert key == run._key(fingerprints, (a, b), {}) == run._key(fingerprints, (a, b), {"device": "cuda"})
+    assert sorted(load_run(tmp_path / "run").results) == pairs
