@@ -41,11 +41,49 @@ def _match_options(args: argparse.Namespace) -> dict:
     return opts
 
 
+def _auto_device() -> str:
+    """``--device``'s default: the GPU where torch sees one (a 16k pair in ~0.1 s against ~10 s
+    on a CPU), else the CPU. Apple's GPU (MPS) is not chosen: the cost kernels' Triton path is
+    CUDA's."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
+def _cpu_when_out_of_gpu_memory(progress: bool):
+    """The matcher of a run whose device was chosen for the user (``--device`` not given): a
+    pair that does not fit in the GPU's memory (wide SAEs on a small card) is matched on the CPU
+    instead, with a note, and the run goes on. Asked for by name, the GPU's error stands."""
+    import torch
+
+    from mechperm.match import match
+
+    def matcher(sae_a, sae_b, **options):
+        try:
+            return match(sae_a, sae_b, progress=progress, **options)
+        except torch.cuda.OutOfMemoryError as exc:  # retried below, after the traceback's tensors are freed
+            first_line = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        torch.cuda.empty_cache()
+        print(f"\nmechperm: note: a pair of {sae_a.d_sae} × {sae_b.d_sae} features does not fit in the GPU's "
+              f"memory ({first_line}); matching it on the CPU (--device cpu runs every pair there)", file=sys.stderr)
+        return match(sae_a, sae_b, progress=progress, **{**options, "device": "cpu"})
+
+    return matcher
+
+
 def _join_torchrun(device: str | None) -> tuple[int, bool]:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the default process group and return
     (rank, joined). Gloo whatever the device: the ranks only exchange a few Python objects (the
-    pairs themselves go to the shared run folder). ``--device cuda`` means each rank's own GPU
-    (``LOCAL_RANK``), so the options, and with them the pair files' keys, are the same on every
+    pairs themselves go to the shared run folder). ``--device cuda`` (the default where there
+    are GPUs) means each rank's own GPU (``LOCAL_RANK``), so the options are the same on every
     rank and in a later single-process run."""
     import datetime
     import os
@@ -73,7 +111,10 @@ def _match(args: argparse.Namespace) -> int:
     from mechperm.formats import load_stack
     from mechperm.run import run_stack
 
-    if args.device is not None:  # before any SAE is read: a typo or a CPU-only machine says so at once
+    chosen = args.device is None
+    if chosen:
+        args.device = _auto_device()
+    else:  # before any SAE is read: a typo or a CPU-only machine says so at once
         from mechperm.formats._common import as_device
 
         as_device(args.device)
@@ -92,8 +133,10 @@ def _match(args: argparse.Namespace) -> int:
                 print(f"mechperm: note: {w.message}", file=sys.stderr)
             ranks = f", {_world()} ranks" if _world() > 1 else ""
             print(f"{args.path}: {len(saes)} SAEs (layers {_layer_list(saes.layers)}), each read when a pair "
-                  f"needs it{ranks}")
-        stack = run_stack(saes, args.out, args.pairs, progress=not args.quiet, **_match_options(args))
+                  f"needs it{ranks}; matching on {_device_name(args.device)}")
+        matcher = _cpu_when_out_of_gpu_memory(not args.quiet) if chosen and args.device != "cpu" else None
+        stack = run_stack(saes, args.out, args.pairs, progress=not args.quiet, matcher=matcher,
+                          **_match_options(args))
         if rank == 0:
             _print_table(stack.summary())
             print(f"run folder: {args.out}")
@@ -218,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--features", type=int, default=2048, help="features per SAE (default 2048)")
     demo.add_argument("--d", type=int, default=128, help="residual width (default 128)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--out", default="runs/demo", help="run folder to write (default runs/demo)")
+    demo.add_argument("--out", "-o", default="runs/demo", help="run folder to write (default runs/demo)")
     demo.set_defaults(func=_demo)
 
     m = sub.add_parser(
@@ -229,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as they complete; running the same command again resumes.",
     )
     m.add_argument("path", help="stack folder (any layout load_stack accepts)")
-    m.add_argument("--out", required=True, help="run folder to write (created; resumed if it exists)")
+    m.add_argument("--out", "-o", required=True, help="run folder to write (created; resumed if it exists)")
     m.add_argument("--layers", type=parse_layers, default=None, help="layers to match, e.g. 0-25 or 3,5,7 (default: all)")
     m.add_argument("--width", default=None, help="width folder where there are several, e.g. 16k")
     m.add_argument("--l0", type=_l0, default=None,
@@ -246,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-fold", action="store_true", help="match unfolded weights (the baseline)")
     m.add_argument("--k", type=int, default=64, help="candidates per row and column for large F (default 64, as match())")
     m.add_argument("--pairs", choices=("adjacent", "all"), default="adjacent", help="default adjacent")
-    m.add_argument("--device", default=None, help="where the cost kernels run, e.g. cuda (default cpu)")
+    m.add_argument("--device", default=None,
+                   help="where the cost kernels run: cpu, cuda, cuda:1 (default: cuda where there is a GPU, "
+                        "and a pair too large for its memory on the CPU; else cpu)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(func=_match)
 
@@ -297,6 +342,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mechperm: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise
+        first_line = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        print(f"mechperm: error: the GPU ran out of memory ({first_line}); --device cpu matches on the CPU, and "
+              "without --device a pair too large for the GPU is matched on the CPU", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

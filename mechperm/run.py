@@ -19,7 +19,7 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -305,6 +305,7 @@ def run_stack(
     *,
     progress: bool = True,
     plots: bool = True,
+    matcher: Callable[..., MatchResult] | None = None,
     **match_options: Any,
 ) -> StackMatch:
     """Match a stack into a run folder; pairs already there (same inputs and options, on any
@@ -320,6 +321,9 @@ def run_stack(
     contiguous share of the pairs (:func:`share`) into the same run folder, which must be on a
     file system every rank sees; the ranks then exchange what they read, every rank returns the
     whole :class:`StackMatch`, and rank 0 writes the summary and the plots.
+
+    ``matcher``: called as ``matcher(sae_a, sae_b, **match_options)`` for each pair to match
+    (default :func:`~mechperm.match`); ``match_options`` alone key the stored pairs.
     """
     check_stack(saes)
     run_dir = Path(run_dir)
@@ -376,7 +380,7 @@ def run_stack(
     pending, present = [p for p in todo if p not in found], [p for p in todo if p in found]
     mine = set(share(pending, rank, world)) | set(share(present, rank, world))
     results = match_pairs(saes, [p for p in todo if p in mine], cached=stored, on_result=on_result,
-                          progress=progress and rank == 0, **match_options)
+                          progress=progress and rank == 0, matcher=matcher, **match_options)
     if world > 1:
         import torch.distributed as dist
 

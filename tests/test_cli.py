@@ -127,3 +127,85 @@ def test_cuda_on_a_machine_without_it_is_one_line(tmp_path: Path) -> None:
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert "device='cuda': CUDA is not available here" in out.stderr
         assert not (tmp_path / "run").exists()
+
+
+def test_the_device_defaults_to_the_gpu_where_torch_sees_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechperm import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli._auto_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli._auto_device() == "cuda"
+
+
+def _gpu_that_fits(monkeypatch: pytest.MonkeyPatch, fits: int) -> list:
+    """Pretend the machine has a GPU on which only pairs of at most ``fits`` features fit: match()
+    on "cuda" raises torch's out-of-memory error for wider pairs and otherwise runs on the CPU.
+    Returns the (features, device) of every call."""
+    import importlib
+
+    from mechperm import cli
+    from mechperm.formats import _common
+
+    match_module = importlib.import_module("mechperm.match")  # the module: the package's `match` is the function
+    real, calls = match_module.match, []
+
+    def fake(sae_a, sae_b, **options):
+        calls.append((sae_a.d_sae, options.get("device")))
+        if options.get("device") == "cuda":
+            if sae_a.d_sae > fits:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            options = {**options, "device": "cpu"}
+        return real(sae_a, sae_b, **options)
+
+    monkeypatch.setattr(match_module, "match", fake)
+    monkeypatch.setattr(cli, "_auto_device", lambda: "cuda")
+    monkeypatch.setattr(cli, "_device_name", lambda device: f"{device} (a test GPU)")
+    monkeypatch.setattr(_common, "as_device", lambda device: torch.device("cpu"))
+    return calls
+
+
+def test_a_pair_too_wide_for_the_chosen_gpu_is_matched_on_the_cpu(tmp_path: Path, capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --device on a GPU machine, every pair runs on the GPU; one that does not fit in
+    its memory is matched on the CPU with a note, and the run goes on (and resumes, keyed
+    without the device)."""
+    from mechperm.cli import main
+
+    _write_stack(tmp_path / "saes", 3, 96)
+    calls = _gpu_that_fits(monkeypatch, fits=64)
+    assert main(["match", str(tmp_path / "saes"), "-o", str(tmp_path / "run"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "matching on cuda (a test GPU)" in out
+    assert calls == [(96, "cuda"), (96, "cpu"), (96, "cuda"), (96, "cpu")]
+    assert err.count("does not fit in the GPU's memory (CUDA out of memory. Tried to allocate 9.00 GiB); "
+                     "matching it on the CPU") == 2
+    stack = load_run(tmp_path / "run")
+    assert sorted(stack.results) == [(0, 1), (1, 2)] and stack.options["device"] == "cuda"
+    assert all(r.certified and r.options["device"] == "cpu" for r in stack.results.values())
+    calls.clear()
+    assert main(["match", str(tmp_path / "saes"), "-o", str(tmp_path / "run"), "--quiet", "--device", "cpu"]) == 0
+    assert calls == []  # the same pairs, on another device: nothing matched again
+
+
+def test_a_gpu_asked_for_by_name_fails_in_one_line_when_it_is_too_small(tmp_path: Path, capsys,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechperm.cli import main
+
+    _write_stack(tmp_path / "saes", 2, 96)
+    calls = _gpu_that_fits(monkeypatch, fits=64)
+    assert main(["match", str(tmp_path / "saes"), "--out", str(tmp_path / "run"), "--quiet", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert calls == [(96, "cuda")]
+    assert "mechperm: error: the GPU ran out of memory (CUDA out of memory. Tried to allocate 9.00 GiB); " \
+           "--device cpu matches on the CPU" in err and "Traceback" not in err
+
+
+def test_match_on_a_machine_without_a_gpu_says_cpu(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechperm.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _write_stack(tmp_path / "saes", 2, 64)
+    assert main(["match", str(tmp_path / "saes"), "-o", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "matching on cpu" in capsys.readouterr().out
+    assert load_run(tmp_path / "run").options["device"] == "cpu"
