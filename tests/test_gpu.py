@@ -196,6 +196,39 @@ def test_partial_match_on_cuda_agrees_with_cpu() -> None:
     assert 0 < int((gpu.perm >= 0).sum()) < 1200
 
 
+@pytest.mark.parametrize("on, metric, mode, fold", [
+    ("decoder", "mse", "bijective", True), ("encoder", "mse", "bijective", True), ("both", "cosine", "bijective", True),
+    ("decoder", "mse", "bijective", False), ("decoder", "cosine", "partial", True), ("both", "mse", "topk", True),
+])
+@pytest.mark.parametrize("dense_limit", [None, 0])
+def test_match_variants_on_the_device_agree_with_the_cpu(on: str, metric: str, mode: str, fold: bool,
+                                                         dense_limit) -> None:
+    """What `mechperm match` now runs on a GPU by default: match() on SAEs, in each variant and on
+    both paths (dense_limit 0: the sparse path), reaches the CPU's certified objective; top-k
+    neighbours have the CPU's costs."""
+    from mechperm import match
+    from mechperm.synthetic import make_stack
+
+    a, b = make_stack(2, d=64, F=700, seed=3).saes
+    opts = dict(on=on, metric=metric, mode=mode, fold=fold, dense_limit=dense_limit)
+    if mode == "partial":
+        bij = match(a, b, on=on, metric=metric, fold=fold)
+        opts["threshold"] = float(bij.cost.double().median())
+    if mode == "topk":
+        opts["k"] = 3
+    got, want = match(a, b, device=DEV, **opts), match(a, b, device="cpu", **opts)
+    assert got.options["device"].startswith(DEV)
+    if mode == "topk":
+        assert torch.allclose(got.neighbor_costs.double(), want.neighbor_costs.double(), rtol=1e-5, atol=1e-6)
+        return
+    assert got.certified and want.certified
+    assert got.objective == pytest.approx(want.objective, rel=1e-5)
+    perm = got.perm[got.perm >= 0]
+    assert perm.unique().numel() == perm.numel()
+    if mode == "partial":
+        assert 0 < perm.numel() < 700  # (how many: ties at the threshold may differ)
+
+
 @pytest.mark.skipif(DEV != "cuda", reason="torchrun with --device cuda needs a GPU")
 def test_torchrun_one_rank_matches_on_its_local_gpu(tmp_path) -> None:
     """The scale-out path on a GPU: a rank joins gloo, takes its LOCAL_RANK's GPU for "cuda", and
