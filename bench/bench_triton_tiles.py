@@ -276,49 +276,45 @@ def topq_sweep(F: int, FB: int, emit, t_end: float, q: int = 64) -> None:
     v = torch.zeros(FB, dtype=torch.float64, device=DEV)
     rows = torch.arange(F, device=DEV)
     keep = (tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_STAGES, tc.TOPQ_DOTS_SPLITS_PER_SM)
+
+    def run(cfg, gated: bool | None):
+        """(outputs, seconds: the better of two calls after one that compiles) with the tile cfg."""
+        bm, bn, warps, stages, per_sm = cfg
+        tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_SPLITS_PER_SM = bm, bn, warps, per_sm
+        tc.TOPQ_DOTS_STAGES = stages or None
+        out = tc.price_rows_topq(sv.A16, sv.B16, u, v, rows, q, screen=sv, gated=gated)
+        ts = []
+        for _ in range(2):
+            sync()
+            t = time.perf_counter()
+            tc.price_rows_topq(sv.A16, sv.B16, u, v, rows, q, screen=sv, gated=gated)
+            sync()
+            ts.append(time.perf_counter() - t)
+        return out, min(ts)
+
     ref, best = None, None
     for cfg in TOPQ_SWEEP:
         if time.perf_counter() > t_end:
             emit(what="budget spent", kernel="topq sweep")
             break
-        bm, bn, warps, stages, per_sm = cfg
-        tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_SPLITS_PER_SM = bm, bn, warps, per_sm
-        tc.TOPQ_DOTS_STAGES = stages or None
         try:
-            out = tc.price_rows_topq(sv.A16, sv.B16, u, v, rows, q, screen=sv)
-            ts = []
-            for _ in range(2):
-                sync()
-                t = time.perf_counter()
-                tc.price_rows_topq(sv.A16, sv.B16, u, v, rows, q, screen=sv)
-                sync()
-                ts.append(time.perf_counter() - t)
+            out, seconds = run(cfg, None)
         except Exception as e:  # noqa: BLE001  (a tile the compiler refuses is a result)
             emit(what="topq", cfg=str(cfg), error=f"{type(e).__name__}: {str(e)[:200]}")
             continue
         ref = out if ref is None else ref
         same = all(torch.equal(a, b) for a, b in zip(out, ref))
-        emit(what="topq", cfg=str(cfg), F=F, FB=FB, q=q, seconds=min(ts), same=same, gated=tc.LAST_TOPQ.get("gated"))
-        if same and (best is None or min(ts) < best[0]):
-            best = (min(ts), cfg)
+        emit(what="topq", cfg=str(cfg), F=F, FB=FB, q=q, seconds=seconds, same=same, gated=tc.LAST_TOPQ.get("gated"))
+        if same and (best is None or seconds < best[0]):
+            best = (seconds, cfg)
     if best:
         emit(what="topq best", cfg=str(best[1]), seconds=best[0], topq=",".join(map(str, best[1])))
         for cfg in dict.fromkeys((TOPQ_SWEEP[0], best[1])):
             if time.perf_counter() > t_end:
                 emit(what="budget spent", kernel="topq ungated")
                 break
-            bm, bn, warps, stages, per_sm = cfg
-            tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_SPLITS_PER_SM = bm, bn, warps, per_sm
-            tc.TOPQ_DOTS_STAGES = stages or None
-            out = tc.price_rows_topq(sv.A16, sv.B16, u, v, rows, q, screen=sv, gated=False)
-            ts = []
-            for _ in range(2):
-                sync()
-                t = time.perf_counter()
-                tc.price_rows_topq(sv.A16, sv.B16, u, v, rows, q, screen=sv, gated=False)
-                sync()
-                ts.append(time.perf_counter() - t)
-            emit(what="topq ungated", cfg=str(cfg), F=F, FB=FB, q=q, seconds=min(ts),
+            out, seconds = run(cfg, False)
+            emit(what="topq ungated", cfg=str(cfg), F=F, FB=FB, q=q, seconds=seconds,
                  same=all(torch.equal(a, b) for a, b in zip(out, ref)), gated=tc.LAST_TOPQ.get("gated"))
     tc.TOPQ_DOTS_BM, tc.TOPQ_DOTS_BN, tc.TOPQ_DOTS_WARPS, tc.TOPQ_DOTS_STAGES, tc.TOPQ_DOTS_SPLITS_PER_SM = keep
     os.environ.pop("MECHPERM_GEMM_CANDIDATES", None)
