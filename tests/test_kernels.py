@@ -1114,3 +1114,52 @@ def test_pair_pricer_matches_dense_costs(request, monkeypatch: pytest.MonkeyPatc
         I, J = I.to(TRITON_DEVICE), J.to(TRITON_DEVICE)
     r, c = np.repeat(np.arange(30), 20), np.tile(np.arange(20), 30)
     assert np.array_equal(pair_pricer(I, J)(r, c), dense_costs(I, J, backend="torch").cpu().numpy().reshape(-1))
+
+
+@pytest.mark.parametrize("dtype, shape, blocks", [
+    (torch.float32, (90, 70), (32, 48)), (torch.bfloat16, (90, 70), (1024, 2048)), (torch.float32, (13, 200), (8, 64)),
+])
+def test_candidates_fill_the_cost_matrix_with_the_graphs_costs(dtype, shape, blocks) -> None:
+    """candidates(costs_out=C) fills C with every cost the pass computes, clamped at 0: each
+    arc's cost bit for bit, the dense costs to float32 rounding; the graph is the same as
+    without (tiles that do not divide F, tiles padded for the GEMM)."""
+    Fa, Fb = shape
+    A, B = heavy_tailed(max(Fa, Fb), 24, sigma=1.5, seed=11)
+    A, B = A[:Fa].to(dtype), B[:Fb].to(dtype)
+    B[3] = A[5]  # a cost of exactly 0 before clamping may round below it
+    C = torch.full((Fa, Fb), float("nan"))
+    g = candidates(A, B, k=4, block_rows=blocks[0], block_cols=blocks[1], costs_out=C)
+    plain = candidates(A, B, k=4, block_rows=blocks[0], block_cols=blocks[1])
+    assert torch.equal(g.indptr, plain.indptr) and torch.equal(g.indices, plain.indices)
+    assert torch.equal(g.costs, plain.costs)
+    assert bool((C >= 0).all())  # every entry written (no NaN left), clamped
+    assert torch.equal(C[g.row_ids(), g.indices], g.costs)
+    scale = row_sq_norms(A)[:, None] + row_sq_norms(B)[None, :]
+    assert bool(((C - dense_costs(A, B)).abs() <= 1e-5 * scale + 1e-30).all())
+
+
+def test_cost_matrix_arguments_are_checked(request, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechperm.kernels import pair_pricer, row_pricer
+
+    A, B = torch.randn(6, 8), torch.randn(5, 8)
+    for bad, what in ((torch.zeros(5, 6), r"\(6, 5\).*got \(5, 6\)"), (torch.zeros(6, 5, dtype=torch.float64), "float64"),
+                      (torch.zeros(5, 6).T, "contiguous"), ([[0.0] * 5] * 6, "got list")):
+        for call in (lambda: candidates(A, B, k=2, costs_out=bad), lambda: row_pricer(A, B, 2, costs=bad),
+                     lambda: pair_pricer(A, B, costs=bad)):
+            with pytest.raises(ValueError, match=what):
+                call()
+    request.getfixturevalue("tc")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match="needs the torch backend"):
+        candidates(A, B, k=2, backend="triton", costs_out=torch.zeros(6, 5))
+
+
+def test_pair_pricer_reads_a_given_cost_matrix() -> None:
+    from mechperm.kernels import pair_pricer
+
+    A, B = torch.randn(7, 4), torch.randn(9, 4)
+    C = torch.rand(7, 9)
+    rows, cols = np.array([0, 6, 3, 3]), np.array([8, 0, 4, 4])
+    got = pair_pricer(A, B, costs=C)(rows, cols)
+    assert got.dtype == np.float32 and np.array_equal(got, C.numpy()[rows, cols])
+    assert pair_pricer(A, B, costs=C)(np.empty(0, np.int64), np.empty(0, np.int64)).shape == (0,)
