@@ -6,7 +6,6 @@ tile of the F_a × F_b cost matrix. Both return the dense optimum with its certi
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Literal
 
@@ -19,7 +18,7 @@ from mechperm import assign as solver
 from mechperm import kernels
 from mechperm.formats._common import as_device
 from mechperm.kernels import screen, screen_cuda
-from mechperm.kernels.candidates import _backend, _check_vectors, check_kernel_device, norms_kept
+from mechperm.kernels.candidates import _check_vectors, check_kernel_device, norms_kept
 from mechperm.kernels.features import On
 from mechperm.kernels.rows import ScaledRows
 from mechperm.result import MatchResult
@@ -42,12 +41,6 @@ copy to the host) is what costs. Measured on an H200 (``bench/bench_match_gpu.py
 d = 2304, dense vs sparse end to end): F = 1024 0.053 vs 0.046 s, 2048 0.137 vs 0.115 s,
 4096 0.53 vs 0.27 s, 8192 1.93 vs 0.77 s. Dense is kept up to 1024² (within 15 %; it needs no
 pricing rounds, and smaller F were not measured)."""
-KEEP_COSTS_LIMIT = 16384 * 16384
-"""F_a · F_b up to which the unscreened sparse path on the CPU (no AVX-512 BF16, or
-``MECHPERM_SCREEN=0``) keeps the float32 cost matrix its candidate pass computes (1 GiB at
-16384²; at most an eighth of the machine's memory) and prices rows, pairs and completions from
-it instead of computing GEMM rows again. The dense path's matrix without its dense solve: the
-graph and certificate stay, the pricing rounds' GEMMs go (see the README's CPU table)."""
 PRICE_PER_ROW = 128
 """Pairs of smallest reduced cost the sparse path's pricing returns per priced row (measured:
 16 → 10 rounds, 64 → 6 at F = 4096; screened CPU path, ``make_stack`` d = 2304: F = 16384
@@ -423,19 +416,16 @@ def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_
         pricer = screen_cuda.row_pricer(svg, PRICE_PER_ROW)
         pair_costs = svg.exact_np
     else:
-        kept = _kept_costs(A, B)  # the cost matrix, where it is small enough to keep
-        g = kernels.candidates(A, B, k=k, on_rows=on_rows, costs_out=kept)
+        g = kernels.candidates(A, B, k=k, on_rows=on_rows)
         if g.indices.is_cuda:  # the kernels' time apart from the graph's trip to the host
             torch.cuda.synchronize(g.indices.device)
         t_kernels = time.perf_counter() - t0
         graph, cand_stats = kernels.solver_graph(g, A, B), g.stats
-        pricer = kernels.row_pricer(A, B, PRICE_PER_ROW, costs=kept)
-        pair_costs = kernels.pair_pricer(A, B, costs=kept)
+        pricer = kernels.row_pricer(A, B, PRICE_PER_ROW)
+        pair_costs = kernels.pair_pricer(A, B)
         pair_pricing = A.device.type == "cpu"
 
         def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:  # a GEMM, as the graph's costs
-            if kept is not None:
-                return kept.numpy()[np.ix_(r, c)]
             dev = A.device
             return kernels.dense_costs(A[torch.from_numpy(r).to(dev)], B[torch.from_numpy(c).to(dev)]).cpu().numpy()
     if block_costs is None:  # the screens' exact costs are per pair whatever the blocking
@@ -443,26 +433,6 @@ def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_
         def block_costs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
             return pair_costs(np.repeat(r, len(c)), np.tile(c, len(r))).reshape(len(r), len(c))
     return graph, cand_stats, pricer, pair_costs, block_costs, t_kernels, pair_pricing
-
-
-def _kept_costs(A: Tensor, B: Tensor) -> Tensor | None:
-    """An empty [F_a, F_b] float32 tensor for the candidate pass to fill (``KEEP_COSTS_LIMIT``),
-    or None: on CUDA or the Triton kernels, beyond the limit, above an eighth of the machine's
-    memory, or with ``MECHPERM_KEEP_COSTS=0`` (less memory, the pricing rounds' GEMMs again)."""
-    n, m = A.shape[0], B.shape[0]
-    if os.environ.get("MECHPERM_KEEP_COSTS") == "0" or _backend(A, B) != "torch":
-        return None
-    if A.device.type != "cpu" or n * m > KEEP_COSTS_LIMIT or 4 * n * m > _physical_memory() // 8:
-        return None
-    return torch.empty(n, m, dtype=torch.float32)
-
-
-def _physical_memory() -> int:
-    """Bytes of RAM (POSIX sysconf); 16 GiB where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 16 << 30
 
 
 def _complete(graph: solver.CandidateGraph, A: Tensor, B: Tensor, block_costs) -> tuple[solver.CandidateGraph, int]:

@@ -17,19 +17,6 @@ from mechperm.kernels import screen
 from mechperm.match import match, match_vectors
 from mechperm.synthetic import make_stack
 
-match_module = importlib.import_module("mechperm.match")  # the package's `match` is the function
-
-# The CPU's sparse paths: "1" screened (where AVX-512 BF16 is), "0" unscreened with the cost
-# matrix kept (the candidate pass fills it; pricing reads it: match.KEEP_COSTS_LIMIT), and
-# "0-recompute" unscreened pricing GEMM rows again (pairs beyond the limit take that path).
-SPARSE_PATHS = ["1", "0", "0-recompute"]
-
-
-def _use_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
-    monkeypatch.setenv("MECHPERM_SCREEN", path[0])
-    if path == "0-recompute":
-        monkeypatch.setattr(match_module, "KEEP_COSTS_LIMIT", 0)
-
 
 def _valid_partial_perm(perm: torch.Tensor, Fb: int) -> None:
     assert perm.dtype == torch.int64
@@ -237,24 +224,19 @@ def test_solver_graph_bounds_hold_for_every_pair_left_out(stack) -> None:
     np.testing.assert_allclose(np.sort(sg.row_cos), np.sort(np.sort(cos, axis=1)[:, -5]), atol=2e-5)
 
 
-@pytest.mark.parametrize("from_matrix", [False, True])
-def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack, from_matrix: bool) -> None:
+def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack) -> None:
     """The sparse path's pricing callback: per requested row the q pairs of smallest reduced
     cost (c - u) - v, whatever their sign (selected in float32: up to its rounding), with the
-    candidate graph's float32 costs, and a bound under every pair it leaves out. from_matrix:
-    the rows read from a given cost matrix (``costs=``; here the dense costs perturbed, so that
-    rows computed again would differ), not computed."""
+    candidate graph's float32 costs, and a bound under every pair it leaves out."""
     A, B = kernels.matching_vectors(stack.saes[0]), kernels.matching_vectors(stack.saes[1])
     C = kernels.dense_costs(A, B)
-    if from_matrix:
-        C = (C * (1 + 0.01 * torch.rand(C.shape, generator=torch.Generator().manual_seed(1)))).contiguous()
     rng = np.random.default_rng(0)
     u = C.min(dim=1).values.double().numpy() + rng.normal(scale=0.05, size=A.shape[0])
     v = rng.normal(scale=0.05, size=B.shape[0])
     rows = np.sort(rng.choice(A.shape[0], size=40, replace=False))
     q = 7
     # max_tile of 16 rows: three blocks, the last one of 8 rows (padded for the GEMM)
-    r, c, w, bound = kernels.row_pricer(A, B, q, max_tile=16 * B.shape[0], costs=C if from_matrix else None)(rows, u, v)
+    r, c, w, bound = kernels.row_pricer(A, B, q, max_tile=16 * B.shape[0])(rows, u, v)
     red = (C.double().numpy() - u[:, None]) - v[None, :]
     assert np.array_equal(np.unique(r), rows) and np.bincount(r, minlength=A.shape[0])[rows].tolist() == [q] * 40
     for t, i in enumerate(rows):
@@ -267,51 +249,10 @@ def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack, from_matrix:
         assert np.sort(red[i])[q] - 2 * margin <= bound[t] <= red[i, left].min(), f"row {i}"
     assert np.array_equal(w, C.numpy()[r, c]), "pricing costs differ from the dense costs"
     assert (red[r, c] < 0).any() and (red[r, c] >= 0).any()  # both signs are returned
-    if from_matrix:
-        return
     g = kernels.candidates(A, B, k=4)
     graph = {(int(i), int(j)): float(x) for i, j, x in zip(g.row_ids(), g.indices, g.costs)}
     shared = [(i, j, x) for i, j, x in zip(r.tolist(), c.tolist(), w.tolist()) if (i, j) in graph]
     assert shared and all(graph[(i, j)] == x for i, j, x in shared), "pricing costs differ from the graph's"
-
-
-@pytest.mark.parametrize("limit, env, kept", [(None, None, True), (0, None, False), (300 * 300, None, False),
-                                             (None, "0", False), (None, "1", True)])
-def test_unscreened_sparse_path_keeps_the_cost_matrix_within_its_limit(monkeypatch, limit, env, kept: bool) -> None:
-    """Unscreened on the CPU, a pair within KEEP_COSTS_LIMIT has its cost matrix filled by the
-    candidate pass and its pricing rows read from it (no dense_costs call after the pass);
-    beyond the limit, or with MECHPERM_KEEP_COSTS=0, the rows are computed again. The same
-    certified optimum either way."""
-    monkeypatch.setenv("MECHPERM_SCREEN", "0")
-    if limit is not None:
-        monkeypatch.setattr(match_module, "KEEP_COSTS_LIMIT", limit)
-    if env is not None:
-        monkeypatch.setenv("MECHPERM_KEEP_COSTS", env)
-    a, b = make_stack(2, d=32, F=400, seed=5, heavy_tail=2.5).saes
-    best = _scipy_objective(a, b)
-    calls = {"costs_out": [], "dense_costs": 0}
-    real_candidates, real_dense = kernels.candidates, kernels.dense_costs
-
-    def candidates(*args, costs_out=None, **kw):
-        calls["costs_out"].append(costs_out)
-        return real_candidates(*args, costs_out=costs_out, **kw)
-
-    def dense_costs(*args, **kw):
-        calls["dense_costs"] += 1
-        return real_dense(*args, **kw)
-
-    monkeypatch.setattr(kernels, "candidates", candidates)
-    monkeypatch.setattr(kernels, "dense_costs", dense_costs)
-    monkeypatch.setattr(importlib.import_module("mechperm.kernels.candidates"), "dense_costs", dense_costs)
-    r = match(a, b, dense_limit=0, candidates_k=2)
-    assert r.certified and r.objective == pytest.approx(best, rel=1e-9)
-    assert r.stats["solver"]["priced_rows"] > 0
-    (costs_out,) = calls["costs_out"]
-    assert (costs_out is not None) == kept
-    assert (calls["dense_costs"] == 0) == kept
-    if kept:
-        want = kernels.dense_costs(kernels.matching_vectors(a), kernels.matching_vectors(b))
-        assert torch.allclose(costs_out, want, rtol=1e-5, atol=1e-6)
 
 
 def test_row_pricer_edge_cases() -> None:
@@ -355,12 +296,10 @@ def test_sparse_path_heavy_tails_and_partial() -> None:
         _valid_partial_perm(p.perm, b.d_sae)
 
 
-@pytest.mark.parametrize("path", SPARSE_PATHS)
-def test_sparse_path_completes_an_infeasible_candidate_graph(monkeypatch, path: str) -> None:
+def test_sparse_path_completes_an_infeasible_candidate_graph() -> None:
     """k = 1 on heavy tails: the candidate graph has no assignment of every row; match() adds
     arcs between the rows and columns a maximum matching leaves free instead of letting the
     loop fall back to slack columns, and still reaches the dense optimum."""
-    _use_path(monkeypatch, path)
     st = make_stack(2, d=32, F=384, seed=5, heavy_tail=2.5)
     a, b = st.saes
     r = match(a, b, dense_limit=0, candidates_k=1)
@@ -373,12 +312,12 @@ def test_sparse_path_completes_an_infeasible_candidate_graph(monkeypatch, path: 
     assert r.n_matched == a.d_sae
 
 
-@pytest.mark.parametrize("path", SPARSE_PATHS)
-def test_sparse_path_gives_tied_zero_vectors_their_own_arcs(monkeypatch, path: str) -> None:
+@pytest.mark.parametrize("screened", ["1", "0"])
+def test_sparse_path_gives_tied_zero_vectors_their_own_arcs(monkeypatch, screened: str) -> None:
     """Many dead features with all-zero decoder rows: their pairs all tie, and without a
     staircase of their own they would crowd onto the same few columns (an infeasible graph
     that the completion patches with forced arcs). With it: no completion, same optimum."""
-    _use_path(monkeypatch, path)
+    monkeypatch.setenv("MECHPERM_SCREEN", screened)
     st = make_stack(2, d=32, F=1024, seed=7, dead_rate=0.5, dead_modes=("zero_row",))  # without: 254k completion arcs
     a, b = st.saes
     assert int((kernels.row_sq_norms(kernels.matching_vectors(a)) == 0).sum()) > 200
@@ -503,15 +442,15 @@ def test_progress_bars_cover_candidates_and_pricing(monkeypatch, capsys, screene
     assert torch.equal(loud.perm, quiet.perm) and loud.objective == quiet.objective
 
 
-@pytest.mark.parametrize("path", SPARSE_PATHS)
-def test_sparse_path_exact_where_norms_span_many_decades(monkeypatch, path: str) -> None:
+@pytest.mark.parametrize("screened", ["0", "1"])
+def test_sparse_path_exact_where_norms_span_many_decades(monkeypatch, screened: str) -> None:
     """The sparse path's optimum equals scipy's where some vectors are 10^4 times shorter than
     others (their cosines cannot be read back from float32 costs; the bounds' own test is
     kernels' test_cosine_bounds_hold_where_norms_span_many_decades, the slow test below the
     case where it went wrong)."""
     from mechperm import match_vectors
 
-    _use_path(monkeypatch, path)
+    monkeypatch.setenv("MECHPERM_SCREEN", screened)
     g = torch.Generator().manual_seed(7)
     A = torch.randn(400, 48, generator=g) * torch.exp(2.0 * torch.randn(400, 1, generator=g))
     B = A[torch.randperm(400, generator=g)] + 0.3 * torch.randn(400, 48, generator=g) * A.norm(dim=1).mean()
@@ -523,14 +462,14 @@ def test_sparse_path_exact_where_norms_span_many_decades(monkeypatch, path: str)
     assert r.certified and r.objective == pytest.approx(float(c[rows, cols].sum()), rel=1e-9)
 
 
-@pytest.mark.parametrize("path", SPARSE_PATHS)
-def test_sparse_path_on_drifted_lognormal_vectors(monkeypatch, path: str) -> None:
+@pytest.mark.parametrize("screened", ["0", "1"])
+def test_sparse_path_on_drifted_lognormal_vectors(monkeypatch, screened: str) -> None:
     """bench_match_gpu's vectors (lognormal norms, a permuted copy drifted by ~37°): the loop
     prices the partners of violating pairs and re-checks moved columns, and still reaches
     scipy's optimum of the same costs, certified."""
     from mechperm import match_vectors
 
-    _use_path(monkeypatch, path)
+    monkeypatch.setenv("MECHPERM_SCREEN", screened)
     g = torch.Generator().manual_seed(3)
     F, d = 1200, 32
     a = torch.randn(F, d, generator=g)
@@ -559,14 +498,13 @@ def test_unscreened_sparse_path_on_the_heavy_tailed_stack_8192(monkeypatch) -> N
     assert sparse.certified and sparse.objective == pytest.approx(dense.objective, rel=1e-9)
 
 
-@pytest.mark.parametrize("path", ["0", "0-recompute"])
-def test_unscreened_cpu_path_prices_refailing_rows_pair_by_pair(monkeypatch, path: str) -> None:
+def test_unscreened_cpu_path_prices_refailing_rows_pair_by_pair(monkeypatch) -> None:
     """Unscreened on the CPU, rows priced before that fail again on few pairs are costed pair by
     pair (assign_exact's pair_pricing): scipy's optimum of the same costs, certified, and the
     same as with whole rows; the screened path keeps whole rows (its bf16 rows are cheap)."""
     from mechperm import assign as solver
 
-    _use_path(monkeypatch, path)
+    monkeypatch.setenv("MECHPERM_SCREEN", "0")
     a, b = make_stack(2, d=128, F=2048, seed=0).saes
     r = match(a, b, dense_limit=0)
     assert r.certified and r.stats["solver"]["pair_priced_rows"] > 0

@@ -610,7 +610,6 @@ def candidates(
     block_cols: int = 2048,
     backend: str | None = None,
     on_rows: Callable[[int], None] | None = None,
-    costs_out: Tensor | None = None,
 ) -> CandidateGraph:
     """Sparse candidate graph: per row and per column, the k cheapest and the k_cos most similar.
 
@@ -635,10 +634,6 @@ def candidates(
     on_rows : callable, optional
         Called with the number of rows of A done after each row block (a progress bar's
         ``update``; the torch backend's loop; the Triton kernels run as one launch).
-    costs_out : Tensor [F_a, F_b] float32, optional
-        Filled with every cost the pass computes, clamped at 0: the dense cost matrix, whose
-        entries are the graph's arc costs bit for bit (torch backend; for callers that price
-        rows from it, :func:`row_pricer`'s ``costs``, instead of computing them again).
 
     Returns
     -------
@@ -650,10 +645,6 @@ def candidates(
     _check_k("block_rows", block_rows, 1)
     _check_k("block_cols", block_cols, 1)
     Fa, Fb = A.shape[0], B.shape[0]
-    if costs_out is not None:
-        _check_cost_matrix("costs_out", costs_out, Fa, Fb, A.device)
-        if _backend(A, B, backend=backend) == "triton":
-            raise ValueError("candidates(costs_out=...) needs the torch backend (the Triton kernels keep no tiles)")
     if _backend(A, B, backend=backend) == "triton" and Fa and Fb:
         from mechperm.kernels import triton_candidates
 
@@ -681,10 +672,6 @@ def candidates(
                 cos = torch.mul(tile, half_ia[r0:r1, None], out=scratch.get("cos", tile.shape))
                 cos.mul_(ib[None, c0:c1])
             _add_norms(tile, na[r0:r1], nb[c0:c1])  # clamped at 0 where entries are taken
-            if costs_out is not None:  # the values arcs get, clamped as _select clamps them. (The
-                # GEMM straight into costs_out's rows was slower: 1024 x 2048 tiles with a leading
-                # dimension of F_b, or whole rows in 128-row GEMMs, 16384², one thread, ad hoc.)
-                torch.clamp_min(tile, 0.0, out=costs_out[r0:r1, c0:c1])
             _select(tile, cos, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch)
         if on_rows is not None:
             on_rows(r1 - r0)
@@ -733,13 +720,6 @@ def _check_duals(u: Tensor, v: Tensor, Fa: int, Fb: int, device: torch.device) -
             raise ValueError(f"{name} must hold finite floating-point duals")
         out.append(x.to(device=device, dtype=torch.float64))
     return out[0], out[1]
-
-
-def _check_cost_matrix(name: str, C: Tensor, Fa: int, Fb: int, device: torch.device) -> None:
-    if not isinstance(C, Tensor) or C.shape != (Fa, Fb) or C.dtype != torch.float32 or C.device != device \
-            or not C.is_contiguous():
-        what = f"{tuple(C.shape)} {C.dtype} on {C.device}" if isinstance(C, Tensor) else type(C).__name__
-        raise ValueError(f"{name} must be a contiguous float32 tensor ({Fa}, {Fb}) on {device}; got {what}")
 
 
 def _check_rows(rows: Tensor | Sequence[int] | None, Fa: int, device: torch.device) -> Tensor:
@@ -920,7 +900,7 @@ def _cosine_error(D: int) -> float:
     return 2.0 * (D * u / (1.0 - D * u)) + 16.0 * u
 
 
-def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None, costs: Tensor | None = None):
+def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
     """``price_rows`` callback of :func:`assign.assign_exact`: the ``q`` pairs of smallest reduced
     cost of every requested row, whatever their sign, and per row a lower bound on the reduced
     cost of every pair not returned (:class:`assign.PricedRows`).
@@ -936,13 +916,8 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None, cos
     2^-23 (|c| + |v|), so the (q+1)-th less ``u_i`` and a 2^-20 margin on those magnitudes
     bounds every pair not returned. Rows where that bound is below 0 while none of their pairs
     violates (ties at ~0) are selected again in float64, exactly.
-
-    ``costs``: the [F_a, F_b] float32 cost matrix (``candidates(costs_out=...)``): rows are read
-    from it instead of computed (a GEMM row each).
     """
-    if costs is not None:
-        _check_cost_matrix("costs", costs, A.shape[0], B.shape[0], A.device)
-    elif _backend(A, B) == "triton" and os.environ.get("MECHPERM_FUSED_PRICING", "0") == "1":
+    if _backend(A, B) == "triton" and os.environ.get("MECHPERM_FUSED_PRICING", "0") == "1":
         return _fused_row_pricer(A, B, q)
     if max_tile is None:  # tile ≤ 64 MiB on the CPU; 512 MiB on a GPU, where 16-row launches
         max_tile = 1 << (27 if A.device.type == "cuda" else 24)  # would idle it
@@ -951,7 +926,6 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None, cos
     nb = row_sq_norms(B)  # once: not per block (see dense_costs)
     _check_norms("B", nb)
     nb_max = float(nb.max()) if m else 0.0
-    na_all = row_sq_norms(A) if costs is not None else None  # the margins' norms, rows read from costs
 
     def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
         from mechperm import assign
@@ -963,12 +937,9 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None, cos
         out_r, out_c, out_w, out_b = [], [], [], []
         for s0 in range(0, rows_t.numel() if kq else 0, block):
             ids = rows_t[s0 : s0 + block]
-            if costs is None:
-                Ablk = A[ids]
-                na = row_sq_norms(Ablk)
-                tile = dense_costs(Ablk, B, norms=(na, nb))  # [b, F_b] float32
-            else:
-                na, tile = na_all[ids], costs[ids]
+            Ablk = A[ids]
+            na = row_sq_norms(Ablk)
+            tile = dense_costs(Ablk, B, norms=(na, nb))  # [b, F_b] float32
             k1 = min(kq + 1, m)
             vals, cols = torch.topk(tile - v32[None, :], k1, dim=1, largest=False, sorted=True)
             uu = u_t[ids]
@@ -1003,22 +974,12 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None, cos
     return price_rows
 
 
-def pair_pricer(A: Tensor, B: Tensor, *, costs: Tensor | None = None):
+def pair_pricer(A: Tensor, B: Tensor):
     """``price_pairs`` callback of :func:`assign.assign_exact`: ``(rows, cols) -> costs``, the
     float32 costs of the pairs (A[rows[t]], B[cols[t]]) by the cost formula of :func:`dense_costs`
     (the dot rounded once, not by a GEMM's blocking: within that GEMM's float32 rounding of the
     graph's and the pricers' values). The norms on the first call (many matches never make
-    one), once. ``costs``: the [F_a, F_b] cost matrix (``candidates(costs_out=...)``), whose
-    entries are returned instead (the graph's values exactly)."""
-    if costs is not None:
-        _check_cost_matrix("costs", costs, A.shape[0], B.shape[0], A.device)
-        flat, m = costs.view(-1), costs.shape[1]
-
-        def look_up(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-            at = np.asarray(rows, np.int64) * m + np.asarray(cols, np.int64)
-            return flat[torch.from_numpy(at).to(costs.device)].cpu().numpy()
-
-        return look_up
+    one), once."""
     state: dict = {}
 
     def prepare() -> dict:
