@@ -58,6 +58,11 @@ def _device_name(device: str) -> str:
     return device
 
 
+def _reason(exc: BaseException) -> str:
+    """The first line of an out-of-memory error (torch's goes on with allocator advice)."""
+    return str(exc).splitlines()[0] if str(exc) else "out of memory"
+
+
 def _cpu_when_out_of_gpu_memory(progress: bool):
     """The matcher of a run whose device was chosen for the user (``--device`` not given): a
     pair that does not fit in the GPU's memory (wide SAEs on a small card) is matched on the CPU
@@ -70,10 +75,10 @@ def _cpu_when_out_of_gpu_memory(progress: bool):
         try:
             return match(sae_a, sae_b, progress=progress, **options)
         except torch.cuda.OutOfMemoryError as exc:  # retried below, after the traceback's tensors are freed
-            first_line = str(exc).splitlines()[0] if str(exc) else "out of memory"
+            reason = _reason(exc)
         torch.cuda.empty_cache()
         print(f"\nmechperm: note: a pair of {sae_a.d_sae} × {sae_b.d_sae} features does not fit in the GPU's "
-              f"memory ({first_line}); matching it on the CPU (--device cpu runs every pair there)", file=sys.stderr)
+              f"memory ({reason}); matching it on the CPU (--device cpu runs every pair there)", file=sys.stderr)
         return match(sae_a, sae_b, progress=progress, **{**options, "device": "cpu"})
 
     return matcher
@@ -346,8 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch = sys.modules.get("torch")
         if torch is None or not isinstance(exc, torch.cuda.OutOfMemoryError):
             raise
-        first_line = str(exc).splitlines()[0] if str(exc) else "out of memory"
-        print(f"mechperm: error: the GPU ran out of memory ({first_line}); --device cpu matches on the CPU, and "
+        print(f"mechperm: error: the GPU ran out of memory ({_reason(exc)}); --device cpu matches on the CPU, and "
               "without --device a pair too large for the GPU is matched on the CPU", file=sys.stderr)
         return 2
 
