@@ -144,7 +144,7 @@ def _trace_phases() -> None:
     def say(msg: str) -> None:
         print(f"  [{time.perf_counter() - t_start:8.2f} s] {msg}", file=sys.stderr, flush=True)
 
-    def wrap(owner, name: str, inner=None, indent: str = ""):
+    def wrap(owner, name: str, inner=None, indent: str = "", detail=None):
         f = getattr(owner, name)
 
         def traced(*a, **kw):
@@ -154,7 +154,7 @@ def _trace_phases() -> None:
             out = f(*a, **kw)
             if DEVICE == "cuda":
                 torch.cuda.synchronize()
-            say(f"{indent}{name} done in {time.perf_counter() - t0:.3f} s")
+            say(f"{indent}{name} done in {time.perf_counter() - t0:.3f} s" + (detail(*a, **kw) if detail else ""))
             return inner(out) if inner else out
 
         setattr(owner, name, traced)
@@ -185,8 +185,11 @@ def _trace_phases() -> None:
                         (screen, "_capped_bounds"), (sys.modules["mechperm.kernels.candidates"], "_cosine_bounds"),
                         (solver, "_lower_bounds"), (solver, "_shift_duals"), (solver._auction, "solve_sparse"),
                         (solver._auction, "max_matching"), (match_module, "_zero_vector_arcs"),
-                        (tc, "price_rows_topq"), (screen_cuda, "_exact_rows_topq"), (solver._ArcBuffer, "merge")):
+                        (screen_cuda, "_exact_rows_topq"), (solver._ArcBuffer, "merge"),
+                        (solver, "_bound_sorts")):  # a thread during the first solve: joined before the bounds
         wrap(owner, name, indent="    ")
+    # the fused pricer's calls: how many rows at which q (a pass's weak rows are priced again at 4q)
+    wrap(tc, "price_rows_topq", indent="    ", detail=lambda A, B, u, v, rows, q, **kw: f" ({rows.numel()} rows, q = {q})")
 
 
 def _profiled(path: str, fn):
@@ -255,9 +258,9 @@ def main() -> None:
                     help="MECHPERM_GATED_SELECT=1 (the GEMM blocks' selections gated by group minima; the default)")
     ap.add_argument("--no-gated", action="store_true", help="MECHPERM_GATED_SELECT=0 (the running top-k alone)")
     ap.add_argument("--gated-pricer", action="store_true",
-                    help="MECHPERM_GATED_PRICER=1 (the fused pricer gated by tile minima; unset: as the selections)")
+                    help="MECHPERM_GATED_PRICER=1 (the fused pricer gated by tile minima; the default is ungated)")
     ap.add_argument("--no-gated-pricer", action="store_true",
-                    help="MECHPERM_GATED_PRICER=0 (the fused pricer's running top-q alone, selections as set)")
+                    help="MECHPERM_GATED_PRICER=0 (the fused pricer's running top-q alone; the default)")
     ap.add_argument("--d", type=int, default=D, help="vector width (CPU dry runs of the solver side: a small d)")
     ap.add_argument("--candidates-k", type=int, help="match_vectors(candidates_k=...) (default: match's, 64)")
     ap.add_argument("--trace", action="store_true", help="print each phase and pricing pass as it happens")

@@ -33,14 +33,13 @@ cd bench
 export MECHPERM_PROFILE_GEMM=1
 GREP="F=|Error|error" stage match1m "${T_1M:-75}" python3 bench_match_gpu.py --sizes 1048576 --gpu-screen \
     --fused-pricing --candidates-k 32 --trace --sel "$SEL" --topq "$TOPQ" --json "$OUT/match1m.json"
-# 1M again with other options (T_1M_ALT > 0; ALT_1M, default "--no-gated-pricer": the 1M
-# pricing phase took 3.4-3.9 s with the pricer ungated in session 11 and 6.1-7.1 s gated in
-# session 16, other code changed between; this run settles it on one machine). Others: e.g.
-# "--candidates-k 64" (dearer selections, a larger graph, against fewer priced rows: k = 32 priced
-# 41514 rows; 262144 at k = 64: 1312), or "--price-per-row 32" (the screened pricer keeps
-# min(q, 64) a row: fewer registers against fewer pairs a priced row)
+# 1M again with other options (T_1M_ALT > 0; ALT_1M, default "--gated-pricer": on 2026-11-27
+# one H100 gave the pricing phase 6.23 s gated against 4.04 s ungated, and ungated became the
+# default). Others: e.g. "--candidates-k 64" (dearer selections, a larger graph, against fewer
+# priced rows: k = 32 priced 41514 rows; 262144 at k = 64: 1312), or "--price-per-row 32" (the
+# screened pricer keeps min(q, 64) a row: fewer registers against fewer pairs a priced row)
 GREP="F=|Error|error" stage match1m_alt "${T_1M_ALT:-0}" python3 bench_match_gpu.py --sizes 1048576 --gpu-screen \
-    --fused-pricing --candidates-k 32 ${ALT_1M:---no-gated-pricer} --trace --sel "$SEL" --topq "$TOPQ" \
+    --fused-pricing --candidates-k 32 ${ALT_1M:---gated-pricer} --trace --sel "$SEL" --topq "$TOPQ" \
     --json "$OUT/match1m_alt.json"
 GREP="F=|Error|error" stage matchmid "${T_MID:-35}" python3 bench_match_gpu.py \
     --sizes 16384,16384,16384,65536,65536,262144 --sel "$SEL" --topq "$TOPQ" --json "$OUT/matchmid.json"

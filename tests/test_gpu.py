@@ -109,7 +109,7 @@ def test_gated_selection_equals_the_running_top_k(monkeypatch: pytest.MonkeyPatc
 
 
 def test_gated_pricer_equals_the_running_top_q(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gated fused pricer (MECHPERM_GATED_SELECT) compiled: the same pairs, costs and
+    """The gated fused pricer (MECHPERM_GATED_PRICER=1) compiled: the same pairs, costs and
     bounds bit for bit as ungated, at Q = 64 with column splits and several chunks."""
     if DEV != "cuda":
         pytest.skip("the compiled kernels (the interpreter's run is tests/test_kernels.py's)")

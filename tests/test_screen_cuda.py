@@ -228,7 +228,7 @@ def test_screen_on_gemm_dots(gpu_screen, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_gated_screened_pricer_equals_ungated(gpu_screen, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gated pricer (MECHPERM_GATED_SELECT) ranks by the screen's lower bounds exactly as
+    """The gated pricer (MECHPERM_GATED_PRICER=1) ranks by the screen's lower bounds exactly as
     the ungated one: the same pairs, exact costs and bounds, bit for bit (400 columns: 7 tiles,
     a gate for Q = 4), and every pair left out keeps its bound."""
     monkeypatch.setenv("MECHPERM_GEMM_CANDIDATES", "1")

@@ -932,9 +932,8 @@ def _topk_gemm(A, B, na, nb, ia, ib, kr: int, kc: int, kcr: int, kcc: int, split
 def gated_enabled() -> bool:
     """Whether the GEMM-block selections insert only pairs within a bound on each row's and
     column's k-th (group minima: one more read of the first block, ``_block_caps``; later
-    blocks' columns' passes write the rows' minima), and so does the fused row pricer on GEMM
-    blocks (``price_rows_topq``) unless :func:`pricer_gated_enabled` says otherwise. The same
-    keys either way (tested bit for bit). On unless
+    blocks' columns' passes write the rows' minima); the fused row pricer has its own switch,
+    :func:`pricer_gated_enabled`. The same keys either way (tested bit for bit). On unless
     ``MECHPERM_GATED_SELECT=0``. Timed on an H100 (2026-11-27, ``bench/gpu_check.sh``, the
     64 x 64 tiles of then), ungated -> gated: the GEMM blocks' phases (GEMM and selections) at
     F = 16384 43.5 -> 41.3 ms, ``match_vectors`` at 262144 6.07 -> 5.31 s, 8192 rows against 1M
@@ -944,17 +943,13 @@ def gated_enabled() -> bool:
 
 
 def pricer_gated_enabled() -> bool:
-    """Whether the fused row pricer on GEMM blocks (``price_rows_topq``) is gated:
-    ``MECHPERM_GATED_PRICER=0`` / ``1``; unset, as :func:`gated_enabled`. Its own switch
-    because its gate costs more than the selections': the minima launch recomputes every
-    pair's float64 reduced cost (and, screened, its error bound) before the gated launch
-    computes them again. Not yet timed apart: the 1M match's pricing phase took 3.4-3.9 s
-    ungated (H100, session 11) and 6.1-7.1 s gated (session 16), with other changes between
-    (``bench/gpu_sweep.sh`` runs 1M both ways)."""
-    flag = os.environ.get("MECHPERM_GATED_PRICER")
-    if flag in ("0", "1"):
-        return flag == "1"
-    return gated_enabled()
+    """Whether the fused row pricer on GEMM blocks (``price_rows_topq``) is gated by a first
+    launch's tile minima: ``MECHPERM_GATED_PRICER=1``; off by default (the same pairs either
+    way). Its gate costs more than the selections': the minima launch computes every pair's
+    float64 reduced cost (and, screened, its error bound) before the gated launch computes them
+    again. Timed on an H100 (2026-11-27, ``bench/gpu_sweep.sh``, one machine, one run each):
+    the 1M match's pricing phase 6.23 s gated against 4.04 s ungated (41514 rows, 3 rounds)."""
+    return os.environ.get("MECHPERM_GATED_PRICER") == "1"
 
 
 _MAXKEY = 2**63 - 1
