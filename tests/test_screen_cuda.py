@@ -62,6 +62,35 @@ def test_statistics_equal_the_cpu_screen(gpu_screen) -> None:
     np.testing.assert_array_equal(sv.exact_np(r, c), exact.numpy()[r, c])
 
 
+def test_screen_side_kernel_equals_torch(gpu_screen) -> None:
+    """The one-pass statistics kernel against torch's float64 arithmetic: the flushed bf16
+    rounding bit for bit, the sums of squares to float64 rounding, and its row flags (rows not
+    a multiple of its 16-row programs, D not one of its 128-wide steps)."""
+    from mechperm.kernels import triton_candidates as tc
+
+    X = torch.randn(37, 200, generator=torch.Generator().manual_seed(5), dtype=torch.float32)
+    X[2, :7] = 1e-39  # subnormal in bf16: flushed
+    X[5, 9] = -3e-38  # a normal bf16 value: kept
+    X[11, 150] = 3.4e38  # finite in float32, inf in bf16 (above the midpoint to 2^128)
+    X[20, 3] = float("nan")
+    X = X.to(TRITON_DEVICE)
+    nx = (X.double() ** 2).sum(1).float()
+    nx[11] = 1.0  # its real square overflows (flag 2); a finite one leaves the bf16 overflow (flag 1)
+    x16, sums = tc.screen_side(X, nx, screen_cuda._TINY)
+    ref16 = X.to(torch.bfloat16)
+    ref16 = torch.where(ref16.float().abs() < screen_cuda._TINY, torch.zeros((), dtype=ref16.dtype,
+                                                                              device=X.device), ref16)
+    assert torch.equal(x16.cpu().view(torch.int16), ref16.cpu().view(torch.int16))
+    b, x = ref16.double().cpu(), X.double().cpu()
+    want = torch.stack([(b * b).sum(1), ((b - x) ** 2).sum(1), (x * x).sum(1)])
+    ok = torch.ones(37, dtype=torch.bool)
+    ok[[11, 20]] = False
+    torch.testing.assert_close(sums[:3].cpu()[:, ok], want[:, ok], rtol=1e-14, atol=0)
+    flags = sums[4].cpu()
+    assert flags[20] == 2 and flags[11] == 1 and (flags[ok] == 0).all()
+    assert (sums[3] == 0).all()
+
+
 def test_unscreenable_rows_are_refused(gpu_screen) -> None:
     A, B = vectors(10, 8, seed=3)
     A[4, 2] = 3.395e38  # finite in float32, inf in bfloat16 (and its square overflows)

@@ -38,7 +38,6 @@ from torch import Tensor
 from mechperm.kernels import screen
 from mechperm.kernels.candidates import (
     _backend,
-    _check_norms,
     _check_vectors,
     _cosine_kappas,
     _reprice_weak,
@@ -105,41 +104,46 @@ class ScreenedVectorsGPU:
                           torch.from_numpy(np.ascontiguousarray(cols, np.int64)).to(dev)).cpu().numpy()
 
 
-def _side(name: str, X: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(float32 rows, bf16 rows, float32 squared norms, stats [4, F] float64) of one side."""
+def _side(name: str, X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(float32 rows, bf16 rows, float32 squared norms, stats [5, F] float64 on the device: the
+    four of :class:`ScreenedVectorsGPU`, then a flag per row that :func:`_check_side` reads)
+    of one side, in one pass of ``triton_candidates.screen_side`` and no synchronisation."""
+    from mechperm.kernels import triton_candidates as tc
+
     x32 = X.detach().float().contiguous()
-    # X's own norms where they are x32's: the match keeps them for its pair values (norms_kept)
-    sq = row_sq_norms(X if X.dtype == torch.float32 and not X.requires_grad else x32)
-    _check_norms(name, sq)
-    x16 = torch.empty(x32.shape, dtype=torch.bfloat16, device=x32.device)
-    stats = torch.empty(4, x32.shape[0], dtype=torch.float64, device=x32.device)
-    for r0 in range(0, x32.shape[0], chunk):  # float64 temporaries one chunk at a time
-        r1 = min(r0 + chunk, x32.shape[0])
-        b = x32[r0:r1].to(torch.bfloat16)
-        b = torch.where(b.float().abs() < _TINY, torch.zeros((), dtype=b.dtype, device=b.device), b)
-        if not bool(torch.isfinite(b).all()):
-            bad = r0 + int((~torch.isfinite(b)).any(dim=1).nonzero()[0])
-            raise ValueError(f"{name} row {bad} overflows bfloat16; cannot screen it")
-        x16[r0:r1] = b
-        bd, xd = b.double(), x32[r0:r1].double()
-        stats[0, r0:r1] = bd.norm(dim=1)
-        stats[1, r0:r1] = (bd - xd).norm(dim=1)
-        stats[2, r0:r1] = xd.norm(dim=1)
-    stats[3] = sq.double()
-    # float64 norms of float32 data: relative error < D 2^-53 < 2^-36 (D < 2^17); rounded up by
-    # that (as csrc/screen.cpp does), so the bound never rests on a norm that came out low
     if x32.shape[1] >= 1 << 17:
         raise ValueError(f"{name} has D = {x32.shape[1]}; the screen's bound assumes D < 131072")
-    stats[:3] *= 1.0 + 2.0**-36
+    # X's own norms where they are x32's: the match keeps them for its pair values (norms_kept)
+    sq = row_sq_norms(X if X.dtype == torch.float32 and not X.requires_grad else x32)
+    x16, stats = tc.screen_side(x32, sq, _TINY)
+    # float64 norms of float32 data: relative error < D 2^-53 < 2^-36 (D < 2^17); rounded up by
+    # that (as csrc/screen.cpp does), so the bound never rests on a norm that came out low
+    stats[:3] = stats[:3].sqrt_().mul_(1.0 + 2.0**-36)
+    stats[3] = sq.double()
     return x32, x16, sq, stats
+
+
+def _check_side(name: str, stats: np.ndarray) -> None:
+    """Refuse a side whose rows cannot be screened (``stats``: :func:`_side`'s, on the host)."""
+    flag = stats[4]
+    if (flag == 2).any():
+        bad = flag == 2
+        raise ValueError(
+            f"{name} row {int(np.flatnonzero(bad)[0])} holds non-finite values or its squared norm overflows "
+            f"float32 ({int(bad.sum())} such rows); costs would be NaN/inf")
+    if (flag == 1).any():
+        raise ValueError(f"{name} row {int(np.flatnonzero(flag == 1)[0])} overflows bfloat16; cannot screen it")
 
 
 def prepare(A: Tensor, B: Tensor) -> ScreenedVectorsGPU:
     """bf16 roundings and statistics of both sides, on their device."""
     _check_vectors(A, B)
     (A32, A16, na, sa), (B32, B16, nb, sb) = _side("A", A), _side("B", B)
+    host_a, host_b = sa.cpu().numpy(), sb.cpu().numpy()  # the one wait on the device
+    _check_side("A", host_a)
+    _check_side("B", host_b)
     gamma, abs_slack = screen._accumulation_bounds(A.shape[1])
-    return ScreenedVectorsGPU(A32, B32, A16, B16, na, nb, sa, sb, sa.cpu().numpy(), sb.cpu().numpy(),
+    return ScreenedVectorsGPU(A32, B32, A16, B16, na, nb, sa[:4], sb[:4], host_a[:4], host_b[:4],
                               gamma=2.0 * gamma, abs_slack=abs_slack)
 
 

@@ -547,6 +547,60 @@ def _pair_kernel(
 
 
 @triton.jit
+def _screen_side_kernel(
+    X,               # [M, D] float32
+    X16,             # [M, D] bf16, X's rounding: flushed to 0 in place below TINY
+    NX,              # [M] float32 squared norms of X
+    SUMS,            # [5, M] float64 out: Σ x~², Σ (x~ − x)², Σ x², unused, flag
+    M, D, sx, s16,
+    TINY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # One read of both roundings for the screen's per-row statistics (screen_cuda._side), in
+    # place of ~15 torch ops, float64 copies of the block and two synchronisations a side.
+    # flag: 2 where |x|² is not finite, else 1 where x~ holds a non-finite value (bf16 overflow).
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rm = rows < M
+    offs_d = tl.arange(0, BLOCK_D)
+    s_b = tl.zeros((BLOCK_M,), dtype=tl.float64)
+    s_e = tl.zeros((BLOCK_M,), dtype=tl.float64)
+    s_x = tl.zeros((BLOCK_M,), dtype=tl.float64)
+    bad = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    for d0 in range(0, D, BLOCK_D):
+        m = rm[:, None] & ((d0 + offs_d) < D)[None, :]
+        x = tl.load(X + rows[:, None] * sx + (d0 + offs_d)[None, :], mask=m, other=0.0)
+        at16 = X16 + rows[:, None] * s16 + (d0 + offs_d)[None, :]
+        b = tl.load(at16, mask=m, other=0.0).to(tl.float32)
+        b = tl.where(tl.abs(b) < TINY, 0.0, b)
+        tl.store(at16, b.to(tl.bfloat16), mask=m)  # exact: b is a bf16 value
+        bad = tl.maximum(bad, tl.max(tl.where(m & ~(tl.abs(b) < float("inf")), 1, 0), axis=1))
+        bd, xd = b.to(tl.float64), x.to(tl.float64)
+        s_b += tl.sum(bd * bd, axis=1)
+        s_e += tl.sum((bd - xd) * (bd - xd), axis=1)
+        s_x += tl.sum(xd * xd, axis=1)
+    nx = tl.load(NX + rows, mask=rm, other=0.0)
+    bad = tl.where(tl.abs(nx) < float("inf"), bad, 2)
+    tl.store(SUMS + rows, s_b, mask=rm)
+    tl.store(SUMS + M + rows, s_e, mask=rm)
+    tl.store(SUMS + 2 * M + rows, s_x, mask=rm)
+    tl.store(SUMS + 4 * M + rows, bad.to(tl.float64), mask=rm)
+
+
+def screen_side(X: Tensor, nx: Tensor, tiny: float) -> tuple[Tensor, Tensor]:
+    """(bf16 rounding of float32 ``X`` [M, D] with values below ``tiny`` flushed to 0,
+    float64 [5, M]: per row Σ x~², Σ (x~ − x)², Σ x², 0, and a flag: 2 where ``nx`` (X's
+    float32 squared norms) is not finite, else 1 where x~ holds a non-finite value). Exact
+    sums of exact float64 squares in another order than torch's ``norm``: within its
+    D·2⁻⁵³ relative error, which :mod:`screen_cuda` rounds up by."""
+    M, D = X.shape
+    x16 = X.to(torch.bfloat16)
+    sums = torch.zeros(5, M, dtype=torch.float64, device=X.device)
+    if M and D:
+        _screen_side_kernel[(triton.cdiv(M, 16),)](X, x16, nx, sums, M, D, X.stride(0), x16.stride(0),
+                                                   TINY=tiny, BLOCK_M=16, BLOCK_D=128, num_warps=4)
+    return x16, sums
+
+
+@triton.jit
 def _dense_kernel(
     X, Y,            # [M, D], [N, D]
     NX, NY,          # [M], [N] float32 squared norms
