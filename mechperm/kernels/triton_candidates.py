@@ -558,7 +558,8 @@ def _screen_side_kernel(
     # One read of both roundings for the screen's per-row statistics (screen_cuda._side), in
     # place of ~15 torch ops, float64 copies of the block and two synchronisations a side.
     # flag: 2 where |x|² is not finite, else 1 where x~ holds a non-finite value (bf16 overflow).
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # int64 rows: at 1M rows of 2304 the offsets pass 2^31 (int32 wrapped on an H100: an illegal address)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rm = rows < M
     offs_d = tl.arange(0, BLOCK_D)
     s_b = tl.zeros((BLOCK_M,), dtype=tl.float64)
