@@ -1115,3 +1115,55 @@ def test_pair_pricer_matches_dense_costs(request, monkeypatch: pytest.MonkeyPatc
         I, J = I.to(TRITON_DEVICE), J.to(TRITON_DEVICE)
     r, c = np.repeat(np.arange(30), 20), np.tile(np.arange(20), 30)
     assert np.array_equal(pair_pricer(I, J)(r, c), dense_costs(I, J, backend="torch").cpu().numpy().reshape(-1))
+
+
+# ------------------------------------------------------------------ weak rows of the GPU pricers
+def _weak_row_pricer(weak_at: dict[int, set[int]], calls: list):
+    """A fake ``price(rows, q)``: one pair (row, row) of cost 1 a row; the bound is −1 for the
+    rows in ``weak_at[q]``, else 2."""
+    def price(ids: torch.Tensor, q: int):
+        calls.append(("price", q, ids.tolist()))
+        bound = torch.tensor([-1.0 if int(i) in weak_at.get(q, set()) else 2.0 for i in ids], dtype=torch.float64)
+        return ids.clone(), ids.clone(), torch.ones(ids.numel()), bound
+    return price
+
+
+def _exact_rows(calls: list):
+    def exact(ids: torch.Tensor):
+        calls.append(("exact", None, ids.tolist()))
+        return ids.clone(), ids + 100, torch.full((ids.numel(),), 5.0), torch.full((ids.numel(),), -0.5,
+                                                                                dtype=torch.float64)
+    return exact
+
+
+@pytest.mark.parametrize("n_weak, limit, want", [
+    (2, 16, [("price", 8, None), ("exact", None, [3, 7])]),  # few: straight to the exact rows
+    (2, 1, [("price", 8, None), ("price", 32, [3, 7]), ("price", 128, [3, 7]), ("exact", None, [3, 7])]),
+])
+def test_few_weak_rows_go_to_the_exact_pricer(monkeypatch: pytest.MonkeyPatch, n_weak: int, limit: int, want) -> None:
+    """Rows whose bound proves nothing are priced again at 4q up to 128, then exactly; up to
+    EXACT_WEAK_ROWS of them go to the exact pricer at once (on the H100's 1M match the q = 128
+    pass over 6 rows cost 1.58 s and still left them to the exact one). The exact pricer's
+    answer is final: its pairs replace the row's, its bound stays even if below 0."""
+    monkeypatch.setattr(CAND, "EXACT_WEAK_ROWS", limit)
+    rows = torch.arange(10)
+    weak = {3, 7}
+    calls: list = []
+    price = _weak_row_pricer({8: weak, 32: weak, 128: weak}, calls)
+    r, c, w, bound = CAND._reprice_weak(price, rows, torch.zeros(10, dtype=torch.float64), 8, 1000,
+                                        exact=_exact_rows(calls))
+    assert [(k, q, ids if i else None) for i, (k, q, ids) in enumerate(calls)] == want
+    assert sorted(zip(r.tolist(), c.tolist())) == sorted([(i, i) for i in range(10) if i not in weak]
+                                                         + [(3, 103), (7, 107)])
+    assert bound.tolist() == [-0.5 if i in weak else 2.0 for i in range(10)]
+
+
+def test_weak_rows_without_an_exact_pricer_stop_at_q_128() -> None:
+    """Without an exact pricer (the unscreened fused pricer) weak rows are priced at 4q up to
+    128 and left with their bounds; rows that a wider pass proves are not priced again."""
+    calls: list = []
+    price = _weak_row_pricer({8: {1, 4}, 32: {4}, 128: {4}}, calls)
+    r, c, w, bound = CAND._reprice_weak(price, torch.arange(6), torch.zeros(6, dtype=torch.float64), 8, 1000)
+    assert [(q, ids) for _, q, ids in calls] == [(8, list(range(6))), (32, [1, 4]), (128, [4])]
+    assert bound.tolist() == [2.0, 2.0, 2.0, 2.0, -1.0, 2.0]
+    assert sorted(r.tolist()) == list(range(6))

@@ -3,6 +3,8 @@ screened sparse path against exact references. Runs the Triton kernels compiled 
 under TRITON_INTERPRET=1 on the CPU (the ``tc`` fixture of conftest.py)."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -177,7 +179,8 @@ def test_screened_path_on_emitted_candidates(gpu_screen, monkeypatch: pytest.Mon
     assert res.objective == pytest.approx(float(C[r, c].sum()), rel=1e-9, abs=1e-9)
 
 def test_pricer_falls_back_to_exact_rows(gpu_screen, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows whose screened bound stays below 0 up to 128 pairs are priced exactly, whole."""
+    """Rows whose screened bound stays below 0 up to 128 pairs are priced exactly, whole; up to
+    EXACT_WEAK_ROWS such rows are priced exactly at once."""
     A, B = vectors(40, 16, seed=8, Fb=150)
     sv = screen_cuda.prepare(A, B)
     real = gpu_screen.price_rows_topq
@@ -192,14 +195,18 @@ def test_pricer_falls_back_to_exact_rows(gpu_screen, monkeypatch: pytest.MonkeyP
     C = screen.exact_dense_costs(A.cpu(), B.cpu()).double().numpy()
     u, v = C.min(axis=1) - 0.01, np.zeros(150)  # no violation: only the bound can settle the rows
     rows = np.array([5, 0, 39])
-    out = screen_cuda.row_pricer(sv, 3)(rows, u, v)
-    assert seen == [3, 12, 48, 128]
     red = C - u[:, None] - v[None, :]
-    for t, i in enumerate(rows):
-        got = out.cols[out.rows == i]
-        order = np.sort(red[i])
-        assert len(got) == 3 and np.allclose(np.sort(red[i, got]), order[:3])
-        assert out.bound[t] == pytest.approx(order[3], rel=1e-12)
+    cand = importlib.import_module("mechperm.kernels.candidates")
+    for limit, want in ((0, [3, 12, 48, 128]), (cand.EXACT_WEAK_ROWS, [3])):
+        monkeypatch.setattr(cand, "EXACT_WEAK_ROWS", limit)
+        seen.clear()
+        out = screen_cuda.row_pricer(sv, 3)(rows, u, v)
+        assert seen == want
+        for t, i in enumerate(rows):
+            got = out.cols[out.rows == i]
+            order = np.sort(red[i])
+            assert len(got) == 3 and np.allclose(np.sort(red[i, got]), order[:3])
+            assert out.bound[t] == pytest.approx(order[3], rel=1e-12)
     seen.clear()  # rows whose pairs violate are left to the loop: no second pricing
     out = screen_cuda.row_pricer(sv, 3)(rows, C.min(axis=1) + 0.5, v)
     assert seen == [3] and (out.bound < 0).all()

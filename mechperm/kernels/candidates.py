@@ -1048,10 +1048,18 @@ def _fused_row_pricer(A: Tensor, B: Tensor, q: int):
     return price_rows
 
 
+# Weak rows up to this many go straight to ``exact`` where there is one (the GPU screen's
+# float64 rows: 2^24 pairs a block, 16 rows at F = 1M). The H100's 1M match left 6 rows weak at
+# q = 64; pricing them again at q = 128 took 1.58 s (most likely compiling the q = 128 kernel)
+# and still left rows for the exact pass, which took 0.02 s (bench/results, session 21).
+EXACT_WEAK_ROWS = 16
+
+
 def _reprice_weak(price, rows: Tensor, u: Tensor, q: int, m: int, exact=None, v: Tensor | None = None):
     """Price ``rows`` with ``price(rows, q) -> (rows, cols, costs, bound)``; rows whose bound is
     below the exact loop's tolerance are priced again keeping 4× as many (up to 128), then, if
-    ``exact(rows)`` is given and they are still below, by it. Returns the merged answer.
+    ``exact(rows)`` is given and they are still below, by it; ``EXACT_WEAK_ROWS`` or fewer weak
+    rows go to ``exact`` at once. Returns the merged answer.
 
     Why: a bound below 0 proves nothing (the loop would price the row again with the same q):
     it happens where the Q-th pair ties with the row's own arc at ~0, where the graph's cost of a
@@ -1071,17 +1079,20 @@ def _reprice_weak(price, rows: Tensor, u: Tensor, q: int, m: int, exact=None, v:
         if not bool(weak.any()):
             break
         again = rows[weak]
-        if qq < min(128, m):
+        final = False
+        if qq < min(128, m) and not (exact is not None and again.numel() <= EXACT_WEAK_ROWS):
             qq = min(128, 4 * qq)
             r2, c2, w2, b2 = price(again, qq)
         elif exact is not None:
             r2, c2, w2, b2 = exact(again)
-            exact = None  # exact bounds are final: below 0, the pairs returned violate
+            final = True  # exact bounds are final: below 0, the pairs returned violate
         else:
             break
         keep = ~torch.isin(r, again)
         r, c, w = torch.cat([r[keep], r2]), torch.cat([c[keep], c2]), torch.cat([w[keep], w2])
         bound[weak] = b2
+        if final:
+            break
     return r, c, w, bound
 
 
