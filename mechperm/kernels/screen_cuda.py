@@ -21,7 +21,7 @@ of NVIDIA tensor cores", 2021) find exact products and sums truncated to float32
 addition of at most 2u, i.e. within ``2 gamma_D |a~||b~|``. Measured on an H200 (2026-11-26,
 4096 x 4096 bf16 tiles, d = 2304): at most 0.06 of that bound's dot and epilogue terms.
 
-On by default for float32 CUDA vectors from F_a · F_b >= ``AUTO_MIN_PAIRS`` (262144²), where it
+On by default for float32 CUDA vectors from F_a · F_b >= ``AUTO_MIN_PAIRS`` (16384²), where it
 was measured faster; ``MECHPERM_GPU_SCREEN=1`` / ``0`` forces it on / off. Checked under
 ``TRITON_INTERPRET=1`` (tests/test_screen_cuda.py), where the Triton dots are exact float32,
 and on an H100 (tests and ``bench/gpu_check.sh``).
@@ -48,11 +48,13 @@ from mechperm.kernels.candidates import (
 _TINY = 2.0**-126  # below it a bf16 value is subnormal: flushed, as on the CPU (csrc/screen.cpp)
 
 
-# Pairs from which CUDA vectors are screened by default. Measured on an H100 (2026-11-26, d =
-# 2304, bench_match_gpu): F = 262144 6.3 s screened against 10.5 s with float32 GEMM blocks, 1M
-# 41-46 s screened (float32 GEMMs at 52 TFLOP/s alone would take ~90 s); at 65536 the screen
-# was slower (2.5 against 1.1 s: 4 pricing rounds against 3) and at 16384 the same.
-AUTO_MIN_PAIRS = 262144 * 262144
+# Pairs from which CUDA vectors are screened by default. Measured on an H100 (d = 2304,
+# bench_match_gpu, candidates_k = 64, warm runs): 2026-11-26, F = 262144 6.3 s screened against
+# 10.5 s with float32 GEMM blocks, 1M 41-46 s screened (float32 GEMMs at 52 TFLOP/s alone would
+# take ~90 s); then slower at 65536 (2.5 against 1.1 s: 4 pricing rounds against 3). 2026-11-27,
+# one machine, after the dual shift: 65536 0.465 s screened against 0.774-0.788 s, 16384
+# 0.091-0.093 s against 0.098-0.103 s (2 rounds each way).
+AUTO_MIN_PAIRS = 16384 * 16384
 
 
 def available(A: Tensor, B: Tensor) -> bool:
