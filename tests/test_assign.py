@@ -1658,15 +1658,30 @@ def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch):
     v = rng.normal(size=120) * C.mean()
     expected = _lower_bounds(g, u, v)
     assert np.all(expected <= (left - u[:, None] - v[None, :]).min(1) + 1e-9 * C.max())
-    cache: dict = {}
-    threads_seen = []
-    real_argsort = _auction.argsort
-    monkeypatch.setattr(_auction, "argsort", lambda x, threads: threads_seen.append(threads) or real_argsort(x, threads=threads))
-    _bound_sorts(g, cache)
-    assert set(cache) == {"rank", "slope_x", "slope_cx", "order_cx", "col_slope"}
-    assert threads_seen and set(threads_seen) == {1}  # a small graph: one thread, off the solver's pool
-    assert getattr(assign_module._sort_threads, "n", None) is None  # this thread's own sorts as before
-    monkeypatch.undo()
+    caches = []
+    for workers in (1, 2, 4):  # in sequence, and side by side on threads of their own
+        cache: dict = {}
+        threads_seen, names = [], set()
+        real_argsort = _auction.argsort
+
+        def argsort(x, threads):
+            threads_seen.append(threads)
+            names.add(threading.current_thread())  # the objects: idents are reused
+            return real_argsort(x, threads=threads)
+
+        monkeypatch.setattr(_auction, "argsort", argsort)
+        monkeypatch.setattr(assign_module, "_SORT_WORKERS", workers)
+        _bound_sorts(g, cache)
+        assert set(cache) == {"rank", "slope_x", "slope_cx", "order_cx", "col_slope"}
+        assert threads_seen and set(threads_seen) == {1}  # a small graph: one thread a sort, off the solver's pool
+        assert len(names) == workers
+        assert getattr(assign_module._sort_threads, "n", None) is None  # this thread's own sorts as before
+        monkeypatch.undo()
+        caches.append(cache)
+    for other in caches[1:]:
+        for key, (_, value) in caches[0].items():
+            for a, b in zip(*((v,) if isinstance(v, np.ndarray) else v for v in (value, other[key][1]))):
+                np.testing.assert_array_equal(a, b)
 
     def no_sort(*args, **kwargs):
         raise AssertionError("a sort the thread should have taken")
