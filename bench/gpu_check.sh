@@ -16,17 +16,17 @@ echo "build: $((SECONDS - start)) s"
 stage tests "${T_TESTS:-120}" python3 -m pytest -q -n 8 -p no:cacheprovider \
     ${TESTS:-tests/test_gpu.py tests/test_kernels.py tests/test_screen_cuda.py}
 # Then match_vectors, the most decisive runs first (a call cut short by the device's budget
-# keeps the stages it finished): 1M with the screen and the fused pricer at candidates_k = 32
-# (the issue's 30 s goal; ~19 GB of float32 vectors; H100 2026-11-27: 30.6-32.1 s); the default
-# path (cuBLAS blocks, gated selections; 16384 three times, the first with its compiles, 65536
-# twice, the second block's kernels compiling in the first; the GPU screen on at 262144), then
-# ungated (MECHPERM_GATED_SELECT=0); 16384 screened at candidates_k = 16 (bf16 GEMMs: 1.6
-# against 24 ms in fp32 at 16384, the only way under 50 ms), the third of four runs under
-# cProfile (the host's functions, cprof16384.txt) and the last under torch.profiler (its op
-# tables in prof16384.txt: that run is host-bound). --trace logs each phase and
-# pricing pass as it happens, and the stacks when a stage's limit kills it, so a run cut short
-# still says where its time went. A run may start with "T=seconds:" to set its own limit
-# (default T_MATCH).
+# keeps the stages it finished): 1M at candidates_k = 32 with the fused pricer (the issue's
+# 30 s goal; ~19 GB of float32 vectors; the GPU screen is on from 16384² pairs; H100
+# 2026-11-27: 27.4-32.3 s), untraced; 16384 at candidates_k = 16 (the 50 ms goal: 0.049-0.067 s)
+# six times, the first with its compiles; the default path (16384 three times, 65536 twice,
+# 262144; the second block's kernels compile in 65536's first run); 16384 at
+# candidates_k = 16 again, traced, the third of four runs under cProfile (the host's functions,
+# cprof16384.txt) and the last under torch.profiler (its op tables in prof16384.txt: that run
+# is host-bound). --trace logs each phase and pricing pass as it happens, and the stacks when a
+# stage's limit kills it, so a run cut short still says where its time went (its synchronising
+# adds to the times: trace only to find where they go). A run may start with "T=seconds:" to
+# set its own limit (default T_MATCH).
 # Then the kernels alone: the 1M match's selection regime at 1/128 of its cost (T_WIDE: 8192
 # rows against 1M, blocks of 2048 rows; the GEMM blocks' phases ungated, gated, and gated with
 # the rows' gates from every group minimum (no merged runs: CAP_GROUPS_PER_K, untimed on a GPU),
@@ -34,12 +34,12 @@ stage tests "${T_TESTS:-120}" python3 -m pytest -q -n 8 -p no:cacheprovider \
 # (MECHPERM_GEMM_CANDIDATES) alone and gated for the first SEL_CONFIGS selection tiles (default
 # 1: 32 x 64 with 2 warps, the default since session 16), the fused kernels' first TILE_CONFIGS tile shapes, running
 # top-k vs thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s.
-# Limits 50 (build) + 120 + 120 + 60 + 60 + 30 + 45 + 60 s = 545 s, inside one 600 s call (H100,
-# 2026-11-27: build 58 s, tests 91 s, the 1M run 53 s, the others 11-21 s; the tests stage has
-# 120 s for session 16's tests of the pricer's tiles and the merged gates).
+# Limits 60 (build) + 120 + 75 + 40 + 60 + 30 + 45 + 60 s = 490 s, inside one 600 s call (H100,
+# 2026-11-27: build 52-65 s, tests 91 s (session 16; test_gpu.py and test_screen_cuda.py alone
+# 61 s in session 21), the 1M run 35-44 s, the 16384 runs 8-10 s; T_WIDE=0 T_TILES=0 saves 105 s).
 cd bench
 export MECHPERM_PROFILE_GEMM=1  # the GEMM blocks' phases (GEMM, row and column selections) in the table
-IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=120:--sizes 1048576 --gpu-screen --fused-pricing --candidates-k 32 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --trace|T=60:--sizes 16384,16384,16384,65536,65536,262144 --no-gated --trace|T=30:--sizes 16384,16384,16384,16384 --gpu-screen --fused-pricing --candidates-k 16 --cprofile $OUT/cprof16384.txt --profile $OUT/prof16384.txt}"
+IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=75:--sizes 1048576 --fused-pricing --candidates-k 32|T=40:--sizes 16384,16384,16384,16384,16384,16384 --fused-pricing --candidates-k 16|T=60:--sizes 16384,16384,16384,65536,65536,262144|T=30:--sizes 16384,16384,16384,16384 --fused-pricing --candidates-k 16 --trace --cprofile $OUT/cprof16384.txt --profile $OUT/prof16384.txt}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))
