@@ -38,6 +38,7 @@ from torch import Tensor
 from mechperm.kernels import screen
 from mechperm.kernels.candidates import (
     _backend,
+    _check_norms,
     _check_vectors,
     _cosine_kappas,
     _reprice_weak,
@@ -125,14 +126,12 @@ def _side(name: str, X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x32, x16, sq, stats
 
 
-def _check_side(name: str, stats: np.ndarray) -> None:
-    """Refuse a side whose rows cannot be screened (``stats``: :func:`_side`'s, on the host)."""
+def _check_side(name: str, stats: np.ndarray, sq: Tensor) -> None:
+    """Refuse a side whose rows cannot be screened (``stats``: :func:`_side`'s, on the host;
+    ``sq``: its squared norms, read again only to say which rows are not finite)."""
     flag = stats[4]
     if (flag == 2).any():
-        bad = flag == 2
-        raise ValueError(
-            f"{name} row {int(np.flatnonzero(bad)[0])} holds non-finite values or its squared norm overflows "
-            f"float32 ({int(bad.sum())} such rows); costs would be NaN/inf")
+        _check_norms(name, sq)
     if (flag == 1).any():
         raise ValueError(f"{name} row {int(np.flatnonzero(flag == 1)[0])} overflows bfloat16; cannot screen it")
 
@@ -141,9 +140,9 @@ def prepare(A: Tensor, B: Tensor) -> ScreenedVectorsGPU:
     """bf16 roundings and statistics of both sides, on their device."""
     _check_vectors(A, B)
     (A32, A16, na, sa), (B32, B16, nb, sb) = _side("A", A), _side("B", B)
-    host_a, host_b = sa.cpu().numpy(), sb.cpu().numpy()  # the one wait on the device
-    _check_side("A", host_a)
-    _check_side("B", host_b)
+    host_a, host_b = sa.cpu().numpy(), sb.cpu().numpy()  # prepare's only waits for the device
+    _check_side("A", host_a, na)
+    _check_side("B", host_b, nb)
     gamma, abs_slack = screen._accumulation_bounds(A.shape[1])
     return ScreenedVectorsGPU(A32, B32, A16, B16, na, nb, sa[:4], sb[:4], host_a[:4], host_b[:4],
                               gamma=2.0 * gamma, abs_slack=abs_slack)
