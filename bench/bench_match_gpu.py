@@ -188,7 +188,7 @@ def _trace_phases() -> None:
                         (screen_cuda, "_exact_rows_topq"), (solver._ArcBuffer, "merge"),
                         (solver, "_bound_sorts")):  # a thread during the first solve: joined before the bounds
         wrap(owner, name, indent="    ")
-    # the fused pricer's calls: how many rows at which q (a pass's weak rows are priced again at 4q)
+    # the fused pricer's calls: how many rows at which q (a pass's weak rows: again at 4q, or exactly when few)
     wrap(tc, "price_rows_topq", indent="    ", detail=lambda A, B, u, v, rows, q, **kw: f" ({rows.numel()} rows, q = {q})")
 
 
