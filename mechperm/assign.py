@@ -696,7 +696,7 @@ def _bound_sorts(g: CandidateGraph, cache: dict) -> None:
     (which the solve's passes use meanwhile) they would make each of those passes start threads
     of its own (parallel.hpp). There the four sorts run side by side on up to
     ``_SORT_WORKERS`` threads instead: on an H100's 16-core host at F = 16384 the loop waited
-    8-11 ms for them in sequence after a first solve of 2-7 ms (session 21)."""
+    8-11 ms for them in sequence after a first solve of 2-8 ms (session 21)."""
     small = len(g.indptr) - 1 < 1 << 19
     tasks: list = []
     with np.errstate(invalid="ignore"):
