@@ -121,7 +121,7 @@ def _side(name: str, X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x16, stats = tc.screen_side(x32, sq, _TINY)
     # float64 norms of float32 data: relative error < D 2^-53 < 2^-36 (D < 2^17); rounded up by
     # that (as csrc/screen.cpp does), so the bound never rests on a norm that came out low
-    stats[:3] = stats[:3].sqrt_().mul_(1.0 + 2.0**-36)
+    stats[:3].sqrt_().mul_(1.0 + 2.0**-36)  # in place: a view of stats
     stats[3] = sq.double()
     return x32, x16, sq, stats
 

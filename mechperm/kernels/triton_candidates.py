@@ -592,6 +592,7 @@ def screen_side(X: Tensor, nx: Tensor, tiny: float) -> tuple[Tensor, Tensor]:
     float32 squared norms) is not finite, else 1 where x~ holds a non-finite value). Exact
     sums of exact float64 squares in another order than torch's ``norm``: within its
     D·2⁻⁵³ relative error, which :mod:`screen_cuda` rounds up by."""
+    X = X.contiguous()  # the kernel steps along D one element at a time
     M, D = X.shape
     x16 = X.to(torch.bfloat16)
     sums = torch.zeros(5, M, dtype=torch.float64, device=X.device)
