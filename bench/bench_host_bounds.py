@@ -73,13 +73,15 @@ def measure(F: int, emit) -> None:
     rng = np.random.default_rng(1)
     x, q = rng.random(F), rng.random(F)
     s = np.sort(x)
-    for name, ours, peer in (
-        ("argsort", lambda: _auction.argsort(x, threads=THREADS), lambda: np.argsort(x, kind="stable")),
-        ("searchsorted", lambda: _auction.searchsorted(s, q, threads=THREADS),
+    for name, threads, ours, peer in (
+        ("argsort", THREADS, lambda: _auction.argsort(x, threads=THREADS), lambda: np.argsort(x, kind="stable")),
+        # a small graph's bound sorts take one thread each, side by side (assign._bound_sorts)
+        ("argsort", 1, lambda: _auction.argsort(x, threads=1), lambda: np.argsort(x, kind="stable")),
+        ("searchsorted", THREADS, lambda: _auction.searchsorted(s, q, threads=THREADS),
          lambda: np.searchsorted(s, q, side="left")),
     ):
         t, tp = _timed(ours), _timed(peer)
-        emit(what=name, F=F, threads=THREADS, seconds=t, numpy_seconds=tp, ratio=t / tp)
+        emit(what=name, F=F, threads=threads, seconds=t, numpy_seconds=tp, ratio=t / tp)
     g, u, v = bound_graph(F)
     saved = assign._argsort, assign._searchsorted
     for label in ("native sorts", "numpy sorts"):
@@ -101,6 +103,22 @@ def measure(F: int, emit) -> None:
            for t in sorted({1, THREADS})}
     emit(what="envelope_min", F=F, threads=THREADS, one_thread_seconds=env[1], seconds=env[THREADS],
          ratio=env[THREADS] / env[1])
+    # as the exact loop asks it since session 22 (up to 2^18 rows): the queries' order given
+    # (cached per graph), the queries walked along the hull instead of a binary search each.
+    # Peer: the same call in chunks of 1023 queries (binary searches, the same answers bit for
+    # bit), less the chunks' hulls (the call with one query: the hull alone)
+    lo, hi = _auction.ENVELOPE_WALK_QUERIES
+    if lo <= F <= hi:
+        by_s = np.argsort(env_s, kind="stable")
+        walked = _timed(lambda: _auction.envelope_min(env_w, g.col_norm, env_s, by_slope=by_x, by_query=by_s,
+                                                      threads=THREADS))
+        chunks = range(0, F, lo - 1)
+        searched = _timed(lambda: [_auction.envelope_min(env_w, g.col_norm, env_s[i:i + lo - 1], by_slope=by_x,
+                                                         threads=THREADS) for i in chunks])
+        hull = _timed(lambda: _auction.envelope_min(env_w, g.col_norm, env_s[:1], by_slope=by_x, threads=THREADS))
+        walk, search = walked - hull, searched - hull * len(chunks)
+        emit(what="envelope_min queries: walked in a given order vs binary searches", F=F, threads=THREADS,
+             seconds=walk, search_seconds=search, hull_seconds=hull, ratio=walk / max(search, 1e-9))
     del env_w, env_s, by_x
     # the feasibility check (a maximum matching: the exact loop's before an auction phase, and
     # match._complete's) on a random graph, 32 arcs a row (harder than a candidate graph, whose

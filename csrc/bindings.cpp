@@ -455,7 +455,7 @@ py::array_t<int64_t> searchsorted_py(const py::array& sorted, const py::array& q
 }
 
 py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, const py::array& s,
-                                    const py::object& by_slope, int threads) {
+                                    const py::object& by_slope, int threads, const py::object& by_query) {
     const double* wp = require<double>(w, "w", 1);
     const int64_t m = w.shape(0);
     const double* xp = require<double>(x, "x", 1, m);
@@ -463,19 +463,23 @@ py::array_t<double> envelope_min_py(const py::array& w, const py::array& x, cons
     if (!by_slope.is_none()) order = require<int64_t>(by_slope.cast<py::array>(), "by_slope", 1, m);  // checked inside
     const double* sp = require<double>(s, "s", 1);
     const int64_t nq = s.shape(0);
+    const int64_t* q_order = nullptr;
+    if (!by_query.is_none()) q_order = require<int64_t>(by_query.cast<py::array>(), "by_query", 1, nq);  // likewise
     py::array_t<double> out(nq);
     double* o = out.mutable_data();
-    bool ok;
+    int status = kEnvelopeOk;
     int64_t bad_line, bad_query;
     {
         py::gil_scoped_release release;
         bad_line = first_bad(m, threads, [&](int64_t j) { return !std::isfinite(wp[j]) || !std::isfinite(xp[j]); });
         bad_query = first_bad(nq, threads, [&](int64_t q) { return !std::isfinite(sp[q]); });
-        ok = bad_line < 0 && bad_query < 0 && envelope_min(wp, xp, m, sp, nq, o, order, std::max(1, threads));
+        if (bad_line < 0 && bad_query < 0)
+            status = envelope_min(wp, xp, m, sp, nq, o, order, std::max(1, threads), q_order);
     }
     if (bad_line >= 0) throw py::value_error("w and x must be finite (entry " + std::to_string(bad_line) + ")");
     if (bad_query >= 0) throw py::value_error("s must be finite (entry " + std::to_string(bad_query) + ")");
-    if (!ok) throw py::value_error("by_slope must be a permutation sorting x ascending");
+    if (status == kEnvelopeBadSlopeOrder) throw py::value_error("by_slope must be a permutation sorting x ascending");
+    if (status == kEnvelopeBadQueryOrder) throw py::value_error("by_query must be a permutation sorting s ascending");
     return out;
 }
 
@@ -982,10 +986,13 @@ PYBIND11_MODULE(_auction, m) {
           "np.argsort(x, kind='stable') of float64 x (NaN last, ties by index), sorted on threads.");
     m.def("searchsorted", &searchsorted_py, py::arg("sorted"), py::arg("queries"), py::arg("threads") = 1,
           "np.searchsorted(sorted, queries, side='left') of float64 arrays (NaN last), on threads.");
+    m.attr("ENVELOPE_WALK_QUERIES") = py::make_tuple(kWalkQueries, kWalkMaxQueries);  // by_query's range
     m.def("envelope_min", &envelope_min_py, py::arg("w"), py::arg("x"), py::arg("s"),
-          py::arg("by_slope") = py::none(), py::arg("threads") = 1,
-          "out[q] = min_j (w[j] - x[j] * s[q]) (lower envelope of lines; O((m + q) log m)); by_slope: "
-          "argsort of x, reused across calls with the same x; threads: for the queries.");
+          py::arg("by_slope") = py::none(), py::arg("threads") = 1, py::arg("by_query") = py::none(),
+          "out[q] = min_j (w[j] - x[j] * s[q]) (lower envelope of lines; O((m + q) log m)); by_slope / "
+          "by_query: argsort of x / of s, reused across calls with the same x / s (by_query used and "
+          "checked for ENVELOPE_WALK_QUERIES[0] to [1] queries); threads: for the hull's blocks and "
+          "the queries.");
     m.def("dense_margins", &dense_margins_py, py::arg("cost"), py::arg("row_to_col"), py::arg("u"),
           py::arg("v"),
           "Per row, min over the other columns of c_ij - u_i - v_j (NaN where row_to_col = -1).");

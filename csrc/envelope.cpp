@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "auction.hpp"
+#include "order.hpp"
 #include "parallel.hpp"
 
 namespace mechperm {
@@ -51,8 +52,8 @@ inline void push_line(std::vector<Line>& hull, Line l) {
 
 }  // namespace
 
-bool envelope_min(const double* w, const double* x, int64_t m, const double* s, int64_t nq,
-                  double* out, const int64_t* by_slope, int threads) {
+int envelope_min(const double* w, const double* x, int64_t m, const double* s, int64_t nq,
+                 double* out, const int64_t* by_slope, int threads, const int64_t* by_query) {
     // Line j: y = w_j - x_j * s, taken by slope -x_j decreasing (x increasing). by_slope: that
     // order by x alone, given (the exact loop's slopes are fixed while w moves with the duals
     // every round); checked here to be a permutation that sorts x.
@@ -77,7 +78,7 @@ bool envelope_min(const double* w, const double* x, int64_t m, const double* s, 
     parallel_blocks(blocks, threads, [&](int64_t b) {
         const int64_t lo = b * kBlock, hi = std::min(m, lo + kBlock);
         std::vector<Line>& hull = part[b];
-        hull.reserve(256);
+        hull.reserve(hi - lo);
         double prev = -INFINITY;
         if (lo > 0) {
             const int64_t j = order[lo - 1];
@@ -108,15 +109,19 @@ bool envelope_min(const double* w, const double* x, int64_t m, const double* s, 
         if (by_slope != nullptr)
             for (int64_t t = lo; t < hi; ++t) seen[order[t]].store(1, std::memory_order_relaxed);
     });
-    if (!ok.load()) return false;
+    if (!ok.load()) return kEnvelopeBadSlopeOrder;
     if (by_slope != nullptr) {  // m entries in range, every one seen: a permutation
         const int64_t missing = first_bad(m, threads, [&](int64_t j) { return seen[j].load(std::memory_order_relaxed) == 0; });
-        if (missing >= 0) return false;
+        if (missing >= 0) return kEnvelopeBadSlopeOrder;
     }
     std::vector<Line> hull;
-    hull.reserve(1024);
-    for (const auto& p : part)
-        for (const Line& l : p) push_line(hull, l);
+    if (blocks == 1) {  // one block's hull is the envelope (F = 16384: half the hull's time)
+        hull.swap(part[0]);
+    } else {
+        hull.reserve(1024);
+        for (const auto& p : part)
+            for (const Line& l : p) push_line(hull, l);
+    }
     const int64_t h = int64_t(hull.size());
     // hull line t is minimal on [bp[t-1], bp[t]]; the queries search a double copy, stepping
     // back over breakpoints that round onto the query (the long double search's t exactly).
@@ -127,26 +132,59 @@ bool envelope_min(const double* w, const double* x, int64_t m, const double* s, 
                 (static_cast<long double>(hull[t + 1].x) - hull[t].x);
         bpd[t] = static_cast<double>(bp[t]);
     }
-    // Queries are independent binary searches: blocks of them on the threads (F = 1M rows:
-    // the exact loop asks two or three envelopes a round).
+    const auto at = [&](double sq, int64_t t) {  // t: the breakpoints <= sq (upper_bound's)
+        while (t > 0 && bpd[t - 1] == sq && bp[t - 1] > static_cast<long double>(sq)) --t;
+        // The neighbours too: rounding in the breakpoints must not make the bound too high.
+        double best = INFINITY;
+        for (int64_t u = std::max<int64_t>(0, t - 1); u <= std::min(h - 1, t + 1); ++u)
+            best = std::min(best, hull[u].w - hull[u].x * sq);
+        return best;
+    };
     constexpr int64_t kQueries = 16384;
+    const int64_t nb = int64_t(bpd.size());
+    if ((by_query == nullptr && nq < kWalkQueries) || nq > kWalkMaxQueries) {  // a binary search each
+        for (int64_t q = 0; q < nq; ++q)
+            out[q] = h == 0 ? INFINITY : at(s[q], std::upper_bound(bpd.begin(), bpd.end(), s[q]) - bpd.begin());
+        return kEnvelopeOk;
+    }
+    // Many (kWalkQueries): in ascending order (given, or sorted here), blocks of them on the
+    // threads, each a walk along the breakpoints (F = 16384 rows on a hull of as many lines: the
+    // binary searches' mispredicted branches took ~30 ns a row; the walk gives the same t, query
+    // for query).
+    std::vector<int64_t> own_q;
+    const int64_t* qo = by_query;
+    if (qo == nullptr) {
+        own_q.resize(nq);
+        argsort(s, nq, own_q.data(), threads);
+        qo = own_q.data();
+    } else {  // checked as it goes: each entry in range, s ascending along it, and (out
+              // pre-filled with NaN, which no line's value is) every query written: a permutation
+        std::fill(out, out + nq, NAN);
+    }
+    ok.store(true);
     parallel_blocks((nq + kQueries - 1) / kQueries, threads, [&](int64_t b) {
-        for (int64_t q = b * kQueries, end = std::min(nq, q + kQueries); q < end; ++q) {
-            if (h == 0) {
-                out[q] = INFINITY;
-                continue;
+        const int64_t lo = b * kQueries, hi = std::min(nq, lo + kQueries);
+        std::vector<double> sq(hi - lo);
+        double prev = -INFINITY;
+        for (int64_t i = std::max<int64_t>(0, lo - 1); i < hi; ++i) {
+            const int64_t q = qo[i];
+            if (q < 0 || q >= nq || s[q] < prev) {
+                ok.store(false);
+                return;
             }
-            const double sq = s[q];
-            int64_t t = std::upper_bound(bpd.begin(), bpd.end(), sq) - bpd.begin();
-            while (t > 0 && bpd[t - 1] == sq && bp[t - 1] > static_cast<long double>(sq)) --t;
-            // The neighbours too: rounding in the breakpoints must not make the bound too high.
-            double best = INFINITY;
-            for (int64_t u = std::max<int64_t>(0, t - 1); u <= std::min(h - 1, t + 1); ++u)
-                best = std::min(best, hull[u].w - hull[u].x * sq);
-            out[q] = best;
+            prev = s[q];
+            if (i >= lo) sq[i - lo] = prev;
+        }
+        int64_t t = std::upper_bound(bpd.begin(), bpd.end(), sq[0]) - bpd.begin();
+        for (int64_t i = lo; i < hi; ++i) {
+            const double v = sq[i - lo];
+            while (t < nb && bpd[t] <= v) ++t;
+            out[qo[i]] = h == 0 ? INFINITY : at(v, t);
         }
     });
-    return true;
+    if (!ok.load() || (by_query != nullptr && first_bad(nq, threads, [&](int64_t q) { return std::isnan(out[q]); }) >= 0))
+        return kEnvelopeBadQueryOrder;
+    return kEnvelopeOk;
 }
 
 }  // namespace mechperm

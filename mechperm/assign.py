@@ -655,8 +655,39 @@ def _column_line_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: 
     if not (np.isfinite(w).all() and np.isfinite(g.col_slope).all() and np.isfinite(g.row_norm).all()):
         return np.full(len(rows), -np.inf)
     by = _col_slope_order(g, cache)
+    by_y = _row_norm_order(g, cache) if _walks(len(rows)) and _walks(len(u)) else None  # (the sort _bound_sorts takes)
     return _auction.envelope_min(w, g.col_slope, np.ascontiguousarray(g.row_norm[rows]), by_slope=by,
+                                 by_query=None if by_y is None else _subset_order(by_y, rows, len(u)),
                                  threads=_threads()) - u[rows]
+
+
+def _walks(queries: int) -> bool:
+    """Whether an envelope of this many queries walks them in order (envelope.cpp): only then do
+    the bounds sort the rows' queries (F = 1M: its binary searches are faster)."""
+    lo, hi = _auction.ENVELOPE_WALK_QUERIES
+    return lo <= queries <= hi
+
+
+def _subset_order(order: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """The order of x[rows] from x's (``order``), for ``rows`` distinct: positions in rows,
+    taken in x's order (one pass, no sort)."""
+    if len(rows) == n:
+        return order
+    at = np.full(n, -1, np.int64)
+    at[rows] = np.arange(len(rows))
+    sub = at[order]
+    return sub[sub >= 0]
+
+
+def _row_norm_order(g: CandidateGraph, cache: Optional[dict]) -> np.ndarray:
+    """The rows by norm: the order of the queries of two envelopes (their walk, envelope.cpp)."""
+    return _cached(cache, "query_y", (g.row_norm,), lambda: _argsort(g.row_norm))
+
+
+def _row_cos_queries(g: CandidateGraph, cache: Optional[dict]) -> tuple:
+    """(2 y_i κ_i per row, their order): the row-cosine envelope's queries."""
+    s = _cached(cache, "query_ycos", (g.row_norm, g.row_cos), lambda: 2.0 * g.row_norm * g.row_cos)
+    return s, _cached(cache, "order_ycos", (g.row_norm, g.row_cos), lambda: _argsort(s))
 
 
 def _col_slope_order(g: CandidateGraph, cache: Optional[dict]) -> np.ndarray:
@@ -694,7 +725,7 @@ def _bound_sorts(g: CandidateGraph, cache: dict) -> None:
 
     Below 2^19 rows each sort takes one thread: they are milliseconds, and on the solver's pool
     (which the solve's passes use meanwhile) they would make each of those passes start threads
-    of its own (parallel.hpp). There the four sorts run side by side on up to
+    of its own (parallel.hpp). There the sorts (up to six) run side by side on up to
     ``_SORT_WORKERS`` threads instead: on an H100's 16-core host at F = 16384 the loop waited
     8-11 ms for them in sequence after a first solve of 2-8 ms (session 21)."""
     small = len(g.indptr) - 1 < 1 << 19
@@ -703,12 +734,18 @@ def _bound_sorts(g: CandidateGraph, cache: dict) -> None:
         if g.row_bound is not None and g.col_bound is not None:
             tasks.append(lambda: _rank_split(g, cache))
         finite_x = g.col_norm is not None and g.row_norm is not None and bool(np.isfinite(g.col_norm).all())
+        walk_y = g.row_norm is not None and _walks(len(g.row_norm)) and bool(np.isfinite(g.row_norm).all())
         if finite_x and g.row_cos is not None:
             tasks.append(lambda: _norm_order(g, cache))
+            if walk_y and bool(np.isfinite(g.row_cos).all()):  # the rows' queries, sorted
+                tasks.append(lambda: _row_cos_queries(g, cache))
         if finite_x and g.col_cos is not None and bool(np.isfinite(g.col_cos).all()):
             tasks.append(lambda: _cos_slopes(g, cache))
-        if g.col_slope is not None and bool(np.isfinite(g.col_slope).all()):
+        finite_slope = g.col_slope is not None and bool(np.isfinite(g.col_slope).all())
+        if finite_slope:
             tasks.append(lambda: _col_slope_order(g, cache))
+        if walk_y and ((finite_x and g.col_cos is not None) or finite_slope):
+            tasks.append(lambda: _row_norm_order(g, cache))
 
     def run(batch: list) -> None:
         before, _sort_threads.n = getattr(_sort_threads, "n", None), 1 if small else None
@@ -741,7 +778,8 @@ _sort_threads = threading.local()  # .n: threads for this thread's sorts (None: 
 def _argsort(x: np.ndarray) -> np.ndarray:
     """``np.argsort(x, kind="stable")`` on the solver's threads: the bounds sort per-column
     arrays once per graph (F = 1M: four sorts and a search of every row, ~1 s a match in
-    numpy on one thread)."""
+    numpy on one thread), and since session 22 the rows' envelope queries, which they then walk
+    in order (a radix sort: F = 16384 on one thread ~0.2 ms against numpy's 1.2 ms)."""
     return _auction.argsort(np.ascontiguousarray(x, np.float64),
                             threads=getattr(_sort_threads, "n", None) or _threads())
 
@@ -809,11 +847,12 @@ def _euclidean_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Op
         return lb
     if g.row_cos is not None:  # min_j (w_j − x_j · 2 y_i κ_i)
         by_x = _norm_order(g, cache)
-        lb = np.maximum(lb, base + _auction.envelope_min(w, x, 2.0 * y * g.row_cos, by_slope=by_x,
-                                                                  threads=_threads()))
+        s, by_s = _row_cos_queries(g, cache) if _walks(len(y)) else (2.0 * y * g.row_cos, None)
+        lb = np.maximum(lb, base + _auction.envelope_min(w, x, s, by_slope=by_x, by_query=by_s, threads=_threads()))
     if g.col_cos is not None:  # min_j (w_j − (2 κ_j x_j) · y_i)
         slope, by_cx = _cos_slopes(g, cache)
-        lb = np.maximum(lb, base + _auction.envelope_min(w, slope, y, by_slope=by_cx, threads=_threads()))
+        by_y = _row_norm_order(g, cache) if _walks(len(y)) else None
+        lb = np.maximum(lb, base + _auction.envelope_min(w, slope, y, by_slope=by_cx, by_query=by_y, threads=_threads()))
     return lb
 
 

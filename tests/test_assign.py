@@ -912,6 +912,37 @@ def test_envelope_min_blocks_on_threads_equal_one_pass() -> None:
         _auction.envelope_min(w, x, np.array([0.0, 1.0, 2.0, np.inf]), by_slope=order, threads=4)
 
 
+def test_envelope_min_walk_of_sorted_queries_equals_binary_searches() -> None:
+    """From 1024 queries they are sorted (or their order given, by_query) and walked along the
+    breakpoints: the same answers bit for bit as a binary search each (fewer than 1024 at a
+    time), on threads, with queries on the breakpoints and tied; a by_query that is not a
+    permutation sorting s is refused."""
+    rng = np.random.default_rng(3)
+    m = 70_000
+    x = np.round(np.exp(rng.standard_normal(m)), 4)
+    w = 0.5 * x * x + 1e-3 * rng.standard_normal(m)
+    w[100:20000] = 3.0 + x[100:20000] * 2.5  # concurrent at s = 2.5
+    order = np.argsort(x, kind="stable")
+    s = np.concatenate([rng.uniform(0.0, 10.0, 6000), np.repeat([2.5, 0.0, x.max(), -1.0], 50), rng.choice(x, 1000)])
+    rng.shuffle(s)
+    one_by_one = np.concatenate([_auction.envelope_min(w, x, s[i:i + 1000], by_slope=order) for i in range(0, len(s), 1000)])
+    by_s = np.argsort(s, kind="stable")
+    for threads in (1, 3):
+        np.testing.assert_array_equal(_auction.envelope_min(w, x, s, by_slope=order, threads=threads), one_by_one)
+        np.testing.assert_array_equal(_auction.envelope_min(w, x, s, by_slope=order, by_query=by_s, threads=threads),
+                                      one_by_one)
+    small = s[:10]  # a given order walks a few queries too
+    np.testing.assert_array_equal(_auction.envelope_min(w, x, small, by_query=np.argsort(small)), one_by_one[:10])
+    want = np.array([np.min(w - x * q) for q in s[:300]])
+    np.testing.assert_allclose(one_by_one[:300], want, rtol=1e-12, atol=1e-12)
+    for bad in (by_s[::-1].copy(), np.where(by_s == by_s[5], by_s[6], by_s), np.where(by_s == by_s[7], len(s), by_s)):
+        with pytest.raises(ValueError, match="by_query must be a permutation sorting s"):
+            _auction.envelope_min(w, x, s, by_slope=order, by_query=bad, threads=3)
+    with pytest.raises(ValueError, match="by_query"):
+        _auction.envelope_min(w, x, s, by_query=by_s[:-1])
+    np.testing.assert_array_equal(_auction.envelope_min(w[:0], x[:0], s, by_query=by_s), np.full(len(s), np.inf))
+
+
 @pytest.mark.parametrize("n", [0, 1, 2, 1000, 70_001, 200_003])
 def test_argsort_and_searchsorted_equal_numpy(n: int) -> None:
     """_auction.argsort / searchsorted (the bounds' sorts, on threads) give numpy's stable
@@ -929,6 +960,41 @@ def test_argsort_and_searchsorted_equal_numpy(n: int) -> None:
     if n > 2:
         with pytest.raises(ValueError, match="ascending"):
             _auction.searchsorted(x, q)  # not sorted
+
+
+def test_argsort_radix_and_searchsorted_walk_equal_numpy() -> None:
+    """The radix sort's bytes (every float class: both zeros, subnormals, NaN of either sign and
+    any payload, ±inf, keys differing only in their lowest byte or their sign) and the walk of
+    sorted queries (from 1024 queries, ties with the entries) give numpy's answers."""
+    rng = np.random.default_rng(11)
+    n = 5000
+    special = np.array([0.0, -0.0, 5e-324, -5e-324, 2.2e-308, np.inf, -np.inf, np.nan, -np.nan,
+                        np.frombuffer(np.uint64(0x7FF0000000000123).tobytes(), np.float64)[0],
+                        np.frombuffer(np.uint64(0xFFF8000000000001).tobytes(), np.float64)[0],
+                        1.0, np.nextafter(1.0, 2.0), np.nextafter(1.0, 0.0), -1.0, 1e308, -1e308])
+    x = np.concatenate([rng.choice(special, n // 2), rng.standard_normal(n // 4) * 10.0 ** rng.integers(-300, 300, n // 4),
+                        np.round(rng.standard_normal(n - n // 2 - n // 4), 1)])
+    rng.shuffle(x)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    q = np.concatenate([rng.choice(xs, 3000), rng.standard_normal(1000), special])
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(_auction.argsort(x, threads=threads), order)
+        np.testing.assert_array_equal(_auction.searchsorted(xs, q, threads=threads), np.searchsorted(xs, q, side="left"))
+    big = np.repeat(x, 30)  # runs of a thread each, merged (2^15 entries a run)
+    np.testing.assert_array_equal(_auction.argsort(big, threads=4), np.argsort(big, kind="stable"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=64, max_size=300),
+       st.integers(1, 3))
+def test_argsort_radix_hypothesis(xs, threads) -> None:
+    x = np.array(xs, np.float64)
+    q = np.tile(x, 1 + 1024 // len(x))  # the walk's path
+    order = np.argsort(x, kind="stable")
+    np.testing.assert_array_equal(_auction.argsort(x, threads=threads), order)
+    np.testing.assert_array_equal(_auction.searchsorted(x[order], q, threads=threads),
+                                  np.searchsorted(x[order], q, side="left"))
 
 
 @settings(max_examples=60, deadline=None)
@@ -1639,12 +1705,18 @@ def test_euclidean_bound_is_a_lower_bound(seed):
             assert np.all(lb <= red + 1e-9 * np.abs(C).max())
 
 
-def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch):
+@pytest.mark.parametrize("walk", [False, True])
+def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch, walk):
     """_bound_sorts (the exact loop's thread during its first solve) caches every sort of the
     bound arrays that _lower_bounds takes, every bound family present: the bounds then sort
-    nothing and equal those computed from scratch. Non-finite arrays are left to the bounds."""
+    nothing and equal those computed from scratch. Non-finite arrays are left to the bounds.
+    walk: the envelopes' queries walked in order (from 1024 rows; here from 1), their sorts
+    taken too."""
     from mechperm import assign as assign_module
     from mechperm.assign import _bound_sorts, _lower_bounds
+
+    walk_range = (1, 1 << 18) if walk else _auction.ENVELOPE_WALK_QUERIES
+    monkeypatch.setattr(_auction, "ENVELOPE_WALK_QUERIES", walk_range)
 
     rng = np.random.default_rng(0)
     _, A, B = sae_like(120, d=16, seed=0, sigma=2.0)
@@ -1670,9 +1742,11 @@ def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch):
             return real_argsort(x, threads=threads)
 
         monkeypatch.setattr(_auction, "argsort", argsort)
+        monkeypatch.setattr(_auction, "ENVELOPE_WALK_QUERIES", walk_range)
         monkeypatch.setattr(assign_module, "_SORT_WORKERS", workers)
         _bound_sorts(g, cache)
-        assert set(cache) == {"rank", "slope_x", "slope_cx", "order_cx", "col_slope"}
+        queries = {"query_y", "query_ycos", "order_ycos"} if walk else set()
+        assert set(cache) == {"rank", "slope_x", "slope_cx", "order_cx", "col_slope"} | queries
         assert threads_seen and set(threads_seen) == {1}  # a small graph: one thread a sort, off the solver's pool
         assert len(names) == workers
         assert getattr(assign_module._sort_threads, "n", None) is None  # this thread's own sorts as before
@@ -1688,6 +1762,7 @@ def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch):
 
     monkeypatch.setattr(assign_module, "_argsort", no_sort)
     monkeypatch.setattr(assign_module, "_searchsorted", no_sort)
+    monkeypatch.setattr(_auction, "ENVELOPE_WALK_QUERIES", walk_range)
     np.testing.assert_array_equal(_lower_bounds(g, u, v, cache), expected)
     monkeypatch.undo()
     bad = dataclasses.replace(g, col_norm=np.where(np.arange(120) == 5, np.nan, g.col_norm),
