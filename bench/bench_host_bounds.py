@@ -15,11 +15,11 @@ solve with a maximum matching up front (before session 17) against the solve alo
 (``check_feasible="lazy"``); a pricing round's merge into the graph, in place, against scipy
 adding the two as CSR matrices, and the loop's first merge into fresh arrays against arrays
 made ahead (``_ArcBuffer.reserve``), and the parallel path's second merge likewise; one lower
-envelope (``envelope_min``), and a pricing round's ``csr_find``, at 1 thread and at every core;
-the rows given arcs by marks (``assign._distinct``) against ``np.unique``; the thread
-pool's effect as the time of one small native pass
-(``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core. Benchmarks never
-assert speed.
+envelope (``envelope_min``; up to 2^17 also with its queries' order given), and a pricing
+round's ``csr_find``, at 1 thread and at every core; the rows given arcs by marks
+(``assign._distinct``) against ``np.unique``; the thread pool's effect as the time of one
+small native pass (``csr_margins``, 16384 rows x 16 arcs) at 1 thread and at every core.
+Benchmarks never assert speed.
 """
 from __future__ import annotations
 
@@ -103,22 +103,15 @@ def measure(F: int, emit) -> None:
            for t in sorted({1, THREADS})}
     emit(what="envelope_min", F=F, threads=THREADS, one_thread_seconds=env[1], seconds=env[THREADS],
          ratio=env[THREADS] / env[1])
-    # as the exact loop asks it since session 22 (up to 2^18 rows): the queries' order given
-    # (cached per graph), the queries walked along the hull instead of a binary search each.
-    # Peer: the same call in chunks of 1023 queries (binary searches, the same answers bit for
-    # bit), less the chunks' hulls (the call with one query: the hull alone)
-    lo, hi = _auction.ENVELOPE_WALK_QUERIES
-    if lo <= F <= hi:
+    # as the exact loop asks it since session 22 (1024 to 2^17 rows): the queries' order given
+    # (cached per graph), walked along the hull; peer: the same call without it (a binary
+    # search each, the same answers bit for bit)
+    if F <= _auction.ENVELOPE_WALK_MAX_QUERIES:
         by_s = np.argsort(env_s, kind="stable")
         walked = _timed(lambda: _auction.envelope_min(env_w, g.col_norm, env_s, by_slope=by_x, by_query=by_s,
                                                       threads=THREADS))
-        chunks = range(0, F, lo - 1)
-        searched = _timed(lambda: [_auction.envelope_min(env_w, g.col_norm, env_s[i:i + lo - 1], by_slope=by_x,
-                                                         threads=THREADS) for i in chunks])
-        hull = _timed(lambda: _auction.envelope_min(env_w, g.col_norm, env_s[:1], by_slope=by_x, threads=THREADS))
-        walk, search = walked - hull, searched - hull * len(chunks)
-        emit(what="envelope_min queries: walked in a given order vs binary searches", F=F, threads=THREADS,
-             seconds=walk, search_seconds=search, hull_seconds=hull, ratio=walk / max(search, 1e-9))
+        emit(what="envelope_min, the queries' order given", F=F, threads=THREADS, seconds=walked,
+             searched_seconds=env[THREADS], ratio=walked / env[THREADS])
     del env_w, env_s, by_x
     # the feasibility check (a maximum matching: the exact loop's before an auction phase, and
     # match._complete's) on a random graph, 32 arcs a row (harder than a candidate graph, whose

@@ -219,19 +219,18 @@ Status dense_margins(const double* cost, int64_t n, int64_t m, const int64_t* ro
                      const double* u, const double* v, const SolveOptions& opt, double* out);
 
 // out[q] = min over j < m of (w[j] - x[j] * s[q]): the lower envelope of m lines, built in
-// O(m log m), queried in O(log m) each or, many at once, in one walk over their sorted order.
-// Inputs finite. Used for bounds of the form min_j (w_j - x_j s_i) over the pairs a candidate
-// graph leaves out. by_slope / by_query (optional): permutations of 0..m-1 / 0..nq-1 that sort
-// x / s ascending, reused across calls (the exact loop's slopes and queries are fixed while w
-// moves with the duals every round); kEnvelopeBadSlopeOrder / kEnvelopeBadQueryOrder (out
-// unset or partly set) if one is not.
+// O(m log m), queried in O(log m) each or, given their order, in one walk along it. Inputs
+// finite. Used for bounds of the form min_j (w_j - x_j s_i) over the pairs a candidate graph
+// leaves out. by_slope / by_query (optional): permutations of 0..m-1 / 0..nq-1 that sort x / s
+// ascending, reused across calls (the exact loop's slopes and queries are fixed while w moves
+// with the duals every round); kEnvelopeBadSlopeOrder / kEnvelopeBadQueryOrder (out unset or
+// partly set) if one is not. by_query is used (and checked) up to kWalkMaxQueries queries:
+// beyond, the walk's gathers and scatters in query order miss the caches (2 threads, one
+// envelope of F lines and F queries, session 22: 16384 0.29 against 0.6 ms of binary
+// searches, 65536 1.7 against 2.1 ms, 262144 7.6-11 against 8.3-8.4 ms; sorting the queries
+// inside lost from 65536 on).
 constexpr int kEnvelopeOk = 0, kEnvelopeBadSlopeOrder = 1, kEnvelopeBadQueryOrder = 2;
-// From kWalkQueries to kWalkMaxQueries queries they are walked in order (by_query, or sorted
-// here); a binary search each outside that range, where by_query is not used (nor checked). Why
-// the top: at F = 1M the walk's gathers and scatters in query order miss the caches (2 threads:
-// 22 ms against 10 ms of binary searches; at 262144 2.5 against 3.7 ms, at 16384 0.1 against
-// 0.45 ms).
-constexpr int64_t kWalkQueries = 1024, kWalkMaxQueries = int64_t(1) << 18;
+constexpr int64_t kWalkMaxQueries = int64_t(1) << 17;
 int envelope_min(const double* w, const double* x, int64_t m, const double* s, int64_t nq,
                  double* out, const int64_t* by_slope = nullptr, int threads = 1,
                  const int64_t* by_query = nullptr);

@@ -986,12 +986,12 @@ PYBIND11_MODULE(_auction, m) {
           "np.argsort(x, kind='stable') of float64 x (NaN last, ties by index), sorted on threads.");
     m.def("searchsorted", &searchsorted_py, py::arg("sorted"), py::arg("queries"), py::arg("threads") = 1,
           "np.searchsorted(sorted, queries, side='left') of float64 arrays (NaN last), on threads.");
-    m.attr("ENVELOPE_WALK_QUERIES") = py::make_tuple(kWalkQueries, kWalkMaxQueries);  // by_query's range
+    m.attr("ENVELOPE_WALK_MAX_QUERIES") = kWalkMaxQueries;  // by_query used (and checked) up to this
     m.def("envelope_min", &envelope_min_py, py::arg("w"), py::arg("x"), py::arg("s"),
           py::arg("by_slope") = py::none(), py::arg("threads") = 1, py::arg("by_query") = py::none(),
           "out[q] = min_j (w[j] - x[j] * s[q]) (lower envelope of lines; O((m + q) log m)); by_slope / "
           "by_query: argsort of x / of s, reused across calls with the same x / s (by_query used and "
-          "checked for ENVELOPE_WALK_QUERIES[0] to [1] queries); threads: for the hull's blocks and "
+          "checked up to ENVELOPE_WALK_MAX_QUERIES queries); threads: for the hull's blocks and "
           "the queries.");
     m.def("dense_margins", &dense_margins_py, py::arg("cost"), py::arg("row_to_col"), py::arg("u"),
           py::arg("v"),

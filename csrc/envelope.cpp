@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "auction.hpp"
-#include "order.hpp"
 #include "parallel.hpp"
 
 namespace mechperm {
@@ -142,25 +141,20 @@ int envelope_min(const double* w, const double* x, int64_t m, const double* s, i
     };
     constexpr int64_t kQueries = 16384;
     const int64_t nb = int64_t(bpd.size());
-    if ((by_query == nullptr && nq < kWalkQueries) || nq > kWalkMaxQueries) {  // a binary search each
-        for (int64_t q = 0; q < nq; ++q)
-            out[q] = h == 0 ? INFINITY : at(s[q], std::upper_bound(bpd.begin(), bpd.end(), s[q]) - bpd.begin());
+    if (by_query == nullptr || nq > kWalkMaxQueries) {  // a binary search each
+        parallel_blocks((nq + kQueries - 1) / kQueries, threads, [&](int64_t b) {
+            for (int64_t q = b * kQueries, end = std::min(nq, q + kQueries); q < end; ++q)
+                out[q] = h == 0 ? INFINITY : at(s[q], std::upper_bound(bpd.begin(), bpd.end(), s[q]) - bpd.begin());
+        });
         return kEnvelopeOk;
     }
-    // Many (kWalkQueries): in ascending order (given, or sorted here), blocks of them on the
-    // threads, each a walk along the breakpoints (F = 16384 rows on a hull of as many lines: the
-    // binary searches' mispredicted branches took ~30 ns a row; the walk gives the same t, query
-    // for query).
-    std::vector<int64_t> own_q;
+    // In the given order, blocks of them on the threads, each a walk along the breakpoints (F =
+    // 16384 rows on a hull of as many lines: the binary searches' mispredicted branches took
+    // ~30 ns a row; the walk gives the same t, query for query). by_query is checked as it
+    // goes: each entry in range, s ascending along it, and (out pre-filled with NaN, which no
+    // line's value is) every query written: a permutation.
     const int64_t* qo = by_query;
-    if (qo == nullptr) {
-        own_q.resize(nq);
-        argsort(s, nq, own_q.data(), threads);
-        qo = own_q.data();
-    } else {  // checked as it goes: each entry in range, s ascending along it, and (out
-              // pre-filled with NaN, which no line's value is) every query written: a permutation
-        std::fill(out, out + nq, NAN);
-    }
+    std::fill(out, out + nq, NAN);
     ok.store(true);
     parallel_blocks((nq + kQueries - 1) / kQueries, threads, [&](int64_t b) {
         const int64_t lo = b * kQueries, hi = std::min(nq, lo + kQueries);
@@ -182,7 +176,7 @@ int envelope_min(const double* w, const double* x, int64_t m, const double* s, i
             out[qo[i]] = h == 0 ? INFINITY : at(v, t);
         }
     });
-    if (!ok.load() || (by_query != nullptr && first_bad(nq, threads, [&](int64_t q) { return std::isnan(out[q]); }) >= 0))
+    if (!ok.load() || first_bad(nq, threads, [&](int64_t q) { return std::isnan(out[q]); }) >= 0)
         return kEnvelopeBadQueryOrder;
     return kEnvelopeOk;
 }

@@ -661,11 +661,13 @@ def _column_line_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: 
                                  threads=_threads()) - u[rows]
 
 
+_WALK_MIN_ROWS = 1024  # below, the envelopes' binary searches cost what the walk does (F = 4096)
+
+
 def _walks(queries: int) -> bool:
-    """Whether an envelope of this many queries walks them in order (envelope.cpp): only then do
-    the bounds sort the rows' queries (F = 1M: its binary searches are faster)."""
-    lo, hi = _auction.ENVELOPE_WALK_QUERIES
-    return lo <= queries <= hi
+    """Whether the envelopes get this many queries' order (a walk along the hull, envelope.cpp):
+    only then do the bounds sort the rows' queries (above 2^17 the binary searches win)."""
+    return _WALK_MIN_ROWS <= queries <= _auction.ENVELOPE_WALK_MAX_QUERIES
 
 
 def _subset_order(order: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
@@ -778,8 +780,8 @@ _sort_threads = threading.local()  # .n: threads for this thread's sorts (None: 
 def _argsort(x: np.ndarray) -> np.ndarray:
     """``np.argsort(x, kind="stable")`` on the solver's threads: the bounds sort per-column
     arrays once per graph (F = 1M: four sorts and a search of every row, ~1 s a match in
-    numpy on one thread), and since session 22 the rows' envelope queries, which they then walk
-    in order (a radix sort: F = 16384 on one thread ~0.2 ms against numpy's 1.2 ms)."""
+    numpy on one thread), and since session 22 the rows' envelope queries (up to 2^17 rows),
+    which the envelopes then walk in order (a radix sort: F = 16384 on one thread ~0.2 ms against numpy's 1.2 ms)."""
     return _auction.argsort(np.ascontiguousarray(x, np.float64),
                             threads=getattr(_sort_threads, "n", None) or _threads())
 

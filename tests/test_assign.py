@@ -913,34 +913,37 @@ def test_envelope_min_blocks_on_threads_equal_one_pass() -> None:
 
 
 def test_envelope_min_walk_of_sorted_queries_equals_binary_searches() -> None:
-    """From 1024 queries they are sorted (or their order given, by_query) and walked along the
-    breakpoints: the same answers bit for bit as a binary search each (fewer than 1024 at a
-    time), on threads, with queries on the breakpoints and tied; a by_query that is not a
-    permutation sorting s is refused."""
+    """Given their order (by_query), the queries are walked along the breakpoints: the same
+    answers bit for bit as a binary search each, on threads, with queries on the breakpoints
+    and tied; a by_query that is not a permutation sorting s is refused, and beyond
+    ENVELOPE_WALK_MAX_QUERIES it is not used."""
     rng = np.random.default_rng(3)
     m = 70_000
     x = np.round(np.exp(rng.standard_normal(m)), 4)
     w = 0.5 * x * x + 1e-3 * rng.standard_normal(m)
     w[100:20000] = 3.0 + x[100:20000] * 2.5  # concurrent at s = 2.5
     order = np.argsort(x, kind="stable")
-    s = np.concatenate([rng.uniform(0.0, 10.0, 6000), np.repeat([2.5, 0.0, x.max(), -1.0], 50), rng.choice(x, 1000)])
+    s = np.concatenate([rng.uniform(0.0, 10.0, 60000), np.repeat([2.5, 0.0, x.max(), -1.0], 50), rng.choice(x, 1000)])
     rng.shuffle(s)
-    one_by_one = np.concatenate([_auction.envelope_min(w, x, s[i:i + 1000], by_slope=order) for i in range(0, len(s), 1000)])
+    searched = _auction.envelope_min(w, x, s, by_slope=order)
     by_s = np.argsort(s, kind="stable")
     for threads in (1, 3):
-        np.testing.assert_array_equal(_auction.envelope_min(w, x, s, by_slope=order, threads=threads), one_by_one)
+        np.testing.assert_array_equal(_auction.envelope_min(w, x, s, by_slope=order, threads=threads), searched)
         np.testing.assert_array_equal(_auction.envelope_min(w, x, s, by_slope=order, by_query=by_s, threads=threads),
-                                      one_by_one)
-    small = s[:10]  # a given order walks a few queries too
-    np.testing.assert_array_equal(_auction.envelope_min(w, x, small, by_query=np.argsort(small)), one_by_one[:10])
+                                      searched)
+    small = s[:10]
+    np.testing.assert_array_equal(_auction.envelope_min(w, x, small, by_query=np.argsort(small)), searched[:10])
     want = np.array([np.min(w - x * q) for q in s[:300]])
-    np.testing.assert_allclose(one_by_one[:300], want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(searched[:300], want, rtol=1e-12, atol=1e-12)
     for bad in (by_s[::-1].copy(), np.where(by_s == by_s[5], by_s[6], by_s), np.where(by_s == by_s[7], len(s), by_s)):
         with pytest.raises(ValueError, match="by_query must be a permutation sorting s"):
             _auction.envelope_min(w, x, s, by_slope=order, by_query=bad, threads=3)
     with pytest.raises(ValueError, match="by_query"):
         _auction.envelope_min(w, x, s, by_query=by_s[:-1])
     np.testing.assert_array_equal(_auction.envelope_min(w[:0], x[:0], s, by_query=by_s), np.full(len(s), np.inf))
+    many = np.resize(s, _auction.ENVELOPE_WALK_MAX_QUERIES + 1)
+    np.testing.assert_array_equal(_auction.envelope_min(w, x, many, by_slope=order, by_query=np.zeros(len(many), np.int64)),
+                                  np.resize(searched, len(many)))
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 1000, 70_001, 200_003])
@@ -1715,8 +1718,8 @@ def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch, walk):
     from mechperm import assign as assign_module
     from mechperm.assign import _bound_sorts, _lower_bounds
 
-    walk_range = (1, 1 << 18) if walk else _auction.ENVELOPE_WALK_QUERIES
-    monkeypatch.setattr(_auction, "ENVELOPE_WALK_QUERIES", walk_range)
+    walk_from = 1 if walk else assign_module._WALK_MIN_ROWS
+    monkeypatch.setattr(assign_module, "_WALK_MIN_ROWS", walk_from)
 
     rng = np.random.default_rng(0)
     _, A, B = sae_like(120, d=16, seed=0, sigma=2.0)
@@ -1742,7 +1745,7 @@ def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch, walk):
             return real_argsort(x, threads=threads)
 
         monkeypatch.setattr(_auction, "argsort", argsort)
-        monkeypatch.setattr(_auction, "ENVELOPE_WALK_QUERIES", walk_range)
+        monkeypatch.setattr(assign_module, "_WALK_MIN_ROWS", walk_from)
         monkeypatch.setattr(assign_module, "_SORT_WORKERS", workers)
         _bound_sorts(g, cache)
         queries = {"query_y", "query_ycos", "order_ycos"} if walk else set()
@@ -1762,7 +1765,7 @@ def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch, walk):
 
     monkeypatch.setattr(assign_module, "_argsort", no_sort)
     monkeypatch.setattr(assign_module, "_searchsorted", no_sort)
-    monkeypatch.setattr(_auction, "ENVELOPE_WALK_QUERIES", walk_range)
+    monkeypatch.setattr(assign_module, "_WALK_MIN_ROWS", walk_from)
     np.testing.assert_array_equal(_lower_bounds(g, u, v, cache), expected)
     monkeypatch.undo()
     bad = dataclasses.replace(g, col_norm=np.where(np.arange(120) == 5, np.nan, g.col_norm),
