@@ -77,7 +77,7 @@ int envelope_min(const double* w, const double* x, int64_t m, const double* s, i
     parallel_blocks(blocks, threads, [&](int64_t b) {
         const int64_t lo = b * kBlock, hi = std::min(m, lo + kBlock);
         std::vector<Line>& hull = part[b];
-        hull.reserve(hi - lo);
+        hull.reserve(256);
         double prev = -INFINITY;
         if (lo > 0) {
             const int64_t j = order[lo - 1];
