@@ -14,8 +14,12 @@ there (Triton), the assignment solver on the CPU.
     python bench/bench_match_gpu.py --crossover      # dense vs sparse path at F = 2048 .. 8192
                                                      # (what DENSE_LIMIT_CUDA is set from)
 
+``--pair stack`` matches make_stack's two layers instead (the CPU bench's pair: heavy-tailed θ,
+births, splits and deaths; more rounds of the exact loop), up to 262144.
+
 ``recovered`` is the share of rows matched to the row they were drawn from (the planted truth;
-drift makes some of them ambiguous, so it is below 1 by design). Benchmarks never assert speed.
+drift makes some of them ambiguous, so it is below 1 by design; for the stack pair, among the
+features with a planted partner). Benchmarks never assert speed.
 """
 from __future__ import annotations
 
@@ -59,6 +63,25 @@ def sae_like_pair(F: int, d: int = D, *, seed: int = 0, device: str = "cuda", ch
     return A, B, truth
 
 
+def stack_pair(F: int, d: int = D, *, seed: int = 0, device: str = "cuda"):
+    """(A, B, truth): the folded decoder rows of ``make_stack``'s first two layers, made on the
+    device: heavy-tailed θ, births, splits, deaths and near-ties (the CPU bench's pair; truth -1
+    where a feature died). Harder than :func:`sae_like_pair`: at F = 16384 on the CPU the exact
+    loop takes 5 rounds at candidates_k = 64 and 7 at 16, against 2 for the SAE-like pair.
+    Two SAEs are made first (4 F x d float32 matrices: 9.7 GB at 262144; not for 1M)."""
+    from mechperm.kernels.features import matching_vectors
+    from mechperm.synthetic import make_stack
+
+    stack = make_stack(2, d=d, F=F, seed=seed, device=device)
+    A, B = (matching_vectors(sae, device=device) for sae in stack.saes)
+    truth = stack.truth[0]
+    del stack
+    return A, B, truth
+
+
+PAIRS = {"sae_like": sae_like_pair, "stack": stack_pair}
+
+
 def _gpu_screen(A: torch.Tensor, B: torch.Tensor) -> bool:
     """Whether match_vectors screened these vectors on the GPU (the default from F = 262144)."""
     from mechperm.kernels import screen_cuda
@@ -76,8 +99,8 @@ def _gemm_candidates() -> bool:
 
 
 def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, profile: str | None = None,
-        cprofile: str | None = None, **options) -> dict:
-    A, B, truth = sae_like_pair(F, d, device=DEVICE)
+        cprofile: str | None = None, pair: str = "sae_like", **options) -> dict:
+    A, B, truth = PAIRS[pair](F, d, device=DEVICE)
     if dtype != torch.float32:
         A, B = A.to(dtype), B.to(dtype)
     if DEVICE == "cuda":
@@ -96,7 +119,8 @@ def run(F: int, dtype: torch.dtype = torch.float32, d: int = D, profile: str | N
         seconds = time.perf_counter() - t0
     out = {"F": F, "d": d, "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", **options,
            "seconds": seconds, "certified": res.certified, "gap": res.gap, "objective": res.objective,
-           "recovered": float((res.perm.to(truth.device) == truth).float().mean()),
+           "pair": pair,  # recovered: the share of the features with a planted partner matched to it
+           "recovered": float((res.perm.to(truth.device) == truth)[truth >= 0].float().mean()),
            "timings": res.timings, "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges"),
            "dtype": str(dtype).removeprefix("torch."), "price_per_row": match_module.PRICE_PER_ROW,
            "solver": res.stats.get("solver"), "fused_pricing": os.environ.get("MECHPERM_FUSED_PRICING") == "1",
@@ -244,6 +268,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="of the vectors")
     ap.add_argument("--price-per-row", type=int, help="override match.PRICE_PER_ROW (pairs per priced row)")
     ap.add_argument("--sizes", help="comma-separated F values (default: from MECHPERM_BENCH_MAX_N)")
+    ap.add_argument("--pair", choices=sorted(PAIRS), default="sae_like",
+                    help="the vectors: SAE-like unit directions x lognormal norms (default), or make_stack's "
+                         "two layers' folded decoder rows (the CPU bench's pair, harder; up to 262144)")
     ap.add_argument("--fused-pricing", action="store_true", help="MECHPERM_FUSED_PRICING=1 (Triton row pricer)")
     ap.add_argument("--gpu-screen", action="store_true",
                     help="MECHPERM_GPU_SCREEN=1 (bf16 screen, float32 vectors; the default from F = 262144)")
@@ -320,10 +347,10 @@ def main() -> None:
     at_cprofile = len(plan) - (2 if args.profile and len(plan) > 1 else 1)
     for i, (F, options) in enumerate(plan):
         out = run(F, dtype, args.d, profile=args.profile if i == len(plan) - 1 else None,
-                  cprofile=args.cprofile if i == at_cprofile else None, **options)
+                  cprofile=args.cprofile if i == at_cprofile else None, pair=args.pair, **options)
         rows.append(out)
         t = out["timings"]
-        print(f"F={F:8d} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if out['gpu_screen'] else ''}{' emit' if args.emit_topk else ''}{' gemm' if out['gemm_candidates'] else ''}{' gated' if out.get('gemm', {}).get('gated') else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
+        print(f"F={F:8d} {args.pair} {args.dtype} q={match_module.PRICE_PER_ROW}{' fused' if args.fused_pricing else ''}{' screen' if out['gpu_screen'] else ''}{' emit' if args.emit_topk else ''}{' gemm' if out['gemm_candidates'] else ''}{' gated' if out.get('gemm', {}).get('gated') else ''} {options or ''} {out['device']}: {out['seconds']:8.3f} s  certified {out['certified']}  "
               f"gap {out['gap']:.1e}  rounds {out['rounds']}  recovered {out['recovered']:.3f}  "
               f"candidates {t.get('candidates', 0):.3f} s  graph {t.get('graph', 0):.3f} s  "
               f"assign {t.get('assign', 0):.3f} s  bounds {t.get('bounds', 0):.3f} s  pricing {t.get('pricing', 0):.3f} s  "

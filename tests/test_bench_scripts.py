@@ -41,3 +41,28 @@ def test_bench_match_gpu_trace_finds_every_function_it_wraps(monkeypatch) -> Non
     for name in ("assign_exact", "solve_sparse", "_lower_bounds", "merge", "price_rows_topq", "_cosine_kappas",
                  "_exact_rows_topq"):
         assert name in wrapped
+
+
+@pytest.mark.parametrize("pair", ["sae_like", "stack"])
+def test_bench_match_gpu_pairs_dry_run_on_cpu(monkeypatch, pair: str) -> None:
+    """bench_match_gpu's run() on the CPU (its dry run) with either pair: certified, the planted
+    partners mostly recovered; the stack pair's vectors are match()'s own (folded decoder
+    rows of make_stack's two layers) and its truth the stack's."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("MECHPERM_BENCH_GPU_ON_CPU", "1")
+    mod = _load("bench_match_gpu", monkeypatch)
+    monkeypatch.setattr(mod, "DEVICE", "cpu")
+    out = mod.run(600, d=48, pair=pair, dense_limit=0)
+    assert out["certified"] and out["pair"] == pair and out["F"] == 600
+    assert out["recovered"] > 0.5
+    if pair == "stack":
+        import torch
+
+        from mechperm import match
+        from mechperm.synthetic import make_stack
+
+        stack = make_stack(2, d=48, F=600, seed=0)
+        A, B, truth = mod.stack_pair(600, 48, device="cpu")
+        res = match(*stack.saes, dense_limit=0)
+        assert torch.equal(truth, stack.truth[0])
+        assert out["objective"] == pytest.approx(res.objective, rel=1e-9)
