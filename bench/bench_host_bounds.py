@@ -10,7 +10,9 @@ numbers are the passes' cost, not a real graph's round count. Peers: numpy's sta
 searchsorted (what the bounds used before), the loop's bounds with those sorts (``numpy
 sorts``), scipy's maximum_bipartite_matching for ``max_matching`` (and, on a planted graph in
 column order, its greedy start from the cheapest column against the first free one); a cold
-``solve_sparse`` of a planted graph at 1 thread and at every core, and the exact loop's first
+``solve_sparse`` of a planted graph at 1 thread and at every core, and of a heavy-tailed one
+where the auction runs (up to 65536: against scipy's ``min_weight_full_bipartite_matching``,
+objectives reported), and the exact loop's first
 solve with a maximum matching up front (before session 17) against the solve alone
 (``check_feasible="lazy"``); a pricing round's merge into the graph, in place, against scipy
 adding the two as CSR matrices, and the loop's first merge into fresh arrays against arrays
@@ -165,6 +167,35 @@ def measure(F: int, emit) -> None:
     emit(what="first solve planted x32, feasibility", F=F, threads=THREADS, matching_then_solve=eager,
          lazy_seconds=lazy, ratio=lazy / eager)
     del ip, ix, w, cols, order
+    # a cold solve where the auction runs (shortest paths alone give up): heavy-tailed costs
+    # without a clear partner per row, 64 arcs a row (the make_stack pair's graph at 16384:
+    # 11 auction phases, 650k bids, each a scan of a row). Peer: scipy's sparse LAPJV
+    # (min_weight_full_bipartite_matching), the same graph, objective checked; up to 65536
+    if F <= 65536:
+        from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+        deg = 64
+        ip = np.arange(F + 1, dtype=np.int64) * deg
+        cols = np.concatenate([rng.permutation(F)[:, None], rng.integers(0, F, (F, deg - 1))], 1)
+        cols.sort(axis=1)
+        keep = np.concatenate([np.ones((F, 1), bool), cols[:, 1:] != cols[:, :-1]], 1)  # no parallel arcs
+        ip = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int64)
+        ix = cols[keep].astype(np.int32)
+        w = np.exp(1.5 * rng.standard_normal(len(ix))).astype(np.float32)
+        for t in sorted({1, THREADS}):
+            sec = _timed(lambda: _auction.solve_sparse(ip, ix, w, F, F, threads=t, check_feasible="lazy"), repeat=2)
+            raw = _auction.solve_sparse(ip, ix, w, F, F, threads=t, check_feasible="lazy")
+            emit(what="solve_sparse cold heavy-tailed x64 (auction)", F=F, threads=t, seconds=sec,
+                 bids=int(raw["bids"]), phases=int(raw["phases"]))
+        M = csr_matrix((w.astype(np.float64), ix, ip), shape=(F, F))
+        t0 = time.perf_counter()
+        c = min_weight_full_bipartite_matching(M)[1]
+        tp = time.perf_counter() - t0
+        got = np.asarray(raw["row_to_col"])
+        obj = lambda perm: float(np.asarray(M[np.arange(F), perm]).sum())  # noqa: E731
+        emit(what="solve_sparse cold heavy-tailed x64 vs scipy LAPJVsp", F=F, threads=THREADS, seconds=sec,
+             scipy_seconds=tp, ratio=sec / tp, objective=obj(got), scipy_objective=obj(c))
+        del ip, ix, w, cols, keep, M
     # a pricing round's merge: 64 new arcs a row for 1/32 of the rows (priced rows 1M: 41514 in 3
     # rounds), in column-random order, into 64 arcs a row, in place with room left (the exact
     # loop's _ArcBuffer); peer: scipy adding the two as CSR matrices (it sums duplicates where

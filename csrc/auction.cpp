@@ -143,20 +143,10 @@ struct SparseGraph {
     int64_t row_work(int64_t i) const { return ptr[i + 1] - ptr[i] + 1; }
     int64_t total_work(int64_t rows) const { return ptr[rows] + rows; }
     Best scan(int64_t i, const double* p, double& c1) const {
-        Best b;
-        int64_t a1 = -1;
-        for (int64_t a = ptr[i], e = ptr[i + 1]; a < e; ++a) {
-            const double val = double(cst[a]) + p[idx[a]];
-            if (val < b.b2) {
-                if (val < b.b1) {
-                    b.b2 = b.b1;
-                    b.b1 = val;
-                    a1 = a;
-                } else {
-                    b.b2 = val;
-                }
-            }
-        }
+        const int64_t a0 = ptr[i];
+        Best b = detail::scan_arcs(cst + a0, idx + a0, p, ptr[i + 1] - a0);
+        const int64_t a1 = b.j1 >= 0 ? a0 + b.j1 : -1;
+        b.j1 = -1;
         if (a1 >= 0) {
             b.j1 = int64_t(idx[a1]);
             c1 = double(cst[a1]);
