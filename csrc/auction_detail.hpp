@@ -96,9 +96,10 @@ __attribute__((target("avx2"))) inline __m256d load4(const double* c) {
 }
 
 // Two independent accumulator sets of 4 lanes each: per lane, second = min(second, max(best,
-// val)), best = min(best, val), and the index of the first strict improvement.
-template <class T>
-__attribute__((target("avx2"))) Best scan_row_avx2(const T* c, const double* p, int64_t m) {
+// val)), best = min(best, val), and the index of the first strict improvement. Prices: p[j]
+// (a dense row) or p[idx[j]] (a sparse row's arcs, see PricesAt), four at a time or one.
+template <class T, class Prices>
+__attribute__((target("avx2"))) Best scan_avx2(const T* c, int64_t m, const Prices& p) {
     const __m256d inf = _mm256_set1_pd(kInf);
     const __m256d step = _mm256_set1_pd(8.0);
     __m256d b1a = inf, b2a = inf, b1b = inf, b2b = inf;
@@ -106,8 +107,8 @@ __attribute__((target("avx2"))) Best scan_row_avx2(const T* c, const double* p, 
     __m256d ja = _mm256_setr_pd(0, 1, 2, 3), jb = _mm256_setr_pd(4, 5, 6, 7);
     int64_t j = 0;
     for (; j + 8 <= m; j += 8) {
-        __m256d va = _mm256_add_pd(load4(c + j), _mm256_loadu_pd(p + j));
-        __m256d vb = _mm256_add_pd(load4(c + j + 4), _mm256_loadu_pd(p + j + 4));
+        __m256d va = _mm256_add_pd(load4(c + j), p.four(j));
+        __m256d vb = _mm256_add_pd(load4(c + j + 4), p.four(j + 4));
         __m256d lta = _mm256_cmp_pd(va, b1a, _CMP_LT_OQ);
         __m256d ltb = _mm256_cmp_pd(vb, b1b, _CMP_LT_OQ);
         b2a = _mm256_min_pd(b2a, _mm256_max_pd(b1a, va));
@@ -128,58 +129,31 @@ __attribute__((target("avx2"))) Best scan_row_avx2(const T* c, const double* p, 
     _mm256_store_pd(IX + 4, ib);
     Best r;
     for (int l = 0; l < 8; ++l) r.merge(B1[l], B2[l], int64_t(IX[l]));
-    for (; j < m; ++j) {
-        double val = double(c[j]) + p[j];
-        r.merge(val, kInf, j);
-    }
+    for (; j < m; ++j) r.merge(double(c[j]) + p.one(j), kInf, j);
     return r;
 }
 
-// Four prices by scalar loads: on this AMD EPYC VM vgatherdpd kept the scan gather-bound.
+struct PricesDense {  // a dense row's prices: p[j]
+    const double* p;
+    __attribute__((target("avx2"))) __m256d four(int64_t j) const { return _mm256_loadu_pd(p + j); }
+    double one(int64_t j) const { return p[j]; }
+};
+
+// A sparse row's prices p[idx[a]]: bids scan rows of a candidate graph (~200 arcs on
+// make_stack's pair at F = 16384, k = 64), where the scalar loop's compares were half of a
+// cold solve. Four by scalar loads: on this AMD EPYC VM vgatherdpd kept the scan
+// gather-bound (a cold solve 0.55 s against 0.50 s).
 template <class I>
-inline __attribute__((target("avx2"))) __m256d gather4(const double* p, const I* idx) {
-    const __m128d lo = _mm_loadh_pd(_mm_load_sd(p + idx[0]), p + idx[1]);
-    const __m128d hi = _mm_loadh_pd(_mm_load_sd(p + idx[2]), p + idx[3]);
-    return _mm256_insertf128_pd(_mm256_castpd128_pd256(lo), hi, 1);
-}
-
-// scan_row_avx2 on a sparse row: c[a] + p[idx[a]], a < len, the prices gathered; Best.j1 is the
-// arc's position a (first on ties). Bids scan rows of a candidate graph (~200 arcs on
-// make_stack's pair at F = 16384, k = 64): the scalar loop's compares were half of a cold solve.
-template <class T, class I>
-__attribute__((target("avx2"))) Best scan_arcs_avx2(const T* c, const I* idx, const double* p, int64_t len) {
-    const __m256d inf = _mm256_set1_pd(kInf);
-    const __m256d step = _mm256_set1_pd(8.0);
-    __m256d b1a = inf, b2a = inf, b1b = inf, b2b = inf;
-    __m256d ia = _mm256_set1_pd(-1.0), ib = ia;
-    __m256d ja = _mm256_setr_pd(0, 1, 2, 3), jb = _mm256_setr_pd(4, 5, 6, 7);
-    int64_t j = 0;
-    for (; j + 8 <= len; j += 8) {
-        __m256d va = _mm256_add_pd(load4(c + j), gather4(p, idx + j));
-        __m256d vb = _mm256_add_pd(load4(c + j + 4), gather4(p, idx + j + 4));
-        __m256d lta = _mm256_cmp_pd(va, b1a, _CMP_LT_OQ);
-        __m256d ltb = _mm256_cmp_pd(vb, b1b, _CMP_LT_OQ);
-        b2a = _mm256_min_pd(b2a, _mm256_max_pd(b1a, va));
-        b2b = _mm256_min_pd(b2b, _mm256_max_pd(b1b, vb));
-        b1a = _mm256_min_pd(b1a, va);
-        b1b = _mm256_min_pd(b1b, vb);
-        ia = _mm256_blendv_pd(ia, ja, lta);
-        ib = _mm256_blendv_pd(ib, jb, ltb);
-        ja = _mm256_add_pd(ja, step);
-        jb = _mm256_add_pd(jb, step);
+struct PricesAt {
+    const double* p;
+    const I* idx;
+    __attribute__((target("avx2"))) __m256d four(int64_t a) const {
+        const __m128d lo = _mm_loadh_pd(_mm_load_sd(p + idx[a]), p + idx[a + 1]);
+        const __m128d hi = _mm_loadh_pd(_mm_load_sd(p + idx[a + 2]), p + idx[a + 3]);
+        return _mm256_insertf128_pd(_mm256_castpd128_pd256(lo), hi, 1);
     }
-    alignas(32) double B1[8], B2[8], IX[8];
-    _mm256_store_pd(B1, b1a);
-    _mm256_store_pd(B1 + 4, b1b);
-    _mm256_store_pd(B2, b2a);
-    _mm256_store_pd(B2 + 4, b2b);
-    _mm256_store_pd(IX, ia);
-    _mm256_store_pd(IX + 4, ib);
-    Best r;
-    for (int l = 0; l < 8; ++l) r.merge(B1[l], B2[l], int64_t(IX[l]));
-    for (; j < len; ++j) r.merge(double(c[j]) + p[idx[j]], kInf, j);
-    return r;
-}
+    double one(int64_t a) const { return p[idx[a]]; }
+};
 #endif  // MECHPERM_X86_DISPATCH
 
 // lo/hi: running min/max of c[0..m); colmin[j] = min(colmin[j], c[j]) unless colmin is null.
@@ -372,7 +346,7 @@ inline void row_range(const T* c, int64_t m, double* colmin, double& lo, double&
 template <class T, class I>
 inline Best scan_arcs(const T* c, const I* idx, const double* p, int64_t len) {
 #ifdef MECHPERM_X86_DISPATCH
-    if (len >= 16 && cpu_has_avx2()) return scan_arcs_avx2(c, idx, p, len);
+    if (len >= 16 && cpu_has_avx2()) return scan_avx2(c, len, PricesAt<I>{p, idx});
 #endif
     Best b;
     for (int64_t a = 0; a < len; ++a) b.add(double(c[a]) + p[idx[a]], a);
@@ -383,7 +357,7 @@ inline Best scan_arcs(const T* c, const I* idx, const double* p, int64_t len) {
 template <class T>
 inline Best scan_row(const T* c, const double* p, int64_t m) {
 #ifdef MECHPERM_X86_DISPATCH
-    if (m >= 16 && cpu_has_avx2()) return scan_row_avx2(c, p, m);
+    if (m >= 16 && cpu_has_avx2()) return scan_avx2(c, m, PricesDense{p});
 #endif
     return scan_row_scalar(c, p, m);
 }

@@ -1055,11 +1055,22 @@ def test_thread_pool_under_concurrent_callers_and_fork() -> None:
     pytest.fail("argsort on threads hung in a forked child")
 
 
-def test_scalar_and_simd_kernels_agree():
+def _with_and_without_simd(code: str) -> list:
+    """The JSON that ``code`` prints, run in a fresh process as is and with MECHPERM_NO_SIMD=1
+    (read once per process: the scalar kernels)."""
     import json
     import subprocess
     import sys
 
+    runs = []
+    for env in ({}, {"MECHPERM_NO_SIMD": "1"}):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, **env}, check=True)
+        runs.append(json.loads(proc.stdout))
+    return runs
+
+
+def test_scalar_and_simd_kernels_agree():
     code = (
         "import json, numpy as np\n"
         "from mechperm.assign import assign\n"
@@ -1071,11 +1082,7 @@ def test_scalar_and_simd_kernels_agree():
         "    out.append([a.row_to_col.tolist(), a.objective])\n"
         "print(json.dumps(out))\n"
     )
-    runs = []
-    for env in ({}, {"MECHPERM_NO_SIMD": "1"}):
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              env={**os.environ, **env}, check=True)
-        runs.append(json.loads(proc.stdout))
+    runs = _with_and_without_simd(code)
     assert runs[0] == runs[1]
 
 
@@ -1084,10 +1091,6 @@ def test_scalar_and_simd_sparse_scans_agree():
     with the prices gathered, against the scalar loop (MECHPERM_NO_SIMD=1): the same solves bit
     for bit (duals, assignment) on auction-heavy graphs: heavy-tailed and tied costs, rows of
     1 to 300 arcs, float32 and float64 costs, int32 and int64 columns, partial mode."""
-    import json
-    import subprocess
-    import sys
-
     code = (
         "import json, numpy as np\n"
         "from mechperm import _auction\n"
@@ -1111,11 +1114,7 @@ def test_scalar_and_simd_sparse_scans_agree():
         "                np.asarray(r['row_to_col']).tolist(), int(r['bids'])])\n"
         "print(json.dumps(out))\n"
     )
-    runs = []
-    for env in ({}, {"MECHPERM_NO_SIMD": "1"}):
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              env={**os.environ, **env}, check=True)
-        runs.append(json.loads(proc.stdout))
+    runs = _with_and_without_simd(code)
     assert all(case[3] > 0 for case in runs[0])  # auction bids: the scans ran
     assert runs[0] == runs[1]
 
