@@ -114,7 +114,7 @@ int envelope_min(const double* w, const double* x, int64_t m, const double* s, i
         if (missing >= 0) return kEnvelopeBadSlopeOrder;
     }
     std::vector<Line> hull;
-    if (blocks == 1) {  // one block's hull is the envelope (F = 16384: half the hull's time)
+    if (blocks == 1) {  // one block's hull is the envelope: no second pass over its lines
         hull.swap(part[0]);
     } else {
         hull.reserve(1024);

@@ -655,7 +655,8 @@ def _column_line_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: 
     if not (np.isfinite(w).all() and np.isfinite(g.col_slope).all() and np.isfinite(g.row_norm).all()):
         return np.full(len(rows), -np.inf)
     by = _col_slope_order(g, cache)
-    by_y = _row_norm_order(g, cache) if _walks(len(rows)) and _walks(len(u)) else None  # (the sort _bound_sorts takes)
+    # the rows' order by norm: a sort _bound_sorts takes (from 1024 to 2^17 rows)
+    by_y = _row_norm_order(g, cache) if _walks(len(rows)) and _walks(len(u)) else None
     return _auction.envelope_min(w, g.col_slope, np.ascontiguousarray(g.row_norm[rows]), by_slope=by,
                                  by_query=None if by_y is None else _subset_order(by_y, rows, len(u)),
                                  threads=_threads()) - u[rows]
@@ -781,7 +782,8 @@ def _argsort(x: np.ndarray) -> np.ndarray:
     """``np.argsort(x, kind="stable")`` on the solver's threads: the bounds sort per-column
     arrays once per graph (F = 1M: four sorts and a search of every row, ~1 s a match in
     numpy on one thread), and since session 22 the rows' envelope queries (up to 2^17 rows),
-    which the envelopes then walk in order (a radix sort: F = 16384 on one thread ~0.2 ms against numpy's 1.2 ms)."""
+    which the envelopes then walk in order (a radix sort: F = 16384 on one thread ~0.2 ms
+    against numpy's 1.2 ms)."""
     return _auction.argsort(np.ascontiguousarray(x, np.float64),
                             threads=getattr(_sort_threads, "n", None) or _threads())
 
@@ -854,7 +856,8 @@ def _euclidean_bounds(g: CandidateGraph, u: np.ndarray, v: np.ndarray, cache: Op
     if g.col_cos is not None:  # min_j (w_j − (2 κ_j x_j) · y_i)
         slope, by_cx = _cos_slopes(g, cache)
         by_y = _row_norm_order(g, cache) if _walks(len(y)) else None
-        lb = np.maximum(lb, base + _auction.envelope_min(w, slope, y, by_slope=by_cx, by_query=by_y, threads=_threads()))
+        lb = np.maximum(lb, base + _auction.envelope_min(w, slope, y, by_slope=by_cx, by_query=by_y,
+                                                         threads=_threads()))
     return lb
 
 
