@@ -1750,6 +1750,33 @@ def test_euclidean_bound_is_a_lower_bound(seed):
             assert np.all(lb <= red + 1e-9 * np.abs(C).max())
 
 
+def test_column_line_bounds_on_a_subset_of_rows_walk_their_order(monkeypatch):
+    """The column-line bound asks the envelope for the rows still open only: their order by
+    norm comes from every row's (assign._subset_order, no sort) and the walk gives the binary
+    searches' bounds bit for bit, ties among the norms included."""
+    from mechperm import assign as assign_module
+    from mechperm.assign import _column_line_bounds, _subset_order
+
+    rng = np.random.default_rng(4)
+    n = m = 3000
+    y = np.round(np.exp(rng.standard_normal(n)), 2)  # tied norms
+    x = np.exp(rng.standard_normal(m))
+    g = CandidateGraph(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32),
+                       row_norm=y, col_norm=x, col_slope=0.01 * x, col_base=x * x + 0.5)
+    u, v = rng.normal(size=n), rng.normal(size=m)
+    rows = np.sort(rng.choice(n, 1500, replace=False))
+    order = np.argsort(y, kind="stable")
+    np.testing.assert_array_equal(_subset_order(order, rows, n), np.argsort(y[rows], kind="stable"))
+    assert _subset_order(order, np.arange(n), n) is order
+    cache: dict = {}
+    walked = _column_line_bounds(g, u, v, cache, rows)
+    assert "query_y" in cache  # 1500 rows of 3000: in the walk's range
+    monkeypatch.setattr(assign_module, "_WALK_MIN_ROWS", n + 1)  # binary searches
+    np.testing.assert_array_equal(_column_line_bounds(g, u, v, {}, rows), walked)
+    want = ((g.col_base - v)[None, :] - g.col_slope[None, :] * y[rows, None]).min(1) - u[rows]
+    np.testing.assert_allclose(walked, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("walk", [False, True])
 def test_bound_sorts_take_every_sort_the_bounds_need(monkeypatch, walk):
     """_bound_sorts (the exact loop's thread during its first solve) caches every sort of the
