@@ -273,6 +273,30 @@ def test_screen_is_the_same_on_any_number_of_threads() -> None:
         assert np.array_equal(x, y)
 
 
+@pytest.mark.parametrize("order", ["rows", "shuffled"])
+def test_pair_dots_in_groups_of_b_rows_are_those_of_each_pair(order) -> None:
+    """A long list of pairs over a B larger than a cache group (16 MiB; pair_dots then takes
+    them grouped by B's rows and writes each dot back in place) gives the dots of short calls,
+    which take the pairs in turn, bit for bit; scaled rows too."""
+    rng = np.random.default_rng(5)
+    n, m, d, per_row = 64, 8192, 512, 400
+    a = rng.standard_normal((n, d), dtype=np.float32)
+    b = rng.standard_normal((m, d), dtype=np.float32)
+    s, t = rng.uniform(0.5, 2, n).astype(np.float32), rng.uniform(0.5, 2, m).astype(np.float32)
+    rows = np.repeat(np.arange(n), per_row)
+    cols = rng.integers(0, m, len(rows))
+    if order == "shuffled":
+        perm = rng.permutation(len(rows))
+        rows, cols = rows[perm], cols[perm]
+    for kw in ({}, {"a_scale": s, "b_scale": t}):
+        whole = _auction.pair_dots(a, b, rows, cols, threads=2, **kw)
+        parts = np.concatenate([_auction.pair_dots(a, b, rows[q : q + 4000], cols[q : q + 4000], **kw)
+                                for q in range(0, len(rows), 4000)])
+        assert np.array_equal(whole, parts)
+    ref = np.einsum("td,td->t", a.astype(np.float64)[rows], b.astype(np.float64)[cols])
+    assert np.allclose(_auction.pair_dots(a, b, rows, cols), ref, rtol=0, atol=1e-9 * np.abs(ref).max())
+
+
 @settings(max_examples=60, deadline=None)
 @given(d=st.integers(1, 70), n=st.integers(1, 9), m=st.integers(1, 9), seed=st.integers(0, 2**31 - 1),
        spread=st.sampled_from([0.0, 1.0, 3.0]))
