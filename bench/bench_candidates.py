@@ -8,6 +8,7 @@ kernel + the same selection + exact float64-dot costs for every edge; where the 
 AVX-512 BF16).
 
     pytest bench/bench_candidates.py --benchmark-only [--benchmark-json out.json]
+    pytest bench/bench_candidates.py -k exact_pair_dots   # the exact costs' pair dots alone
     python bench/bench_candidates.py            # quick table + ratio, JSON on stdout
 
 Sizes: F ∈ {4096, 16384}, d = 2304 (Gemma-2-2B); ``MECHPERM_BENCH_MAX_N`` caps F (e.g. 4096);
@@ -22,9 +23,11 @@ import os
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
+from mechperm import _auction
 from mechperm.kernels import screen
 from mechperm.kernels.candidates import candidates, price
 
@@ -32,6 +35,7 @@ D = 2304
 K = 32
 MAX_N = int(os.environ.get("MECHPERM_BENCH_MAX_N", "16384"))
 SIZES = [n for n in (4096, 16384) if n <= MAX_N] or [MAX_N]
+PEER_MAX_N = int(os.environ.get("MECHPERM_BENCH_PEER_MAX_N", "4096"))
 if os.environ.get("MECHPERM_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["MECHPERM_BENCH_THREADS"]))
 PROVIDERS = ["mm", "mm_bf16", "candidates", "candidates_cost_only", "screened", "price"]
@@ -93,6 +97,53 @@ def test_candidates(benchmark, provider: str, n: int, device: str) -> None:
     benchmark.extra_info.update(
         flops=flops, tflops=flops / benchmark.stats.stats.min / 1e12, threads=torch.get_num_threads()
     )
+
+
+PAIRS_PER_ROW = 200  # about a make_stack graph's arcs a row at k = 64 (185 at F = 16384)
+PAIR_PROVIDERS = ["pair_dots", "pair_dots_in_order", "numpy"]
+
+
+def pair_setup(n: int, seed: int = 1):
+    """A's and B's rows as the screened path keeps them (float32, [n, D]) and a candidate graph's
+    pairs: rows in order, each with PAIRS_PER_ROW random columns (ascending within the row)."""
+    A, B = (x.numpy() for x in setup(n, seed=seed))
+    g = np.random.default_rng(seed)
+    cols = np.sort(g.integers(0, n, (n, PAIRS_PER_ROW)), axis=1).ravel()
+    return A, B, np.repeat(np.arange(n), PAIRS_PER_ROW), cols
+
+
+def run_pairs(provider: str, A, B, rows, cols):
+    """The float64 dots of every pair, as `screen.exact_costs` takes them: calls of 2^20 pairs.
+    ``pair_dots_in_order``: the pairs in the order given, not grouped by B's rows (as before
+    session 23); ``numpy``: gathered float64 rows."""
+    step = 1 << 14 if provider == "numpy" else 1 << 20
+    out = np.empty(len(rows))
+    for s in range(0, len(rows), step):
+        r, c = rows[s : s + step], cols[s : s + step]
+        if provider == "numpy":
+            out[s : s + step] = np.einsum("td,td->t", A[r].astype(np.float64), B[c].astype(np.float64))
+        else:
+            out[s : s + step] = _auction.pair_dots(A, B, r, c, threads=torch.get_num_threads(),
+                                                   grouped=provider == "pair_dots")
+    return out
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("provider", PAIR_PROVIDERS)
+def test_exact_pair_dots(benchmark, provider: str, n: int) -> None:
+    """The screened path's exact costs (a float64 dot per candidate arc): pair_dots against the
+    same pairs in the given order (not grouped by B's rows) and numpy (the peer, up to
+    MECHPERM_BENCH_PEER_MAX_N = 4096 rows by default: it gathers 37 KB a pair)."""
+    if provider == "numpy" and n > PEER_MAX_N:
+        pytest.skip(f"numpy peer above MECHPERM_BENCH_PEER_MAX_N={PEER_MAX_N}")
+    A, B, rows, cols = pair_setup(n)
+    res = benchmark.pedantic(lambda: run_pairs(provider, A, B, rows, cols), rounds=2, iterations=1)
+    ref = run_pairs("pair_dots_in_order", A, B, rows[:50000], cols[:50000])
+    if provider == "numpy":
+        assert np.allclose(res[:50000], ref, rtol=1e-12, atol=1e-9)
+    else:
+        assert np.array_equal(res[:50000], ref)
+    benchmark.extra_info.update(pairs=len(rows), threads=torch.get_num_threads())
 
 
 def main() -> None:

@@ -528,7 +528,7 @@ py::tuple screen_side_py(const py::array& x, const py::array& sq_norm, int threa
 
 py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const py::array& rows,
                                  const py::array& cols, int threads, const py::object& a_scale,
-                                 const py::object& b_scale, int isa) {
+                                 const py::object& b_scale, int isa, bool grouped) {
     const float* ap = require<float>(a, "a", 2);
     const float* bp = require<float>(b, "b", 2);
     const int64_t d = a.shape(1);
@@ -548,7 +548,7 @@ py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const p
     double* o = out.mutable_data();
     {
         py::gil_scoped_release release;
-        pair_dots(ap, bp, d, r, c, count, o, std::max(1, threads), sa, sb, isa);
+        pair_dots(ap, bp, d, r, c, count, o, std::max(1, threads), sa, sb, isa, grouped);
     }
     return out;
 }
@@ -1048,10 +1048,11 @@ PYBIND11_MODULE(_auction, m) {
           "pair rows, pair cols, bound [ok.sum()]).");
     m.def("pair_dots", &pair_dots_py, py::arg("a"), py::arg("b"), py::arg("rows"), py::arg("cols"),
           py::arg("threads") = 1, py::arg("a_scale") = py::none(), py::arg("b_scale") = py::none(),
-          py::arg("isa") = -1,
+          py::arg("isa") = -1, py::arg("grouped") = true,
           "float64 dots of the pairs (a[rows[t]], b[cols[t]]) of float32 rows; with a_scale / b_scale "
           "(float32, one per row) of the rows fl32(a_scale[i] * a[i]) and fl32(b_scale[j] * b[j]). The same bits "
-          "with every instruction set; isa (tests): 0 scalar, 1 AVX2, 2 AVX-512, -1 the widest this CPU has.");
+          "with every instruction set; isa (tests): 0 scalar, 1 AVX2, 2 AVX-512, -1 the widest this CPU has. "
+          "Long lists go in groups of b's rows that fit in a cache; grouped=False (tests, benches): in order.");
     py::class_<ScreenB>(m, "ScreenB", "B's bf16 rows packed once for screened costs and pricing.")
         .def(py::init(&make_screen_b), py::arg("b16"), py::arg("nb"), py::arg("threads") = 1)
         .def_property_readonly("m", &ScreenB::m)

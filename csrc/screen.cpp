@@ -316,7 +316,8 @@ void pair_dots_range(const float* a, const float* b, int64_t d, const int64_t* r
 }  // namespace
 
 void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, const int64_t* cols,
-               int64_t count, double* dots, int threads, const float* a_scale, const float* b_scale, int isa) {
+               int64_t count, double* dots, int threads, const float* a_scale, const float* b_scale, int isa,
+               bool grouped) {
     // Gathers of B's rows bound it (memory, not arithmetic): threads add loads in flight.
     constexpr int64_t kChunk = 4096;
     // A graph's pairs come row by row, each row's columns spread over all of B: every pair reads
@@ -333,7 +334,7 @@ void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, c
     int64_t m = 0;
     for (int64_t t = 0; t < count; ++t) m = std::max(m, cols[t] + 1);
     const int64_t groups = (m + group - 1) / group;
-    if (groups > 1 && count >= 2 * kChunk) {
+    if (grouped && groups > 1 && count >= 2 * kChunk) {
         // Rows read from memory (a new row in the sequence) and B rows (each pair; grouped,
         // at most each group's rows), in the given order and grouped.
         std::vector<int64_t> start(groups + 1, 0), last(groups, -1);

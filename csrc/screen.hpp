@@ -46,9 +46,11 @@ int64_t screen_side(const float* x, int64_t F, int64_t D, int64_t dp, const floa
 // a_scale / b_scale (per row, float32), of the rows fl32(a_scale[i] * a[i]) and likewise b: the
 // folded decoder rows, bit for bit, without a folded copy of the decoder. The same bits with
 // every instruction set; isa (tests) picks one: 0 scalar, 1 AVX2, 2 AVX-512, -1 the widest.
+// Long lists are taken in groups of B's rows that fit in a cache (the same dots); grouped =
+// false (tests, benches) takes them in the given order.
 void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, const int64_t* cols,
                int64_t count, double* dots, int threads = 1, const float* a_scale = nullptr,
-               const float* b_scale = nullptr, int isa = -1);
+               const float* b_scale = nullptr, int isa = -1, bool grouped = true);
 
 // Per-row statistics of one side, float64: |x~| (bf16 row), |x~ - x|, |x|, |x|^2 (as the cost
 // kernels compute it, float32).

@@ -276,8 +276,8 @@ def test_screen_is_the_same_on_any_number_of_threads() -> None:
 @pytest.mark.parametrize("order", ["rows", "shuffled"])
 def test_pair_dots_in_groups_of_b_rows_are_those_of_each_pair(order) -> None:
     """A long list of pairs over a B larger than a cache group (16 MiB; pair_dots then takes
-    them grouped by B's rows and writes each dot back in place) gives the dots of short calls,
-    which take the pairs in turn, bit for bit; scaled rows too."""
+    them grouped by B's rows and writes each dot back in place) gives the dots of the pairs in
+    the given order (grouped=False) and of short calls, bit for bit; scaled rows too."""
     rng = np.random.default_rng(5)
     n, m, d, per_row = 64, 8192, 512, 400
     a = rng.standard_normal((n, d), dtype=np.float32)
@@ -290,6 +290,7 @@ def test_pair_dots_in_groups_of_b_rows_are_those_of_each_pair(order) -> None:
         rows, cols = rows[perm], cols[perm]
     for kw in ({}, {"a_scale": s, "b_scale": t}):
         whole = _auction.pair_dots(a, b, rows, cols, threads=2, **kw)
+        assert np.array_equal(whole, _auction.pair_dots(a, b, rows, cols, threads=2, grouped=False, **kw))
         parts = np.concatenate([_auction.pair_dots(a, b, rows[q : q + 4000], cols[q : q + 4000], **kw)
                                 for q in range(0, len(rows), 4000)])
         assert np.array_equal(whole, parts)
