@@ -320,6 +320,14 @@ void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, c
                bool grouped) {
     // Gathers of B's rows bound it (memory, not arithmetic): threads add loads in flight.
     constexpr int64_t kChunk = 4096;
+    // Grouping copies the pairs (32 bytes each): at most 2^22 at a time (128 MiB).
+    constexpr int64_t kSlice = int64_t(1) << 22;
+    if (grouped && count > kSlice) {
+        for (int64_t s = 0; s < count; s += kSlice)
+            pair_dots(a, b, d, rows + s, cols + s, std::min(kSlice, count - s), dots + s, threads, a_scale, b_scale,
+                      isa, true);
+        return;
+    }
     // A graph's pairs come row by row, each row's columns spread over all of B: every pair reads
     // its B row (9 KB at d = 2304) from memory. Taken in groups of B's rows that fit in a
     // last-level cache (stable: rows still ascend within a group), B's rows come from the cache
