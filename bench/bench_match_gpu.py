@@ -276,6 +276,8 @@ def main() -> None:
                     help="MECHPERM_GPU_SCREEN=1 (bf16 screen, float32 vectors; the default from F = 262144)")
     ap.add_argument("--no-gpu-screen", action="store_true", help="MECHPERM_GPU_SCREEN=0")
     ap.add_argument("--emit-topk", action="store_true", help="MECHPERM_EMIT_TOPK=1 (candidates by thresholds and emission)")
+    ap.add_argument("--scan-ahead", action="store_true",
+                    help="MECHPERM_SCAN_AHEAD=1 (the auction's scans on the host's threads ahead of their bids)")
     ap.add_argument("--gemm", action="store_true",
                     help="MECHPERM_GEMM_CANDIDATES=1 (cuBLAS GEMM blocks read by the selection and pricing "
                          "kernels; the default on CUDA)")
@@ -310,6 +312,8 @@ def main() -> None:
         os.environ["MECHPERM_GPU_SCREEN"] = "1" if args.gpu_screen else "0"
     if args.emit_topk:
         os.environ["MECHPERM_EMIT_TOPK"] = "1"
+    if args.scan_ahead:
+        os.environ["MECHPERM_SCAN_AHEAD"] = "1"
     if args.gemm or args.no_gemm:
         os.environ["MECHPERM_GEMM_CANDIDATES"] = "1" if args.gemm else "0"
     if args.gated or args.no_gated:

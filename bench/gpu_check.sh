@@ -22,7 +22,9 @@ stage tests "${T_TESTS:-120}" python3 -m pytest -q -n 8 -p no:cacheprovider \
 # six times, the first with its compiles; the default path (16384 three times, 65536 twice,
 # 262144; the second block's kernels compile in 65536's first run); the default path on
 # make_stack's pair (--pair stack: heavy-tailed θ, births, splits, deaths; 5 rounds at 16384 on a
-# CPU against the SAE-like pair's 2), 16384 three times and 65536; 16384 at
+# CPU against the SAE-like pair's 2), 16384 three times and 65536, then 16384 three times with
+# the auction's scans ahead on the host's threads (MECHPERM_SCAN_AHEAD=1: the same solves; a
+# 2-core VM could not tell whether they pay on 16 cores); 16384 at
 # candidates_k = 16 again, traced, the third of four runs under cProfile (the host's functions,
 # cprof16384.txt) and the last under torch.profiler (its op tables in prof16384.txt: that run
 # is host-bound). --trace logs each phase and pricing pass as it happens, and the stacks when a
@@ -36,13 +38,13 @@ stage tests "${T_TESTS:-120}" python3 -m pytest -q -n 8 -p no:cacheprovider \
 # (MECHPERM_GEMM_CANDIDATES) alone and gated for the first SEL_CONFIGS selection tiles (default
 # 1: 32 x 64 with 2 warps, the default since session 16), the fused kernels' first TILE_CONFIGS tile shapes, running
 # top-k vs thresholds and emission (MECHPERM_EMIT_TOPK), in TFLOP/s.
-# Limits 60 (build) + 120 + 75 + 40 + 60 + 45 + 30 + 45 + 60 s = 535 s, inside one 600 s call
+# Limits 60 (build) + 120 + 75 + 40 + 60 + 45 + 30 + 30 + 45 + 60 s = 565 s, inside one 600 s call
 # (H100, 2026-11-27: build 52-65 s, tests 91 s (session 16; test_gpu.py and test_screen_cuda.py
 # alone 61 s in session 21), the 1M run 35-44 s, the 16384 runs 8-10 s; T_WIDE=0 T_TILES=0 saves
-# 105 s).
+# 105 s: 460 s).
 cd bench
 export MECHPERM_PROFILE_GEMM=1  # the GEMM blocks' phases (GEMM, row and column selections) in the table
-IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=75:--sizes 1048576 --fused-pricing --candidates-k 32|T=40:--sizes 16384,16384,16384,16384,16384,16384 --fused-pricing --candidates-k 16|T=60:--sizes 16384,16384,16384,65536,65536,262144|T=45:--sizes 16384,16384,16384,65536 --pair stack|T=30:--sizes 16384,16384,16384,16384 --fused-pricing --candidates-k 16 --trace --cprofile $OUT/cprof16384.txt --profile $OUT/prof16384.txt}"
+IFS='|' read -ra runs <<< "${MATCH_RUNS:-T=75:--sizes 1048576 --fused-pricing --candidates-k 32|T=40:--sizes 16384,16384,16384,16384,16384,16384 --fused-pricing --candidates-k 16|T=60:--sizes 16384,16384,16384,65536,65536,262144|T=45:--sizes 16384,16384,16384,65536 --pair stack|T=30:--sizes 16384,16384,16384 --pair stack --scan-ahead|T=30:--sizes 16384,16384,16384,16384 --fused-pricing --candidates-k 16 --trace --cprofile $OUT/cprof16384.txt --profile $OUT/prof16384.txt}"
 i=0
 for args in "${runs[@]}"; do
     i=$((i + 1))

@@ -50,32 +50,44 @@ private:
     bool stopped_ = false;
 };
 
-// Best (smallest) and second best value of a row; j1 is the first column attaining b1.
+// Best (smallest) and second best value of a row; j1 is the first column attaining b1, j2 a
+// column attaining b2 (-1: none). Prices only rise during an auction phase, so while p[j1] and
+// p[j2] stay where a scan saw them, that scan's b1, b2 and j1 stay the row's (the auction's
+// scans ahead rely on it).
 struct Best {
     double b1 = kInf;
     double b2 = kInf;
     int64_t j1 = -1;
+    int64_t j2 = -1;
     void add(double val, int64_t j) {
         if (val < b2) {
             if (val < b1) {
                 b2 = b1;
+                j2 = j1;
                 b1 = val;
                 j1 = j;
             } else {
                 b2 = val;
+                j2 = j;
             }
         }
     }
     // Merge a summary of columns that all come after (or, on ties, have larger index than) j1.
-    void merge(double o1, double o2, int64_t oj) {
+    void merge(double o1, double o2, int64_t oj, int64_t oj2) {
         if (oj < 0) return;
         if (o1 < b1 || (o1 == b1 && oj < j1) || j1 < 0) {
-            b2 = b1 < o2 ? b1 : o2;
+            if (b1 < o2) {
+                b2 = b1;
+                j2 = j1;
+            } else {
+                b2 = o2;
+                j2 = oj2;
+            }
             b1 = o1;
             j1 = oj;
-        } else {
-            double lo = o1 < b2 ? o1 : b2;
-            b2 = lo;
+        } else if (o1 < b2) {
+            b2 = o1;
+            j2 = oj;
         }
     }
 };
@@ -103,7 +115,7 @@ __attribute__((target("avx2"))) Best scan_avx2(const T* c, int64_t m, const Pric
     const __m256d inf = _mm256_set1_pd(kInf);
     const __m256d step = _mm256_set1_pd(8.0);
     __m256d b1a = inf, b2a = inf, b1b = inf, b2b = inf;
-    __m256d ia = _mm256_set1_pd(-1.0), ib = ia;
+    __m256d ia = _mm256_set1_pd(-1.0), ib = ia, i2a = ia, i2b = ia;
     __m256d ja = _mm256_setr_pd(0, 1, 2, 3), jb = _mm256_setr_pd(4, 5, 6, 7);
     int64_t j = 0;
     for (; j + 8 <= m; j += 8) {
@@ -111,6 +123,9 @@ __attribute__((target("avx2"))) Best scan_avx2(const T* c, int64_t m, const Pric
         __m256d vb = _mm256_add_pd(load4(c + j + 4), p.four(j + 4));
         __m256d lta = _mm256_cmp_pd(va, b1a, _CMP_LT_OQ);
         __m256d ltb = _mm256_cmp_pd(vb, b1b, _CMP_LT_OQ);
+        // the second best's column: the new one's if below b2, the old best's if below b1
+        i2a = _mm256_blendv_pd(_mm256_blendv_pd(i2a, ja, _mm256_cmp_pd(va, b2a, _CMP_LT_OQ)), ia, lta);
+        i2b = _mm256_blendv_pd(_mm256_blendv_pd(i2b, jb, _mm256_cmp_pd(vb, b2b, _CMP_LT_OQ)), ib, ltb);
         b2a = _mm256_min_pd(b2a, _mm256_max_pd(b1a, va));
         b2b = _mm256_min_pd(b2b, _mm256_max_pd(b1b, vb));
         b1a = _mm256_min_pd(b1a, va);
@@ -120,16 +135,18 @@ __attribute__((target("avx2"))) Best scan_avx2(const T* c, int64_t m, const Pric
         ja = _mm256_add_pd(ja, step);
         jb = _mm256_add_pd(jb, step);
     }
-    alignas(32) double B1[8], B2[8], IX[8];
+    alignas(32) double B1[8], B2[8], IX[8], I2[8];
     _mm256_store_pd(B1, b1a);
     _mm256_store_pd(B1 + 4, b1b);
     _mm256_store_pd(B2, b2a);
     _mm256_store_pd(B2 + 4, b2b);
     _mm256_store_pd(IX, ia);
     _mm256_store_pd(IX + 4, ib);
+    _mm256_store_pd(I2, i2a);
+    _mm256_store_pd(I2 + 4, i2b);
     Best r;
-    for (int l = 0; l < 8; ++l) r.merge(B1[l], B2[l], int64_t(IX[l]));
-    for (; j < m; ++j) r.merge(double(c[j]) + p.one(j), kInf, j);
+    for (int l = 0; l < 8; ++l) r.merge(B1[l], B2[l], int64_t(IX[l]), int64_t(I2[l]));
+    for (; j < m; ++j) r.merge(double(c[j]) + p.one(j), kInf, j, -1);
     return r;
 }
 

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -101,6 +102,7 @@ py::dict solve_result(const SolveOutput& out, py::array_t<int64_t>& r2c, py::arr
     d["bids"] = out.bids;
     d["reverse_bids"] = out.reverse_bids;
     d["augmentations"] = out.augmentations;
+    d["rescans"] = out.rescans;
     d["sap_trial"] = out.sap_trial;
     d["price_scale"] = out.price_scale;
     d["cost_scale"] = out.cost_scale;
@@ -129,7 +131,7 @@ struct Outputs {
 SolveOptions make_options(const py::object& unmatched, const py::object& init_v,
                           const py::object& init_r2c, int64_t n, int64_t m, double eps_start,
                           double eps_final, double eps_factor, double sap_budget, int threads,
-                          PollState& poll) {
+                          const py::object& scan_ahead, PollState& poll) {
     SolveOptions opt;
     opt.unmatched_cost = optional_f64(unmatched, "unmatched_cost", n);
     opt.init_v = optional_f64(init_v, "init_v", opt.unmatched_cost != nullptr ? m + n : m);
@@ -140,6 +142,12 @@ SolveOptions make_options(const py::object& unmatched, const py::object& init_v,
     opt.eps_factor = eps_factor;
     opt.sap_budget = sap_budget;
     opt.threads = std::max(1, threads);
+    if (scan_ahead.is_none()) {  // MECHPERM_SCAN_AHEAD=1 (README): opt-in
+        const char* env = std::getenv("MECHPERM_SCAN_AHEAD");
+        opt.scan_ahead = env != nullptr && std::string(env) == "1";
+    } else {
+        opt.scan_ahead = scan_ahead.cast<bool>();
+    }
     opt.poll = &poll_signals;
     opt.poll_ctx = &poll;
     return opt;
@@ -178,12 +186,13 @@ void require_2d(const py::array& a, const char* name) {
 
 py::dict solve_dense_py(const py::array& cost, const py::object& unmatched,
                         const py::object& init_v, const py::object& init_r2c, double eps_start,
-                        double eps_final, double eps_factor, double sap_budget, int threads) {
+                        double eps_final, double eps_factor, double sap_budget, int threads,
+                        const py::object& scan_ahead) {
     require_2d(cost, "cost");
     const int64_t n = cost.shape(0), m = cost.shape(1);
     PollState poll;
     SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
-                                    eps_factor, sap_budget, threads, poll);
+                                    eps_factor, sap_budget, threads, scan_ahead, poll);
     Outputs o(n, m, opt.unmatched_cost != nullptr);
     const Status st =
         with_floats(cost, "cost", [&](const auto* c) { return solve_dense(c, n, m, opt, o.out); });
@@ -224,12 +233,12 @@ py::dict solve_sparse_py(const py::array& indptr, const py::array& indices,
                          const py::object& unmatched, const py::object& init_v,
                          const py::object& init_r2c, double eps_start, double eps_final,
                          double eps_factor, const py::object& check_feasible, double sap_budget, int threads,
-                         const py::object& changed_rows, bool check_arcs) {
+                         const py::object& changed_rows, bool check_arcs, const py::object& scan_ahead) {
     if (n < 0 || m < 0) throw py::value_error("shape must be non-negative");
     check_csr(indptr, indices, costs, n);
     PollState poll;
     SolveOptions opt = make_options(unmatched, init_v, init_r2c, n, m, eps_start, eps_final,
-                                    eps_factor, sap_budget, threads, poll);
+                                    eps_factor, sap_budget, threads, scan_ahead, poll);
     if (py::isinstance<py::str>(check_feasible)) {
         if (check_feasible.cast<std::string>() != "lazy")
             throw py::value_error("check_feasible must be True, False or 'lazy', got '" +
@@ -961,20 +970,24 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("init_v") = py::none(), py::arg("init_row_to_col") = py::none(),
           py::arg("eps_start") = 0.0,
           py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0, py::arg("sap_budget") = 1.0, py::arg("threads") = 1,
-          "Min-cost assignment of every row of a dense [n, m] float32/float64 array (n <= m).");
+          py::arg("scan_ahead") = py::none(),
+          "Min-cost assignment of every row of a dense [n, m] float32/float64 array (n <= m). scan_ahead "
+          "(threads > 1): auction scans on the threads ahead of their bids, the same solve (None: "
+          "MECHPERM_SCAN_AHEAD=1).");
     m.def("solve_sparse", &solve_sparse_py, py::arg("indptr"), py::arg("indices"),
           py::arg("costs"), py::arg("n"), py::arg("m"), py::arg("unmatched_cost") = py::none(),
           py::arg("init_v") = py::none(), py::arg("init_row_to_col") = py::none(),
           py::arg("eps_start") = 0.0,
           py::arg("eps_final") = 0.0, py::arg("eps_factor") = 0.0,
           py::arg("check_feasible") = true, py::arg("sap_budget") = 1.0, py::arg("threads") = 1,
-          py::arg("changed_rows") = py::none(), py::arg("check_arcs") = true,
+          py::arg("changed_rows") = py::none(), py::arg("check_arcs") = true, py::arg("scan_ahead") = py::none(),
           "Min-cost assignment of every row of a CSR graph (int64 indptr, int32/int64 indices, "
           "float32/float64 costs). changed_rows (warm starts with eps_start <= 0): the rows whose arcs "
           "changed since the solve that gave init_v and init_row_to_col (default: all). check_arcs=False "
           "skips the column-range and finite-cost checks of every arc (a caller that checked them). "
           "check_feasible='lazy': the maximum matching only before an auction phase (shortest augmenting "
-          "paths that finish prove the graph feasible, or infeasible where a row has none).");
+          "paths that finish prove the graph feasible, or infeasible where a row has none). scan_ahead: as in "
+          "solve_dense.");
     m.def("max_matching", &max_matching_py, py::arg("indptr"), py::arg("indices"), py::arg("n"),
           py::arg("m"), py::arg("costs") = py::none(),
           "Maximum bipartite matching (Hopcroft-Karp): (size, row_to_col). costs (float32/float64, "

@@ -32,6 +32,15 @@ inline int64_t process_id() {
 // Set while a thread runs a pool job's blocks: a nested parallel_blocks runs on that thread alone.
 inline thread_local bool in_pool_job = false;
 
+// Waits in a spin loop: a hint to the core (x86 pause, ARM yield), nothing elsewhere.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
 class ThreadPool {
 public:
     using Body = void (*)(void* ctx, int64_t block);
@@ -42,7 +51,9 @@ public:
 
     // Runs body(ctx, b) for b in [0, count) on `threads` threads, the caller one of them. False
     // (nothing run) if another thread is using the pool: the caller then starts its own.
-    bool run(int64_t count, int threads, Body body, void* ctx) {
+    // spin: the caller and the workers wait for each other, and the workers for the next job,
+    // in a spin loop for a while before they sleep (jobs that come every few microseconds).
+    bool run(int64_t count, int threads, Body body, void* ctx, bool spin) {
         std::unique_lock<std::mutex> job(job_mutex_, std::try_to_lock);
         if (!job.owns_lock()) return false;
         const int helpers = threads - 1;
@@ -57,17 +68,29 @@ public:
             count_ = count;
             next_.store(0);
             wanted_ = helpers;
-            active_ = helpers;
-            ++generation_;
+            spin_ = spin;
+            active_.store(helpers);
+            generation_.store(generation_.load() + 1);
         }
         wake_.notify_all();
         blocks(body, ctx, count);
-        std::unique_lock<std::mutex> lock(mutex_);
-        done_.wait(lock, [this] { return active_ == 0; });
+        for (int spins = 0; active_.load() != 0; ++spins) {
+            if (spin && spins < kSpins) {
+                cpu_relax();
+                continue;
+            }
+            std::unique_lock<std::mutex> lock(mutex_);
+            done_.wait(lock, [this] { return active_.load() == 0; });
+        }
         return true;
     }
 
 private:
+    // Pauses (~0.1 ms) a spinning job's threads wait before they sleep: the auction's scans
+    // ahead hand out a job every few tens of microseconds, and a sleeping thread takes about
+    // that long to wake (2 threads on this VM: the scans ahead then lost to one thread).
+    static constexpr int kSpins = 4096;
+
     void blocks(Body body, void* ctx, int64_t count) {
         in_pool_job = true;
         for (int64_t b = next_++; b < count; b = next_++) body(ctx, b);
@@ -76,31 +99,43 @@ private:
 
     void work(int index) {
         uint64_t seen = 0;
-        std::unique_lock<std::mutex> lock(mutex_);
+        bool spin = false;  // the last job's
         while (true) {
-            wake_.wait(lock, [&] { return generation_ != seen; });
-            seen = generation_;
-            if (index >= wanted_) continue;  // this job asked for fewer threads
-            const Body body = body_;
-            void* const ctx = ctx_;
-            const int64_t count = count_;
-            lock.unlock();
+            for (int spins = 0; spin && spins < kSpins && generation_.load() == seen; ++spins) cpu_relax();
+            Body body;
+            void* ctx;
+            int64_t count;
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                wake_.wait(lock, [&] { return generation_.load() != seen; });
+                // the job's fields and its generation read together (a later job may have begun)
+                seen = generation_.load();
+                spin = spin_;
+                if (index >= wanted_) continue;  // this job asked for fewer threads
+                body = body_;
+                ctx = ctx_;
+                count = count_;
+            }
             blocks(body, ctx, count);
-            lock.lock();
-            if (--active_ == 0) done_.notify_one();
+            if (active_.fetch_sub(1) == 1) {
+                std::lock_guard<std::mutex> lock(mutex_);
+                done_.notify_one();
+            }
         }
     }
 
     const int64_t pid_;
     std::mutex job_mutex_;  // one job at a time
-    std::mutex mutex_;      // the job's fields and the counters below
+    std::mutex mutex_;      // the job's fields; generation_ changes under it
     std::condition_variable wake_, done_;
     std::vector<std::thread> workers_;  // parked in work(); never joined (see pool())
-    uint64_t generation_ = 0;
+    std::atomic<uint64_t> generation_{0};
     Body body_ = nullptr;
     void* ctx_ = nullptr;
     int64_t count_ = 0;
-    int wanted_ = 0, active_ = 0;
+    int wanted_ = 0;
+    bool spin_ = false;
+    std::atomic<int> active_{0};
     std::atomic<int64_t> next_{0};
 };
 
@@ -121,8 +156,9 @@ inline ThreadPool* pool() {
 }  // namespace detail
 
 // Runs body(block) for blocks 0..count-1 on `threads` threads (a shared counter balances them).
+// spin: see ThreadPool::run (for jobs that follow one another within microseconds).
 template <class F>
-void parallel_blocks(int64_t count, int threads, F&& body) {
+void parallel_blocks(int64_t count, int threads, F&& body, bool spin = false) {
     threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
     if (threads == 1 || detail::in_pool_job) {
         for (int64_t b = 0; b < count; ++b) body(b);
@@ -130,7 +166,7 @@ void parallel_blocks(int64_t count, int threads, F&& body) {
     }
     using Fn = std::remove_reference_t<F>;
     auto call = [](void* ctx, int64_t b) { (*static_cast<Fn*>(ctx))(b); };
-    if (detail::pool()->run(count, threads, call, const_cast<void*>(static_cast<const void*>(&body)))) return;
+    if (detail::pool()->run(count, threads, call, const_cast<void*>(static_cast<const void*>(&body)), spin)) return;
     // The pool is busy (parallel_blocks from several threads at once): threads of our own.
     std::atomic<int64_t> next{0};
     auto work = [&] {

@@ -1121,6 +1121,74 @@ def test_scalar_and_simd_sparse_scans_agree():
     assert runs[0] == runs[1]
 
 
+def _auction_heavy_graph(rng, n: int, case: int):
+    """A CSR graph that keeps the auction busy: heavy-tailed costs (tied where case is odd), rows
+    of 1 to n/2 arcs, each with its own column; float32 / float64 costs, int32 / int64 columns."""
+    deg = rng.integers(1, n // 2, n)
+    deg[::7] = rng.integers(1, 16, len(deg[::7]))
+    cols = [np.unique(np.concatenate([[i], rng.choice(n, d - 1, replace=False)])) for i, d in enumerate(deg)]
+    ix = np.concatenate(cols)
+    ip = np.concatenate([[0], np.cumsum([len(c) for c in cols])]).astype(np.int64)
+    w = np.exp(2.0 * rng.standard_normal(len(ix)))
+    if case % 2:
+        w = np.round(w, 1)
+    return ip, ix.astype(np.int32 if case % 3 else np.int64), w.astype(np.float32 if case % 4 < 2 else np.float64)
+
+
+def _same_solve(r, ref) -> bool:
+    return all(np.array_equal(r[k], ref[k]) for k in ("u", "v", "row_to_col")) and r["bids"] == ref["bids"]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_scans_ahead_give_the_same_solve(case):
+    """scan_ahead: the auction's next rows scanned on the threads ahead of their bids, each scan
+    used only while the prices of its best and second best columns are where it saw them. The
+    same bids in the same order as one thread: duals, assignment and bid count bit for bit, on
+    2 and 3 threads, cold and warm, partial mode, and on dense costs; scans go stale (rescans)."""
+    rng = np.random.default_rng(10 + case)
+    n = 600
+    ip, ix, w = _auction_heavy_graph(rng, n, case)
+    kw = {"unmatched_cost": np.full(n, 5.0)} if case >= 6 else {"check_feasible": "lazy"}
+    ref = _auction.solve_sparse(ip, ix, w, n, n, sap_budget=0.0, threads=1, scan_ahead=False, **kw)
+    assert ref["bids"] > 0 and ref["rescans"] == 0
+    rescans = 0
+    for threads in (2, 3):
+        r = _auction.solve_sparse(ip, ix, w, n, n, sap_budget=0.0, threads=threads, scan_ahead=True, **kw)
+        assert _same_solve(r, ref)
+        rescans += r["rescans"]
+    assert rescans > 0  # bids between a scan and its use moved its columns' prices
+    # a warm start from duals a little off: its auction phases, ahead and not
+    v0 = ref["v"] + (0.0 if case >= 6 else rng.uniform(0, 0.5, n))
+    init = dict(init_v=np.concatenate([v0, ref["v_dummy"]]) if case >= 6 else v0,
+                init_row_to_col=np.asarray(ref["row_to_col"], np.int64))
+    warm1 = _auction.solve_sparse(ip, ix, w, n, n, threads=1, scan_ahead=False, **init, **kw)
+    warm2 = _auction.solve_sparse(ip, ix, w, n, n, threads=2, scan_ahead=True, **init, **kw)
+    assert _same_solve(warm2, warm1)
+    if case < 2:  # dense rows: the same
+        C = np.exp(2.0 * rng.standard_normal((300, 300))).astype(np.float32)
+        d1 = _auction.solve_dense(C, sap_budget=0.0, threads=1, scan_ahead=False)
+        d2 = _auction.solve_dense(C, sap_budget=0.0, threads=2, scan_ahead=True)
+        assert d1["bids"] > 0 and _same_solve(d2, d1)
+
+
+def test_scan_ahead_is_opt_in_by_environment():
+    """scan_ahead=None reads MECHPERM_SCAN_AHEAD (off unless "1")."""
+    code = (
+        "import json, numpy as np\n"
+        "from mechperm import _auction\n"
+        "rng = np.random.default_rng(3)\n"
+        "C = np.exp(2.0 * rng.standard_normal((400, 400))).astype(np.float32)\n"
+        "r = _auction.solve_dense(C, sap_budget=0.0, threads=2)\n"
+        "print(json.dumps(int(r['rescans'])))\n"
+    )
+    seen = {}
+    for value in ("1", "0"):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "MECHPERM_SCAN_AHEAD": value})
+        seen[value] = int(proc.stdout)
+    assert seen["1"] > 0 and seen["0"] == 0
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_max_matching_size_equals_scipys(seed):
     """Hopcroft-Karp against scipy's maximum_bipartite_matching: sizes, and a valid matching on
