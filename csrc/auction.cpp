@@ -72,9 +72,11 @@ struct DenseGraph {
     int64_t row_work(int64_t) const { return m + 1; }
     int64_t total_work(int64_t rows) const { return rows * (m + 1); }
     double cost(int64_t i, int64_t j) const { return j < m ? double(c[i * m + j]) : lam[i]; }
-    // Best and second best of c_ij + p_j; c1 receives the cost of the best arc.
+    // Best and second best of c_ij + p_j; c1 receives the cost of the best arc (kSecond: and
+    // the second best's column, b.j2).
+    template <bool kSecond = false>
     Best scan(int64_t i, const double* p, double& c1) const {
-        Best b = detail::scan_row(c + i * m, p, m);
+        Best b = detail::scan_row<kSecond>(c + i * m, p, m);
         if (lam != nullptr) b.add(lam[i] + p[m + i], m + i);
         c1 = b.j1 >= 0 ? cost(i, b.j1) : 0.0;
         return b;
@@ -142,9 +144,10 @@ struct SparseGraph {
     int64_t cols() const { return lam != nullptr ? m + n : m; }
     int64_t row_work(int64_t i) const { return ptr[i + 1] - ptr[i] + 1; }
     int64_t total_work(int64_t rows) const { return ptr[rows] + rows; }
+    template <bool kSecond = false>
     Best scan(int64_t i, const double* p, double& c1) const {
         const int64_t a0 = ptr[i];
-        Best b = detail::scan_arcs(cst + a0, idx + a0, p, ptr[i + 1] - a0);
+        Best b = detail::scan_arcs<kSecond>(cst + a0, idx + a0, p, ptr[i + 1] - a0);
         const int64_t a1 = b.j1 >= 0 ? a0 + b.j1 : -1;
         b.j1 = -1;
         if (a1 >= 0) {
@@ -639,7 +642,7 @@ private:
                 const int64_t i = row(t);
                 if (i < 0) continue;
                 Ahead& r = ahead_[t];
-                r.b = g_.scan(i, p_.data(), r.c1);
+                r.b = g_.template scan<true>(i, p_.data(), r.c1);
                 r.p1 = r.b.j1 >= 0 ? p_[r.b.j1] : 0.0;
                 r.p2 = r.b.j2 >= 0 ? p_[r.b.j2] : 0.0;
             }

@@ -51,9 +51,9 @@ private:
 };
 
 // Best (smallest) and second best value of a row; j1 is the first column attaining b1, j2 a
-// column attaining b2 (-1: none). Prices only rise during an auction phase, so while p[j1] and
-// p[j2] stay where a scan saw them, that scan's b1, b2 and j1 stay the row's (the auction's
-// scans ahead rely on it).
+// column attaining b2 (-1: none; the vectorised scans set it only when asked, kSecond).
+// Prices only rise during an auction phase, so while p[j1] and p[j2] stay where a scan saw
+// them, that scan's b1, b2 and j1 stay the row's (the auction's scans ahead rely on it).
 struct Best {
     double b1 = kInf;
     double b2 = kInf;
@@ -72,22 +72,19 @@ struct Best {
             }
         }
     }
-    // Merge a summary of columns that all come after (or, on ties, have larger index than) j1.
+    // Merge a summary of columns that all come after (or, on ties, have larger index than) j1
+    // (kSecond: and j2; without, the bids' merge as it was, branch-free).
+    template <bool kSecond = false>
     void merge(double o1, double o2, int64_t oj, int64_t oj2) {
         if (oj < 0) return;
         if (o1 < b1 || (o1 == b1 && oj < j1) || j1 < 0) {
-            if (b1 < o2) {
-                b2 = b1;
-                j2 = j1;
-            } else {
-                b2 = o2;
-                j2 = oj2;
-            }
+            if constexpr (kSecond) j2 = b1 < o2 ? j1 : oj2;
+            b2 = b1 < o2 ? b1 : o2;
             b1 = o1;
             j1 = oj;
-        } else if (o1 < b2) {
-            b2 = o1;
-            j2 = oj;
+        } else {
+            if constexpr (kSecond) j2 = o1 < b2 ? oj : j2;
+            b2 = o1 < b2 ? o1 : b2;
         }
     }
 };
@@ -110,7 +107,8 @@ __attribute__((target("avx2"))) inline __m256d load4(const double* c) {
 // Two independent accumulator sets of 4 lanes each: per lane, second = min(second, max(best,
 // val)), best = min(best, val), and the index of the first strict improvement. Prices: p[j]
 // (a dense row) or p[idx[j]] (a sparse row's arcs, see PricesAt), four at a time or one.
-template <class T, class Prices>
+// kSecond: also j2 (the scans ahead need it; two blends a vector that the bids spare).
+template <bool kSecond, class T, class Prices>
 __attribute__((target("avx2"))) Best scan_avx2(const T* c, int64_t m, const Prices& p) {
     const __m256d inf = _mm256_set1_pd(kInf);
     const __m256d step = _mm256_set1_pd(8.0);
@@ -123,9 +121,10 @@ __attribute__((target("avx2"))) Best scan_avx2(const T* c, int64_t m, const Pric
         __m256d vb = _mm256_add_pd(load4(c + j + 4), p.four(j + 4));
         __m256d lta = _mm256_cmp_pd(va, b1a, _CMP_LT_OQ);
         __m256d ltb = _mm256_cmp_pd(vb, b1b, _CMP_LT_OQ);
-        // the second best's column: the new one's if below b2, the old best's if below b1
-        i2a = _mm256_blendv_pd(_mm256_blendv_pd(i2a, ja, _mm256_cmp_pd(va, b2a, _CMP_LT_OQ)), ia, lta);
-        i2b = _mm256_blendv_pd(_mm256_blendv_pd(i2b, jb, _mm256_cmp_pd(vb, b2b, _CMP_LT_OQ)), ib, ltb);
+        if constexpr (kSecond) {  // the second best's column: the new one's if below b2, the old best's if below b1
+            i2a = _mm256_blendv_pd(_mm256_blendv_pd(i2a, ja, _mm256_cmp_pd(va, b2a, _CMP_LT_OQ)), ia, lta);
+            i2b = _mm256_blendv_pd(_mm256_blendv_pd(i2b, jb, _mm256_cmp_pd(vb, b2b, _CMP_LT_OQ)), ib, ltb);
+        }
         b2a = _mm256_min_pd(b2a, _mm256_max_pd(b1a, va));
         b2b = _mm256_min_pd(b2b, _mm256_max_pd(b1b, vb));
         b1a = _mm256_min_pd(b1a, va);
@@ -142,11 +141,13 @@ __attribute__((target("avx2"))) Best scan_avx2(const T* c, int64_t m, const Pric
     _mm256_store_pd(B2 + 4, b2b);
     _mm256_store_pd(IX, ia);
     _mm256_store_pd(IX + 4, ib);
-    _mm256_store_pd(I2, i2a);
-    _mm256_store_pd(I2 + 4, i2b);
+    if constexpr (kSecond) {
+        _mm256_store_pd(I2, i2a);
+        _mm256_store_pd(I2 + 4, i2b);
+    }
     Best r;
-    for (int l = 0; l < 8; ++l) r.merge(B1[l], B2[l], int64_t(IX[l]), int64_t(I2[l]));
-    for (; j < m; ++j) r.merge(double(c[j]) + p.one(j), kInf, j, -1);
+    for (int l = 0; l < 8; ++l) r.merge<kSecond>(B1[l], B2[l], int64_t(IX[l]), kSecond ? int64_t(I2[l]) : -1);
+    for (; j < m; ++j) r.merge<kSecond>(double(c[j]) + p.one(j), kInf, j, -1);
     return r;
 }
 
@@ -360,10 +361,10 @@ inline void row_range(const T* c, int64_t m, double* colmin, double& lo, double&
 
 // Best and second best of c[a] + p[idx[a]], a < len (first position on ties): a sparse row's
 // bid; j1 is the position a (the caller maps it to its column).
-template <class T, class I>
+template <bool kSecond = false, class T, class I>
 inline Best scan_arcs(const T* c, const I* idx, const double* p, int64_t len) {
 #ifdef MECHPERM_X86_DISPATCH
-    if (len >= 16 && cpu_has_avx2()) return scan_avx2(c, len, PricesAt<I>{p, idx});
+    if (len >= 16 && cpu_has_avx2()) return scan_avx2<kSecond>(c, len, PricesAt<I>{p, idx});
 #endif
     Best b;
     for (int64_t a = 0; a < len; ++a) b.add(double(c[a]) + p[idx[a]], a);
@@ -371,10 +372,10 @@ inline Best scan_arcs(const T* c, const I* idx, const double* p, int64_t len) {
 }
 
 // Best and second best of c[j] + p[j], j < m (first index on ties): the dense bid.
-template <class T>
+template <bool kSecond = false, class T>
 inline Best scan_row(const T* c, const double* p, int64_t m) {
 #ifdef MECHPERM_X86_DISPATCH
-    if (m >= 16 && cpu_has_avx2()) return scan_avx2(c, m, PricesDense{p});
+    if (m >= 16 && cpu_has_avx2()) return scan_avx2<kSecond>(c, m, PricesDense{p});
 #endif
     return scan_row_scalar(c, p, m);
 }
