@@ -343,8 +343,9 @@ void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, c
     for (int64_t t = 0; t < count; ++t) m = std::max(m, cols[t] + 1);
     const int64_t groups = (m + group - 1) / group;
     if (grouped && groups > 1 && count >= 2 * kChunk) {
-        // Rows read from memory (a new row in the sequence) and B rows (each pair; grouped,
-        // at most each group's rows), in the given order and grouped.
+        // Rows each order reads from memory: in the given order, A's at each change of row and
+        // B's at every pair; grouped, A's at each change of row within a group and B's at most
+        // once per row of a group.
         std::vector<int64_t> start(groups + 1, 0), last(groups, -1);
         int64_t runs = 0, grouped_runs = 0;
         for (int64_t t = 0; t < count; ++t) {
