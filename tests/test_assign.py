@@ -1372,7 +1372,12 @@ def test_keyboard_interrupt_is_honoured():
     # of work) must raise it mid-solve, not when the ~1 s solve returns. (A Python timer thread
     # calling _thread.interrupt_main() needs the GIL, which the poll takes every millisecond: on a
     # loaded machine that thread was once starved for the test's whole 10 s loop.)
+    import signal
+
     C = np.random.default_rng(0).integers(0, 10**6, (4000, 4000)).astype(np.float64)
+    # Python raises KeyboardInterrupt only where SIGINT was not ignored when it started (a job
+    # started in the background by a shell without job control inherits SIG_IGN).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     sender = (
         "import os, signal, sys, time\n"
         "print('ready', flush=True); time.sleep(0.2)\n"
@@ -1388,6 +1393,7 @@ def test_keyboard_interrupt_is_honoured():
         raised = time.time()
     finally:
         killer.wait()
+        signal.signal(signal.SIGINT, previous)
     sent = float(killer.stdout.readline())
     assert 0.0 <= raised - sent < 0.25, f"raised {raised - sent:.3f} s after the signal"
 
