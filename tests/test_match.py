@@ -255,6 +255,27 @@ def test_row_pricer_returns_each_rows_smallest_reduced_costs(stack) -> None:
     assert shared and all(graph[(i, j)] == x for i, j, x in shared), "pricing costs differ from the graph's"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_pricer_reuses_its_buffers_without_changing_results(stack, dtype) -> None:
+    """The CPU pricer keeps its blocks' cost buffers (and B's float32 copy) across blocks and
+    calls: a pricer called again, on other rows and duals, returns what a fresh one does."""
+    A, B = (kernels.matching_vectors(s).to(dtype) for s in stack.saes[:2])
+    m = B.shape[0]
+    rng = np.random.default_rng(1)
+    C = kernels.dense_costs(A, B).double().numpy()
+    duals = [(C.min(axis=1) + rng.normal(scale=0.05, size=A.shape[0]), rng.normal(scale=0.05, size=m))
+             for _ in range(2)]
+    rows = [np.sort(rng.choice(A.shape[0], size=n, replace=False)) for n in (40, 23)]
+    shared = kernels.row_pricer(A, B, 5, max_tile=16 * m)  # blocks of 16 rows, the last ones partial
+    got = [shared(rows[0], *duals[0]), shared(rows[1], *duals[1]), shared(rows[0], *duals[0])]
+    fresh = [kernels.row_pricer(A, B, 5, max_tile=16 * m)(rows[t], *duals[t]) for t in (0, 1)]
+    for out, ref in zip(got, fresh + fresh[:1]):
+        for x, y in zip(out, ref):
+            assert np.array_equal(x, y)
+    r, c, w, _ = got[1]
+    assert np.array_equal(w, C[r, c].astype(np.float32))  # the dense costs' values
+
+
 def test_row_pricer_edge_cases() -> None:
     A, B = torch.randn(5, 8), torch.randn(3, 8)
     price = kernels.row_pricer(A, B, q=64)  # q > F_b: every column of the row

@@ -245,14 +245,26 @@ def dense_costs(A: Tensor, B: Tensor, *, block_rows: int = 1024, backend: str | 
         na, nb = row_sq_norms(A), row_sq_norms(B)
         _check_norms("A", na)
         _check_norms("B", nb)
-    Fa, Fb = A.shape[0], B.shape[0]
-    out = torch.empty(Fa, Fb, dtype=torch.float32, device=A.device)
-    if Fa == 0 or Fb == 0:
-        return out
-    Bf = _gemm_rows(B) if B.dtype != torch.float32 or Fb < _MIN_GEMM_ROWS else B.contiguous()
-    for r0 in range(0, Fa, block_rows):
+    out = torch.empty(A.shape[0], B.shape[0], dtype=torch.float32, device=A.device)
+    return _dense_costs_into(out, A, _gemm_cols(B), na, nb, block_rows)
+
+
+def _gemm_cols(B: Tensor) -> Tensor:
+    """B as the right-hand side of dense_costs' GEMMs: float32, contiguous, >= _MIN_GEMM_ROWS rows."""
+    return _gemm_rows(B) if B.dtype != torch.float32 or B.shape[0] < _MIN_GEMM_ROWS else B.contiguous()
+
+
+def _dense_costs_into(out: Tensor, A: Tensor, Bf: Tensor, na: Tensor, nb: Tensor, block_rows: int,
+                      scratch: _Scratch | None = None) -> Tensor:
+    """dense_costs' torch loop, written into ``out`` [F_a, F_b]; ``Bf`` from :func:`_gemm_cols`.
+    ``scratch``: the GEMM's output tile in a reused buffer (callers looping over row blocks: a
+    fresh 64 MiB tile per block is fresh pages to fault in, ~1 s per GiB on the benchmark VMs)."""
+    Fa, Fb = out.shape
+    for r0 in range(0, Fa if Fb else 0, block_rows):
         r1 = min(r0 + block_rows, Fa)
-        tile = torch.mm(_gemm_rows(A[r0:r1], -2.0), Bf.T)[: r1 - r0, :Fb]
+        A2 = _gemm_rows(A[r0:r1], -2.0)
+        buf = None if scratch is None else scratch.get("gemm", (A2.shape[0], Bf.shape[0]))
+        tile = torch.mm(A2, Bf.T, out=buf)[: r1 - r0, :Fb]
         out[r0:r1] = _add_norms(tile, na[r0:r1], nb).clamp_min_(0.0)
     return out
 
@@ -926,6 +938,12 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
     nb = row_sq_norms(B)  # once: not per block (see dense_costs)
     _check_norms("B", nb)
     nb_max = float(nb.max()) if m else 0.0
+    # On the CPU's torch path the blocks' costs and reduced costs live in buffers reused across
+    # blocks and calls: fresh ones were ~1 GB of page faults in a 16384 match (~1 s per GiB on
+    # the benchmark VMs); and B is converted for the GEMMs once, not per block.
+    reuse = _backend(A, B) == "torch"
+    scratch = _Scratch(A.device) if reuse else None
+    Bf = _gemm_cols(B) if reuse else None
 
     def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
         from mechperm import assign
@@ -939,9 +957,15 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
             ids = rows_t[s0 : s0 + block]
             Ablk = A[ids]
             na = row_sq_norms(Ablk)
-            tile = dense_costs(Ablk, B, norms=(na, nb))  # [b, F_b] float32
+            if reuse:  # dense_costs' values (its checks of A's norms too)
+                _check_norms("A", na)
+                tile = _dense_costs_into(scratch.get("costs", (ids.numel(), m)), Ablk, Bf, na, nb, 1024, scratch)
+                red = torch.sub(tile, v32[None, :], out=scratch.get("red", tile.shape))
+            else:
+                tile = dense_costs(Ablk, B, norms=(na, nb))  # [b, F_b] float32
+                red = tile - v32[None, :]
             k1 = min(kq + 1, m)
-            vals, cols = torch.topk(tile - v32[None, :], k1, dim=1, largest=False, sorted=True)
+            vals, cols = torch.topk(red, k1, dim=1, largest=False, sorted=True)
             uu = u_t[ids]
             if k1 > kq:
                 margin = 2.0**-20 * (2.0 * (na.double() + nb_max) + uu.abs() + v_max)
