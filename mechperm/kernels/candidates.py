@@ -258,7 +258,7 @@ def _dense_costs_into(out: Tensor, A: Tensor, Bf: Tensor, na: Tensor, nb: Tensor
                       scratch: _Scratch | None = None) -> Tensor:
     """dense_costs' torch loop, written into ``out`` [F_a, F_b]; ``Bf`` from :func:`_gemm_cols`.
     ``scratch``: the GEMM's output tile in a reused buffer (callers looping over row blocks: a
-    fresh 64 MiB tile per block is fresh pages to fault in, ~1 s per GiB on the benchmark VMs)."""
+    fresh 64 MiB tile per block is fresh pages to fault in)."""
     Fa, Fb = out.shape
     for r0 in range(0, Fa if Fb else 0, block_rows):
         r1 = min(r0 + block_rows, Fa)
@@ -938,9 +938,10 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
     nb = row_sq_norms(B)  # once: not per block (see dense_costs)
     _check_norms("B", nb)
     nb_max = float(nb.max()) if m else 0.0
-    # On the CPU's torch path the blocks' costs and reduced costs live in buffers reused across
-    # blocks and calls: fresh ones were ~1 GB of page faults in a 16384 match (~1 s per GiB on
-    # the benchmark VMs); and B is converted for the GEMMs once, not per block.
+    # On the CPU's torch path the blocks' GEMM tile, costs and reduced costs live in buffers
+    # reused across blocks and calls (3 × max_tile floats held while the pricer lives): fresh
+    # ones were fresh pages each block (2048 rows against F_b = 65536: ~400k page faults and
+    # 1.5-2.4 s of system time a call; ~3k faults once reused). B is converted once, not per block.
     reuse = _backend(A, B) == "torch"
     scratch = _Scratch(A.device) if reuse else None
     Bf = _gemm_cols(B) if reuse else None
