@@ -190,8 +190,9 @@ def match_vectors(
 
     if dense_limit is None:
         dense_limit = DENSE_LIMIT_CUDA if A.device.type == "cuda" else DENSE_LIMIT
-    if not (mode in ("bijective", "partial") and Fa * Fb > dense_limit and screen.available(A, B)):
-        A, B = kernels.materialize(A), kernels.materialize(B)  # only the screened sparse path reads rows as needed
+    sparse = mode in ("bijective", "partial") and Fa * Fb > dense_limit
+    if not (sparse and (screen.available(A, B) or _reads_rows(A, B))):
+        A, B = kernels.materialize(A), kernels.materialize(B)  # only the CPU's sparse paths read rows as needed
 
     # each tensor's squared norms computed once in this call (candidates, bounds, pricers and
     # pair values each asked for them)
@@ -233,6 +234,20 @@ def match_vectors(
         certified=certified, options=options, stats=stats, timings=timings,
         neighbors=neighbors, neighbor_costs=neighbor_costs,
     )
+
+
+_COPY_LIMIT = 1 << 29
+"""Bytes of folded copies of both sides above which the CPU's unscreened sparse path reads
+:class:`~mechperm.kernels.ScaledRows` as it goes (F = 65536, d = 2304: 1.2 GB of copies, a
+peak RSS of 4.98 GB with the SAEs against the 4 GB goal). Below, the copies cost less than
+scaling B's column blocks again for every row block of the candidate pass."""
+
+
+def _reads_rows(A: Tensor | ScaledRows, B: Tensor | ScaledRows) -> bool:
+    """Whether the unscreened sparse path keeps ScaledRows (on the CPU, large copies)."""
+    if not (isinstance(A, ScaledRows) or isinstance(B, ScaledRows)) or A.device.type != "cpu":
+        return False
+    return 4 * (A.shape[0] + B.shape[0]) * A.shape[1] > _COPY_LIMIT
 
 
 def identity_match(sae_a: SAE, sae_b: SAE, **options) -> MatchResult:

@@ -438,6 +438,46 @@ def test_screened_sparse_path_reads_the_decoders_in_place(monkeypatch, Fa: int, 
     assert unscreened.certified and unscreened.objective == pytest.approx(ref.objective, rel=1e-6)
 
 
+@pytest.mark.parametrize("Fa, Fb, mode", [(700, 700, "bijective"), (700, 520, "bijective"), (640, 700, "partial")])
+def test_unscreened_sparse_path_reads_large_decoders_in_place(monkeypatch, Fa: int, Fb: int, mode: str) -> None:
+    """Where the folded copies would be large (``match._COPY_LIMIT``, lowered here) the CPU's
+    unscreened sparse path reads the SAEs' own decoders as well (the candidate pass and the
+    pricer's GEMMs by blocks of rows and columns, pairs by their rows): neither side is copied
+    whole, and the result is what the materialised vectors give, bit for bit."""
+    from mechperm import match_vectors
+
+    match_module = importlib.import_module("mechperm.match")
+    monkeypatch.setenv("MECHPERM_SCREEN", "0")
+    a = make_stack(2, d=96, F=Fa, seed=4).saes[0]
+    b = make_stack(2, d=96, F=Fb, seed=4).saes[1]
+    A, B = kernels.matching_vectors(a), kernels.matching_vectors(b)
+    kw = dict(dense_limit=0, mode=mode, threshold=0.3 if mode == "partial" else None)
+    ref = match_vectors(A, B, **kw)
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("matching_vectors called: the decoders were copied")
+
+    built = []
+    whole = kernels.ScaledRows.tensor
+
+    def tensor(self):
+        built.append(self.shape[0])
+        return whole(self)
+
+    monkeypatch.setattr(kernels, "matching_vectors", no_copies)
+    monkeypatch.setattr(kernels.ScaledRows, "tensor", tensor)
+    monkeypatch.setattr(match_module, "_COPY_LIMIT", 0)
+    r = match(a, b, **kw)
+    assert not built  # neither side copied whole
+    assert r.certified and ref.certified and r.stats["solver"]["priced_rows"] > 0
+    assert torch.equal(r.perm, ref.perm) and r.objective == ref.objective and r.gap == ref.gap
+    for x, y in ((r.cost, ref.cost), (r.cosine, ref.cosine), (r.margin, ref.margin)):
+        assert torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
+    monkeypatch.setattr(match_module, "_COPY_LIMIT", 1 << 29)  # the default: these copies are small
+    built.clear()
+    assert torch.equal(match(a, b, **kw).perm, ref.perm) and len(built) == 2
+
+
 @pytest.mark.parametrize("screened", ["1", "0"])
 def test_progress_bars_cover_candidates_and_pricing(monkeypatch, capsys, screened: str) -> None:
     """progress=True: a bar over the candidate pass's rows (CPU; every row counted once) and one

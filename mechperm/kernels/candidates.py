@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from mechperm import _auction
-from mechperm.kernels.rows import ScaledRows
+from mechperm.kernels.rows import ScaledRows, materialize
 
 Backend = Literal["torch", "triton"]
 _MIN_GEMM_ROWS = 16
@@ -254,19 +254,25 @@ def _gemm_cols(B: Tensor) -> Tensor:
     return _gemm_rows(B) if B.dtype != torch.float32 or B.shape[0] < _MIN_GEMM_ROWS else B.contiguous()
 
 
-def _dense_costs_into(out: Tensor, A: Tensor, Bf: Tensor, na: Tensor, nb: Tensor, block_rows: int,
+def _dense_costs_into(out: Tensor, A: Tensor, Bf: Tensor | ScaledRows, na: Tensor, nb: Tensor, block_rows: int,
                       scratch: _Scratch | None = None) -> Tensor:
-    """dense_costs' torch loop, written into ``out`` [F_a, F_b]; ``Bf`` from :func:`_gemm_cols`.
-    ``scratch``: the GEMM's output tile in a reused buffer (callers looping over row blocks: a
-    fresh 64 MiB tile per block is fresh pages to fault in)."""
+    """dense_costs' torch loop, written into ``out`` [F_a, F_b]; ``Bf`` from :func:`_gemm_cols`,
+    or :class:`ScaledRows` read by blocks of columns as the candidate pass reads them (no copy
+    of B: 0.6 GB at F = 65536, d = 2304). ``scratch``: the GEMM's output tile in a reused buffer
+    (callers looping over row blocks: a fresh 64 MiB tile per block is fresh pages to fault in)."""
     Fa, Fb = out.shape
     for r0 in range(0, Fa if Fb else 0, block_rows):
         r1 = min(r0 + block_rows, Fa)
         A2 = _gemm_rows(A[r0:r1], -2.0)
-        buf = None if scratch is None else scratch.get("gemm", (A2.shape[0], Bf.shape[0]))
-        tile = torch.mm(A2, Bf.T, out=buf)[: r1 - r0, :Fb]
-        out[r0:r1] = _add_norms(tile, na[r0:r1], nb).clamp_min_(0.0)
+        blocks = _col_blocks(Bf, _SCALED_COLS) if isinstance(Bf, ScaledRows) else ((0, Fb, Bf),)
+        for c0, c1, blk in blocks:
+            buf = None if scratch is None else scratch.get("gemm", (A2.shape[0], blk.shape[0]))
+            tile = torch.mm(A2, blk.T, out=buf)[: r1 - r0, : c1 - c0]
+            out[r0:r1, c0:c1] = _add_norms(tile, na[r0:r1], nb[c0:c1]).clamp_min_(0.0)
     return out
+
+
+_SCALED_COLS = 2048  # columns of ScaledRows scaled per GEMM in _dense_costs_into (the candidate pass's tiles)
 
 
 # ---------------------------------------------------------------------------------- running top-k
@@ -941,14 +947,16 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
     # On the CPU's torch path the blocks' GEMM tile, costs and reduced costs live in buffers
     # reused across blocks and calls (3 × max_tile floats held while the pricer lives): fresh
     # ones were fresh pages each block (2048 rows against F_b = 65536: ~400k page faults and
-    # 1.5-2.4 s of system time a call; ~3k faults once reused). B is converted once, not per block.
+    # 1.5-2.4 s of system time a call; ~3k faults once reused). A tensor B is converted once,
+    # not per block; ScaledRows are scaled by blocks of columns as the GEMMs read them.
     reuse = _backend(A, B) == "torch"
     scratch = _Scratch(A.device) if reuse else None
-    Bf = _gemm_cols(B) if reuse else None
+    gemm_b = B if isinstance(B, ScaledRows) else None  # B for the GEMMs (tensors: made on the first call)
 
     def price_rows(rows: np.ndarray, u: np.ndarray, v: np.ndarray):
         from mechperm import assign
 
+        nonlocal gemm_b
         rows_t = torch.from_numpy(np.ascontiguousarray(rows, np.int64)).to(A.device)
         u_t, v_t = torch.from_numpy(u).to(A.device), torch.from_numpy(v).to(A.device)
         v32, v_max = v_t.float(), float(v_t.abs().max()) if m else 0.0
@@ -960,10 +968,12 @@ def row_pricer(A: Tensor, B: Tensor, q: int, *, max_tile: int | None = None):
             na = row_sq_norms(Ablk)
             if reuse:  # dense_costs' values (its checks of A's norms too)
                 _check_norms("A", na)
-                tile = _dense_costs_into(scratch.get("costs", (ids.numel(), m)), Ablk, Bf, na, nb, 1024, scratch)
+                if gemm_b is None:
+                    gemm_b = _gemm_cols(B)
+                tile = _dense_costs_into(scratch.get("costs", (ids.numel(), m)), Ablk, gemm_b, na, nb, 1024, scratch)
                 red = torch.sub(tile, v32[None, :], out=scratch.get("red", tile.shape))
             else:
-                tile = dense_costs(Ablk, B, norms=(na, nb))  # [b, F_b] float32
+                tile = dense_costs(Ablk, materialize(B), norms=(na, nb))  # [b, F_b] float32
                 red = tile - v32[None, :]
             k1 = min(kq + 1, m)
             vals, cols = torch.topk(red, k1, dim=1, largest=False, sorted=True)
