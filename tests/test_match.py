@@ -404,24 +404,30 @@ def test_decoder_rows_are_the_matching_vectors_bit_for_bit(activation: str, fold
         kernels.ScaledRows(sae.W_dec, torch.ones(299))
 
 
-@pytest.mark.parametrize("Fa, Fb, mode", [(700, 700, "bijective"), (700, 520, "bijective"), (640, 700, "partial")])
-def test_screened_sparse_path_reads_the_decoders_in_place(monkeypatch, Fa: int, Fb: int, mode: str) -> None:
-    """match() on the CPU's screened sparse path never builds the folded decoders (no 2 x F x d
-    copy) and returns what the materialised vectors give, bit for bit: the same rounding of
-    every row, so the same costs, optimum, duals and certificate."""
+def _in_place_case(monkeypatch, Fa: int, Fb: int, mode: str) -> tuple:
+    """(sae_a, sae_b, match options, match_vectors' result on the materialised vectors) of the
+    in-place tests; from then on matching_vectors fails (match() must not copy the decoders)."""
     from mechperm import match_vectors
 
-    monkeypatch.setenv("MECHPERM_SCREEN", "1")
     a = make_stack(2, d=96, F=Fa, seed=4).saes[0]
     b = make_stack(2, d=96, F=Fb, seed=4).saes[1]
-    A, B = kernels.matching_vectors(a), kernels.matching_vectors(b)
     kw = dict(dense_limit=0, mode=mode, threshold=0.3 if mode == "partial" else None)
-    ref = match_vectors(A, B, **kw)
+    ref = match_vectors(kernels.matching_vectors(a), kernels.matching_vectors(b), **kw)
 
     def no_copies(*args, **kwargs):
         raise AssertionError("matching_vectors called: the decoders were copied")
 
     monkeypatch.setattr(kernels, "matching_vectors", no_copies)
+    return a, b, kw, ref
+
+
+@pytest.mark.parametrize("Fa, Fb, mode", [(700, 700, "bijective"), (700, 520, "bijective"), (640, 700, "partial")])
+def test_screened_sparse_path_reads_the_decoders_in_place(monkeypatch, Fa: int, Fb: int, mode: str) -> None:
+    """match() on the CPU's screened sparse path never builds the folded decoders (no 2 x F x d
+    copy) and returns what the materialised vectors give, bit for bit: the same rounding of
+    every row, so the same costs, optimum, duals and certificate."""
+    monkeypatch.setenv("MECHPERM_SCREEN", "1")
+    a, b, kw, ref = _in_place_case(monkeypatch, Fa, Fb, mode)
     r = match(a, b, **kw)
     assert r.certified and ref.certified
     assert torch.equal(r.perm, ref.perm) and r.objective == ref.objective and r.gap == ref.gap
@@ -444,19 +450,9 @@ def test_unscreened_sparse_path_reads_large_decoders_in_place(monkeypatch, Fa: i
     unscreened sparse path reads the SAEs' own decoders as well (the candidate pass and the
     pricer's GEMMs by blocks of rows and columns, pairs by their rows): neither side is copied
     whole, and the result is what the materialised vectors give, bit for bit."""
-    from mechperm import match_vectors
-
     match_module = importlib.import_module("mechperm.match")
     monkeypatch.setenv("MECHPERM_SCREEN", "0")
-    a = make_stack(2, d=96, F=Fa, seed=4).saes[0]
-    b = make_stack(2, d=96, F=Fb, seed=4).saes[1]
-    A, B = kernels.matching_vectors(a), kernels.matching_vectors(b)
-    kw = dict(dense_limit=0, mode=mode, threshold=0.3 if mode == "partial" else None)
-    ref = match_vectors(A, B, **kw)
-
-    def no_copies(*args, **kwargs):
-        raise AssertionError("matching_vectors called: the decoders were copied")
-
+    a, b, kw, ref = _in_place_case(monkeypatch, Fa, Fb, mode)
     built = []
     whole = kernels.ScaledRows.tensor
 
@@ -464,8 +460,8 @@ def test_unscreened_sparse_path_reads_large_decoders_in_place(monkeypatch, Fa: i
         built.append(self.shape[0])
         return whole(self)
 
-    monkeypatch.setattr(kernels, "matching_vectors", no_copies)
     monkeypatch.setattr(kernels.ScaledRows, "tensor", tensor)
+    default = match_module._COPY_LIMIT
     monkeypatch.setattr(match_module, "_COPY_LIMIT", 0)
     r = match(a, b, **kw)
     assert not built  # neither side copied whole
@@ -473,7 +469,7 @@ def test_unscreened_sparse_path_reads_large_decoders_in_place(monkeypatch, Fa: i
     assert torch.equal(r.perm, ref.perm) and r.objective == ref.objective and r.gap == ref.gap
     for x, y in ((r.cost, ref.cost), (r.cosine, ref.cosine), (r.margin, ref.margin)):
         assert torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
-    monkeypatch.setattr(match_module, "_COPY_LIMIT", 1 << 29)  # the default: these copies are small
+    monkeypatch.setattr(match_module, "_COPY_LIMIT", default)  # these copies are small: made
     built.clear()
     assert torch.equal(match(a, b, **kw).perm, ref.perm) and len(built) == 2
 
