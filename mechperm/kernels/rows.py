@@ -3,9 +3,10 @@
 Folded decoder rows are ``θ_i · W_dec[i]`` rounded to float32: a copy of the decoder, 0.6 GB per
 SAE at F = 65536, d = 2304. The CPU's sparse paths read the vectors only by row blocks (bf16
 copies and statistics where they screen, float32 GEMM blocks where they do not) and by pairs
-(exact dots), so they can take the SAE's own ``W_dec`` and the scale instead and round each row the same way as it reads it: the same float32 values bit
-for bit (one IEEE multiply per element, as :func:`~mechperm.kernels.matching_vectors` makes
-them), so the same costs, optimum and certificate, in ~1.2 GB less memory for a 65536 pair.
+(exact dots), so they can take the SAE's own ``W_dec`` and the scale instead and round each row
+the same way as it reads it: the same float32 values bit for bit (one IEEE multiply per
+element, as :func:`~mechperm.kernels.matching_vectors` makes them), so the same costs, optimum
+and certificate, in ~1.2 GB less memory for a 65536 pair.
 """
 from __future__ import annotations
 
