@@ -10,11 +10,11 @@ ext_modules = [
     Pybind11Extension(
         "mechperm._auction",
         sources=["csrc/auction.cpp", "csrc/dense_ops.cpp", "csrc/envelope.cpp", "csrc/screen.cpp",
-                 "csrc/topk.cpp", "csrc/csr.cpp", "csrc/bounds.cpp", "csrc/order.cpp",
+                 "csrc/screen_int8.cpp", "csrc/topk.cpp", "csrc/csr.cpp", "csrc/bounds.cpp", "csrc/order.cpp",
                  "csrc/bindings.cpp"],
         include_dirs=["csrc"],
-        depends=["csrc/auction.hpp", "csrc/auction_detail.hpp", "csrc/screen.hpp", "csrc/topk.hpp", "csrc/csr.hpp",
-                 "csrc/bounds.hpp", "csrc/order.hpp", "csrc/parallel.hpp"],  # header edits must rebuild
+        depends=["csrc/auction.hpp", "csrc/auction_detail.hpp", "csrc/screen.hpp", "csrc/screen_int8.hpp",
+                 "csrc/topk.hpp", "csrc/csr.hpp", "csrc/bounds.hpp", "csrc/order.hpp", "csrc/parallel.hpp"],  # header edits must rebuild
         cxx_std=17,
         # -O3 for the solver's inner loops; no -march=native so that wheels run anywhere.
         extra_compile_args=["-O3"],

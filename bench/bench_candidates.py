@@ -3,9 +3,11 @@
 The candidate pass is one GEMM plus an on-the-fly top-k; the target is candidates ≤ ~1.3× the
 bare ``torch.mm`` on the CPU (the selection must not dominate). On CUDA the Triton kernels are
 reported in TFLOP/s (2·F_a·F_b·D flops per pass). On the CPU also: ``mm_bf16`` (the GEMM on
-bfloat16 copies) and ``screened`` (the sparse path's screened graph, ``kernels.screen``: bf16
-kernel + the same selection + exact float64-dot costs for every edge; where the CPU has
-AVX-512 BF16).
+bfloat16 copies), ``mm_int8`` (PyTorch's int8 GEMM, ``torch._int_mm`` with int32 results, on
+int8 copies), ``screened`` and ``screened_int8`` (the sparse path's screened graph,
+``kernels.screen``: the bf16 or int8 kernel + the same selection + exact float64-dot costs for
+every edge; the bf16 one where the CPU has AVX-512 BF16, the int8 one where it has VNNI: a
+screen without its instructions runs scalar loops and is skipped).
 
     pytest bench/bench_candidates.py --benchmark-only [--benchmark-json out.json]
     pytest bench/bench_candidates.py -k exact_pair_dots   # the exact costs' pair dots alone
@@ -38,8 +40,17 @@ SIZES = [n for n in (4096, 16384) if n <= MAX_N] or [MAX_N]
 PEER_MAX_N = int(os.environ.get("MECHPERM_BENCH_PEER_MAX_N", "4096"))
 if os.environ.get("MECHPERM_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["MECHPERM_BENCH_THREADS"]))
-PROVIDERS = ["mm", "mm_bf16", "candidates", "candidates_cost_only", "screened", "price"]
-CPU_ONLY = {"mm_bf16", "screened"}
+PROVIDERS = ["mm", "mm_bf16", "mm_int8", "candidates", "candidates_cost_only", "screened", "screened_int8",
+             "price"]
+CPU_ONLY = {"mm_bf16", "mm_int8", "screened", "screened_int8"}
+SCREENS = {"screened": "bf16", "screened_int8": "int8"}
+
+
+def _runs_here(provider: str, device: str) -> bool:
+    """CPU-only providers off the CPU, and screens without their instructions, are not timed."""
+    if provider in CPU_ONLY and device != "cpu":
+        return False
+    return provider not in SCREENS or _auction.screen_has_fast_kernel(SCREENS[provider])
 
 
 def setup(n: int, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
@@ -55,8 +66,11 @@ def run(provider: str, A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | Non
         return torch.mm(A, B.T, out=out)
     if provider == "mm_bf16":
         return torch.mm(A.bfloat16(), B.bfloat16().T)
-    if provider == "screened":
-        return screen.solver_graph(screen.prepare(A, B), K)
+    if provider == "mm_int8":  # rows scaled to [-127, 127] and rounded, as the int8 screen does
+        qa, qb = ((X * (127 / X.abs().amax(1, keepdim=True))).round().to(torch.int8) for X in (A, B))
+        return torch._int_mm(qa, qb.T)
+    if provider in SCREENS:
+        return screen.solver_graph(screen.prepare(A, B, kind=SCREENS[provider]), K)
     if provider == "candidates":
         return candidates(A, B, k=K)
     if provider == "candidates_cost_only":
@@ -81,8 +95,8 @@ def _devices() -> list[str]:
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_candidates(benchmark, provider: str, n: int, device: str) -> None:
-    if provider in CPU_ONLY and device != "cpu":
-        pytest.skip("CPU provider")
+    if not _runs_here(provider, device):
+        pytest.skip("a CPU provider, or a screen without its instructions here")
     A, B = setup(n, device)
     out = torch.empty(n, n, device=device) if provider == "mm" else None
 
@@ -154,7 +168,7 @@ def main() -> None:
             A, B = setup(n, device)
             out = torch.empty(n, n, device=device)
             reps = 3 if n <= 4096 else 1
-            provs = [p for p in PROVIDERS if device == "cpu" or p not in CPU_ONLY]
+            provs = [p for p in PROVIDERS if _runs_here(p, device)]
             best = {p: float("inf") for p in provs}
             for _ in range(reps):
                 for p in provs:  # interleaved, so background load hits every provider alike

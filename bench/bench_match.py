@@ -9,6 +9,8 @@ decoder rows, CPU):
 - ``mm_bf16``: the same GEMM on bfloat16 copies (oneDNN; 4x faster where the CPU has AVX-512
   BF16): the floor of what match() does where it screens (kernels.screen).
 - ``match``: ``match(sae_a, sae_b)`` as a user calls it (dense path up to ``DENSE_LIMIT``).
+- ``match_unscreened``: ``match()`` with ``MECHPERM_SCREEN=0``, where the default screens (a CPU
+  with AVX-512 BF16 or VNNI): what the screen buys, in the same run.
 - ``match_other``: ``match()`` forced onto the other path: sparse (``dense_limit=0``) where it
   would take the dense path, dense where it would take the sparse one and the matrix fits
   (F ≤ ``OTHER_DENSE_MAX_N`` = 16384: 1 GiB of float32 costs).
@@ -50,12 +52,14 @@ import torch
 from conftest import PEER_MAX_N, record, sizes
 
 from mechperm import kernels
+from mechperm.kernels import screen
 from mechperm.match import DENSE_LIMIT, match
 from mechperm.synthetic import make_stack
 
 D = 2304
 SIZES = sizes(4096, 16384, 65536) or [int(os.environ.get("MECHPERM_BENCH_MAX_N", "4096"))]
-PROVIDERS = ["mm", "mm_bf16", "match", "match_other", "naive"]
+PROVIDERS = ["mm", "mm_bf16", "match", "match_unscreened", "match_other", "naive"]
+MATCHES = ("match", "match_unscreened", "match_other")
 OTHER_DENSE_MAX_N = 16384
 MEMORY_LIMIT = 4e9
 """Peak RSS in bytes of a process holding two F = 65536 SAEs and matching them (the goal)."""
@@ -127,12 +131,39 @@ def bf16_copies(F: int) -> tuple[torch.Tensor, torch.Tensor]:
     return A.bfloat16(), B.bfloat16()
 
 
-def run_match(sae_a, sae_b, other: bool):
-    """match() as a user calls it, or forced onto the path it would not take."""
-    if not other:
+def run_match(sae_a, sae_b, provider: str = "match"):
+    """match() as a user calls it, without the screen, or forced onto the path it would not take."""
+    if provider == "match_unscreened":
+        old = os.environ.get("MECHPERM_SCREEN")
+        os.environ["MECHPERM_SCREEN"] = "0"
+        try:
+            return match(sae_a, sae_b)
+        finally:
+            if old is None:
+                del os.environ["MECHPERM_SCREEN"]
+            else:
+                os.environ["MECHPERM_SCREEN"] = old
+    if provider == "match":
         return match(sae_a, sae_b)
     n = sae_a.d_sae * sae_b.d_sae
     return match(sae_a, sae_b, dense_limit=0 if n <= DENSE_LIMIT else n)
+
+
+def screens(F: int) -> bool:
+    """Whether ``match`` screens this instance (else ``match_unscreened`` is not run)."""
+    _, _, A, B = instance(F)
+    return screen.kind(A, B, dense=F * F <= DENSE_LIMIT) is not None
+
+
+def skipped(provider: str, F: int) -> str | None:
+    """Why a provider is not run at F, or None."""
+    if provider == "match_other" and other_path(F) is None:
+        return f"the dense path beyond F = {OTHER_DENSE_MAX_N}"
+    if provider == "match_unscreened" and not screens(F):
+        return "match() does not screen here: match_unscreened is match"
+    if provider == "naive" and F > PEER_MAX_N:
+        return f"naive beyond MECHPERM_BENCH_PEER_MAX_N={PEER_MAX_N}"
+    return None
 
 
 def other_path(F: int) -> str | None:
@@ -186,7 +217,7 @@ agree to float32 rounding (worst case ~1e-7 per pair, relative)."""
 def match_info(res) -> dict:
     return {
         "objective": res.objective, "gap": res.gap, "certified": res.certified,
-        "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges"),
+        "rounds": res.stats.get("rounds"), "edges": res.stats.get("edges"), "screen": res.stats.get("screen"),
         "candidate_edges": res.stats.get("candidate_edges"),
         "timings": {k: round(v, 3) for k, v in res.timings.items()},
     }
@@ -196,10 +227,8 @@ def match_info(res) -> dict:
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("F", SIZES)
 def test_match(benchmark, F: int, provider: str) -> None:
-    if provider == "match_other" and other_path(F) is None:
-        pytest.skip(f"the dense path beyond F = {OTHER_DENSE_MAX_N}")
-    if provider == "naive" and F > PEER_MAX_N:
-        pytest.skip(f"naive beyond MECHPERM_BENCH_PEER_MAX_N={PEER_MAX_N}")
+    if (why := skipped(provider, F)) is not None:
+        pytest.skip(why)
     sae_a, sae_b, A, B = instance(F)
     info: dict = {"F": F, "d": D, "threads": torch.get_num_threads()}
     times: list[float] = []
@@ -215,11 +244,10 @@ def test_match(benchmark, F: int, provider: str) -> None:
         out = mm_buffer(F, X.dtype)
         benchmark.pedantic(timed, args=(run_mm, X, Y, out), rounds=3 if F <= 4096 else 1, iterations=1)
         del out
-    elif provider in ("match", "match_other"):
+    elif provider in MATCHES:
         reset = _reset_peak()
         rss0 = _status("VmRSS")
-        res = benchmark.pedantic(timed, args=(run_match, sae_a, sae_b, provider == "match_other"),
-                                 rounds=1, iterations=1)
+        res = benchmark.pedantic(timed, args=(run_match, sae_a, sae_b, provider), rounds=1, iterations=1)
         default = "dense" if F * F <= DENSE_LIMIT else "sparse"
         info.update(match_info(res), path=other_path(F) if provider == "match_other" else default)
         if reset:  # in-process: what match() added on top of what the benchmark holds
@@ -246,7 +274,7 @@ def test_match(benchmark, F: int, provider: str) -> None:
     if mm is not None and provider != "mm":
         info["ratio_to_mm"] = info["seconds"] / mm["seconds"]
     naive = RESULTS.get((F, "naive"))
-    for p in ("match", "match_other"):
+    for p in MATCHES:
         if naive is not None and (F, p) in RESULTS:
             RESULTS[(F, p)]["speedup_vs_naive"] = naive["seconds"] / RESULTS[(F, p)]["seconds"]
     benchmark.extra_info.update({k: v for k, v in info.items() if k != "perm"})
@@ -296,8 +324,7 @@ def main() -> None:
     rows = []
     for F in SIZES:
         sae_a, sae_b, A, B = instance(F)
-        provs = [p for p in PROVIDERS if not (p == "match_other" and other_path(F) is None)
-                 and not (p == "naive" and F > PEER_MAX_N)]
+        provs = [p for p in PROVIDERS if skipped(p, F) is None]
         reps = 3 if F <= 4096 else 1
         best = {p: float("inf") for p in provs}
         out = {}
@@ -313,7 +340,7 @@ def main() -> None:
                 elif p == "naive":
                     out[p] = run_naive(A.numpy(), B.numpy())
                 else:
-                    out[p] = run_match(sae_a, sae_b, p == "match_other")
+                    out[p] = run_match(sae_a, sae_b, p)
                 best[p] = min(best[p], time.perf_counter() - t)
         del buf, buf16, A16, B16
         bf16_copies.cache_clear()
@@ -321,7 +348,7 @@ def main() -> None:
         row = {"F": F, "d": D, "threads": torch.get_num_threads(), "seconds": best,
                "peak_rss_gb": mem["peak_rss"] / 1e9, "sae_gb": mem["sae_bytes"] / 1e9,
                "beyond_saes_gb": (mem["peak_rss"] - mem["sae_bytes"]) / 1e9}
-        for p in ("match", "match_other"):
+        for p in MATCHES:
             if p in out:
                 row[p] = match_info(out[p])
                 row[p]["path"] = other_path(F) if p == "match_other" else ("dense" if F * F <= DENSE_LIMIT else "sparse")
@@ -338,10 +365,10 @@ def main() -> None:
         rows.append(row)
         print(f"F={F:6d} threads={row['threads']}  mm {best['mm']:8.2f} s  mm_bf16 {best['mm_bf16']:8.2f} s",
               file=sys.stderr)
-        for p in ("match", "match_other"):
+        for p in MATCHES:
             if p in row:
                 r = row[p]
-                print(f"   {p:11s} {r['path']:6s} {best[p]:8.2f} s  {r['ratio_to_mm']:5.2f}x mm  "
+                print(f"   {p:16s} {r['path']:6s} {best[p]:8.2f} s  {r['ratio_to_mm']:5.2f}x mm  "
                       f"{r['ratio_to_mm_bf16']:5.2f}x mm_bf16  gap {r['gap']:.1e}  "
                       f"certified {r['certified']}  rounds {r['rounds']}  edges {r['edges']}", file=sys.stderr)
         if "naive" in row:

@@ -535,6 +535,24 @@ py::tuple screen_side_py(const py::array& x, const py::array& sq_norm, int threa
     return py::make_tuple(bits, stats, bad);
 }
 
+py::tuple screen_side_int8_py(const py::array& x, const py::array& sq_norm, int threads) {
+    const float* xp = require<float>(x, "x", 2);
+    const int64_t F = x.shape(0), D = x.shape(1), dp = (D + 3) / 4 * 4;
+    const float* sq = require<float>(sq_norm, "sq_norm", 1, F);
+    py::array_t<int8_t> codes({F, dp});
+    py::array_t<float> scale(F);
+    py::array_t<double> stats({int64_t(4), F});
+    int8_t* q = codes.mutable_data();
+    float* sc = scale.mutable_data();
+    double* st = stats.mutable_data();
+    int64_t bad;
+    {
+        py::gil_scoped_release release;
+        bad = screen_side_int8(xp, F, D, dp, sq, q, sc, st, std::max(1, threads));
+    }
+    return py::make_tuple(codes, scale, stats, bad);
+}
+
 py::array_t<double> pair_dots_py(const py::array& a, const py::array& b, const py::array& rows,
                                  const py::array& cols, int threads, const py::object& a_scale,
                                  const py::object& b_scale, int isa, bool grouped) {
@@ -898,25 +916,51 @@ void topk_finish_py(const py::object& heaps, int threads) {
     topk_finish(h, owners, std::max(1, threads));
 }
 
-ScreenB make_screen_b(const py::array& b16, const py::array& nb, int threads) {
-    const uint16_t* b = require<uint16_t>(b16, "b16", 2);
-    const int64_t m = b16.shape(0), d = b16.shape(1);
-    const float* nbp = require<float>(nb, "nb", 1, m);
-    py::gil_scoped_release release;
-    return ScreenB(b, m, d, nbp, std::max(1, threads));
+ScreenKind screen_kind(const std::string& kind) {
+    if (kind == "bf16") return ScreenKind::kBf16;
+    if (kind == "int8") return ScreenKind::kInt8;
+    throw py::value_error("kind must be 'bf16' or 'int8', got '" + kind + "'");
 }
 
-const uint16_t* screen_rows(const ScreenB& sb, const py::array& a16) {
-    const uint16_t* a = require<uint16_t>(a16, "a16", 2);
-    if (a16.shape(1) != sb.d())
-        throw py::value_error("a16 must have width " + std::to_string(sb.d()) + " like B, got " +
-                              std::to_string(a16.shape(1)));
-    return a;
+ScreenB make_screen_b(const py::array& b, const py::array& nb, int threads, const py::object& scale) {
+    if (b.ndim() == 2 && py::isinstance<py::array_t<int8_t>>(b)) {
+        const int8_t* q = require<int8_t>(b, "b", 2);
+        const int64_t m = b.shape(0), d = b.shape(1);
+        if (d % 4 != 0) throw py::value_error("int8 rows b must have a width that is a multiple of 4, got " + std::to_string(d));
+        if (scale.is_none()) throw py::value_error("int8 rows b need their scales (scale=)");
+        const float* sp = require<float>(scale.cast<py::array>(), "scale", 1, m);
+        const float* nbp = require<float>(nb, "nb", 1, m);
+        py::gil_scoped_release release;
+        return ScreenB(q, sp, m, d, nbp, std::max(1, threads));
+    }
+    if (!scale.is_none()) throw py::value_error("scale= goes with int8 rows; b must then have dtype int8");
+    const uint16_t* b16 = require<uint16_t>(b, "b", 2);
+    const int64_t m = b.shape(0), d = b.shape(1);
+    const float* nbp = require<float>(nb, "nb", 1, m);
+    py::gil_scoped_release release;
+    return ScreenB(b16, m, d, nbp, std::max(1, threads));
+}
+
+// A's rows in the ScreenB's kind: bf16 bits (uint16), or int8 codes with their scales.
+ScreenRows screen_rows(const ScreenB& sb, const py::array& a, const py::object& a_scale) {
+    ScreenRows rows;
+    if (sb.kind() == ScreenKind::kInt8) {
+        rows.int8 = require<int8_t>(a, "a (int8 codes, like B's)", 2);
+        if (a_scale.is_none()) throw py::value_error("int8 rows a need their scales (a_scale=)");
+        rows.scale = require<float>(a_scale.cast<py::array>(), "a_scale", 1, a.shape(0));
+    } else {
+        rows.bf16 = require<uint16_t>(a, "a (bf16 bits, like B's)", 2);
+        if (!a_scale.is_none()) throw py::value_error("a_scale goes with int8 rows; this ScreenB holds bf16 rows");
+    }
+    if (a.shape(1) != sb.d())
+        throw py::value_error("a must have width " + std::to_string(sb.d()) + " like B, got " +
+                              std::to_string(a.shape(1)));
+    return rows;
 }
 
 py::array screen_b_costs(const ScreenB& sb, const py::array& a16, const py::array& na, int threads,
-                         const py::object& out_obj, int64_t c0, int64_t c1) {
-    const uint16_t* a = screen_rows(sb, a16);
+                         const py::object& out_obj, int64_t c0, int64_t c1, const py::object& a_scale) {
+    const ScreenRows a = screen_rows(sb, a16, a_scale);
     if (c1 < 0) c1 = sb.m();
     if (c0 < 0 || c0 % ScreenB::kColumnAlign != 0 || c1 > sb.m() || c1 < c0)
         throw py::value_error("columns [" + std::to_string(c0) + ", " + std::to_string(c1) +
@@ -940,8 +984,8 @@ py::array screen_b_costs(const ScreenB& sb, const py::array& a16, const py::arra
 py::tuple screen_b_price(const ScreenB& sb, const py::array& a16, const py::array& na,
                          const py::array& a_stats, const py::array& b_stats, double gamma,
                          double abs_slack, const py::array& u, const py::array& v, int64_t q,
-                         int threads) {
-    const uint16_t* a = screen_rows(sb, a16);
+                         int threads, const py::object& a_scale) {
+    const ScreenRows a = screen_rows(sb, a16, a_scale);
     const int64_t n = a16.shape(0), m = sb.m();
     if (q < 1) throw py::value_error("q must be >= 1, got " + std::to_string(q));
     const float* nap = require<float>(na, "na", 1, n);
@@ -1023,6 +1067,9 @@ PYBIND11_MODULE(_auction, m) {
     m.def("screen_side", &screen_side_py, py::arg("x"), py::arg("sq_norm"), py::arg("threads") = 1,
           "bf16 bits [F, D'] (even D'), stats [4, F] (|x~|, |x~ - x|, |x|, sq_norm) and the first "
           "non-finite row or -1.");
+    m.def("screen_side_int8", &screen_side_int8_py, py::arg("x"), py::arg("sq_norm"), py::arg("threads") = 1,
+          "int8 codes [F, D'] (D' a multiple of 4), scales [F] (x~ = scale * codes), stats [4, F] (|x~|, "
+          "|x~ - x|, |x|, sq_norm) and the first non-finite row or -1.");
     m.def("topk_tile", &topk_tile_py, py::arg("tile"), py::arg("cos"), py::arg("r0"), py::arg("c0"),
           py::arg("rows_c"), py::arg("cols_c"), py::arg("rows_s"), py::arg("cols_s"), py::arg("threads") = 1,
           py::arg("cos_factors") = py::none(),
@@ -1066,20 +1113,25 @@ PYBIND11_MODULE(_auction, m) {
           "(float32, one per row) of the rows fl32(a_scale[i] * a[i]) and fl32(b_scale[j] * b[j]). The same bits "
           "with every instruction set; isa (tests): 0 scalar, 1 AVX2, 2 AVX-512, -1 the widest this CPU has. "
           "Long lists go in groups of b's rows that fit in a cache; grouped=False (tests, benches): in order.");
-    py::class_<ScreenB>(m, "ScreenB", "B's bf16 rows packed once for screened costs and pricing.")
-        .def(py::init(&make_screen_b), py::arg("b16"), py::arg("nb"), py::arg("threads") = 1)
+    py::class_<ScreenB>(m, "ScreenB",
+                        "B's rows (bf16 bits, or int8 codes with scale=) packed once for screened costs and pricing.")
+        .def(py::init(&make_screen_b), py::arg("b"), py::arg("nb"), py::arg("threads") = 1,
+             py::arg("scale") = py::none())
         .def_property_readonly("m", &ScreenB::m)
-        .def("costs", &screen_b_costs, py::arg("a16"), py::arg("na"), py::arg("threads") = 1,
-             py::arg("out") = py::none(), py::arg("c0") = 0, py::arg("c1") = -1,
-             "Screened costs [n, c1 - c0] of bf16 rows a16 against columns [c0, c1) (c0 a "
-             "multiple of 32; see screen_costs).")
-        .def("price", &screen_b_price, py::arg("a16"), py::arg("na"), py::arg("a_stats"),
+        .def_property_readonly("kind", [](const ScreenB& sb) { return sb.kind() == ScreenKind::kInt8 ? "int8" : "bf16"; })
+        .def("costs", &screen_b_costs, py::arg("a"), py::arg("na"), py::arg("threads") = 1,
+             py::arg("out") = py::none(), py::arg("c0") = 0, py::arg("c1") = -1, py::arg("a_scale") = py::none(),
+             "Screened costs [n, c1 - c0] of rows a (B's kind; int8 with a_scale) against columns [c0, c1) "
+             "(c0 a multiple of 32; see ScreenB::costs).")
+        .def("price", &screen_b_price, py::arg("a"), py::arg("na"), py::arg("a_stats"),
              py::arg("b_stats"), py::arg("gamma"), py::arg("abs_slack"), py::arg("u"), py::arg("v"),
-             py::arg("q"), py::arg("threads") = 1,
+             py::arg("q"), py::arg("threads") = 1, py::arg("a_scale") = py::none(),
              "Per row: the q columns of least lower-bound reduced cost [n, q] and a lower bound on "
              "it over every other column [n].");
-    m.def("screen_has_fast_kernel", &screen_has_fast_kernel,
-          "Whether screen_costs runs the AVX-512 BF16 kernel here (else a scalar loop).");
+    m.def("screen_has_fast_kernel", [](const std::string& kind) { return screen_has_fast_kernel(screen_kind(kind)); },
+          py::arg("kind") = "bf16",
+          "Whether the screen of this kind ('bf16', 'int8') runs its AVX-512 kernel here (AVX-512 BF16, resp. "
+          "VNNI), else a scalar loop.");
     m.def("screen_lower_bounds", &screen_lower_bounds_py, py::arg("cost"), py::arg("a_stats"),
           py::arg("b_stats"), py::arg("gamma"), py::arg("abs_slack"), py::arg("u"), py::arg("v"),
           py::arg("tau"),

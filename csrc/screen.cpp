@@ -1,7 +1,9 @@
-// Screened squared distances (see screen.hpp): the bfloat16 GEMM kernel and the bound pass.
+// Screened squared distances (see screen.hpp): the bfloat16 GEMM kernel, the ScreenB of both
+// kinds (the int8 kernels in screen_int8.cpp) and the bound and pricing passes.
 #include "screen.hpp"
 
 #include "parallel.hpp"
+#include "screen_int8.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -385,7 +387,8 @@ void pair_dots(const float* a, const float* b, int64_t d, const int64_t* rows, c
     });
 }
 
-bool screen_has_fast_kernel() {
+bool screen_has_fast_kernel(ScreenKind kind) {
+    if (kind == ScreenKind::kInt8) return int8screen::has_fast_kernel();
 #ifdef MECHPERM_SCREEN_X86
     static const bool has =
         __builtin_cpu_supports("avx512bf16") != 0 && __builtin_cpu_supports("avx512f") != 0 &&
@@ -397,7 +400,7 @@ bool screen_has_fast_kernel() {
 }
 
 ScreenB::ScreenB(const uint16_t* b16, int64_t m, int64_t d, const float* nb, int threads)
-    : m_(m), d_(d), nb_(nb, nb + m) {
+    : m_(m), d_(d), kind_(ScreenKind::kBf16), nb_(nb, nb + m) {
 #ifdef MECHPERM_SCREEN_X86
     fast_ = d % 2 == 0 && screen_has_fast_kernel();
     if (fast_) {
@@ -410,17 +413,37 @@ ScreenB::ScreenB(const uint16_t* b16, int64_t m, int64_t d, const float* nb, int
     raw_.assign(b16, b16 + m * d);
 }
 
-void ScreenB::costs(const uint16_t* a16, int64_t n, const float* na, float* out, int threads, int64_t c0,
+ScreenB::ScreenB(const int8_t* q, const float* scale, int64_t m, int64_t d, const float* nb, int threads)
+    : m_(m), d_(d), kind_(ScreenKind::kInt8), nb_(nb, nb + m) {
+    fast_ = d % 4 == 0 && int8screen::has_fast_kernel();
+    if (fast_) {
+        int8screen::pack(q, scale, m, d, nb, packed_, nbp_, scale_, corr_, threads);
+        return;
+    }
+    raw8_.assign(q, q + m * d);
+    scale_.assign(scale, scale + m);
+}
+
+void ScreenB::costs(const ScreenRows& a, int64_t n, const float* na, float* out, int threads, int64_t c0,
                     int64_t c1) const {
     if (c1 < 0) c1 = m_;
     if (n == 0 || c1 <= c0) return;
+    if (kind_ == ScreenKind::kInt8) {
+        if (fast_)
+            int8screen::costs_fast(a.int8, a.scale, n, packed_.data(), nbp_.data(), scale_.data(), corr_.data(), c0,
+                                   c1, d_, na, out, threads);
+        else
+            int8screen::costs_scalar(a.int8, a.scale, n, raw8_.data(), scale_.data(), c0, c1, d_, na, nb_.data(),
+                                     out, threads);
+        return;
+    }
 #ifdef MECHPERM_SCREEN_X86
     if (fast_) {
-        screen_costs_avx512(a16, n, packed_.data(), nbp_.data(), c0, c1, d_, na, out, threads);
+        screen_costs_avx512(a.bf16, n, packed_.data(), nbp_.data(), c0, c1, d_, na, out, threads);
         return;
     }
 #endif
-    screen_costs_scalar(a16, n, raw_.data(), c0, c1, d_, na, nb_.data(), out, threads);
+    screen_costs_scalar(a.bf16, n, raw_.data(), c0, c1, d_, na, nb_.data(), out, threads);
 }
 
 namespace {
@@ -499,7 +522,7 @@ void least_reduced(const float* row, int64_t m, double ui, const double* v, size
 
 }  // namespace
 
-void screen_price(const ScreenB& b, const uint16_t* a16, int64_t n, const float* na, const ScreenSide& a,
+void screen_price(const ScreenB& b, const ScreenRows& a_rows, int64_t n, const float* na, const ScreenSide& a,
                   const ScreenSide& bs, double gamma, double abs_slack, const double* u, const double* v,
                   int64_t q, int threads, int64_t* cols, double* bound) {
     const int64_t m = b.m(), d = b.d(), qq = std::min(q, m);
@@ -508,7 +531,11 @@ void screen_price(const ScreenB& b, const uint16_t* a16, int64_t n, const float*
     parallel_blocks((n + kChunk - 1) / kChunk, threads, [&](int64_t blk) {
         const int64_t i0 = blk * kChunk, rows = std::min(kChunk, n - i0);
         std::vector<float> tile(size_t(rows * m));
-        b.costs(a16 + i0 * d, rows, na + i0, tile.data(), 1);
+        ScreenRows blk_rows = a_rows;  // this chunk's rows
+        if (a_rows.bf16) blk_rows.bf16 += i0 * d;
+        if (a_rows.int8) blk_rows.int8 += i0 * d;
+        if (a_rows.scale) blk_rows.scale += i0;
+        b.costs(blk_rows, rows, na + i0, tile.data(), 1);
         // The qq + 1 least reduced costs in a max-heap: after the first few hundred columns
         // almost every value fails the comparison with the top (a partition of all m pairs per
         // row cost as much as the row's GEMM at m = 65536).

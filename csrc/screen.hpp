@@ -1,7 +1,7 @@
-// Screened squared distances: a bfloat16 GEMM with float32 accumulation, and a rigorous bound on
-// how far its values can be from the exact costs (mechperm/screen.py explains the method).
-// Plain C++17 on raw buffers; AVX-512 BF16 where the CPU has it, a scalar loop with the same
-// arithmetic otherwise.
+// Screened squared distances: a bfloat16 or int8 GEMM, and a rigorous bound on how far its
+// values can be from the exact costs (mechperm/kernels/screen.py explains the method).
+// Plain C++17 on raw buffers; AVX-512 BF16 / VNNI where the CPU has them, scalar loops with the
+// same arithmetic otherwise.
 #pragma once
 
 #include <cstdint>
@@ -9,31 +9,60 @@
 
 namespace mechperm {
 
-// True where the fast kernel runs (x86 with AVX-512 BF16); MECHPERM_NO_SIMD=1 forces the scalar one.
-bool screen_has_fast_kernel();
+// Two roundings of the rows (mechperm/kernels/screen.py): bfloat16 (AVX-512 BF16's dot
+// products), or int8 codes times a per-row float32 scale (AVX-512 VNNI's: exact integer dots,
+// a looser rounding).
+enum class ScreenKind : int { kBf16 = 0, kInt8 = 1 };
 
-// B prepared once for many row blocks: packed panels for the fast kernel, the raw bits for the
+// True where the kind's fast kernel runs (x86 with AVX-512 BF16, resp. AVX-512 VNNI);
+// MECHPERM_NO_SIMD=1 forces the scalar ones.
+bool screen_has_fast_kernel(ScreenKind kind = ScreenKind::kBf16);
+
+// Rows of A as the kernels read them: bf16 bits [n, d], or int8 codes [n, d] and their scales [n].
+struct ScreenRows {
+    const uint16_t* bf16 = nullptr;
+    const int8_t* int8 = nullptr;
+    const float* scale = nullptr;
+};
+
+// B prepared once for many row blocks: packed panels for the fast kernel, the raw rows for the
 // scalar one.
 class ScreenB {
 public:
     ScreenB(const uint16_t* b16, int64_t m, int64_t d, const float* nb, int threads);
-    // out [n, c1 - c0] = the screened costs of rows a16 [n, d] (raw bf16 bits, row-major; bf16
+    // int8 codes q [m, d] (d a multiple of 4, entries in [-127, 127]) and scales: rows scale[j] q[j].
+    ScreenB(const int8_t* q, const float* scale, int64_t m, int64_t d, const float* nb, int threads);
+    // out [n, c1 - c0] = the screened costs of rows a [n, d] (of this ScreenB's kind; bf16
     // subnormal inputs must be zero) against B's columns [c0, c1) (c0 a multiple of
-    // kColumnAlign; c1 < 0: m): max(na[i] + nb[j] - 2 s_ij, 0) with s_ij the dot of the bf16
-    // rows accumulated in float32 (exact bf16 products). Row blocks run on `threads` threads.
-    void costs(const uint16_t* a16, int64_t n, const float* na, float* out, int threads, int64_t c0 = 0,
+    // kColumnAlign; c1 < 0: m): max(na[i] + nb[j] - 2 s_ij, 0), with s_ij the dot of the bf16
+    // rows accumulated in float32 (exact bf16 products), or for int8
+    // s_ij = fl(fl(fl(q_i . q_j) * scale_i) * scale_j) (an exact integer dot). Row blocks run on
+    // `threads` threads.
+    void costs(const ScreenRows& a, int64_t n, const float* na, float* out, int threads, int64_t c0 = 0,
                int64_t c1 = -1) const;
     static constexpr int64_t kColumnAlign = 32;
     int64_t m() const { return m_; }
     int64_t d() const { return d_; }
+    ScreenKind kind() const { return kind_; }
 
 private:
     int64_t m_, d_;
-    [[maybe_unused]] bool fast_ = false;  // the AVX-512 BF16 kernel (x86 builds only)
+    ScreenKind kind_;
+    [[maybe_unused]] bool fast_ = false;  // the AVX-512 kernel of the kind (x86 builds only)
     std::vector<uint32_t> packed_;
     std::vector<float> nbp_, nb_;
     std::vector<uint16_t> raw_;
+    std::vector<int8_t> raw8_;
+    std::vector<float> scale_;      // int8: B's scales (padded to whole panels where packed)
+    std::vector<int32_t> corr_;     // int8 packed: 128 * sum_k q[j, k] (the kernel's unsigned A)
 };
+
+// The int8 side of the screen from float32 rows x [F, D]: codes q [F, dp] (dp = D rounded up
+// to a multiple of 4, padding zero) and scale [F] with scale_i = fl32(max_k |x_ik| / 127) (0, and
+// codes 0, below float32's normal range) and q_ik = x_ik / scale_i rounded to nearest; stats as screen_side's with x~ = scale_i q_i.
+// Returns the first row with a non-finite value, or -1.
+int64_t screen_side_int8(const float* x, int64_t F, int64_t D, int64_t dp, const float* sq_norm, int8_t* q,
+                         float* scale, double* stats, int threads);
 
 // One side of the screen from float32 rows x [F, D]: bits [F, dp] (dp = D rounded up to even)
 // receives the bf16 rounding of x (round to nearest even, subnormals flushed to zero, padding
@@ -64,16 +93,17 @@ struct ScreenSide {
 // In place over the screened costs `c` [n, m]: c_ij <- L_ij, a float32 lower bound on the exact
 // cost (the screened value minus its error bound), and returns the pairs (row-major order) with
 // L_ij - u_i - v_j < tau: the only ones whose exact cost can matter under duals near (u, v).
-// gamma bounds the float32 accumulation error relative to |a~||b~| (d * 2^-24 / (1 - d * 2^-24)).
+// gamma bounds the dot's float32 error relative to |a~||b~| (bf16: d 2^-24 / (1 - d 2^-24);
+// int8: the three roundings after the exact integer dot).
 void screen_lower_bounds(float* c, int64_t n, int64_t m, const ScreenSide& a, const ScreenSide& b,
                          double gamma, double abs_slack, const double* u, const double* v,
                          double tau, std::vector<int64_t>& rows, std::vector<int64_t>& cols);
 
-// Screened pricing of rows a16 [n, d] (stats a, duals u of these rows) against B: per row, the
+// Screened pricing of rows a_rows [n, d] (stats a, duals u of these rows) against B: per row, the
 // q columns of least lower-bound reduced cost L_ij - u_i - v_j (cols [n, min(q, m)], any
 // order) and bound[i], a lower bound on that reduced cost over every other column (the
 // (q+1)-th least; +inf if none): exact costs are needed for the q columns only.
-void screen_price(const ScreenB& b, const uint16_t* a16, int64_t n, const float* na, const ScreenSide& a,
+void screen_price(const ScreenB& b, const ScreenRows& a_rows, int64_t n, const float* na, const ScreenSide& a,
                   const ScreenSide& bs, double gamma, double abs_slack, const double* u, const double* v,
                   int64_t q, int threads, int64_t* cols, double* bound);
 

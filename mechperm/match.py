@@ -225,7 +225,8 @@ def match_vectors(
             timings.update({name: res.timings[key] for key, name in parts if key in res.timings})
             perm = torch.from_numpy(res.row_to_col.astype(np.int64))
             objective, gap, certified = float(res.objective), float(res.gap), bool(res.certified)
-            stats.update(rounds=res.rounds, edges=res.n_edges, solver=dict(res.stats))
+            stats.update(rounds=res.rounds, edges=res.n_edges, solver=dict(res.stats),
+                         screen=screen.kind(A, B, dense=Fa * Fb <= dense_limit))
 
         cost, cosine = _pair_values(A, B, perm)
     timings["total"] = time.perf_counter() - t_start
@@ -270,8 +271,9 @@ def _margins(row_to_col: np.ndarray, indptr: np.ndarray, cols, costs, u: np.ndar
 
 
 def _solve_dense(A: Tensor, B: Tensor, lam: float | None):
-    if screen.available(A, B):
-        return _solve_screened(A, B, lam)
+    kind = screen.kind(A, B, dense=True)
+    if kind is not None:
+        return _solve_screened(A, B, lam, kind)
     c = kernels.dense_costs(A, B).cpu().numpy()
     res = solver.assign(c, unmatched_cost=lam, method="dense")
     # One pass over c in C++ (a float64 copy of c here took 30 % of a GEMM's time at F = 4096).
@@ -279,17 +281,17 @@ def _solve_dense(A: Tensor, B: Tensor, lam: float | None):
     return res, torch.from_numpy(np.maximum(margin, 0.0)).float()
 
 
-def _solve_screened(A: Tensor, B: Tensor, lam: float | None):
-    """The dense path on screened costs (:mod:`mechperm.kernels.screen`): solve on the bf16
-    matrix, replace it by lower bounds on the exact costs, compute exact costs for the pairs
-    those duals cannot rule out, re-solve; repeat while the optimum uses a pair that is not
-    exact. Exact for the float64-dot costs of :func:`screen.exact_costs`."""
+def _solve_screened(A: Tensor, B: Tensor, lam: float | None, kind: str = "bf16"):
+    """The dense path on screened costs (:mod:`mechperm.kernels.screen`, rounded to ``kind``):
+    solve on the screened matrix, replace it by lower bounds on the exact costs, compute exact
+    costs for the pairs those duals cannot rule out, re-solve; repeat while the optimum uses a
+    pair that is not exact. Exact for the float64-dot costs of :func:`screen.exact_costs`."""
     transposed = A.shape[0] > B.shape[0] and lam is None
     if transposed:
         A, B = B, A
     n, m = A.shape[0], B.shape[0]
     t0 = time.perf_counter()
-    sc = screen.screened_costs(A, B)
+    sc = screen.screened_costs(A, B, kind=kind)
     t_cand = time.perf_counter() - t0
     lam_arr = None if lam is None else np.full(n, float(lam))
     raw = solver._dense_auction(sc.costs, lam_arr)
@@ -414,16 +416,17 @@ def _solve_sparse(A: Tensor, B: Tensor, lam: float | None, k: int, progress: boo
 
 def _candidate_graph(A: Tensor | ScaledRows, B: Tensor | ScaledRows, k: int, on_rows):
     """(graph, stats, pricer, pair_costs, block_costs, kernel seconds or None, pair_pricing) of the
-    sparse path on this device: screened on CPUs with AVX-512 BF16 (and CUDA, opt-in), the cost
-    kernels elsewhere. pair_pricing: whether the exact loop prices re-failing rows pair by pair
+    sparse path on this device: screened on CPUs with AVX-512 BF16 or VNNI (and CUDA, opt-in), the
+    cost kernels elsewhere. pair_pricing: whether the exact loop prices re-failing rows pair by pair
     (``assign_exact``), where a priced row is a float32 GEMM row on the CPU (the screens' bf16
     rows are cheap; measured no gain there)."""
     t_kernels = None
     pair_pricing = False
     t0 = time.perf_counter()
     block_costs = None
-    if screen.available(A, B):  # bf16 candidates and pricing, exact costs where they matter
-        sv = screen.prepare(A, B)
+    kind = screen.kind(A, B)
+    if kind is not None:  # screened candidates and pricing, exact costs where they matter
+        sv = screen.prepare(A, B, kind=kind)
         graph, cand_stats = screen.solver_graph(sv, k, on_rows=on_rows)
         pricer = screen.row_pricer(sv, PRICE_PER_ROW)
         pair_costs = sv.exact

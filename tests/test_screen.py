@@ -1,4 +1,4 @@
-"""Screened costs (kernels.screen): the bf16 kernel, its bound, and match() on top of it."""
+"""Screened costs (kernels.screen): the bf16 and int8 kernels, their bound, and match() on top of them."""
 from __future__ import annotations
 
 import os
@@ -69,30 +69,52 @@ def test_screen_side_reports_the_first_row_that_cannot_be_screened() -> None:
         screen.screened_costs(X, torch.randn(3, 8))
 
 
-def _check_kernel_bound(n: int, m: int, d: int) -> None:
+KIND = pytest.mark.parametrize("kind", screen.KINDS)
+
+
+def _rounded_reference(X: torch.Tensor, kind: str) -> torch.Tensor:
+    """The rows the screen's kernel multiplies, in float64: bf16 as torch rounds (subnormals
+    flushed), int8 as the codes times their scales."""
+    if kind == "bf16":
+        return _bf16_reference(X).double()
+    codes, scales, _, _ = _auction.screen_side_int8(X.float().numpy(), kernels.row_sq_norms(X).numpy())
+    return torch.from_numpy(scales).double()[:, None] * torch.from_numpy(codes[:, : X.shape[1]]).double()
+
+
+def _check_kernel_bound(n: int, m: int, d: int, kind: str = "bf16") -> None:
     A, B = _vectors(n, d, 1, heavy=1.5, special=True), _vectors(m, d, 2, heavy=1.5)
-    sc = screen.screened_costs(A, B)
-    a16, b16 = _bf16_reference(A).double(), _bf16_reference(B).double()
+    sc = screen.screened_costs(A, B, kind=kind)
+    a16, b16 = _rounded_reference(A, kind), _rounded_reference(B, kind)
     na, nb = sc.a_stats[3], sc.b_stats[3]
     ref = torch.from_numpy(na)[:, None] + torch.from_numpy(nb)[None, :] - 2.0 * (a16 @ b16.T)
     err = (torch.from_numpy(sc.costs).double() - ref.clamp_min(0.0)).abs()
     bound = 2 * sc.gamma * torch.from_numpy(sc.a_stats[0])[:, None] * torch.from_numpy(sc.b_stats[0])[None, :]
     bound += 1e-6 * (torch.from_numpy(na)[:, None] + torch.from_numpy(nb)[None, :]) + 1e-30
     assert (err <= bound).all(), f"worst error / bound {(err / bound).max().item()}"
+    if kind == "int8":  # the kernel's float32 arithmetic after the exact integer dot, bit for bit
+        (qa, sa, _, _), (qb, sb, _, _) = (_auction.screen_side_int8(X.numpy(), kernels.row_sq_norms(X).numpy())
+                                          for X in (A, B))
+        dots = qa.astype(np.int64) @ qb.astype(np.int64).T
+        s32 = (dots.astype(np.float32) * sa[:, None]) * sb[None, :]
+        want = np.maximum((na.astype(np.float32)[:, None] + nb.astype(np.float32)[None, :]) - np.float32(2) * s32, 0)
+        assert np.array_equal(sc.costs, want)
 
 
+@KIND
 @pytest.mark.parametrize("n,m,d", [(1, 1, 2), (7, 45, 33), (70, 65, 64), (130, 97, 257)])
-def test_screen_costs_are_the_float32_sum_of_exact_bf16_products(n: int, m: int, d: int) -> None:
-    """Shapes off the kernel's 8 x 32 tiles and 64-row blocks, odd D (padded)."""
-    _check_kernel_bound(n, m, d)
+def test_screen_costs_are_the_float32_sum_of_exact_products(n: int, m: int, d: int, kind: str) -> None:
+    """Shapes off the kernels' 8 x 32 tiles and 64-row blocks, D off their 2 / 4 (padded)."""
+    _check_kernel_bound(n, m, d, kind)
 
 
-def test_scalar_screen_kernel_agrees() -> None:
-    """MECHPERM_NO_SIMD=1 (read once per process) runs the scalar loop: same bound."""
+@KIND
+def test_scalar_screen_kernel_agrees(kind: str) -> None:
+    """MECHPERM_NO_SIMD=1 (read once per process) runs the scalar loops: the same bound, and for
+    int8 the same bits as the AVX-512 VNNI kernel."""
     code = (
         "import sys; sys.path.insert(0, 'tests'); from test_screen import _check_kernel_bound; "
-        "from mechperm import _auction; assert not _auction.screen_has_fast_kernel(); "
-        "_check_kernel_bound(70, 65, 33); print('ok')"
+        f"from mechperm import _auction; assert not _auction.screen_has_fast_kernel({kind!r}); "
+        f"_check_kernel_bound(70, 65, 33, {kind!r}); _check_kernel_bound(9, 40, 8, {kind!r}); print('ok')"
     )
     env = {**os.environ, "MECHPERM_NO_SIMD": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
@@ -100,16 +122,38 @@ def test_scalar_screen_kernel_agrees() -> None:
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
-@settings(max_examples=40, deadline=None)
+def test_int8_side_rounds_to_the_nearest_code_and_bounds_the_norms() -> None:
+    X = _vectors(50, 33, 0, heavy=2.0, special=True)
+    X[4] = 1e-40  # every entry subnormal: the scale underflows, codes 0
+    X[6, 5] = -X[6].abs().max() * 2  # the extreme code is -127
+    codes, scales, stats, bad = _auction.screen_side_int8(X.numpy(), kernels.row_sq_norms(X).numpy())
+    assert bad == -1 and codes.shape == (50, 36) and (codes[:, 33:] == 0).all()
+    assert codes.dtype == np.int8 and np.abs(codes.astype(np.int32)).max() <= 127 and codes[6].min() == -127
+    x, s = X.double().numpy(), scales.astype(np.float64)
+    want = np.abs(X.numpy()).max(axis=1) / np.float32(127)
+    np.testing.assert_array_equal(s, np.where(want >= np.finfo(np.float32).tiny, want, 0).astype(np.float64))
+    h = s[:, None] * codes[:, :33]
+    assert (np.abs(h - x) <= 0.5001 * s[:, None] + (s[:, None] == 0) * np.abs(x)).all()
+    assert (codes[0] == 0).all() and (codes[4] == 0).all() and stats[1, 4] == pytest.approx(np.linalg.norm(x[4]))
+    for got, want in ((stats[0], np.linalg.norm(h, axis=1)), (stats[1], np.linalg.norm(h - x, axis=1)),
+                      (stats[2], np.linalg.norm(x, axis=1))):
+        assert (got >= want).all() and np.allclose(got, want, rtol=1e-10, atol=0)
+    Y = X.clone()
+    Y[3, 7], Y[9, 0] = float("inf"), float("nan")
+    assert _auction.screen_side_int8(Y.numpy(), kernels.row_sq_norms(X).numpy())[3] == 3
+
+
+@settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 40), m=st.integers(1, 40), d=st.integers(1, 80), seed=st.integers(0, 10**6),
        heavy=st.sampled_from([0.0, 1.0, 3.0]), tau=st.sampled_from([0.0, 0.5, 10.0]),
-       bf16_inputs=st.booleans())
-def test_lower_bounds_hold_and_the_band_is_exactly_the_pairs_below_tau(n, m, d, seed, heavy, tau, bf16_inputs) -> None:
+       bf16_inputs=st.booleans(), kind=st.sampled_from(screen.KINDS))
+def test_lower_bounds_hold_and_the_band_is_exactly_the_pairs_below_tau(n, m, d, seed, heavy, tau, bf16_inputs,
+                                                                      kind) -> None:
     A, B = _vectors(n, d, seed, heavy=heavy, special=True), _vectors(m, d, seed + 1, heavy=heavy)
     if bf16_inputs:
         A, B = A.bfloat16(), B.bfloat16()
     exact = screen.exact_dense_costs(A, B).double().numpy()
-    sc = screen.screened_costs(A, B)
+    sc = screen.screened_costs(A, B, kind=kind)
     rng = np.random.default_rng(seed)
     u = rng.normal(size=n) * exact.mean()
     v = rng.normal(size=m) * exact.mean()
@@ -140,19 +184,22 @@ def _scipy(C: np.ndarray, pad: float | None = None) -> float:
     return float(C[r, c].sum())
 
 
+@KIND
 @pytest.mark.parametrize("heavy", [0.0, 2.5])
 @pytest.mark.parametrize("shape", [(300, 300), (200, 260), (260, 200)])
-def test_screened_dense_path_is_exact(monkeypatch, heavy: float, shape) -> None:
+def test_screened_dense_path_is_exact(monkeypatch, heavy: float, shape, kind: str) -> None:
     """Forced on (any CPU): the optimum of the exact costs, certified; partial mode too."""
-    monkeypatch.setenv("MECHPERM_SCREEN", "1")
+    monkeypatch.setenv("MECHPERM_SCREEN", kind)
     st = make_stack(2, d=48, F=max(shape), seed=11, heavy_tail=heavy)
     A = kernels.matching_vectors(st.saes[0])[: shape[0]]
     B = kernels.matching_vectors(st.saes[1])[: shape[1]]
     C = screen.exact_dense_costs(A, B).double().numpy()
     r = match_vectors(A, B)
+    assert r.stats["screen"] == kind
     assert r.certified and r.gap <= 1e-9 * abs(r.objective) + 1e-9
     assert r.objective == pytest.approx(_scipy(C), rel=1e-12)
-    assert r.stats["solver"]["exact_pairs"] < A.shape[0] * B.shape[0] // 4
+    # int8's coarser rounding needs more exact pairs (heavy tails, d = 48: 29% of all pairs)
+    assert r.stats["solver"]["exact_pairs"] < A.shape[0] * B.shape[0] // (4 if kind == "bf16" else 3)
     if heavy and shape == (300, 300):  # wide bounds: some rows are made exact whole (float64 GEMM)
         assert r.stats["solver"]["exact_rows"] > 0
     perm = r.perm.numpy()
@@ -175,6 +222,22 @@ def test_screening_switch(monkeypatch) -> None:
     on = match_vectors(A, B)
     assert on.stats["solver"]["exact_pairs"] > 0
     assert on.objective == pytest.approx(off.objective, rel=1e-6)
+    # "1" takes the kind this CPU runs fast (bf16 before int8), else bf16 (the scalar kernels)
+    fast = [k for k in screen.KINDS if _auction.screen_has_fast_kernel(k)]
+    assert on.stats["screen"] == screen.kind(A, B) == (fast[0] if fast else "bf16")
+    monkeypatch.setenv("MECHPERM_SCREEN", "")
+    assert screen.kind(A, B) == (fast[0] if fast else None)
+    # by default the int8 screen serves the sparse path only (it costs the dense path time)
+    assert screen.kind(A, B, dense=True) == ("bf16" if fast[:1] == ["bf16"] else None)
+    assert match_vectors(A, B).stats["screen"] == screen.kind(A, B, dense=True)
+    for kind in screen.KINDS:
+        monkeypatch.setenv("MECHPERM_SCREEN", kind)
+        assert screen.kind(A, B) == kind and match_vectors(A, B).stats["screen"] == kind
+    monkeypatch.setenv("MECHPERM_SCREEN", "fp8")
+    with pytest.raises(ValueError, match="MECHPERM_SCREEN must be 0, 1, bf16 or int8, got 'fp8'"):
+        match_vectors(A, B)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        screen.prepare(A, B, kind="fp8")
     with pytest.raises(ValueError, match="the cost kernels run on 'cpu' or 'cuda'"):
         screen.screened_costs(A.to("meta"), B.to("meta"))
     if torch.cuda.is_available():  # a device the kernels run on, but not this screen
@@ -182,17 +245,19 @@ def test_screening_switch(monkeypatch) -> None:
             screen.screened_costs(A.cuda(), B.cuda())
 
 
+@KIND
 @pytest.mark.parametrize("heavy", [0.0, 2.5])
 @pytest.mark.parametrize("shape", [(300, 300), (200, 260), (260, 200)])
-def test_screened_sparse_path_is_exact(monkeypatch, heavy: float, shape) -> None:
+def test_screened_sparse_path_is_exact(monkeypatch, heavy: float, shape, kind: str) -> None:
     """The sparse path on screened candidates and pricing (tiny k: pricing carries it)."""
-    monkeypatch.setenv("MECHPERM_SCREEN", "1")
+    monkeypatch.setenv("MECHPERM_SCREEN", kind)
     st = make_stack(2, d=48, F=max(shape), seed=12, heavy_tail=heavy, dead_rate=0.05)
     A = kernels.matching_vectors(st.saes[0])[: shape[0]]
     B = kernels.matching_vectors(st.saes[1])[: shape[1]]
     C = screen.exact_dense_costs(A, B).double().numpy()
     for k in (1, 3, 16):
         r = match_vectors(A, B, dense_limit=0, candidates_k=k)
+        assert r.stats["screen"] == kind
         assert r.certified and r.objective == pytest.approx(_scipy(C), rel=1e-12), k
         perm = r.perm.numpy()
         assert np.unique(perm[perm >= 0]).size == min(shape)
@@ -201,11 +266,12 @@ def test_screened_sparse_path_is_exact(monkeypatch, heavy: float, shape) -> None
     assert p.certified and p.objective == pytest.approx(_scipy(C, pad=thr), rel=1e-12)
 
 
-def test_screened_graph_bounds_hold_for_every_pair_left_out() -> None:
+@KIND
+def test_screened_graph_bounds_hold_for_every_pair_left_out(kind: str) -> None:
     """Rank and Euclidean bounds of the screened graph against the exact costs (heavy tails)."""
     st = make_stack(2, d=40, F=200, seed=13, heavy_tail=2.5)
     A, B = (kernels.matching_vectors(s) for s in st.saes)
-    sv = screen.prepare(A, B)
+    sv = screen.prepare(A, B, kind=kind)
     g, _ = screen.solver_graph(sv, 4)
     C = screen.exact_dense_costs(A, B).double().numpy()
     inside = np.zeros(C.shape, bool)
@@ -237,12 +303,13 @@ def test_screened_graph_same_with_the_torch_selection(monkeypatch: pytest.Monkey
         assert np.array_equal(getattr(native, name), getattr(plain, name)), name
 
 
-def test_screened_pricer_bound_covers_every_pair_not_returned() -> None:
+@KIND
+def test_screened_pricer_bound_covers_every_pair_not_returned(kind: str) -> None:
     """q = 1 and duals that leave many pairs negative: rows are re-priced with 4q until the
     bound is >= 0 or their pairs hold a violation (the loop prices those again after adding
     them), and every pair not returned has an exact reduced cost >= the bound."""
     A, B = _vectors(60, 24, 5, heavy=1.0), _vectors(90, 24, 6, heavy=1.0)
-    sv = screen.prepare(A, B)
+    sv = screen.prepare(A, B, kind=kind)
     C = screen.exact_dense_costs(A, B).double().numpy()
     rng = np.random.default_rng(0)
     u = C.min(axis=1) + rng.uniform(-0.5, 0.5, 60) * C.std()  # about half the rows violate
@@ -261,12 +328,13 @@ def test_screened_pricer_bound_covers_every_pair_not_returned() -> None:
         assert (red[i, ~returned[i]] >= bound[t] - 1e-9).all()
 
 
-def test_screen_is_the_same_on_any_number_of_threads() -> None:
+@KIND
+def test_screen_is_the_same_on_any_number_of_threads(kind: str) -> None:
     """Each tile is one thread's: results do not depend on the thread count (nor on D = 4608)."""
     A, B = _vectors(150, 4608, 7, heavy=1.0), _vectors(70, 4608, 8)
-    one = screen.screened_costs(A, B, threads=1).costs
-    assert np.array_equal(one, screen.screened_costs(A, B, threads=3).costs)
-    sv1, sv3 = screen.prepare(A, B, threads=1), screen.prepare(A, B, threads=3)
+    one = screen.screened_costs(A, B, threads=1, kind=kind).costs
+    assert np.array_equal(one, screen.screened_costs(A, B, threads=3, kind=kind).costs)
+    sv1, sv3 = screen.prepare(A, B, threads=1, kind=kind), screen.prepare(A, B, threads=3, kind=kind)
     u, v = np.zeros(150), np.zeros(70)
     r1, r3 = screen.row_pricer(sv1, 5)(np.arange(150), u, v), screen.row_pricer(sv3, 5)(np.arange(150), u, v)
     for x, y in zip(r1, r3):

@@ -1,4 +1,4 @@
-"""Screened costs: every squared distance from a bfloat16 GEMM, with a rigorous error bound.
+"""Screened costs: every squared distance from a bfloat16 or int8 GEMM, with a rigorous error bound.
 
 A CPU with AVX-512 BF16 multiplies bfloat16 matrices four times as fast as float32 ones (one
 core of the AMD EPYC the benchmarks ran on: 0.19 s vs 0.76 s for 4096 x 2304 x 4096). Exact
@@ -18,6 +18,15 @@ and the kernel's float32 sum of the exact bf16 products is within gamma_D |a~||b
 (the same float32 squared norms on both sides) is then within twice that of the screened value,
 plus the few float32 roundings of either side (covered by 1e-6 relative terms) and an absolute
 term for AVX-512 BF16's flush-to-zero of subnormal partial results.
+
+The int8 screen (``csrc/screen_int8.cpp``) is the same method for CPUs with AVX-512 VNNI but
+not BF16 (Intel Cascade Lake and Ice Lake servers), where int8 dots run four times as many
+products per instruction as float32 ones: x~ = s_x q_x with s_x = max|x| / 127 (float32) and
+integer codes q_x, so a~.b~ = s_a s_b (q_a.q_b) with the integer dot exact; the kernel's
+fl(fl(fl(q_a.q_b) s_a) s_b) is within 4u |a~||b~| of it. The rounding is coarser (|r_x|/|x|
+~0.9% on Gaussian-like rows against bf16's ~0.1%), the bound wider, so more pairs need exact
+costs: on make_stack's folded decoders (F = 2048, d = 2304), 2.3 per row at the optimum's duals
+against bf16's 1.3.
 
 Exact costs (:func:`exact_costs`) are float32 roundings of |a|^2 + |b|^2 - 2 a.b with the dot in
 float64: the cost of the pair up to one float32 rounding (the float32 GEMM of
@@ -50,13 +59,33 @@ from mechperm.kernels.rows import ScaledRows
 
 
 
-def available(A: Tensor, B: Tensor) -> bool:
-    """Whether screening pays here: CPU tensors, a CPU with AVX-512 BF16, not switched off with
-    ``MECHPERM_SCREEN=0`` (``MECHPERM_SCREEN=1`` forces it, e.g. for tests on other CPUs)."""
+KINDS = ("bf16", "int8")
+"""The roundings a screen can use: bfloat16 (AVX-512 BF16) or int8 with a per-row scale (VNNI)."""
+
+
+def kind(A: Tensor | ScaledRows, B: Tensor | ScaledRows, *, dense: bool = False) -> str | None:
+    """The screen ``match()`` uses for these rows, or None: CPU rows, the bf16 screen where the CPU
+    has AVX-512 BF16, else the int8 screen where it has AVX-512 VNNI, the latter on the sparse
+    path only (``dense=True`` asks for the dense path: there the int8 screen's second solve and
+    exact rows cost more than its GEMM saves; Intel Xeon, 2 threads, F = 8192: 4.4-4.8 s against
+    3.1 s unscreened). ``MECHPERM_SCREEN=0`` switches screening off, ``=1`` forces it (that kind,
+    else bf16: the scalar kernels, for tests on other CPUs), ``=bf16`` / ``=int8`` force a kind."""
     flag = os.environ.get("MECHPERM_SCREEN", "")
     if A.device.type != "cpu" or B.device.type != "cpu" or flag == "0":
-        return False
-    return flag == "1" or _auction.screen_has_fast_kernel()
+        return None
+    if flag in KINDS:
+        return flag
+    if flag not in ("", "1"):
+        raise ValueError(f"MECHPERM_SCREEN must be 0, 1, bf16 or int8, got {flag!r}")
+    fast = next((k for k in KINDS if _auction.screen_has_fast_kernel(k)), None)
+    if flag == "1":
+        return fast or "bf16"
+    return None if dense and fast == "int8" else fast
+
+
+def available(A: Tensor | ScaledRows, B: Tensor | ScaledRows) -> bool:
+    """Whether ``match()`` screens these rows (see :func:`kind`)."""
+    return kind(A, B) is not None
 
 
 @dataclasses.dataclass
@@ -102,9 +131,23 @@ def _float_rows(X: Tensor) -> np.ndarray:
     return np.ascontiguousarray(X.detach().float().numpy())
 
 
-def _sides(A: Tensor | ScaledRows, B: Tensor | ScaledRows, threads: int, *, keep_a_bits: bool) -> list[tuple]:
-    """(float32 rows, their scale or None, bf16 bits or None, stats [4, F]) of A and of B;
-    refuses what cannot be screened. :class:`ScaledRows` are rounded by row blocks as read."""
+Rounded = tuple  # (codes, scales): bf16 bits and None, or int8 codes and their float32 scales
+
+
+def _round_rows(x32: np.ndarray, sq: np.ndarray, threads: int, kind: str) -> tuple[Rounded, np.ndarray, int]:
+    """((codes, scales), stats [4, F], first bad row or -1) of float32 rows in this kind."""
+    if kind == "int8":
+        codes, scales, stats, bad = _auction.screen_side_int8(x32, sq, threads)
+        return (codes, scales), stats, bad
+    bits, stats, bad = _auction.screen_side(x32, sq, threads)
+    return (bits, None), stats, bad
+
+
+def _sides(A: Tensor | ScaledRows, B: Tensor | ScaledRows, threads: int, *, keep_a_bits: bool,
+           kind: str = "bf16") -> list[tuple]:
+    """(float32 rows, their scale or None, rounded rows (codes, scales) or None, stats [4, F]) of
+    A and of B; refuses what cannot be screened. :class:`ScaledRows` are rounded by row blocks
+    as read."""
     sides = []
     for name, X in (("A", A), ("B", B)):
         x32, scale = X.numpy_parts() if isinstance(X, ScaledRows) else (_float_rows(X), None)
@@ -112,44 +155,60 @@ def _sides(A: Tensor | ScaledRows, B: Tensor | ScaledRows, threads: int, *, keep
         _check_norms(name, sq)  # the cost kernels' message for NaN, inf and overflowing norms
         keep = keep_a_bits or name == "B"
         if scale is None:
-            bits, stats, bad = _auction.screen_side(x32, sq.numpy(), threads)
+            rounded, stats, bad = _round_rows(x32, sq.numpy(), threads, kind)
         else:
-            bits, stats, bad = _scaled_side(x32, scale, sq.numpy(), threads, keep)
+            rounded, stats, bad = _scaled_side(x32, scale, sq.numpy(), threads, keep, kind)
         if bad >= 0:
-            raise ValueError(f"{name} row {bad} is not finite (or overflows bfloat16); cannot screen it")
-        sides.append((x32, scale, bits if keep else None, stats))
-        del bits
+            what = "overflows bfloat16" if kind == "bf16" else "overflows"
+            raise ValueError(f"{name} row {bad} is not finite (or {what}); cannot screen it")
+        sides.append((x32, scale, rounded if keep else None, stats))
+        del rounded
     return sides
 
 
 def _scaled_side(x32: np.ndarray, scale: np.ndarray, sq: np.ndarray, threads: int,
-                 keep_bits: bool) -> tuple[np.ndarray | None, np.ndarray, int]:
-    """``screen_side`` of the rows fl32(scale[i] · x32[i]), made a block at a time."""
+                 keep_bits: bool, kind: str = "bf16") -> tuple[Rounded | None, np.ndarray, int]:
+    """``_round_rows`` of the rows fl32(scale[i] · x32[i]), made a block at a time."""
     F, D = x32.shape
     step = max(256 * threads, (1 << 22) // max(1, D))
-    bits, stats, bad = None, np.empty((4, F)), -1
+    codes = scales = None
+    stats, bad = np.empty((4, F)), -1
     for r0 in range(0, max(F, 1), step):
         r1 = min(r0 + step, F)
         blk = x32[r0:r1] * scale[r0:r1, None]
-        b, st, bad_blk = _auction.screen_side(blk, np.ascontiguousarray(sq[r0:r1]), threads)
+        (c, s), st, bad_blk = _round_rows(blk, np.ascontiguousarray(sq[r0:r1]), threads, kind)
         if bad < 0 <= bad_blk:
             bad = r0 + bad_blk
         stats[:, r0:r1] = st
         if keep_bits:
-            if bits is None:
-                bits = np.empty((F, b.shape[1]), np.uint16)
-            bits[r0:r1] = b
-    return bits, stats, bad
+            if codes is None:
+                codes = np.empty((F, c.shape[1]), c.dtype)
+                scales = None if s is None else np.empty(F, np.float32)
+            codes[r0:r1] = c
+            if s is not None:
+                scales[r0:r1] = s
+    return ((codes, scales) if keep_bits else None), stats, bad
 
 
-def _accumulation_bounds(d: int) -> tuple[float, float]:
-    """(gamma_D, absolute slack) of a float32 sum of d exact bf16 products (module docstring)."""
+def _accumulation_bounds(d: int, kind: str = "bf16") -> tuple[float, float]:
+    """(gamma, absolute slack) of the kernel's dot against the rounded rows' exact dot (module
+    docstring). bf16: a float32 sum of d exact products, and flushed subnormal partial results;
+    int8: an exact integer sum, then three float32 roundings ((1 + u)^3 - 1 < 4u; the slack
+    covers results below float32's normal range)."""
     u = 2.0**-24
+    if kind == "int8":
+        return 4.0 * u, 2.0**-126
     return d * u / (1.0 - d * u), 8.0 * d * 2.0**-126
 
 
-def screened_costs(A: Tensor, B: Tensor, *, threads: int | None = None) -> ScreenedCosts:
-    """Screened squared distances of the rows of ``A`` [n, D] and ``B`` [m, D] (CPU tensors).
+def _packed(rounded: Rounded, nb: np.ndarray, threads: int) -> _auction.ScreenB:
+    codes, scales = rounded
+    return _auction.ScreenB(codes, nb, threads=threads, scale=scales)
+
+
+def screened_costs(A: Tensor, B: Tensor, *, threads: int | None = None, kind: str = "bf16") -> ScreenedCosts:
+    """Screened squared distances of the rows of ``A`` [n, D] and ``B`` [m, D] (CPU tensors),
+    rounded to ``kind`` (``"bf16"`` or ``"int8"``).
 
     Raises
     ------
@@ -159,13 +218,20 @@ def screened_costs(A: Tensor, B: Tensor, *, threads: int | None = None) -> Scree
     _check_vectors(A, B)
     if A.device.type != "cpu" or B.device.type != "cpu":
         raise ValueError(f"screened_costs runs on the CPU; got tensors on {A.device} and {B.device}")
+    _check_kind(kind)
     threads = threads or torch.get_num_threads()
-    (_, _, a_bits, a_stats), (_, _, b_bits, b_stats) = _sides(A, B, threads, keep_a_bits=True)
+    (_, _, a_rows, a_stats), (_, _, b_rows, b_stats) = _sides(A, B, threads, keep_a_bits=True, kind=kind)
     na = a_stats[3].astype(np.float32)
-    packed = _auction.ScreenB(b_bits, b_stats[3].astype(np.float32), threads=threads)
-    costs = packed.costs(a_bits, na, threads=threads, out=_large_empty((a_bits.shape[0], b_bits.shape[0])))
-    gamma, abs_slack = _accumulation_bounds(a_bits.shape[1])
+    packed = _packed(b_rows, b_stats[3].astype(np.float32), threads)
+    n, m = a_rows[0].shape[0], b_rows[0].shape[0]
+    costs = packed.costs(a_rows[0], na, threads=threads, out=_large_empty((n, m)), a_scale=a_rows[1])
+    gamma, abs_slack = _accumulation_bounds(b_rows[0].shape[1], kind)
     return ScreenedCosts(costs, a_stats, b_stats, gamma, abs_slack)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
 def error_bounds(sc: ScreenedCosts, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -235,10 +301,10 @@ def exact_dense_costs(A: Tensor, B: Tensor) -> Tensor:
 @dataclasses.dataclass
 class ScreenedVectors:
     """Both sides prepared for screening: float32 rows (exact dots), statistics (as in
-    :class:`ScreenedCosts`), and B packed once for every row block and pricing pass. A's bf16
-    rows are made per block when needed (:meth:`a_bits`): kept whole they would add 0.3 GB at
-    F = 65536, d = 2304, against the 4 GB budget. Rows given as :class:`ScaledRows` keep their
-    base and scale (``a_scale``, ``b_scale``) and are rounded as they are read."""
+    :class:`ScreenedCosts`), and B packed once for every row block and pricing pass. A's rounded
+    rows are made per block when needed (:meth:`a_rows`): kept whole they would add 0.3 GB
+    (bf16) at F = 65536, d = 2304, against the 4 GB budget. Rows given as :class:`ScaledRows`
+    keep their base and scale (``a_scale``, ``b_scale``) and are rounded as they are read."""
 
     A32: np.ndarray
     B32: np.ndarray
@@ -250,6 +316,7 @@ class ScreenedVectors:
     threads: int
     a_scale: np.ndarray | None = None
     b_scale: np.ndarray | None = None
+    kind: str = "bf16"
     na: np.ndarray = dataclasses.field(init=False)
     """float32 squared norms of A's rows (the cost formula's; made once, read per block)."""
     nb: np.ndarray = dataclasses.field(init=False)
@@ -258,12 +325,16 @@ class ScreenedVectors:
         self.na = self.a_stats[3].astype(np.float32)
         self.nb = self.b_stats[3].astype(np.float32)
 
-    def a_bits(self, rows: slice | np.ndarray) -> np.ndarray:
-        """bf16 bits [r, D'] of these rows of A (the rounding of :func:`screened_costs`)."""
+    def a_rows(self, rows: slice | np.ndarray) -> Rounded:
+        """These rows of A rounded as :func:`screened_costs` rounds them: (codes, scales)."""
         x = self.A32[rows]
         if self.a_scale is not None:
             x = x * self.a_scale[rows][:, None]
-        return _auction.screen_side(np.ascontiguousarray(x), self.na[rows], 1)[0]
+        return _round_rows(np.ascontiguousarray(x), self.na[rows], self.threads, self.kind)[0]
+
+    def costs(self, rows: Rounded, na: np.ndarray, **kw) -> np.ndarray:
+        """The packed B's screened costs of rounded rows (see ``ScreenB.costs``)."""
+        return self.packed.costs(rows[0], na, threads=self.threads, a_scale=rows[1], **kw)
 
     def exact(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Exact costs of the pairs (see :func:`exact_costs`), 2^20 pairs at a time (a graph's
@@ -276,19 +347,21 @@ class ScreenedVectors:
         return out
 
 
-def prepare(A: Tensor | ScaledRows, B: Tensor | ScaledRows, *, threads: int | None = None) -> ScreenedVectors:
-    """bf16 bits and statistics of both sides, B packed (CPU tensors or :class:`ScaledRows`;
+def prepare(A: Tensor | ScaledRows, B: Tensor | ScaledRows, *, threads: int | None = None,
+            kind: str = "bf16") -> ScreenedVectors:
+    """Rounded rows and statistics of both sides, B packed (CPU tensors or :class:`ScaledRows`;
     see :func:`screened_costs`)."""
     _check_vectors(A, B)
     if A.device.type != "cpu" or B.device.type != "cpu":
         raise ValueError(f"screening runs on the CPU; got tensors on {A.device} and {B.device}")
+    _check_kind(kind)
     threads = threads or torch.get_num_threads()
-    (A32, a_scale, _, a_stats), (B32, b_scale, b_bits, b_stats) = _sides(A, B, threads, keep_a_bits=False)
-    gamma, abs_slack = _accumulation_bounds(b_bits.shape[1])
-    packed = _auction.ScreenB(b_bits, b_stats[3].astype(np.float32), threads=threads)
-    del b_bits  # the packed copy is all the kernel reads
+    (A32, a_scale, _, a_stats), (B32, b_scale, b_rows, b_stats) = _sides(A, B, threads, keep_a_bits=False, kind=kind)
+    gamma, abs_slack = _accumulation_bounds(b_rows[0].shape[1], kind)
+    packed = _packed(b_rows, b_stats[3].astype(np.float32), threads)
+    del b_rows  # the packed copy is all the kernel reads
     return ScreenedVectors(A32, B32, a_stats, b_stats, packed, gamma=gamma, abs_slack=abs_slack,
-                           threads=threads, a_scale=a_scale, b_scale=b_scale)
+                           threads=threads, a_scale=a_scale, b_scale=b_scale, kind=kind)
 
 
 def _error_terms(own: np.ndarray, other: np.ndarray, gamma: float, abs_slack: float) -> tuple[np.ndarray, np.ndarray]:
@@ -380,11 +453,11 @@ def solver_graph(sv: ScreenedVectors, k: int, k_cos: int | None = None, *, block
     block_cols = max(32, block_cols // 32 * 32)  # the kernel's column ranges start at multiples of 32
     for r0 in range(0, Fa if Fb else 0, block_rows):
         r1 = min(r0 + block_rows, Fa)
-        bits, na_blk = sv.a_bits(slice(r0, r1)), sv.na[r0:r1]
+        rounded, na_blk = sv.a_rows(slice(r0, r1)), sv.na[r0:r1]
         for c0 in range(0, Fb, block_cols):
             c1 = min(c0 + block_cols, Fb)
             buf = scratch.get("tile", (r1 - r0, c1 - c0)).numpy()
-            tile = torch.from_numpy(sv.packed.costs(bits, na_blk, threads=sv.threads, out=buf, c0=c0, c1=c1))
+            tile = torch.from_numpy(sv.costs(rounded, na_blk, out=buf, c0=c0, c1=c1))
             # −cos~ = (c~ − |a|² − |b|²) · ½/|a| / |b|, computed by the selection as it scans
             cos_of = (na[r0:r1], nb[c0:c1], half_iy[r0:r1], ix[c0:c1]) if rows_s is not None else None
             _select(tile, None, r0, c0, rows_c, cols_c, rows_s, cols_s, scratch, cos_of=cos_of)
@@ -436,10 +509,11 @@ def row_pricer(sv: ScreenedVectors, q: int, *, block: int = 1024):
             pass_r, pass_c = [], []
             for s0 in range(0, len(todo), block):
                 ids = todo[s0 : s0 + block]
+                codes, scales = sv.a_rows(ids)
                 cols, b = sv.packed.price(
-                    sv.a_bits(ids), sv.na[ids], np.ascontiguousarray(sv.a_stats[:, ids]),
+                    codes, sv.na[ids], np.ascontiguousarray(sv.a_stats[:, ids]),
                     sv.b_stats, sv.gamma, sv.abs_slack, np.ascontiguousarray(u[ids], np.float64), v, qq,
-                    threads=sv.threads)
+                    threads=sv.threads, a_scale=scales)
                 bound[s0 : s0 + block] = b
                 pass_r.append(np.repeat(ids, cols.shape[1]))
                 pass_c.append(cols.reshape(-1))
