@@ -22,7 +22,9 @@ namespace mechperm {
 namespace {
 
 
-inline bool less(float v, int64_t i, float w, int64_t j) { return v < w || (v == w && i < j); }
+// (v, i) < (w, j), without branches: the sift's child choice is a coin flip, and its
+// mispredictions were most of an insertion's time.
+inline bool less(float v, int64_t i, float w, int64_t j) { return (v < w) | ((v == w) & (i < j)); }
 
 // Replace the root of the max-heap (vals, idx, extra)[0, k) by (v, i, e) and sift it down.
 inline void replace_root(float* vals, int64_t* idx, float* extra, int64_t k, float v, int64_t i, float e) {
@@ -30,7 +32,7 @@ inline void replace_root(float* vals, int64_t* idx, float* extra, int64_t k, flo
     for (;;) {
         int64_t c = 2 * p + 1;
         if (c >= k) break;
-        if (c + 1 < k && less(vals[c], idx[c], vals[c + 1], idx[c + 1])) ++c;
+        if (c + 1 < k) c += int64_t(less(vals[c], idx[c], vals[c + 1], idx[c + 1]));
         if (!less(v, i, vals[c], idx[c])) break;
         vals[p] = vals[c];
         idx[p] = idx[c];
@@ -112,6 +114,7 @@ MECHPERM_TOPK_CLONES void rows_block(const float* tile, int64_t ld, const float*
 }
 
 constexpr int64_t kW = 256, kSub = 16;  // column ranges per task; checked 16 at a time
+constexpr int64_t kAhead = 4;  // rows prefetched ahead by the column scan
 
 // Columns [kW blk, kW blk + kW) of a tile into the columns' selections: the roots are copied to
 // local thresholds so that the scan reads contiguous memory.
@@ -135,6 +138,8 @@ MECHPERM_TOPK_CLONES void cols_block(const float* tile, int64_t ld, const float*
     for (int64_t i = 0; i < n; ++i) {
         const float* t = tile + i * ld + j0;
         const int64_t other = r0 + i;
+        if (i + kAhead < n)  // this range of a later row: each row's range starts a new page
+            for (int64_t j = 0; j < w; j += 16) __builtin_prefetch(t + kAhead * ld + j);
         for (int64_t b0 = 0; cols_c.k > 0 && b0 < w; b0 += kSub) {
             const int64_t b1 = std::min(w, b0 + kSub);
             if (!any_at_or_below(t + b0, true, tv + b0, b1 - b0)) continue;
