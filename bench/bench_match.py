@@ -7,7 +7,10 @@ decoder rows, CPU):
   the goal's yardstick; beyond 16384 in row blocks of 2^28 outputs (the full 65536² output
   would be 16 GiB).
 - ``mm_bf16``: the same GEMM on bfloat16 copies (oneDNN; 4x faster where the CPU has AVX-512
-  BF16): the floor of what match() does where it screens (kernels.screen).
+  BF16): the floor of what match() does where it screens in bf16 (kernels.screen); run where
+  the CPU has AVX-512 BF16.
+- ``mm_int8``: the same GEMM on int8 copies, ``torch._int_mm`` (oneDNN, int32 results): the
+  floor where match() screens in int8 (a CPU with AVX-512 VNNI but not BF16); run there.
 - ``match``: ``match(sae_a, sae_b)`` as a user calls it (dense path up to ``DENSE_LIMIT``).
 - ``match_unscreened``: ``match()`` with ``MECHPERM_SCREEN=0``, where the default screens (a CPU
   with AVX-512 BF16 or VNNI): what the screen buys, in the same run.
@@ -51,14 +54,15 @@ import torch
 
 from conftest import PEER_MAX_N, record, sizes
 
-from mechperm import kernels
+from mechperm import _auction, kernels
 from mechperm.kernels import screen
 from mechperm.match import DENSE_LIMIT, match
 from mechperm.synthetic import make_stack
 
 D = 2304
 SIZES = sizes(4096, 16384, 65536) or [int(os.environ.get("MECHPERM_BENCH_MAX_N", "4096"))]
-PROVIDERS = ["mm", "mm_bf16", "match", "match_unscreened", "match_other", "naive"]
+PROVIDERS = ["mm", "mm_bf16", "mm_int8", "match", "match_unscreened", "match_other", "naive"]
+FLOORS = {"mm_bf16": "bf16", "mm_int8": "int8"}
 MATCHES = ("match", "match_unscreened", "match_other")
 OTHER_DENSE_MAX_N = 16384
 MEMORY_LIMIT = 4e9
@@ -131,6 +135,34 @@ def bf16_copies(F: int) -> tuple[torch.Tensor, torch.Tensor]:
     return A.bfloat16(), B.bfloat16()
 
 
+@lru_cache(maxsize=1)
+def int8_copies(F: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows scaled to [-127, 127] and rounded (the int8 screen's codes, up to ties)."""
+    _, _, A, B = instance(F)
+    return tuple((X * (127 / X.abs().amax(1, keepdim=True).clamp_min(1e-30))).round().to(torch.int8) for X in (A, B))
+
+
+def floor() -> str | None:
+    """The low-precision GEMM match() screens with on this CPU (its floor), or None."""
+    return next((p for p, kind in FLOORS.items() if _auction.screen_has_fast_kernel(kind)), None)
+
+
+def run_floor(provider: str, A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
+    if provider == "mm_bf16":
+        run_mm(A, B, out)
+        return
+    rows = max(1, _MM_BLOCK // B.shape[0])
+    for r0 in range(0, A.shape[0], rows):
+        blk = A[r0 : r0 + rows]
+        torch._int_mm(blk, B.T, out=out[: blk.shape[0]])
+
+
+def floor_operands(provider: str, F: int):
+    """(A, B, out) of a floor provider."""
+    X, Y = bf16_copies(F) if provider == "mm_bf16" else int8_copies(F)
+    return X, Y, mm_buffer(F, torch.bfloat16 if provider == "mm_bf16" else torch.int32)
+
+
 def run_match(sae_a, sae_b, provider: str = "match"):
     """match() as a user calls it, without the screen, or forced onto the path it would not take."""
     if provider == "match_unscreened":
@@ -163,6 +195,8 @@ def skipped(provider: str, F: int) -> str | None:
         return "match() does not screen here: match_unscreened is match"
     if provider == "naive" and F > PEER_MAX_N:
         return f"naive beyond MECHPERM_BENCH_PEER_MAX_N={PEER_MAX_N}"
+    if provider in FLOORS and provider != floor():
+        return f"{provider} is not the floor of match() on this CPU"
     return None
 
 
@@ -239,10 +273,10 @@ def test_match(benchmark, F: int, provider: str) -> None:
         times.append(time.perf_counter() - t0)
         return out
 
-    if provider in ("mm", "mm_bf16"):
-        X, Y = (A, B) if provider == "mm" else bf16_copies(F)
-        out = mm_buffer(F, X.dtype)
-        benchmark.pedantic(timed, args=(run_mm, X, Y, out), rounds=3 if F <= 4096 else 1, iterations=1)
+    if provider == "mm" or provider in FLOORS:
+        X, Y, out = (A, B, mm_buffer(F)) if provider == "mm" else floor_operands(provider, F)
+        run = run_mm if provider == "mm" else (lambda x, y, o: run_floor(provider, x, y, o))
+        benchmark.pedantic(timed, args=(run, X, Y, out), rounds=3 if F <= 4096 else 1, iterations=1)
         del out
     elif provider in MATCHES:
         reset = _reset_peak()
@@ -328,22 +362,24 @@ def main() -> None:
         reps = 3 if F <= 4096 else 1
         best = {p: float("inf") for p in provs}
         out = {}
-        buf, buf16 = mm_buffer(F), mm_buffer(F, torch.bfloat16)
-        A16, B16 = bf16_copies(F)
+        low = floor() if floor() in provs else None
+        buf = mm_buffer(F)
+        low_ops = floor_operands(low, F) if low else None
         for _ in range(reps):
             for p in provs:  # interleaved, so background load hits every provider alike
                 t = time.perf_counter()
                 if p == "mm":
                     run_mm(A, B, buf)
-                elif p == "mm_bf16":
-                    run_mm(A16, B16, buf16)
+                elif p == low:
+                    run_floor(p, *low_ops)
                 elif p == "naive":
                     out[p] = run_naive(A.numpy(), B.numpy())
                 else:
                     out[p] = run_match(sae_a, sae_b, p)
                 best[p] = min(best[p], time.perf_counter() - t)
-        del buf, buf16, A16, B16
+        del buf, low_ops
         bf16_copies.cache_clear()
+        int8_copies.cache_clear()
         mem = measure_memory(F)
         row = {"F": F, "d": D, "threads": torch.get_num_threads(), "seconds": best,
                "peak_rss_gb": mem["peak_rss"] / 1e9, "sae_gb": mem["sae_bytes"] / 1e9,
@@ -353,7 +389,8 @@ def main() -> None:
                 row[p] = match_info(out[p])
                 row[p]["path"] = other_path(F) if p == "match_other" else ("dense" if F * F <= DENSE_LIMIT else "sparse")
                 row[p]["ratio_to_mm"] = best[p] / best["mm"]
-                row[p]["ratio_to_mm_bf16"] = best[p] / best["mm_bf16"]
+                if low:
+                    row[p][f"ratio_to_{low}"] = best[p] / best[low]
         if "naive" in out:
             theirs = exact_objective(A, B, out["naive"]["perm"])
             ours = exact_objective(A, B, out["match"].perm.numpy())
@@ -363,14 +400,15 @@ def main() -> None:
                             "rel_diff": (ours - theirs) / abs(theirs),
                             "speedup_of_match": best["naive"] / best["match"]}
         rows.append(row)
-        print(f"F={F:6d} threads={row['threads']}  mm {best['mm']:8.2f} s  mm_bf16 {best['mm_bf16']:8.2f} s",
-              file=sys.stderr)
+        print(f"F={F:6d} threads={row['threads']}  mm {best['mm']:8.2f} s"
+              + (f"  {low} {best[low]:8.2f} s" if low else ""), file=sys.stderr)
         for p in MATCHES:
             if p in row:
                 r = row[p]
-                print(f"   {p:16s} {r['path']:6s} {best[p]:8.2f} s  {r['ratio_to_mm']:5.2f}x mm  "
-                      f"{r['ratio_to_mm_bf16']:5.2f}x mm_bf16  gap {r['gap']:.1e}  "
-                      f"certified {r['certified']}  rounds {r['rounds']}  edges {r['edges']}", file=sys.stderr)
+                to_low = f"{r[f'ratio_to_{low}']:5.2f}x {low}  " if low else ""
+                print(f"   {p:16s} {r['path']:6s} {best[p]:8.2f} s  {r['ratio_to_mm']:5.2f}x mm  {to_low}"
+                      f"gap {r['gap']:.1e}  certified {r['certified']}  rounds {r['rounds']}  edges {r['edges']}  "
+                      f"screen {r['screen']}", file=sys.stderr)
         if "naive" in row:
             n = row["naive"]
             print(f"   naive         {best['naive']:8.2f} s  (gemm {n['gemm_s']:.2f} + lsa {n['lsa_s']:.2f})  "

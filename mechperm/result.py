@@ -27,8 +27,8 @@ class MatchResult:
     """float32 [F_a]: how much more the best alternative would cost, in reduced costs at the
     optimal duals (≥ 0). Sparse path (F_a · F_b above the dense limit): the minimum over the
     initial candidate graph's pairs, an upper bound where a pair outside it is closer. Dense
-    path with bf16 screening (``kernels.screen``): pairs whose exact cost was never needed
-    count at their lower bound, so the margin is a lower bound there."""
+    path with screening (``kernels.screen``): pairs whose exact cost was never needed count at
+    their lower bound, so the margin is a lower bound there."""
     objective: float
     """Sum of the matched costs (plus the no-counterpart cost per unmatched row in partial mode)."""
     gap: float
@@ -38,7 +38,8 @@ class MatchResult:
     options: dict[str, Any] = field(default_factory=dict)
     """The options the match ran with (on, fold, metric, mode, k, threshold, ...)."""
     stats: dict[str, Any] = field(default_factory=dict)
-    """Candidate-graph and solver statistics (edges, rounds, phases, ...)."""
+    """Candidate-graph and solver statistics (edges, rounds, phases, ...); ``screen``: the CPU
+    screen the costs came from (``"bf16"``, ``"int8"``, or None: float32 costs throughout)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent per stage: features, solve (all of the assignment), total; and, on the
     sparse path, within solve: candidates (the cost kernels), graph (their output made the
