@@ -14,7 +14,7 @@ from scipy.optimize import linear_sum_assignment
 
 from mechperm import kernels
 from mechperm.kernels import screen
-from mechperm.match import match, match_vectors
+from mechperm.match import DENSE_LIMIT, match, match_vectors
 from mechperm.synthetic import make_stack
 
 
@@ -25,17 +25,21 @@ def _valid_partial_perm(perm: torch.Tensor, Fb: int) -> None:
     assert used.unique().numel() == used.numel(), "a feature of B is used twice"
 
 
-def _reference_costs(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """The costs match() is exact for: float64-dot costs where it screens with bf16 (CPUs with
-    AVX-512 BF16, kernels.screen), the float32 GEMM's otherwise (they differ by float32
-    rounding: ~1e-7 relative, more where large norms cancel)."""
-    return screen.exact_dense_costs(A, B) if screen.available(A, B) else kernels.dense_costs(A, B)
+def _reference_costs(A: torch.Tensor, B: torch.Tensor, dense_limit: int | None = None) -> torch.Tensor:
+    """The costs match() is exact for: float64-dot costs where it screens (kernels.screen: bf16
+    on CPUs with AVX-512 BF16, int8 on the sparse path of those with VNNI alone), the float32
+    GEMM's otherwise (they differ by float32 rounding: ~1e-7 relative, more where large norms
+    cancel). ``dense_limit`` as given to match(): which path it takes."""
+    dense = A.shape[0] * B.shape[0] <= (DENSE_LIMIT if dense_limit is None else dense_limit)
+    screened = screen.kind(A, B, dense=dense) is not None
+    return screen.exact_dense_costs(A, B) if screened else kernels.dense_costs(A, B)
 
 
-def _scipy_objective(sae_a, sae_b, *, fold=True, metric="mse", on="decoder", pad=None) -> float:
+def _scipy_objective(sae_a, sae_b, *, fold=True, metric="mse", on="decoder", pad=None,
+                     dense_limit: int | None = None) -> float:
     A = kernels.matching_vectors(sae_a, on=on, fold=fold, normalize=metric == "cosine")
     B = kernels.matching_vectors(sae_b, on=on, fold=fold, normalize=metric == "cosine")
-    c = _reference_costs(A, B).double().numpy()
+    c = _reference_costs(A, B, dense_limit).double().numpy()
     if pad is not None:  # partial: dummy column i usable by row i only, at cost `pad`
         n = c.shape[0]
         dummy = np.full((n, n), 1e18)
@@ -70,7 +74,10 @@ def test_sparse_path_reaches_the_dense_optimum(stack) -> None:
     dense = match(a, b)
     sparse = match(a, b, dense_limit=0, candidates_k=2)  # tiny k: pricing must do the work
     assert sparse.certified and sparse.gap <= 1e-9 * dense.objective
-    assert sparse.objective == pytest.approx(dense.objective, rel=1e-9)
+    # the dense optimum of the costs the sparse path computes (the two paths' costs differ by
+    # float32 rounding where only the sparse one screens: int8 on CPUs with VNNI alone)
+    assert sparse.objective == pytest.approx(_scipy_objective(a, b, dense_limit=0), rel=1e-9)
+    assert sparse.objective == pytest.approx(dense.objective, rel=1e-6)
     assert sparse.stats["candidate_edges"] < a.d_sae * b.d_sae
     _valid_partial_perm(sparse.perm, b.d_sae)
 
@@ -86,7 +93,7 @@ def test_rectangular(Fa: int, Fb: int, dense_limit) -> None:
     # The sparse path solves F_a > F_b transposed, on float32 costs computed as c(b, a): equal
     # to c(a, b) up to the last bit, so the objective agrees to float32 rounding there.
     rel = 1e-6 if (dense_limit == 0 and Fa > Fb) else 1e-9
-    assert r.objective == pytest.approx(_scipy_objective(a, b), rel=rel)
+    assert r.objective == pytest.approx(_scipy_objective(a, b, dense_limit=dense_limit), rel=rel)
 
 
 @pytest.mark.parametrize("threshold", [0.05, 0.3, 1.0, 10.0])
@@ -306,14 +313,14 @@ def test_sparse_path_heavy_tails_and_partial() -> None:
     st = make_stack(2, d=32, F=384, seed=5, heavy_tail=2.5)
     a, b = st.saes
     r = match(a, b, dense_limit=0, candidates_k=3)
-    expected = _scipy_objective(a, b)
+    expected = _scipy_objective(a, b, dense_limit=0)
     assert r.certified and r.objective == pytest.approx(expected, rel=1e-9)
     assert r.stats["rounds"] > 1 and r.stats["solver"]["priced_rows"] > 0
     _valid_partial_perm(r.perm, b.d_sae)
     for threshold in (0.5, 5.0):
         p = match(a, b, mode="partial", threshold=threshold, dense_limit=0, candidates_k=3)
         assert p.certified
-        assert p.objective == pytest.approx(_scipy_objective(a, b, pad=threshold), rel=1e-9)
+        assert p.objective == pytest.approx(_scipy_objective(a, b, pad=threshold, dense_limit=0), rel=1e-9)
         _valid_partial_perm(p.perm, b.d_sae)
 
 
@@ -325,11 +332,11 @@ def test_sparse_path_completes_an_infeasible_candidate_graph() -> None:
     a, b = st.saes
     r = match(a, b, dense_limit=0, candidates_k=1)
     assert r.stats["completion_edges"] > 0 and r.stats["solver"]["slack"] == 0
-    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b), rel=1e-9)
+    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b, dense_limit=0), rel=1e-9)
     _valid_partial_perm(r.perm, b.d_sae)
     wide = make_stack(2, d=32, F=512, seed=6, heavy_tail=2.5).saes[1]  # rectangular: 384 x 512
     r = match(a, wide, dense_limit=0, candidates_k=1)
-    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, wide), rel=1e-9)
+    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, wide, dense_limit=0), rel=1e-9)
     assert r.n_matched == a.d_sae
 
 
@@ -344,7 +351,7 @@ def test_sparse_path_gives_tied_zero_vectors_their_own_arcs(monkeypatch, screene
     assert int((kernels.row_sq_norms(kernels.matching_vectors(a)) == 0).sum()) > 200
     r = match(a, b, dense_limit=0, candidates_k=4)
     assert r.stats["zero_vector_edges"] > 0 and r.stats["completion_edges"] == 0
-    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b), rel=1e-9)
+    assert r.certified and r.objective == pytest.approx(_scipy_objective(a, b, dense_limit=0), rel=1e-9)
     _valid_partial_perm(r.perm, b.d_sae)
 
 
@@ -514,7 +521,7 @@ def test_sparse_path_exact_where_norms_span_many_decades(monkeypatch, screened: 
     B[::3] *= 1e-4
     A[1::5] *= 1e-4
     r = match_vectors(A, B, dense_limit=0, candidates_k=4)
-    c = _reference_costs(A, B).double().numpy()
+    c = _reference_costs(A, B, 0).double().numpy()
     rows, cols = linear_sum_assignment(c)
     assert r.certified and r.objective == pytest.approx(float(c[rows, cols].sum()), rel=1e-9)
 
@@ -537,7 +544,7 @@ def test_sparse_path_on_drifted_lognormal_vectors(monkeypatch, screened: str) ->
     A = a * norm
     B = (b * norm * torch.exp(0.2 * torch.randn(F, 1, generator=g)))[torch.randperm(F, generator=g)]
     r = match_vectors(A, B, dense_limit=0, candidates_k=2)
-    c = _reference_costs(A, B).double().numpy()
+    c = _reference_costs(A, B, 0).double().numpy()
     rows, cols = linear_sum_assignment(c)
     assert r.certified and r.objective == pytest.approx(float(c[rows, cols].sum()), rel=1e-9)
     solver = r.stats["solver"]
@@ -565,7 +572,7 @@ def test_unscreened_cpu_path_prices_refailing_rows_pair_by_pair(monkeypatch) -> 
     a, b = make_stack(2, d=128, F=2048, seed=0).saes
     r = match(a, b, dense_limit=0)
     assert r.certified and r.stats["solver"]["pair_priced_rows"] > 0
-    c = _reference_costs(kernels.matching_vectors(a), kernels.matching_vectors(b)).double().numpy()
+    c = _reference_costs(kernels.matching_vectors(a), kernels.matching_vectors(b), 0).double().numpy()
     rows, cols = linear_sum_assignment(c)
     assert r.objective == pytest.approx(float(c[rows, cols].sum()), rel=1e-9)
     real = solver.assign_exact
