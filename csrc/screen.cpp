@@ -49,18 +49,12 @@ inline float bf16_value(uint16_t h) {
 // Columns [c0, c1) of b16 into out [n, c1 - c0].
 void screen_costs_scalar(const uint16_t* a16, int64_t n, const uint16_t* b16, int64_t c0, int64_t c1,
                          int64_t d, const float* na, const float* nb, float* out, int threads) {
-    const int64_t m = c1 - c0;
-    parallel_blocks((n + kMC - 1) / kMC, threads, [&](int64_t blk) {
-        const int64_t i1 = std::min(n, (blk + 1) * kMC);
-        for (int64_t i = blk * kMC; i < i1; ++i) {
-            const uint16_t* a = a16 + i * d;
-            for (int64_t j = c0; j < c1; ++j) {
-                const uint16_t* b = b16 + j * d;
-                float s = 0.0f;
-                for (int64_t k = 0; k < d; ++k) s += bf16_value(a[k]) * bf16_value(b[k]);
-                out[i * m + (j - c0)] = std::max(na[i] + nb[j] - 2.0f * s, 0.0f);
-            }
-        }
+    screen_detail::scalar_costs(n, c0, c1, na, nb, out, threads, [&](int64_t i, int64_t j) {
+        const uint16_t* a = a16 + i * d;
+        const uint16_t* b = b16 + j * d;
+        float s = 0.0f;
+        for (int64_t k = 0; k < d; ++k) s += bf16_value(a[k]) * bf16_value(b[k]);
+        return s;
     });
 }
 
@@ -157,43 +151,33 @@ MECHPERM_SCREEN_CLONES void lower_bound_row(
 
 int64_t screen_side(const float* x, int64_t F, int64_t D, int64_t dp, const float* sq_norm,
                     uint16_t* bits, double* stats, int threads) {
-    std::atomic<int64_t> bad{F};
-    constexpr int64_t kRows = 256;
-    parallel_blocks((F + kRows - 1) / kRows, threads, [&](int64_t blk) {
-        const int64_t i1 = std::min(F, (blk + 1) * kRows);
-        for (int64_t i = blk * kRows; i < i1; ++i) {
-            const float* r = x + i * D;
-            uint16_t* o = bits + i * dp;
-            double s16 = 0.0, sres = 0.0, sx = 0.0;
-            bool finite = true;
-            for (int64_t k = 0; k < D; ++k) {
-                uint32_t u;
-                std::memcpy(&u, &r[k], sizeof u);
-                // round to nearest even on the upper 16 bits (finite inputs)
-                uint32_t h = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-                if ((h & 0x7F80u) == 0) h &= 0x8000u;  // bf16 subnormal: AVX-512 BF16 reads 0
-                if ((h & 0x7F80u) == 0x7F80u || !std::isfinite(r[k])) finite = false;
-                o[k] = uint16_t(h);
-                const double xv = double(r[k]), hv = double(bf16_value(uint16_t(h)));
-                s16 += hv * hv;
-                sres += (hv - xv) * (hv - xv);
-                sx += xv * xv;
-            }
-            for (int64_t k = D; k < dp; ++k) o[k] = 0;
-            if (!finite) {
-                int64_t cur = bad.load();
-                while (i < cur && !bad.compare_exchange_weak(cur, i)) {
-                }
-            }
-            // float64 sums of float32 squares: relative error < D 2^-53 (D < 2^17); round the norms up
-            constexpr double kUp = 1.0 + 0x1p-36;
-            stats[i] = std::sqrt(s16) * kUp;
-            stats[F + i] = std::sqrt(sres) * kUp;
-            stats[2 * F + i] = std::sqrt(sx) * kUp;
-            stats[3 * F + i] = double(sq_norm[i]);
+    return screen_detail::each_row(F, threads, [&](int64_t i) {
+        const float* r = x + i * D;
+        uint16_t* o = bits + i * dp;
+        double s16 = 0.0, sres = 0.0, sx = 0.0;
+        bool finite = true;
+        for (int64_t k = 0; k < D; ++k) {
+            uint32_t u;
+            std::memcpy(&u, &r[k], sizeof u);
+            // round to nearest even on the upper 16 bits (finite inputs)
+            uint32_t h = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+            if ((h & 0x7F80u) == 0) h &= 0x8000u;  // bf16 subnormal: AVX-512 BF16 reads 0
+            if ((h & 0x7F80u) == 0x7F80u || !std::isfinite(r[k])) finite = false;
+            o[k] = uint16_t(h);
+            const double xv = double(r[k]), hv = double(bf16_value(uint16_t(h)));
+            s16 += hv * hv;
+            sres += (hv - xv) * (hv - xv);
+            sx += xv * xv;
         }
+        for (int64_t k = D; k < dp; ++k) o[k] = 0;
+        // float64 sums of float32 squares: relative error < D 2^-53 (D < 2^17); round the norms up
+        constexpr double kUp = 1.0 + 0x1p-36;
+        stats[i] = std::sqrt(s16) * kUp;
+        stats[F + i] = std::sqrt(sres) * kUp;
+        stats[2 * F + i] = std::sqrt(sx) * kUp;
+        stats[3 * F + i] = double(sq_norm[i]);
+        return finite;
     });
-    return bad.load() < F ? bad.load() : -1;
 }
 
 namespace {

@@ -4,6 +4,10 @@
 // same arithmetic otherwise.
 #pragma once
 
+#include "parallel.hpp"
+
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -106,5 +110,39 @@ void screen_lower_bounds(float* c, int64_t n, int64_t m, const ScreenSide& a, co
 void screen_price(const ScreenB& b, const ScreenRows& a_rows, int64_t n, const float* na, const ScreenSide& a,
                   const ScreenSide& bs, double gamma, double abs_slack, const double* u, const double* v,
                   int64_t q, int threads, int64_t* cols, double* bound);
+
+namespace screen_detail {
+// The scalar kernels' loop (both kinds): out[i, j - c0] = max(na[i] + nb[j] - 2 dot(i, j), 0)
+// for rows [0, n) and columns [c0, c1), blocks of 64 rows on `threads` threads.
+template <class Dot>
+void scalar_costs(int64_t n, int64_t c0, int64_t c1, const float* na, const float* nb, float* out, int threads,
+                  Dot dot) {
+    const int64_t m = c1 - c0;
+    constexpr int64_t kRows = 64;
+    parallel_blocks((n + kRows - 1) / kRows, threads, [&](int64_t blk) {
+        const int64_t i1 = std::min(n, (blk + 1) * kRows);
+        for (int64_t i = blk * kRows; i < i1; ++i)
+            for (int64_t j = c0; j < c1; ++j) out[i * m + (j - c0)] = std::max(na[i] + nb[j] - 2.0f * dot(i, j), 0.0f);
+    });
+}
+
+// The sides' loop (both kinds): row(i) for rows [0, F) in blocks of 256 on `threads` threads,
+// false for a row that cannot be screened. Returns the first such row, or -1.
+template <class Row>
+int64_t each_row(int64_t F, int threads, Row row) {
+    std::atomic<int64_t> bad{F};
+    constexpr int64_t kRows = 256;
+    parallel_blocks((F + kRows - 1) / kRows, threads, [&](int64_t blk) {
+        const int64_t i1 = std::min(F, (blk + 1) * kRows);
+        for (int64_t i = blk * kRows; i < i1; ++i) {
+            if (row(i)) continue;
+            int64_t cur = bad.load();
+            while (i < cur && !bad.compare_exchange_weak(cur, i)) {
+            }
+        }
+    });
+    return bad.load() < F ? bad.load() : -1;
+}
+}  // namespace screen_detail
 
 }  // namespace mechperm

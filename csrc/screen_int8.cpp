@@ -10,7 +10,6 @@
 #include "parallel.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -161,20 +160,12 @@ void costs_fast(const int8_t* qa, const float* sa, int64_t n, const uint32_t* bp
 
 void costs_scalar(const int8_t* qa, const float* sa, int64_t n, const int8_t* qb, const float* sb, int64_t c0,
                   int64_t c1, int64_t d, const float* na, const float* nb, float* out, int threads) {
-    const int64_t m = c1 - c0;
-    constexpr int64_t kRows = 64;
-    parallel_blocks((n + kRows - 1) / kRows, threads, [&](int64_t blk) {
-        const int64_t i1 = std::min(n, (blk + 1) * kRows);
-        for (int64_t i = blk * kRows; i < i1; ++i) {
-            const int8_t* a = qa + i * d;
-            for (int64_t j = c0; j < c1; ++j) {
-                const int8_t* b = qb + j * d;
-                int32_t s = 0;
-                for (int64_t k = 0; k < d; ++k) s += int32_t(a[k]) * int32_t(b[k]);
-                const float dot = (float(s) * sa[i]) * sb[j];  // the fast kernel's order
-                out[i * m + (j - c0)] = std::max(na[i] + nb[j] - 2.0f * dot, 0.0f);
-            }
-        }
+    screen_detail::scalar_costs(n, c0, c1, na, nb, out, threads, [&](int64_t i, int64_t j) {
+        const int8_t* a = qa + i * d;
+        const int8_t* b = qb + j * d;
+        int32_t s = 0;
+        for (int64_t k = 0; k < d; ++k) s += int32_t(a[k]) * int32_t(b[k]);
+        return (float(s) * sa[i]) * sb[j];  // the fast kernel's order
     });
 }
 
@@ -257,32 +248,25 @@ bool round_row(const float* x, int64_t D, int8_t* o, float* scale, double* sums)
 
 int64_t screen_side_int8(const float* x, int64_t F, int64_t D, int64_t dp, const float* sq_norm, int8_t* q,
                          float* scale, double* stats, int threads) {
-    std::atomic<int64_t> bad{F};
-    constexpr int64_t kRows = 256;
-    parallel_blocks((F + kRows - 1) / kRows, threads, [&](int64_t blk) {
-        const int64_t i1 = std::min(F, (blk + 1) * kRows);
-        for (int64_t i = blk * kRows; i < i1; ++i) {
-            int8_t* o = q + i * dp;
-            double sums[3];
-            if (!round_row(x + i * D, D, o, scale + i, sums)) {
-                std::fill(o, o + D, int8_t(0));
-                scale[i] = 0.0f;
-                sums[0] = sums[1] = sums[2] = 0.0;
-                int64_t cur = bad.load();
-                while (i < cur && !bad.compare_exchange_weak(cur, i)) {
-                }
-            }
-            for (int64_t k = D; k < dp; ++k) o[k] = 0;
-            // float64 sums of exact squares: relative error < D 2^-53 (D < 2^17); round the norms up
-            // (|x~|^2 = s^2 sum q^2: the sum exact, one rounding in the product and one in sqrt)
-            constexpr double kUp = 1.0 + 0x1p-36;
-            stats[i] = double(scale[i]) * std::sqrt(sums[0]) * kUp;
-            stats[F + i] = std::sqrt(sums[1]) * kUp;
-            stats[2 * F + i] = std::sqrt(sums[2]) * kUp;
-            stats[3 * F + i] = double(sq_norm[i]);
+    return screen_detail::each_row(F, threads, [&](int64_t i) {
+        int8_t* o = q + i * dp;
+        double sums[3];
+        const bool finite = round_row(x + i * D, D, o, scale + i, sums);
+        if (!finite) {
+            std::fill(o, o + D, int8_t(0));
+            scale[i] = 0.0f;
+            sums[0] = sums[1] = sums[2] = 0.0;
         }
+        for (int64_t k = D; k < dp; ++k) o[k] = 0;
+        // float64 sums of exact squares: relative error < D 2^-53 (D < 2^17); round the norms up
+        // (|x~|^2 = s^2 sum q^2: the sum exact, one rounding in the product and one in sqrt)
+        constexpr double kUp = 1.0 + 0x1p-36;
+        stats[i] = double(scale[i]) * std::sqrt(sums[0]) * kUp;
+        stats[F + i] = std::sqrt(sums[1]) * kUp;
+        stats[2 * F + i] = std::sqrt(sums[2]) * kUp;
+        stats[3 * F + i] = double(sq_norm[i]);
+        return finite;
     });
-    return bad.load() < F ? bad.load() : -1;
 }
 
 }  // namespace mechperm
