@@ -6,7 +6,6 @@
 #include "screen_int8.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
