@@ -926,7 +926,9 @@ ScreenB make_screen_b(const py::array& b, const py::array& nb, int threads, cons
     if (b.ndim() == 2 && py::isinstance<py::array_t<int8_t>>(b)) {
         const int8_t* q = require<int8_t>(b, "b", 2);
         const int64_t m = b.shape(0), d = b.shape(1);
-        if (d % 4 != 0) throw py::value_error("int8 rows b must have a width that is a multiple of 4, got " + std::to_string(d));
+        if (d % 4 != 0 || d > 65536)  // wider rows would overflow the kernel's int32 sums
+            throw py::value_error("int8 rows b must have a width that is a multiple of 4 and at most 65536, got " +
+                                  std::to_string(d));
         if (scale.is_none()) throw py::value_error("int8 rows b need their scales (scale=)");
         const float* sp = require<float>(scale.cast<py::array>(), "scale", 1, m);
         const float* nbp = require<float>(nb, "nb", 1, m);

@@ -238,6 +238,13 @@ def test_screening_switch(monkeypatch) -> None:
         match_vectors(A, B)
     with pytest.raises(ValueError, match="kind must be one of"):
         screen.prepare(A, B, kind="fp8")
+    wide = torch.randn(2, screen.INT8_MAX_D + 4)  # the int8 kernel's int32 sums would overflow
+    with pytest.raises(ValueError, match="int8 screen takes rows of width up to 65536"):
+        screen.prepare(wide, wide, kind="int8")
+    with pytest.raises(ValueError, match="multiple of 4 and at most 65536"):
+        _auction.ScreenB(np.zeros((2, 65540), np.int8), np.zeros(2, np.float32), scale=np.ones(2, np.float32))
+    monkeypatch.setenv("MECHPERM_SCREEN", "")
+    assert screen.kind(wide, wide) in ("bf16", None)
     with pytest.raises(ValueError, match="the cost kernels run on 'cpu' or 'cuda'"):
         screen.screened_costs(A.to("meta"), B.to("meta"))
     if torch.cuda.is_available():  # a device the kernels run on, but not this screen

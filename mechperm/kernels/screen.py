@@ -61,6 +61,9 @@ from mechperm.kernels.rows import ScaledRows
 
 KINDS = ("bf16", "int8")
 """The roundings a screen can use: bfloat16 (AVX-512 BF16) or int8 with a per-row scale (VNNI)."""
+INT8_MAX_D = 65536
+"""Widest rows the int8 screen takes: its kernel's int32 sums of d products of up to 255 · 127
+(unsigned A) overflow from d = 66312."""
 
 
 def kind(A: Tensor | ScaledRows, B: Tensor | ScaledRows, *, dense: bool = False) -> str | None:
@@ -77,7 +80,8 @@ def kind(A: Tensor | ScaledRows, B: Tensor | ScaledRows, *, dense: bool = False)
         return flag
     if flag not in ("", "1"):
         raise ValueError(f"MECHPERM_SCREEN must be 0, 1, bf16 or int8, got {flag!r}")
-    fast = next((k for k in KINDS if _auction.screen_has_fast_kernel(k)), None)
+    fast = next((k for k in KINDS if _auction.screen_has_fast_kernel(k)
+                 and (k != "int8" or A.shape[1] <= INT8_MAX_D)), None)
     if flag == "1":
         return fast or "bf16"
     return None if dense and fast == "int8" else fast
@@ -218,7 +222,7 @@ def screened_costs(A: Tensor, B: Tensor, *, threads: int | None = None, kind: st
     _check_vectors(A, B)
     if A.device.type != "cpu" or B.device.type != "cpu":
         raise ValueError(f"screened_costs runs on the CPU; got tensors on {A.device} and {B.device}")
-    _check_kind(kind)
+    _check_kind(kind, A.shape[1])
     threads = threads or torch.get_num_threads()
     (_, _, a_rows, a_stats), (_, _, b_rows, b_stats) = _sides(A, B, threads, keep_a_bits=True, kind=kind)
     na = a_stats[3].astype(np.float32)
@@ -229,9 +233,12 @@ def screened_costs(A: Tensor, B: Tensor, *, threads: int | None = None, kind: st
     return ScreenedCosts(costs, a_stats, b_stats, gamma, abs_slack)
 
 
-def _check_kind(kind: str) -> None:
+def _check_kind(kind: str, d: int) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "int8" and d > INT8_MAX_D:
+        raise ValueError(f"the int8 screen takes rows of width up to {INT8_MAX_D} (its int32 sums would "
+                         f"overflow), got {d}; use kind='bf16' or MECHPERM_SCREEN=0")
 
 
 def error_bounds(sc: ScreenedCosts, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -354,7 +361,7 @@ def prepare(A: Tensor | ScaledRows, B: Tensor | ScaledRows, *, threads: int | No
     _check_vectors(A, B)
     if A.device.type != "cpu" or B.device.type != "cpu":
         raise ValueError(f"screening runs on the CPU; got tensors on {A.device} and {B.device}")
-    _check_kind(kind)
+    _check_kind(kind, A.shape[1])
     threads = threads or torch.get_num_threads()
     (A32, a_scale, _, a_stats), (B32, b_scale, b_rows, b_stats) = _sides(A, B, threads, keep_a_bits=False, kind=kind)
     gamma, abs_slack = _accumulation_bounds(b_rows[0].shape[1], kind)
