@@ -163,8 +163,8 @@ def _sides(A: Tensor | ScaledRows, B: Tensor | ScaledRows, threads: int, *, keep
         else:
             rounded, stats, bad = _scaled_side(x32, scale, sq.numpy(), threads, keep, kind)
         if bad >= 0:
-            what = "overflows bfloat16" if kind == "bf16" else "overflows"
-            raise ValueError(f"{name} row {bad} is not finite (or {what}); cannot screen it")
+            what = " (or overflows bfloat16)" if kind == "bf16" else ""
+            raise ValueError(f"{name} row {bad} is not finite{what}; cannot screen it")
         sides.append((x32, scale, rounded if keep else None, stats))
         del rounded
     return sides
