@@ -58,15 +58,39 @@ inline bool any_at_or_below(const float* x, bool clamp, const float* thr, int64_
     return hit != 0;
 }
 
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kGroupsPerK = 4;  // a tile bound's groups: 4k of them
+
+// An upper bound on the k-th least of the w scores x[0], x[stride], ... (clamped at 0 if
+// `clamp`) from the tile alone: the k-th least of the minima of 4k groups of them, each minimum
+// an entry (k entries lie at or below it). Why: a heap still filling admits everything, and
+// while it fills its root falls slowly; in random order a heap takes k + k ln(w / k) entries
+// (w = 8192, k = 64: ~374), with this bound ~k + a few tens. +inf where the groups would hold
+// fewer than 2 entries. `mins` holds 4k floats.
+inline float tile_bound(const float* x, int64_t w, int64_t k, bool clamp, float* mins) {
+    const int64_t groups = kGroupsPerK * k, size = groups > 0 ? w / groups : 0;
+    if (k <= 0 || size < 2) return kInf;
+    for (int64_t g = 0; g < groups; ++g) {
+        const float* y = x + g * size;
+        float lo = y[0];
+        for (int64_t t = 1; t < size; ++t) lo = y[t] < lo ? y[t] : lo;
+        mins[g] = lo;
+    }
+    std::nth_element(mins, mins + (k - 1), mins + groups);
+    const float b = mins[k - 1];
+    return clamp ? clamp0(b) : b;
+}
+
 // One owner's scan of a row of scores (costs clamped at 0 when `cost_of` is null; else the
-// scores are -cosines and cost_of the row's costs, carried along clamped), in blocks of 64
-// checked against the heap's root first.
+// scores are -cosines and cost_of the row's costs, carried along clamped), in blocks of 16
+// checked against the heap's root (and `bound`: scores above it cannot be among the k least)
+// first.
 inline void scan_row(const float* x, const float* cost_of, int64_t m, int64_t c0, float* hv, int64_t* hi,
-                     float* he, int64_t k) {
+                     float* he, int64_t k, float bound) {
     constexpr int64_t kB = 16;  // P(a block admits) stays small: a block that does is scanned exactly
     for (int64_t j0 = 0; j0 < m; j0 += kB) {
         const int64_t j1 = std::min(m, j0 + kB);
-        const float thr = hv[0];
+        const float thr = std::min(hv[0], bound);
         int hit = 0;
         if (cost_of == nullptr) {
             for (int64_t j = j0; j < j1; ++j) hit |= clamp0(x[j]) <= thr;
@@ -76,7 +100,7 @@ inline void scan_row(const float* x, const float* cost_of, int64_t m, int64_t c0
         if (!hit) continue;
         for (int64_t j = j0; j < j1; ++j) {
             const float v = cost_of == nullptr ? clamp0(x[j]) : x[j];
-            if (less(v, c0 + j, hv[0], hi[0]))
+            if (v <= bound && less(v, c0 + j, hv[0], hi[0]))
                 replace_root(hv, hi, he, k, v, c0 + j, cost_of == nullptr ? 0.0f : clamp0(cost_of[j]));
         }
     }
@@ -97,23 +121,53 @@ MECHPERM_TOPK_CLONES void rows_block(const float* tile, int64_t ld, const float*
     const bool with_cos = cos != nullptr || cf != nullptr;
     const int64_t i1 = std::min(n, (blk + 1) * 16);
     std::vector<float> row_s(cf != nullptr && rows_s.k > 0 ? m : 0);  // a row's -cosines
+    std::vector<float> mins(kGroupsPerK * std::max(rows_c.k, rows_s.k));
     for (int64_t i = blk * 16; i < i1; ++i) {
         const float* t = tile + i * ld;
         if (rows_c.k > 0) {
             const int64_t o = (r0 + i) * rows_c.k;
-            scan_row(t, nullptr, m, c0, rows_c.vals + o, rows_c.idx + o, nullptr, rows_c.k);
+            const float bound = tile_bound(t, m, rows_c.k, true, mins.data());
+            scan_row(t, nullptr, m, c0, rows_c.vals + o, rows_c.idx + o, nullptr, rows_c.k, bound);
         }
         if (with_cos && rows_s.k > 0) {
             const int64_t o = (r0 + i) * rows_s.k;
             const float* s = cos != nullptr ? cos + i * m : row_s.data();
             if (cos == nullptr) cos_scores(t, *cf, i, 0, m, row_s.data());
+            const float bound = tile_bound(s, m, rows_s.k, false, mins.data());
             scan_row(s, t, m, c0, rows_s.vals + o, rows_s.idx + o, rows_s.extra ? rows_s.extra + o : nullptr,
-                     rows_s.k);
+                     rows_s.k, bound);
         }
     }
 }
 
 constexpr int64_t kW = 256, kSub = 16;  // column ranges per task; checked 16 at a time
+
+// tile_bound per column of the range [j0, j0 + w) (w <= kW) over the tile's n rows, into
+// out[w]: scores are the costs (clamped if `clamp`), or the -cosines (the cos tile, else from
+// the costs with cf; m: the cos tile's row stride).
+MECHPERM_TOPK_CLONES void column_bounds(const float* tile, int64_t ld, const float* cos, int64_t n, int64_t w, int64_t j0, int64_t k,
+                   bool clamp, float* out, const CosFactors* cf = nullptr, int64_t m = 0) {
+    const int64_t groups = kGroupsPerK * k, size = groups > 0 ? n / groups : 0;
+    if (k <= 0 || size < 2) return;  // out stays +inf
+    std::vector<float> mins(static_cast<size_t>(groups * w), kInf), row(static_cast<size_t>(w));
+    for (int64_t i = 0; i < groups * size; ++i) {
+        const float* x = tile + i * ld + j0;
+        if (cos != nullptr) {
+            x = cos + i * m + j0;
+        } else if (cf != nullptr) {
+            cos_scores(tile + i * ld + j0, *cf, i, j0, w, row.data());
+            x = row.data();
+        }
+        float* g = mins.data() + (i / size) * w;
+        for (int64_t j = 0; j < w; ++j) g[j] = x[j] < g[j] ? x[j] : g[j];
+    }
+    std::vector<float> col(static_cast<size_t>(groups));
+    for (int64_t j = 0; j < w; ++j) {
+        for (int64_t g = 0; g < groups; ++g) col[g] = mins[g * w + j];
+        std::nth_element(col.begin(), col.begin() + (k - 1), col.end());
+        out[j] = clamp ? clamp0(col[k - 1]) : col[k - 1];
+    }
+}
 constexpr int64_t kAhead = 4;  // rows prefetched ahead by the column scan
 
 // Columns [kW blk, kW blk + kW) of a tile into the columns' selections: the roots are copied to
@@ -125,15 +179,29 @@ MECHPERM_TOPK_CLONES void cols_block(const float* tile, int64_t ld, const float*
     const int64_t j0 = blk * kW, j1 = std::min(m, j0 + kW), w = j1 - j0;
     float tv[kW], sv[kW], own[kW];  // own: this range's -cosines of one row (with cf)
     int64_t ti[kW], si[kW];
+    // tb / sb: the admission thresholds, min(root, tile bound); cb / ssb: the tile bounds
+    float tb[kW], sb[kW], cb[kW], ssb[kW];
+    bool filling_c = false, filling_s = false;
     for (int64_t j = 0; j < w; ++j) {
         if (cols_c.k > 0) {
             tv[j] = cols_c.vals[(c0 + j0 + j) * cols_c.k];
             ti[j] = cols_c.idx[(c0 + j0 + j) * cols_c.k];
+            filling_c |= tv[j] == kInf;
         }
         if (with_cos && cols_s.k > 0) {
             sv[j] = cols_s.vals[(c0 + j0 + j) * cols_s.k];
             si[j] = cols_s.idx[(c0 + j0 + j) * cols_s.k];
+            filling_s |= sv[j] == kInf;
         }
+        cb[j] = ssb[j] = kInf;
+    }
+    // Heaps still filling (the first row tile): the tile's bounds per column (tile_bound, its
+    // groups of rows: minima taken row by row across the range, then each column's k-th).
+    if (filling_c) column_bounds(tile, ld, nullptr, n, w, j0, cols_c.k, true, cb);
+    if (filling_s) column_bounds(tile, ld, cos != nullptr ? cos : nullptr, n, w, j0, cols_s.k, false, ssb, cf, m);
+    for (int64_t j = 0; j < w; ++j) {
+        tb[j] = std::min(tv[j], cb[j]);
+        sb[j] = std::min(sv[j], ssb[j]);
     }
     for (int64_t i = 0; i < n; ++i) {
         const float* t = tile + i * ld + j0;
@@ -142,14 +210,15 @@ MECHPERM_TOPK_CLONES void cols_block(const float* tile, int64_t ld, const float*
             for (int64_t j = 0; j < w; j += 16) __builtin_prefetch(t + kAhead * ld + j);
         for (int64_t b0 = 0; cols_c.k > 0 && b0 < w; b0 += kSub) {
             const int64_t b1 = std::min(w, b0 + kSub);
-            if (!any_at_or_below(t + b0, true, tv + b0, b1 - b0)) continue;
+            if (!any_at_or_below(t + b0, true, tb + b0, b1 - b0)) continue;
             for (int64_t j = b0; j < b1; ++j) {
                 const float v = clamp0(t[j]);
-                if (less(v, other, tv[j], ti[j])) {
+                if (v <= cb[j] && less(v, other, tv[j], ti[j])) {
                     const int64_t o = (c0 + j0 + j) * cols_c.k;
                     replace_root(cols_c.vals + o, cols_c.idx + o, nullptr, cols_c.k, v, other, 0.0f);
                     tv[j] = cols_c.vals[o];
                     ti[j] = cols_c.idx[o];
+                    tb[j] = std::min(tv[j], cb[j]);
                 }
             }
         }
@@ -158,14 +227,15 @@ MECHPERM_TOPK_CLONES void cols_block(const float* tile, int64_t ld, const float*
         if (cos == nullptr) cos_scores(t, *cf, i, j0, w, own);
         for (int64_t b0 = 0; b0 < w; b0 += kSub) {
             const int64_t b1 = std::min(w, b0 + kSub);
-            if (!any_at_or_below(s + b0, false, sv + b0, b1 - b0)) continue;
+            if (!any_at_or_below(s + b0, false, sb + b0, b1 - b0)) continue;
             for (int64_t j = b0; j < b1; ++j) {
-                if (less(s[j], other, sv[j], si[j])) {
+                if (s[j] <= ssb[j] && less(s[j], other, sv[j], si[j])) {
                     const int64_t o = (c0 + j0 + j) * cols_s.k;
                     replace_root(cols_s.vals + o, cols_s.idx + o, cols_s.extra ? cols_s.extra + o : nullptr,
                                  cols_s.k, s[j], other, clamp0(t[j]));
                     sv[j] = cols_s.vals[o];
                     si[j] = cols_s.idx[o];
+                    sb[j] = std::min(sv[j], ssb[j]);
                 }
             }
         }

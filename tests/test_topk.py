@@ -81,6 +81,41 @@ def test_cosines_from_factors_equal_the_cosine_tile(n: int, m: int, k: int, part
                 np.testing.assert_array_equal(a, b)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 120), st.integers(0, 200), st.integers(1, 3), st.integers(1, 3),
+       st.integers(0, 10**6), st.booleans())
+def test_tile_bounds_keep_the_k_least(k: int, extra_n: int, extra_m: int, row_parts: int, col_parts: int,
+                                      seed: int, factors: bool) -> None:
+    """Tiles at least 8k rows tall and 8k columns wide, where the scan bounds the k-th least of
+    heaps still filling by the tile's group minima: the selections stay the k least by (value,
+    index) over ties and row and column splits, for costs and for -cosines (a tile or factors)."""
+    n, m = 8 * k + extra_n, 8 * k + extra_m
+    rng = np.random.default_rng(seed)
+    cost = rng.integers(-2, 12, (n, m)).astype(np.float32)  # ties, some negative
+    na, nb = rng.integers(0, 4, n).astype(np.float32), rng.integers(0, 4, m).astype(np.float32)
+    hiy, ix = np.full(n, 0.5, np.float32), rng.integers(1, 3, m).astype(np.float32)
+    cos = ((((cost - na[:, None]) - nb[None, :]) * hiy[:, None]) * ix[None, :]).astype(np.float32)
+    rc, cc, rs, cs = heaps(n, k), heaps(m, k), heaps(n, k, True), heaps(m, k, True)
+    rcuts = np.unique(np.r_[0, np.sort(rng.integers(0, n, row_parts - 1)), n])
+    ccuts = np.unique(np.r_[0, np.sort(rng.integers(0, m, col_parts - 1)), m])
+    for r0, r1 in zip(rcuts[:-1], rcuts[1:]):
+        for c0, c1 in zip(ccuts[:-1], ccuts[1:]):
+            tile = np.ascontiguousarray(cost[r0:r1, c0:c1])
+            if factors:
+                f = tuple(np.ascontiguousarray(x) for x in (na[r0:r1], nb[c0:c1], hiy[r0:r1], ix[c0:c1]))
+                _auction.topk_tile(tile, None, int(r0), int(c0), rc, cc, rs, cs, threads=2, cos_factors=f)
+            else:
+                _auction.topk_tile(tile, np.ascontiguousarray(cos[r0:r1, c0:c1]), int(r0), int(c0), rc, cc, rs, cs,
+                                   threads=2)
+    for h in (rc, cc, rs, cs):
+        _auction.topk_finish(h, threads=2)
+    clamped = np.maximum(cost, 0)
+    for h, scores, axis in ((rc, clamped, 1), (cc, clamped, 0), (rs, cos, 1), (cs, cos, 0)):
+        v, i = expected(scores, k, axis)
+        np.testing.assert_array_equal(h[0], v)
+        np.testing.assert_array_equal(h[1], i)
+
+
 def test_cos_factors_checked() -> None:
     tile = np.zeros((3, 4), np.float32)
     f = (np.zeros(3, np.float32), np.zeros(4, np.float32), np.zeros(3, np.float32), np.zeros(4, np.float32))
