@@ -239,7 +239,7 @@ class SAE:
         JumpReLU: θ ≤ 0 or θ non-finite, or an all-zero decoder row. ReLU/TopK: an all-zero
         decoder row. These are dead or malformed features; folding leaves them unscaled.
         """
-        zero_row = ~(self.W_dec != 0).any(dim=1)
+        zero_row = _zero_rows(self.W_dec)
         if self.activation == "jumprelu":
             assert self.threshold is not None
             theta = self.threshold
@@ -313,3 +313,13 @@ class SAE:
             invalid=invalid,
             folded=True,
         )
+
+
+def _zero_rows(W: Tensor) -> Tensor:
+    """Bool [rows]: rows whose entries are all ±0 (NaN and inf count as non-zero). One
+    min-max pass: ``~(W != 0).any(1)`` makes a bool matrix first (F = 16384, d = 2304, 2 threads:
+    0.10-0.12 s against 0.05 s, and match() asks four times)."""
+    if W.shape[1] == 0:
+        return torch.ones(W.shape[0], dtype=torch.bool, device=W.device)
+    lo, hi = torch.aminmax(W, dim=1)
+    return (lo == 0) & (hi == 0)

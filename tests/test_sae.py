@@ -233,3 +233,17 @@ def test_fold_keeps_dtype_bf16() -> None:
     assert folded.W_dec.dtype == torch.bfloat16
     x = torch.randn(4, 8)
     torch.testing.assert_close(folded(x).float(), sae(x).float(), rtol=0.05, atol=0.05)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.lists(st.sampled_from([0.0, -0.0, 1.0, -2.5, 1e-40, float("nan"), float("inf"),
+                                               float("-inf")]), min_size=1, max_size=5), min_size=1, max_size=6),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]))
+def test_zero_rows_are_rows_without_a_nonzero_entry(rows: list, dtype: torch.dtype) -> None:
+    """The all-zero decoder rows (one min-max pass) are exactly those of ``~(W != 0).any(1)``:
+    ±0 only; NaN, ±inf and subnormals count as non-zero (where the dtype holds them)."""
+    from mechperm.sae import _zero_rows
+
+    width = max(len(r) for r in rows)
+    W = torch.tensor([r + [0.0] * (width - len(r)) for r in rows], dtype=torch.float64).to(dtype)
+    assert torch.equal(_zero_rows(W), ~(W != 0).any(dim=1))
