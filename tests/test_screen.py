@@ -336,6 +336,29 @@ def test_screened_pricer_bound_covers_every_pair_not_returned(kind: str) -> None
 
 
 @KIND
+@pytest.mark.parametrize("q", [1, 3, 8, 40])
+def test_screened_price_returns_the_q_least_lower_bound_reduced_costs(kind: str, q: int) -> None:
+    """The native pricer's columns are the q least lower-bound reduced costs of each row and its
+    bound the (q+1)-th least (by value: ties may go either way), against the screen's own lower
+    bounds (``lower_bounds``) in numpy, with duals that spread the rows' admissions (wide rows,
+    where the kernel bounds its selection by the least of groups of columns)."""
+    A, B = _vectors(70, 48, 11, heavy=1.0), _vectors(700, 48, 12, heavy=1.0)
+    sv = screen.prepare(A, B, kind=kind)
+    sc = screen.screened_costs(A, B, kind=kind)
+    screen.lower_bounds(sc, np.zeros(70), np.zeros(700), 0.0)  # sc.costs: the lower bounds, float32
+    rng = np.random.default_rng(q)
+    u, v = rng.normal(0, 1, 70) * sc.costs.std(), rng.normal(0, 1, 700) * sc.costs.std()
+    codes, scales = sv.a_rows(np.arange(70))
+    cols, bound = sv.packed.price(codes, sv.na, np.ascontiguousarray(sv.a_stats), sv.b_stats, sv.gamma,
+                                  sv.abs_slack, u, v, q, threads=2, a_scale=scales)
+    red = (sc.costs.astype(np.float64) - u[:, None]) - v[None, :]
+    want = np.sort(red, axis=1)
+    got = np.sort(np.take_along_axis(red, cols, axis=1), axis=1)
+    np.testing.assert_array_equal(got, want[:, :q])
+    np.testing.assert_array_equal(bound, want[:, q])
+
+
+@KIND
 def test_screen_is_the_same_on_any_number_of_threads(kind: str) -> None:
     """Each tile is one thread's: results do not depend on the thread count (nor on D = 4608)."""
     A, B = _vectors(150, 4608, 7, heavy=1.0), _vectors(70, 4608, 8)
