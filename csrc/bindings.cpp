@@ -635,6 +635,31 @@ const int64_t* require_indptr(const py::array& indptr) {
     return p;
 }
 
+py::tuple union_sorted_keys_py(const py::array& keys, int pos_bits, int64_t n, int64_t m, const py::array& costs) {
+    if (pos_bits < 1 || pos_bits > 60) throw py::value_error("pos_bits must lie in [1, 60]");
+    const int64_t* k = require<int64_t>(keys, "keys", 1);
+    const int64_t e = keys.shape(0);
+    const float* c = require<float>(costs, "costs", 1);
+    const int64_t nc = costs.shape(0), limit = n * m * 4;
+    for (int64_t t = 0; t < e; ++t) {
+        if (t > 0 && k[t] < k[t - 1]) throw py::value_error("keys must be sorted ascending");
+        if (k[t] < 0 || (k[t] >> pos_bits) >= limit)
+            throw py::value_error("keys[" + std::to_string(t) + "]: its pair lies outside [0, n * m)");
+        if ((k[t] & ((int64_t(1) << pos_bits) - 1)) >= nc)
+            throw py::value_error("keys[" + std::to_string(t) + "]: its position lies outside [0, len(costs))");
+    }
+    const int64_t count = union_count_pairs(k, e, pos_bits);
+    py::array_t<int64_t> indptr(n + 1), cols(count);
+    py::array_t<float> out_costs(count);
+    py::array_t<uint8_t> sources(count);
+    {
+        py::gil_scoped_release release;
+        union_sorted_keys(k, e, pos_bits, n, m, c, indptr.mutable_data(), cols.mutable_data(),
+                          out_costs.mutable_data(), sources.mutable_data());
+    }
+    return py::make_tuple(indptr, cols, out_costs, sources);
+}
+
 py::array_t<double> csr_margins_py(const py::array& indptr, const py::array& indices, const py::array& costs,
                                    const py::array& row_to_col, const py::array& u, const py::array& v,
                                    int threads) {
@@ -1093,6 +1118,10 @@ PYBIND11_MODULE(_auction, m) {
           py::arg("out_costs"), py::arg("threads") = 1,
           "csr_insert_inplace into other arrays (out_indptr [n + 1]; out_indices and out_costs with room for "
           "indptr[-1] + len(rows) arcs), rows merged on `threads` threads; returns the number of arcs added.");
+    m.def("union_sorted_keys", &union_sorted_keys_py, py::arg("keys"), py::arg("pos_bits"), py::arg("n"),
+          py::arg("m"), py::arg("costs"),
+          "The candidate graph's union from sorted keys ((row * m + col) * 4 + part) << pos_bits | position: "
+          "(indptr [n + 1], cols, costs (of each pair's first copy), sources (OR of 1 << part)).");
     m.def("csr_margins", &csr_margins_py, py::arg("indptr"), py::arg("indices"), py::arg("costs"),
           py::arg("row_to_col"), py::arg("u"), py::arg("v"), py::arg("threads") = 1,
           "Per row, max(0, least (c_ij - u_i) - v_j over its arcs but row_to_col[i]) (inf without one; NaN "

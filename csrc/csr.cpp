@@ -209,4 +209,45 @@ MECHPERM_MARGINS(int64_t, float)
 MECHPERM_MARGINS(int64_t, double)
 #undef MECHPERM_MARGINS
 
+int64_t union_count_pairs(const int64_t* keys, int64_t e, int pos_bits) {
+    const int shift = pos_bits + 2;
+    int64_t count = 0;
+    for (int64_t t = 0; t < e; ++t) count += t == 0 || (keys[t] >> shift) != (keys[t - 1] >> shift);
+    return count;
+}
+
+void union_sorted_keys(const int64_t* keys, int64_t e, int pos_bits, int64_t n, int64_t m, const float* costs,
+                       int64_t* indptr, int64_t* cols, float* out_costs, uint8_t* sources) {
+    // One pass in key order (a pair's copies are adjacent, the lowest part first): the torch
+    // version's ten passes over every edge took 0.4 s of make_stack's 16384 graph (4.2M keys,
+    // 2 threads), most of the union.
+    const int shift = pos_bits + 2;
+    const int64_t pos_mask = (int64_t(1) << pos_bits) - 1;
+    // Rows ascend with the keys: a running row start instead of a division per edge; the costs
+    // are read at random positions, prefetched a few keys ahead.
+    constexpr int64_t kAhead = 16;
+    std::fill(indptr, indptr + n + 1, int64_t(0));
+    int64_t out = -1, prev = -1, row = 0, row_start = 0;
+    for (int64_t t = 0; t < e; ++t) {
+        if (t + kAhead < e) __builtin_prefetch(costs + (keys[t + kAhead] & pos_mask));
+        const int64_t pair = keys[t] >> shift;
+        const int part = int((keys[t] >> pos_bits) & 3);
+        if (pair != prev) {
+            ++out;
+            prev = pair;
+            while (pair - row_start >= m) {
+                ++row;
+                row_start += m;
+            }
+            cols[out] = pair - row_start;
+            out_costs[out] = costs[keys[t] & pos_mask];
+            sources[out] = uint8_t(1u << part);
+            ++indptr[row + 1];
+        } else {
+            sources[out] = uint8_t(sources[out] | (1u << part));
+        }
+    }
+    for (int64_t i = 0; i < n; ++i) indptr[i + 1] += indptr[i];
+}
+
 }  // namespace mechperm

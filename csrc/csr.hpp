@@ -38,4 +38,13 @@ template <class I, class T>
 int64_t csr_margins(const int64_t* ptr, const I* idx, const T* cst, int64_t n, int64_t m, const int64_t* r2c,
                     const double* u, const double* v, int threads, double* out);
 
+// The candidate graph's union of its selections (mechperm/kernels/candidates.py, _assemble):
+// keys sorted ascending, each ((row * m + col) * 4 + part) << pos_bits | position of its cost in
+// `costs`. One edge per distinct pair: its column, the cost of its first copy (the lowest part)
+// and the OR of 1 << part over its copies. indptr [n + 1]; cols / out_costs / sources hold
+// count_pairs(...) entries.
+int64_t union_count_pairs(const int64_t* keys, int64_t e, int pos_bits);
+void union_sorted_keys(const int64_t* keys, int64_t e, int pos_bits, int64_t n, int64_t m, const float* costs,
+                       int64_t* indptr, int64_t* cols, float* out_costs, uint8_t* sources);
+
 }  // namespace mechperm

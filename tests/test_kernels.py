@@ -1055,6 +1055,21 @@ def test_union_of_int32_ids_on_a_large_shape(monkeypatch, pack: bool) -> None:
     assert torch.equal(g64.costs, want_w) and torch.equal(g64.sources, want_s)
 
 
+def test_native_union_refuses_bad_keys() -> None:
+    """union_sorted_keys (the CPU union of _assemble) checks what it reads: sorted keys, pairs
+    inside the shape, positions inside the costs."""
+    from mechperm import _auction
+
+    costs = np.zeros(4, np.float32)
+    ok = np.array([(0 * 4 + 0) << 3 | 1, (1 * 4 + 2) << 3 | 0], np.int64)  # pairs (0, 0) and (0, 1)
+    indptr, cols, w, src = _auction.union_sorted_keys(ok, 3, 2, 3, costs)
+    assert indptr.tolist() == [0, 2, 2] and cols.tolist() == [0, 1] and src.tolist() == [1, 4]
+    for keys, what in ((ok[::-1].copy(), "sorted"), (np.array([(6 * 4) << 3], np.int64), "pair lies outside"),
+                       (np.array([7], np.int64), "position lies outside")):
+        with pytest.raises(ValueError, match=what):
+            _auction.union_sorted_keys(keys, 3, 2, 3, costs)
+
+
 @pytest.mark.parametrize("tiny", ["columns", "rows"])
 def test_cosine_bounds_hold_where_norms_span_many_decades(tiny: str) -> None:
     """row_cos / col_cos bound the cosine of every pair left out, also where a row's most

@@ -561,6 +561,15 @@ def _assemble(
     del blk
     if packed:
         key.numpy().sort()  # in place
+        if all(p[2].dtype == torch.float32 for p in parts):  # one native pass over the sorted keys
+            costs = torch.cat([p[2].reshape(-1) for p in parts]).numpy()
+            indptr, cols, costs, sources = (torch.from_numpy(x) for x in _auction.union_sorted_keys(
+                key.numpy(), pos_bits, Fa, Fb, costs))
+            del key
+            cos_only = int(((sources & (ROW_COST | COL_COST)) == 0).sum())
+            stats = CandidateStats(cols.numel(), *sizes, cos_only=cos_only)
+            return CandidateGraph(indptr, cols, costs, sources, row_kth, col_kth, shape, k, k_cos, stats,
+                                  row_kth_cos, col_kth_cos)
         order, low = None, pos_bits
     else:
         key, order = torch.sort(key)
