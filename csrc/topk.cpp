@@ -61,8 +61,8 @@ inline bool any_at_or_below(const float* x, bool clamp, const float* thr, int64_
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kGroupsPerK = 4;  // a tile bound's groups: 4k of them
 
-// An upper bound on the k-th least of the w scores x[0], x[stride], ... (clamped at 0 if
-// `clamp`) from the tile alone: the k-th least of the minima of 4k groups of them, each minimum
+// An upper bound on the k-th least of the w scores x[0, w) (clamped at 0 if `clamp`) from the
+// tile alone: the k-th least of the minima of 4k groups of them, each minimum
 // an entry (k entries lie at or below it). Why: a heap still filling admits everything, and
 // while it fills its root falls slowly; in random order a heap takes k + k ln(w / k) entries
 // (w = 8192, k = 64: ~374), with this bound ~k + a few tens. +inf where the groups would hold
@@ -145,8 +145,9 @@ constexpr int64_t kW = 256, kSub = 16;  // column ranges per task; checked 16 at
 // tile_bound per column of the range [j0, j0 + w) (w <= kW) over the tile's n rows, into
 // out[w]: scores are the costs (clamped if `clamp`), or the -cosines (the cos tile, else from
 // the costs with cf; m: the cos tile's row stride).
-MECHPERM_TOPK_CLONES void column_bounds(const float* tile, int64_t ld, const float* cos, int64_t n, int64_t w, int64_t j0, int64_t k,
-                   bool clamp, float* out, const CosFactors* cf = nullptr, int64_t m = 0) {
+MECHPERM_TOPK_CLONES void column_bounds(const float* tile, int64_t ld, const float* cos, int64_t n, int64_t w,
+                                        int64_t j0, int64_t k, bool clamp, float* out,
+                                        const CosFactors* cf = nullptr, int64_t m = 0) {
     const int64_t groups = kGroupsPerK * k, size = groups > 0 ? n / groups : 0;
     if (k <= 0 || size < 2) return;  // out stays +inf
     std::vector<float> mins(static_cast<size_t>(groups * w), kInf), row(static_cast<size_t>(w));
@@ -168,6 +169,7 @@ MECHPERM_TOPK_CLONES void column_bounds(const float* tile, int64_t ld, const flo
         out[j] = clamp ? clamp0(col[k - 1]) : col[k - 1];
     }
 }
+
 constexpr int64_t kAhead = 4;  // rows prefetched ahead by the column scan
 
 // Columns [kW blk, kW blk + kW) of a tile into the columns' selections: the roots are copied to
@@ -198,10 +200,10 @@ MECHPERM_TOPK_CLONES void cols_block(const float* tile, int64_t ld, const float*
     // Heaps still filling (the first row tile): the tile's bounds per column (tile_bound, its
     // groups of rows: minima taken row by row across the range, then each column's k-th).
     if (filling_c) column_bounds(tile, ld, nullptr, n, w, j0, cols_c.k, true, cb);
-    if (filling_s) column_bounds(tile, ld, cos != nullptr ? cos : nullptr, n, w, j0, cols_s.k, false, ssb, cf, m);
+    if (filling_s) column_bounds(tile, ld, cos, n, w, j0, cols_s.k, false, ssb, cf, m);
     for (int64_t j = 0; j < w; ++j) {
-        tb[j] = std::min(tv[j], cb[j]);
-        sb[j] = std::min(sv[j], ssb[j]);
+        if (cols_c.k > 0) tb[j] = std::min(tv[j], cb[j]);
+        if (with_cos && cols_s.k > 0) sb[j] = std::min(sv[j], ssb[j]);
     }
     for (int64_t i = 0; i < n; ++i) {
         const float* t = tile + i * ld + j0;
