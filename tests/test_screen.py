@@ -340,8 +340,8 @@ def test_screened_pricer_bound_covers_every_pair_not_returned(kind: str) -> None
 def test_screened_price_returns_the_q_least_lower_bound_reduced_costs(kind: str, q: int) -> None:
     """The native pricer's columns are the q least lower-bound reduced costs of each row and its
     bound the (q+1)-th least (by value: ties may go either way), against the screen's own lower
-    bounds (``lower_bounds``) in numpy, with duals that spread the rows' admissions (wide rows,
-    where the kernel bounds its selection by the least of groups of columns)."""
+    bounds (``lower_bounds``) in numpy, with duals that spread the rows' admissions over many
+    columns (700, against heaps of q + 1)."""
     A, B = _vectors(70, 48, 11, heavy=1.0), _vectors(700, 48, 12, heavy=1.0)
     sv = screen.prepare(A, B, kind=kind)
     sc = screen.screened_costs(A, B, kind=kind)
