@@ -65,16 +65,17 @@ constexpr int64_t kGroupsPerK = 4;  // a tile bound's groups: 4k of them
 // tile alone: the k-th least of the minima of 4k groups of them, each minimum
 // an entry (k entries lie at or below it). Why: a heap still filling admits everything, and
 // while it fills its root falls slowly; in random order a heap takes k + k ln(w / k) entries
-// (w = 8192, k = 64: ~374), with this bound ~k + a few tens. +inf where the groups would hold
-// fewer than 2 entries. `mins` holds 4k floats.
+// (w = 8192, k = 64: ~374), with this bound ~k + a few tens. Group g holds the entries g, g + 4k,
+// g + 8k, ...: the minima are taken 4k lanes at a time, vectorised (groups of consecutive entries
+// made it a scalar loop, a third of the rows' selection). +inf where the groups would hold fewer
+// than 2 entries. `mins` holds 4k floats.
 inline float tile_bound(const float* x, int64_t w, int64_t k, bool clamp, float* mins) {
     const int64_t groups = kGroupsPerK * k, size = groups > 0 ? w / groups : 0;
     if (k <= 0 || size < 2) return kInf;
-    for (int64_t g = 0; g < groups; ++g) {
-        const float* y = x + g * size;
-        float lo = y[0];
-        for (int64_t t = 1; t < size; ++t) lo = y[t] < lo ? y[t] : lo;
-        mins[g] = lo;
+    std::copy(x, x + groups, mins);
+    for (int64_t t = 1; t < size; ++t) {
+        const float* y = x + t * groups;
+        for (int64_t g = 0; g < groups; ++g) mins[g] = y[g] < mins[g] ? y[g] : mins[g];
     }
     std::nth_element(mins, mins + (k - 1), mins + groups);
     const float b = mins[k - 1];
