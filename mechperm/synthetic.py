@@ -132,13 +132,21 @@ def _randn(shape, g: torch.Generator, work: torch.dtype) -> Tensor:
     return torch.randn(shape, generator=g, dtype=torch.float32, device=g.device).to(work)
 
 
+def _rowdot(x: Tensor, y: Tensor) -> Tensor:
+    """Row-wise dots ``[n]`` of ``x, y [n, d]`` summed in float64 by torch's own reduction, then
+    rounded to x's dtype: the same bits on any thread count. (BLAS's float32 dots, einsum and
+    ``@``, follow the threads MKL takes, which vary with the load: 1 and 2 threads drew
+    different stacks from one seed.)"""
+    return (x.double() * y.double()).sum(1).to(x.dtype)
+
+
 def _rotate(u: Tensor, angle: Tensor, g: torch.Generator, scale: Tensor | None = None) -> Tensor:
     """Rotate unit rows ``u [n, d]`` by ``angle [n]`` radians towards random orthogonal directions
     (times ``scale [n]`` when given). Two passes over a fresh ``[n, d]`` block, no other temporary."""
     z = _randn(u.shape, g, u.dtype)
-    proj = torch.einsum("nd,nd->n", z, u)
+    proj = _rowdot(z, u)
     # |z - proj·u|² = |z|² - proj² for unit u; out = sin·(z - proj·u)/|z - proj·u| + cos·u
-    perp2 = torch.einsum("nd,nd->n", z, z) - proj * proj
+    perp2 = _rowdot(z, z) - proj * proj
     ok = perp2 > 1e-6  # no orthogonal room (d = 1): leave the row as it is
     a = torch.where(ok, torch.sin(angle) / perp2.clamp_min(1e-6).sqrt(), 0.0)
     b = torch.where(ok, torch.cos(angle) - a * proj, 1.0)
@@ -192,7 +200,7 @@ def _build_sae(U, m, mode, t, g, k, dtype, b_dir, seed) -> SAE:
         # encoder column = decoder direction rotated by atan(enc_noise), times ε = 1/|W_dec[i]|:
         # for x = b_dec + f·W_dec[i], pre_i = f·cos(atan(enc_noise)) + b_enc[i] (b_enc cancels b_dec)
         enc = _rotate(U[s:e], enc_angle.expand(e - s), g, eps[s:e])
-        b_enc[s:e] -= enc @ b_dec
+        b_enc[s:e] -= _rowdot(enc, b_dec.expand(e - s, -1))
         W_enc[:, s:e] = enc.T
     mode = mode.to(dev)
     theta = torch.where(mode == _MODE_CODE["inf"], torch.full_like(theta, float("inf")), theta)

@@ -61,6 +61,23 @@ def test_same_seed_is_bit_identical_and_seeds_differ() -> None:
     assert not torch.equal(a.truth[0], c.truth[0])
 
 
+def test_same_seed_is_bit_identical_on_any_thread_count() -> None:
+    """One seed, one stack, whether torch runs 1, 2 or 3 threads (BLAS's dots follow the
+    threads they take, and drew another stack on another count; benchmark instances are compared
+    across machines by their objectives)."""
+    before = torch.get_num_threads()
+    try:
+        stacks = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            stacks.append(make_stack(2, 2304, 4096, seed=5))  # d = 2304: the size where they differed
+    finally:
+        torch.set_num_threads(before)
+    for other in stacks[1:]:
+        for x, y in zip(_tensors(stacks[0]), _tensors(other)):
+            assert torch.equal(x, y)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_shapes_dtypes_and_info(dtype: torch.dtype) -> None:
     L, d, F = 3, 24, 80
