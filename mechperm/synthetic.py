@@ -135,14 +135,15 @@ def _randn(shape, g: torch.Generator, work: torch.dtype) -> Tensor:
 def _rowdot(x: Tensor, y: Tensor) -> Tensor:
     """Row-wise dots ``[n]`` of ``x, y [n, d]`` summed in float64 by torch's own reduction, then
     rounded to x's dtype: the same bits on any thread count. (BLAS's float32 dots, einsum and
-    ``@``, follow the threads MKL takes, which vary with the load: 1 and 2 threads drew
-    different stacks from one seed.)"""
+    ``@``, follow the threads MKL takes, and MKL may take fewer than it is given: 1 and 2
+    threads drew different stacks from one seed.)"""
     return (x.double() * y.double()).sum(1).to(x.dtype)
 
 
 def _rotate(u: Tensor, angle: Tensor, g: torch.Generator, scale: Tensor | None = None) -> Tensor:
     """Rotate unit rows ``u [n, d]`` by ``angle [n]`` radians towards random orthogonal directions
-    (times ``scale [n]`` when given). Two passes over a fresh ``[n, d]`` block, no other temporary."""
+    (times ``scale [n]`` when given). Two passes over a fresh ``[n, d]`` block; the dots' float64
+    copies (:func:`_rowdot`) are the only other temporaries."""
     z = _randn(u.shape, g, u.dtype)
     proj = _rowdot(z, u)
     # |z - proj·u|² = |z|² - proj² for unit u; out = sin·(z - proj·u)/|z - proj·u| + cos·u
