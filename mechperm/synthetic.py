@@ -132,12 +132,13 @@ def _randn(shape, g: torch.Generator, work: torch.dtype) -> Tensor:
     return torch.randn(shape, generator=g, dtype=torch.float32, device=g.device).to(work)
 
 
-def _rowdot(x: Tensor, y: Tensor) -> Tensor:
-    """Row-wise dots ``[n]`` of ``x, y [n, d]`` summed in float64 by torch's own reduction, then
-    rounded to x's dtype: the same bits on any thread count. (BLAS's float32 dots, einsum and
-    ``@``, follow the threads MKL takes, and MKL may take fewer than it is given: 1 and 2
-    threads drew different stacks from one seed.)"""
-    return (x.double() * y.double()).sum(1).to(x.dtype)
+def _rowdot(x: Tensor, y: Tensor, dtype: torch.dtype) -> Tensor:
+    """Row-wise dots ``[n]`` of ``x [n, d]`` and ``y`` (``[n, d]`` or one row ``[d]``) summed in
+    float64 by torch's own reduction, then rounded to ``dtype``: the same bits on any thread
+    count. (BLAS's float32 dots, einsum and ``@``, follow the threads MKL takes, and MKL may take
+    fewer than it is given: 1 and 2 threads drew different stacks from one seed.) Operands
+    already in float64 are used as they are."""
+    return (x.double() * y.double()).sum(1).to(dtype)
 
 
 def _rotate(u: Tensor, angle: Tensor, g: torch.Generator, scale: Tensor | None = None) -> Tensor:
@@ -145,9 +146,11 @@ def _rotate(u: Tensor, angle: Tensor, g: torch.Generator, scale: Tensor | None =
     (times ``scale [n]`` when given). Two passes over a fresh ``[n, d]`` block; the dots' float64
     copies (:func:`_rowdot`) are the only other temporaries."""
     z = _randn(u.shape, g, u.dtype)
-    proj = _rowdot(z, u)
+    z64 = z.double()  # one float64 copy for both dots
+    proj = _rowdot(z64, u, u.dtype)
     # |z - proj·u|² = |z|² - proj² for unit u; out = sin·(z - proj·u)/|z - proj·u| + cos·u
-    perp2 = _rowdot(z, z) - proj * proj
+    perp2 = _rowdot(z64, z64, u.dtype) - proj * proj
+    del z64
     ok = perp2 > 1e-6  # no orthogonal room (d = 1): leave the row as it is
     a = torch.where(ok, torch.sin(angle) / perp2.clamp_min(1e-6).sqrt(), 0.0)
     b = torch.where(ok, torch.cos(angle) - a * proj, 1.0)
@@ -201,7 +204,7 @@ def _build_sae(U, m, mode, t, g, k, dtype, b_dir, seed) -> SAE:
         # encoder column = decoder direction rotated by atan(enc_noise), times ε = 1/|W_dec[i]|:
         # for x = b_dec + f·W_dec[i], pre_i = f·cos(atan(enc_noise)) + b_enc[i] (b_enc cancels b_dec)
         enc = _rotate(U[s:e], enc_angle.expand(e - s), g, eps[s:e])
-        b_enc[s:e] -= _rowdot(enc, b_dec.expand(e - s, -1))
+        b_enc[s:e] -= _rowdot(enc, b_dec, work)
         W_enc[:, s:e] = enc.T
     mode = mode.to(dev)
     theta = torch.where(mode == _MODE_CODE["inf"], torch.full_like(theta, float("inf")), theta)
