@@ -6,6 +6,10 @@ run folders, evaluate. Submodules hold the rest (``mechperm.kernels``, ``mechper
 """
 __version__ = "0.1.0"  # before the imports: run.py and cli.py read it
 
+from mechperm import _vml
+
+_vml.warm_up()  # before any of torch's threads first calls a VML op (see mechperm/_vml.py)
+
 from mechperm.evaluate import evaluate_skip_layers, pair_metrics
 from mechperm.export import export_aligned
 from mechperm.formats import load_sae, load_stack, save_saelens
