@@ -23,10 +23,10 @@ namespace mechperm {
 namespace int8screen {
 namespace {
 
-constexpr int64_t kNR = 32;          // columns per panel: two 16-lane int32 vectors
-[[maybe_unused]] constexpr int64_t kMR = 8;   // rows per register tile
-[[maybe_unused]] constexpr int64_t kMC = 64;  // rows per task; its packed rows stay in L2
-[[maybe_unused]] constexpr int64_t kNC = 16;  // panels per column group (512 columns)
+constexpr int64_t kNR = 64;          // columns per panel: four 16-lane int32 vectors
+[[maybe_unused]] constexpr int64_t kMR = 6;   // rows per register tile
+[[maybe_unused]] constexpr int64_t kMC = 60;  // rows per task (10 tiles); its packed rows stay in L2
+[[maybe_unused]] constexpr int64_t kNC = 8;   // panels per column group (512 columns)
 constexpr uint32_t kBias = 0x80808080u;  // q + 128 in each byte: the kernel's A is unsigned
 
 inline uint32_t word(const int8_t* q) {
@@ -43,44 +43,56 @@ inline uint32_t word(const int8_t* q) {
 
 // One kMR x kNR tile over all of k: A's rows packed (word kk of the kMR rows at ap[kk * kMR],
 // biased), panel bp (word kk of the panel's kNR columns at bp[kk * kNR]); then
-// out = max(na + nb - 2 ((float(acc - corr) * sa) * sb), 0) for the `rows` x `cols` valid entries.
+// out = max(na + nb - 2 ((float(acc - corr) * sa) * sb), 0) for the `rows` valid rows and the
+// panel's columns [lo, hi), panel column c stored at out_row + (c + j0) (j0 = the panel's first
+// column in out, negative when the range starts inside the panel: lo = -j0 then).
+// Six rows by four vectors: per word of depth 4 loads of B, 6 broadcasts and 24 dots, ~3 uops
+// issued a cycle at two dots a cycle where 8 rows by 2 vectors (10 loads, 16 dots) needed 3.6 of
+// the core's 4: the issue width, not the two dot ports, bound that tile; unrolled twice, the
+// loop's own uops halve. make_stack's folded decoders, a 1024 x 8192 tile at d = 2304, 1 thread
+// on the Intel VM (ad hoc, alternated): 108-118 ms -> 90-100 ms, the same bits; a register-only
+// loop of dots peaks at 520-600 GOP/s there.
+#define MECHPERM_ROW(r, x)                                            \
+    x = _mm512_set1_epi32(int(p[r]));                                 \
+    MECHPERM_DPBUSD(a##r##0, x, b0); MECHPERM_DPBUSD(a##r##1, x, b1); \
+    MECHPERM_DPBUSD(a##r##2, x, b2); MECHPERM_DPBUSD(a##r##3, x, b3)
 __attribute__((target("avx512f,avx512vnni"))) void tile_vnni(
     const uint32_t* ap, const uint32_t* bp, int64_t dw, const int32_t* corr, const float* sbp,
-    const float* nbp, const float* sa, const float* na, float* out, int64_t ldo, int64_t rows, int64_t cols) {
-    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
-            a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00, a60 = a00, a61 = a00, a70 = a00, a71 = a00;
+    const float* nbp, const float* sa, const float* na, float* out_row, int64_t j0, int64_t ldo, int64_t rows,
+    int64_t lo, int64_t hi) {
+    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
+            a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00,
+            a40 = a00, a41 = a00, a42 = a00, a43 = a00, a50 = a00, a51 = a00, a52 = a00, a53 = a00;
     // named accumulators: GCC keeps an array of them in memory once the dots are inline assembly
+#pragma GCC unroll 2
     for (int64_t kk = 0; kk < dw; ++kk) {
-        const __m512i b0 = _mm512_loadu_si512(bp + kk * kNR), b1 = _mm512_loadu_si512(bp + kk * kNR + 16);
+        const uint32_t* q = bp + kk * kNR;
+        const __m512i b0 = _mm512_loadu_si512(q), b1 = _mm512_loadu_si512(q + 16), b2 = _mm512_loadu_si512(q + 32),
+                      b3 = _mm512_loadu_si512(q + 48);
         const uint32_t* p = ap + kk * kMR;
         __m512i x;
-        x = _mm512_set1_epi32(int(p[0])); MECHPERM_DPBUSD(a00, x, b0); MECHPERM_DPBUSD(a01, x, b1);
-        x = _mm512_set1_epi32(int(p[1])); MECHPERM_DPBUSD(a10, x, b0); MECHPERM_DPBUSD(a11, x, b1);
-        x = _mm512_set1_epi32(int(p[2])); MECHPERM_DPBUSD(a20, x, b0); MECHPERM_DPBUSD(a21, x, b1);
-        x = _mm512_set1_epi32(int(p[3])); MECHPERM_DPBUSD(a30, x, b0); MECHPERM_DPBUSD(a31, x, b1);
-        x = _mm512_set1_epi32(int(p[4])); MECHPERM_DPBUSD(a40, x, b0); MECHPERM_DPBUSD(a41, x, b1);
-        x = _mm512_set1_epi32(int(p[5])); MECHPERM_DPBUSD(a50, x, b0); MECHPERM_DPBUSD(a51, x, b1);
-        x = _mm512_set1_epi32(int(p[6])); MECHPERM_DPBUSD(a60, x, b0); MECHPERM_DPBUSD(a61, x, b1);
-        x = _mm512_set1_epi32(int(p[7])); MECHPERM_DPBUSD(a70, x, b0); MECHPERM_DPBUSD(a71, x, b1);
+        MECHPERM_ROW(0, x); MECHPERM_ROW(1, x); MECHPERM_ROW(2, x);
+        MECHPERM_ROW(3, x); MECHPERM_ROW(4, x); MECHPERM_ROW(5, x);
     }
-    const __m512i acc[kMR][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
-                                 {a40, a41}, {a50, a51}, {a60, a61}, {a70, a71}};
-    const __m512i c0 = _mm512_loadu_si512(corr), c1 = _mm512_loadu_si512(corr + 16);
-    const __m512 s0 = _mm512_loadu_ps(sbp), s1 = _mm512_loadu_ps(sbp + 16);
-    const __m512 nb0 = _mm512_loadu_ps(nbp), nb1 = _mm512_loadu_ps(nbp + 16);
+    const __m512i acc[kMR][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23},
+                                 {a30, a31, a32, a33}, {a40, a41, a42, a43}, {a50, a51, a52, a53}};
     const __m512 two = _mm512_set1_ps(2.0f), zero = _mm512_setzero_ps();
-    const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1u);
-    const __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols <= 16 ? __mmask16(0) : __mmask16((1u << (cols - 16)) - 1u);
-    for (int64_t r = 0; r < rows; ++r) {
-        const __m512 sr = _mm512_set1_ps(sa[r]), ni = _mm512_set1_ps(na[r]);
-        const __m512 d0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][0], c0)), sr), s0);
-        const __m512 d1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][1], c1)), sr), s1);
-        const __m512 v0 = _mm512_max_ps(_mm512_sub_ps(_mm512_add_ps(ni, nb0), _mm512_mul_ps(two, d0)), zero);
-        const __m512 v1 = _mm512_max_ps(_mm512_sub_ps(_mm512_add_ps(ni, nb1), _mm512_mul_ps(two, d1)), zero);
-        _mm512_mask_storeu_ps(out + r * ldo, m0, v0);
-        _mm512_mask_storeu_ps(out + r * ldo + 16, m1, v1);
+    for (int v = 0; v < 4; ++v) {
+        const int64_t c = 16 * v, from = std::max<int64_t>(lo, c), to = std::min<int64_t>(hi, c + 16);
+        if (from >= to) continue;
+        const __mmask16 mask = __mmask16(((1u << (to - c)) - 1u) & ~((1u << (from - c)) - 1u));
+        const __m512i cv = _mm512_loadu_si512(corr + c);
+        const __m512 sv = _mm512_loadu_ps(sbp + c), nbv = _mm512_loadu_ps(nbp + c);
+        for (int64_t r = 0; r < rows; ++r) {
+            const __m512 sr = _mm512_set1_ps(sa[r]), ni = _mm512_set1_ps(na[r]);
+            const __m512 d = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], cv)), sr), sv);
+            const __m512 val = _mm512_max_ps(_mm512_sub_ps(_mm512_add_ps(ni, nbv), _mm512_mul_ps(two, d)), zero);
+            // stored from column c of the panel: out_row + r ldo + j0 + c (>= the row's start: c + 16 > lo)
+            _mm512_mask_storeu_ps(out_row + r * ldo + (j0 + c), mask, val);
+        }
     }
 }
+#undef MECHPERM_ROW
 #undef MECHPERM_DPBUSD
 #endif
 
@@ -123,7 +135,7 @@ void costs_fast(const int8_t* qa, const float* sa, int64_t n, const uint32_t* bp
                 float* out, int threads) {
 #ifdef MECHPERM_INT8_X86
     const int64_t dw = d / 4, m = c1 - c0, p0 = c0 / kNR;
-    const int64_t panels = (m + kNR - 1) / kNR, row_panels = (n + kMR - 1) / kMR;
+    const int64_t panels = (c1 - p0 * kNR + kNR - 1) / kNR, row_panels = (n + kMR - 1) / kMR;
     // A packed once per call, biased, kMR rows interleaved word by word: the tile's broadcasts
     // read one stream (rows past n read as code 0: their values are never stored).
     std::vector<uint32_t> ap(size_t(row_panels * dw * kMR));
@@ -138,18 +150,21 @@ void costs_fast(const int8_t* qa, const float* sa, int64_t n, const uint32_t* bp
         }
     });
     // Column groups of kNC panels outermost (1.2 MB of packed B at d = 2304, in L2 / L3), so B
-    // streams from memory once; each task reads its row block's packed rows from L2.
+    // streams from memory once; each task reads its row block's packed rows from L2. The range
+    // may start half-way into a panel (c0 a multiple of 32): its first panel stores from skip.
+    const int64_t skip = c0 - p0 * kNR;
     const int64_t row_blocks = (n + kMC - 1) / kMC, groups = (panels + kNC - 1) / kNC;
     parallel_blocks(groups * row_blocks, threads, [&](int64_t task) {
         const int64_t grp = task / row_blocks, blk = task % row_blocks;
         const int64_t i0 = blk * kMC, i1 = std::min(n, i0 + kMC);
         for (int64_t p = grp * kNC; p < std::min(panels, (grp + 1) * kNC); ++p) {
-            const int64_t j0 = p * kNR, cols = std::min(kNR, m - j0);  // j0: local to the range
-            const size_t jg = size_t(c0 + j0);
+            const int64_t j0 = p * kNR - skip;  // the panel's first column in out
+            const int64_t lo = std::max<int64_t>(0, -j0), hi = std::min(kNR, m - j0);
+            const size_t jg = size_t((p0 + p) * kNR);
             for (int64_t i = i0; i < i1; i += kMR)
                 tile_vnni(ap.data() + (i / kMR) * dw * kMR, bp + (p0 + p) * dw * kNR, dw, corr + jg, sbp + jg,
-                          nbp + jg, sa_pad.data() + i, na_pad.data() + i, out + i * m + j0, m,
-                          std::min(kMR, i1 - i), cols);
+                          nbp + jg, sa_pad.data() + i, na_pad.data() + i, out + i * m, j0, m,
+                          std::min(kMR, i1 - i), lo, hi);
         }
     });
 #else

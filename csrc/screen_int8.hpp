@@ -11,7 +11,7 @@ namespace int8screen {
 // True where the AVX-512 VNNI kernel runs (and MECHPERM_NO_SIMD is unset).
 bool has_fast_kernel();
 
-// B's codes q [m, d] (d a multiple of 4) packed in panels of 32 columns, word kk (4 bytes of
+// B's codes q [m, d] (d a multiple of 4) packed in panels of 64 columns, word kk (4 bytes of
 // depth) of the panel's columns contiguous; nb, scale and corr (128 * the column's code sum)
 // padded to whole panels.
 void pack(const int8_t* q, const float* scale, int64_t m, int64_t d, const float* nb, std::vector<uint32_t>& bp,

@@ -103,7 +103,7 @@ def _check_kernel_bound(n: int, m: int, d: int, kind: str = "bf16") -> None:
 @KIND
 @pytest.mark.parametrize("n,m,d", [(1, 1, 2), (7, 45, 33), (70, 65, 64), (130, 97, 257)])
 def test_screen_costs_are_the_float32_sum_of_exact_products(n: int, m: int, d: int, kind: str) -> None:
-    """Shapes off the kernels' 8 x 32 tiles and 64-row blocks, D off their 2 / 4 (padded)."""
+    """Shapes off the kernels' tiles (bf16 8 x 32, int8 6 x 64) and row blocks, D off their 2 / 4 (padded)."""
     _check_kernel_bound(n, m, d, kind)
 
 
@@ -433,3 +433,16 @@ def test_pair_dots_of_scaled_rows_are_those_of_the_scaled_copies(d, n, m, seed, 
         _auction.pair_dots(a, b, rows, cols, a_scale=np.ones(n + 1, np.float32))
     with pytest.raises(ValueError, match="b_scale"):
         _auction.pair_dots(a, b, rows, cols, b_scale=np.ones(m, np.float64))
+
+
+@KIND
+def test_screen_costs_of_a_column_range_are_that_slice_of_all_costs(kind: str) -> None:
+    """Column ranges start at any multiple of 32, also half-way into the int8 kernel's 64-column
+    panels; rows off its 6-row tiles and 60-row tasks. Bit for bit the full matrix's columns."""
+    A, B = _vectors(67, 36, 5, heavy=1.0), _vectors(200, 36, 6, heavy=1.0)
+    sv = screen.prepare(A, B, kind=kind, threads=2)
+    rows, na = sv.a_rows(slice(0, 67)), sv.na[:67]
+    full = sv.costs(rows, na, out=np.empty((67, 200), np.float32), c0=0, c1=200)
+    for c0, c1 in [(32, 200), (32, 64), (32, 33), (64, 128), (96, 97), (96, 200), (160, 200), (192, 200), (0, 31)]:
+        got = sv.costs(rows, na, out=np.full((67, c1 - c0), np.nan, np.float32), c0=c0, c1=c1)
+        assert np.array_equal(got, full[:, c0:c1]), (c0, c1)
