@@ -27,6 +27,7 @@ constexpr int64_t kNR = 64;          // columns per panel: four 16-lane int32 ve
 [[maybe_unused]] constexpr int64_t kMR = 6;   // rows per register tile
 [[maybe_unused]] constexpr int64_t kMC = 60;  // rows per task (10 tiles); its packed rows stay in L2
 [[maybe_unused]] constexpr int64_t kNC = 8;   // panels per column group (512 columns)
+static_assert(kMC % kMR == 0, "tasks start on a register tile's first row (A is packed by tiles)");
 constexpr uint32_t kBias = 0x80808080u;  // q + 128 in each byte: the kernel's A is unsigned
 
 inline uint32_t word(const int8_t* q) {
