@@ -7,7 +7,7 @@ several threads at once, one thread can run a low-accuracy kernel over its whole
 (pytorch/pytorch#188792). On the 2-core Intel Xeon VM of session 28, 2 threads: the first
 ``torch.exp`` of 16384 float32 values in a fresh process returned 8173 of them up to 1.5e-4
 off (relative) in 1 process of 60, and ``make_stack`` drew a different stack from the same seed
-in about one process of 20 (its feature magnitudes are ``exp`` of normals). One call per
+in 5 of 138 processes (its feature magnitudes are ``exp`` of normals). One call per
 function and dtype on one element, on the importing thread, settles the choice first.
 """
 from __future__ import annotations
